@@ -1,0 +1,157 @@
+//! Typed configuration from `NATTER_*` environment variables.
+//!
+//! One struct for every service: the names and defaults are DESIGN.md's
+//! contract with scripts, the chart and tests. clap reads them, so each is
+//! also a flag of `natter-server` and documented by `--help`.
+
+use clap::{Args, Parser, ValueEnum};
+use natter_protocol::subjects::Namespace;
+use std::net::SocketAddr;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Configuration shared by every service.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Postgres connection URL (the database is created by `migrate`/`all`).
+    #[arg(
+        long,
+        env = "NATTER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/natter"
+    )]
+    pub database_url: String,
+
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "NATTER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Redis URL (presence).
+    #[arg(
+        long,
+        env = "NATTER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every NATS subject, stream, consumer and Redis key.
+    #[arg(long, env = "NATTER_NAMESPACE", default_value = "natter")]
+    pub namespace: String,
+
+    /// HMAC key signing tokens; required by auth and connection.
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Token lifetime in seconds.
+    #[arg(long, env = "NATTER_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Where auth listens.
+    #[arg(long, env = "NATTER_AUTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub auth_addr: SocketAddr,
+
+    /// Where the WebSocket gateway listens.
+    #[arg(long, env = "NATTER_GATEWAY_ADDR", default_value = "0.0.0.0:8090")]
+    pub gateway_addr: SocketAddr,
+
+    /// Where message serves its health endpoints.
+    #[arg(long, env = "NATTER_MESSAGE_ADDR", default_value = "0.0.0.0:8091")]
+    pub message_addr: SocketAddr,
+
+    /// Where push serves its health endpoints.
+    #[arg(long, env = "NATTER_PUSH_ADDR", default_value = "0.0.0.0:8092")]
+    pub push_addr: SocketAddr,
+
+    /// This gateway's id; defaults to hostname + random suffix.
+    #[arg(long, env = "NATTER_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Most accepted connections (friendships) per user.
+    #[arg(long, env = "NATTER_CONNECTION_LIMIT", default_value_t = 1000)]
+    pub connection_limit: i32,
+
+    /// Most members per channel, creator included.
+    #[arg(long, env = "NATTER_HEAD_LIMIT", default_value_t = 100)]
+    pub head_limit: i32,
+
+    /// `pretty` or `json`.
+    #[arg(long, env = "NATTER_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Parser)]
+struct OnlyConfig {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Reads the environment (and defaults), as a service started without
+    /// flags would.
+    ///
+    /// # Errors
+    /// When a variable does not parse.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        OnlyConfig::try_parse_from(["natter"]).map(|o| o.config)
+    }
+
+    /// The sanitized namespace.
+    #[must_use]
+    pub fn namespace(&self) -> Namespace {
+        Namespace::new(&self.namespace)
+    }
+
+    /// The gateway id: configured, or hostname + random suffix, always
+    /// sanitized to `[A-Za-z0-9_-]` (it becomes a NATS subject token).
+    #[must_use]
+    pub fn gateway_id(&self) -> String {
+        let raw = self.gateway_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_else(|| "gateway".into());
+            format!("{}-{}", host.trim(), crate::random::token(4))
+        });
+        let id: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if id.is_empty() { "gateway".into() } else { id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design_table() {
+        let c = OnlyConfig::try_parse_from(["x"]).expect("parse").config;
+        assert_eq!(c.auth_addr.port(), 8080);
+        assert_eq!(c.gateway_addr.port(), 8090);
+        assert_eq!(c.message_addr.port(), 8091);
+        assert_eq!(c.push_addr.port(), 8092);
+        assert_eq!(c.token_ttl_secs, 3600);
+        assert_eq!(c.connection_limit, 1000);
+        assert_eq!(c.head_limit, 100);
+    }
+
+    #[test]
+    fn gateway_ids_are_sanitized() {
+        let mut c = OnlyConfig::try_parse_from(["x"]).expect("parse").config;
+        c.gateway_id = Some("pod.name/1".into());
+        assert_eq!(c.gateway_id(), "pod-name-1");
+    }
+}

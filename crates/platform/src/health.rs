@@ -1,0 +1,108 @@
+//! `/healthz` (alive) and `/readyz` (dependencies answer and not draining),
+//! served by every service on its own port.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The dependencies whose answers decide readiness.
+#[derive(Clone, Default)]
+pub struct Dependencies {
+    /// Checked with `SELECT 1`.
+    pub postgres: Option<PgPool>,
+    /// Checked by its connection state.
+    pub nats: Option<async_nats::Client>,
+    /// Checked with `PING`.
+    pub redis: Option<ConnectionManager>,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Dependencies {
+    /// The names of the dependencies that do not answer.
+    pub async fn failing(&self) -> Vec<&'static str> {
+        let mut failing = Vec::new();
+        if let Some(pool) = &self.postgres {
+            let ok = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !ok {
+                failing.push("postgres");
+            }
+        }
+        if let Some(nats) = &self.nats
+            && nats.connection_state() != async_nats::connection::State::Connected
+        {
+            failing.push("nats");
+        }
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.clone();
+            let ok = tokio::time::timeout(
+                CHECK_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !ok {
+                failing.push("redis");
+            }
+        }
+        failing
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    deps: Dependencies,
+    draining: CancellationToken,
+}
+
+/// The two endpoints; `draining` is cancelled when the service stops
+/// accepting work, which turns `/readyz` to 503 so load balancers move on.
+pub fn router(deps: Dependencies, draining: CancellationToken) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(HealthState { deps, draining })
+}
+
+async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        );
+    }
+    let failing = state.deps.failing().await;
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "failing": failing})),
+        )
+    }
+}
+
+/// Serves only the health endpoints on `listener` until `shutdown`: what
+/// message and push expose.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    deps: Dependencies,
+    draining: CancellationToken,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(deps, draining))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! What every natter service needs, written once: typed configuration
+//! ([`config`]), logging ([`telemetry`]), connections to Postgres
+//! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
+//! ([`token`]), JSON errors for HTTP ([`http_error`]), `/healthz` and
+//! `/readyz` ([`health`]) and shutdown ([`shutdown`]).
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod http_error;
+pub mod nats;
+pub mod random;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
+
+pub use config::Config;

@@ -1,0 +1,33 @@
+//! Unguessable strings from the OS RNG, for invite codes and ids.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// `bytes` random bytes from the OS, URL-safe base64 without padding.
+/// Invite codes use 16 bytes (128 bits).
+///
+/// # Panics
+/// Only if the OS has no randomness to give, where nothing safe can go on.
+#[must_use]
+pub fn token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut buf).expect("the OS random number generator failed");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// An invite code: 128 random bits.
+#[must_use]
+pub fn invite_code() -> String {
+    token(16)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn invite_codes_carry_128_bits_and_differ() {
+        let a = super::invite_code();
+        assert_eq!(a.len(), 22);
+        assert_ne!(a, super::invite_code());
+    }
+}

@@ -1,0 +1,176 @@
+//! What flows after a state change: JetStream events (message → push),
+//! gateway deliveries (push → gateway) and session revocations
+//! (auth → gateways).
+
+use crate::rpc::SocketRef;
+use crate::{ChannelId, SessionId, UserId, time_format};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A durable domain event on the events stream, written through the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Event {
+    /// A message was stored.
+    MessageStored {
+        channel_id: ChannelId,
+        title: String,
+        seq: i64,
+        user_id: UserId,
+        username: String,
+        content: String,
+        #[serde(with = "time_format::rfc3339_micros")]
+        sent_at: OffsetDateTime,
+        /// The writing socket, which gets no echo.
+        origin: SocketRef,
+    },
+    /// `to` was invited by `from_username`.
+    InviteReceived { to: UserId, from_username: String },
+    /// `to`'s invitation was accepted by `from_username`.
+    InviteAccepted { to: UserId, from_username: String },
+    /// A channel was created with these members (creator included).
+    ChannelCreated {
+        channel_id: ChannelId,
+        title: String,
+        creator: UserId,
+        members: Vec<UserId>,
+    },
+    /// A user joined a channel by its code.
+    MemberJoined {
+        channel_id: ChannelId,
+        user_id: UserId,
+    },
+    /// A user quit a channel (or unregistered).
+    MemberLeft {
+        channel_id: ChannelId,
+        user_id: UserId,
+    },
+    /// Someone is typing (not durable in Postgres; published directly).
+    Typing {
+        channel_id: ChannelId,
+        user_id: UserId,
+        username: String,
+        origin: SocketRef,
+    },
+}
+
+impl Event {
+    /// The subject suffix under `<ns>.evt.`: events of one channel share a
+    /// subject so their order is plain to see; user events go by user.
+    #[must_use]
+    pub fn subject_suffix(&self) -> String {
+        match self {
+            Self::MessageStored { channel_id, .. }
+            | Self::ChannelCreated { channel_id, .. }
+            | Self::MemberJoined { channel_id, .. }
+            | Self::MemberLeft { channel_id, .. }
+            | Self::Typing { channel_id, .. } => format!("channel.{channel_id}"),
+            Self::InviteReceived { to, .. } | Self::InviteAccepted { to, .. } => {
+                format!("user.{to}")
+            }
+        }
+    }
+}
+
+/// One user's `unread` push inside an [`Delivery::Unread`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadTarget {
+    /// Their sockets on this gateway.
+    pub sockets: Vec<u64>,
+    /// `last_seq − last_read_seq` for them.
+    pub unread: i64,
+}
+
+/// One thing for a gateway to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Delivery {
+    /// Send this already-serialized frame to these sockets: serialized once
+    /// by push, shared by every recipient.
+    Frame {
+        /// Local socket ids.
+        sockets: Vec<u64>,
+        /// The JSON text of a server frame.
+        frame: String,
+    },
+    /// `unread` pushes: one frame per user, since the count differs.
+    Unread {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Its title.
+        title: String,
+        /// Its newest seq.
+        last_seq: i64,
+        /// Who gets what.
+        targets: Vec<UnreadTarget>,
+    },
+    /// The user is no longer a member: sockets that entered it leave it.
+    LeaveChannel {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The former member.
+        user_id: UserId,
+    },
+}
+
+/// What push publishes to one gateway for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryBatch {
+    /// In order.
+    pub items: Vec<Delivery>,
+}
+
+/// Auth → gateways: this login is over; close its sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRevoked {
+    /// The session.
+    pub session_id: SessionId,
+    /// Its user.
+    pub user_id: UserId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_by_kind() {
+        let e = Event::MemberJoined {
+            channel_id: ChannelId(4),
+            user_id: UserId(2),
+        };
+        let v = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(
+            v,
+            serde_json::json!({"kind":"member_joined","channel_id":4,"user_id":2})
+        );
+        assert_eq!(e.subject_suffix(), "channel.4");
+    }
+
+    #[test]
+    fn delivery_batches_round_trip() {
+        let b = DeliveryBatch {
+            items: vec![
+                Delivery::Frame {
+                    sockets: vec![1, 2],
+                    frame: "{}".into(),
+                },
+                Delivery::Unread {
+                    channel_id: ChannelId(1),
+                    title: "t".into(),
+                    last_seq: 3,
+                    targets: vec![UnreadTarget {
+                        sockets: vec![5],
+                        unread: 2,
+                    }],
+                },
+            ],
+        };
+        let text = serde_json::to_string(&b).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<DeliveryBatch>(&text).expect("decode"),
+            b
+        );
+    }
+}

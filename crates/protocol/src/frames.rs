@@ -1,0 +1,661 @@
+//! Client⇄gateway WebSocket frames (PROTOCOL.md section 2).
+//!
+//! A client frame is `{"id": u64, "type": ..., ...fields}`; the server
+//! answers each with exactly one `reply` or `error` and sends pushes, which
+//! have no id. [`ClientFrame::decode`] implements the "bad frame" rules:
+//! whatever is wrong, the caller gets an `invalid_request` with the id when
+//! it could be read.
+
+use crate::error::{ErrorBody, ErrorCode};
+use crate::limits;
+use crate::{ChannelId, time_format};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Connection status filter of `fetch_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionFilter {
+    /// Friendships in force.
+    Accepted,
+    /// Invitations received and not yet answered.
+    Pending,
+}
+
+/// The state of a pair of users (PROTOCOL.md 2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ConnectionStatus {
+    Pending,
+    Accepted,
+    Rejected,
+    Disconnected,
+}
+
+impl ConnectionStatus {
+    /// The name stored in Postgres and sent on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Disconnected => "disconnected",
+        }
+    }
+
+    /// Parses the stored name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "accepted" => Self::Accepted,
+            "rejected" => Self::Rejected,
+            "disconnected" => Self::Disconnected,
+            _ => return None,
+        })
+    }
+}
+
+/// A client request (PROTOCOL.md 2.1), without its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Request {
+    KeepAlive,
+    FetchUserInviteCode,
+    FetchChannelInviteCode {
+        channel_id: ChannelId,
+    },
+    Invite {
+        invite_code: String,
+    },
+    Accept {
+        username: String,
+    },
+    Reject {
+        username: String,
+    },
+    Disconnect {
+        username: String,
+    },
+    FetchConnections {
+        status: ConnectionFilter,
+    },
+    Create {
+        title: String,
+        usernames: Vec<String>,
+    },
+    Join {
+        invite_code: String,
+    },
+    FetchChannels,
+    Enter {
+        channel_id: ChannelId,
+    },
+    Leave,
+    Quit {
+        channel_id: ChannelId,
+    },
+    WriteMessage {
+        channel_id: ChannelId,
+        client_msg_id: String,
+        content: String,
+    },
+    FetchMessages {
+        channel_id: ChannelId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_seq: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+    Read {
+        channel_id: ChannelId,
+        seq: i64,
+    },
+    Typing {
+        channel_id: ChannelId,
+    },
+}
+
+impl Request {
+    /// The request's `type` name, for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::KeepAlive => "keep_alive",
+            Self::FetchUserInviteCode => "fetch_user_invite_code",
+            Self::FetchChannelInviteCode { .. } => "fetch_channel_invite_code",
+            Self::Invite { .. } => "invite",
+            Self::Accept { .. } => "accept",
+            Self::Reject { .. } => "reject",
+            Self::Disconnect { .. } => "disconnect",
+            Self::FetchConnections { .. } => "fetch_connections",
+            Self::Create { .. } => "create",
+            Self::Join { .. } => "join",
+            Self::FetchChannels => "fetch_channels",
+            Self::Enter { .. } => "enter",
+            Self::Leave => "leave",
+            Self::Quit { .. } => "quit",
+            Self::WriteMessage { .. } => "write_message",
+            Self::FetchMessages { .. } => "fetch_messages",
+            Self::Read { .. } => "read",
+            Self::Typing { .. } => "typing",
+        }
+    }
+
+    /// Checks the limits that need no state (lengths, ranges, exclusive
+    /// fields). Rules that need the database are the message service's.
+    ///
+    /// # Errors
+    /// An `invalid_request` naming the field.
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        let invalid = |m: String| ErrorBody::new(ErrorCode::InvalidRequest, m);
+        match self {
+            Self::Create { title, usernames } => {
+                limits::check_chars("title", title, &limits::TITLE_CHARS).map_err(invalid)?;
+                if title.trim().is_empty() {
+                    return Err(invalid("title must not be blank".into()));
+                }
+                if usernames.is_empty() {
+                    return Err(invalid("usernames must name at least one user".into()));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for name in usernames {
+                    if !seen.insert(name.as_str()) {
+                        return Err(invalid(format!("usernames lists {name} twice")));
+                    }
+                }
+                Ok(())
+            }
+            Self::WriteMessage {
+                client_msg_id,
+                content,
+                ..
+            } => {
+                limits::check_chars("client_msg_id", client_msg_id, &limits::CLIENT_MSG_ID_CHARS)
+                    .map_err(invalid)?;
+                limits::check_chars("content", content, &limits::CONTENT_CHARS).map_err(invalid)?;
+                if content.trim().is_empty() {
+                    return Err(invalid("content must not be blank".into()));
+                }
+                Ok(())
+            }
+            Self::FetchMessages {
+                after_seq,
+                before_seq,
+                limit,
+                ..
+            } => {
+                if after_seq.is_some() && before_seq.is_some() {
+                    return Err(invalid(
+                        "after_seq and before_seq are mutually exclusive".into(),
+                    ));
+                }
+                if let Some(limit) = limit
+                    && !limits::FETCH_LIMIT.contains(limit)
+                {
+                    return Err(invalid("limit must be 1 to 100".into()));
+                }
+                if after_seq.is_some_and(|s| s < 0) || before_seq.is_some_and(|s| s < 0) {
+                    return Err(invalid("after_seq and before_seq must be >= 0".into()));
+                }
+                Ok(())
+            }
+            Self::Read { seq, .. } if *seq < 0 => Err(invalid("seq must be >= 0".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A decoded client frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client, echoed in the answer.
+    pub id: u64,
+    /// What the client asks.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Why a client frame was refused: the `invalid_request` to send back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The frame's id when it could be read.
+    pub id: Option<u64>,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl FrameError {
+    /// The error frame to answer with.
+    #[must_use]
+    pub fn into_frame(self) -> ServerFrame {
+        ServerFrame::Error {
+            id: self.id,
+            code: ErrorCode::InvalidRequest,
+            message: self.message,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<serde_json::Value>,
+}
+
+impl ClientFrame {
+    /// Decodes and validates one text frame. On failure the id is recovered
+    /// when it is a u64, so the client can match the error to its request.
+    ///
+    /// # Errors
+    /// A [`FrameError`] describing the first problem found.
+    pub fn decode(text: &str) -> Result<Self, FrameError> {
+        match serde_json::from_str::<Self>(text) {
+            Ok(frame) => match frame.request.validate() {
+                Ok(()) => Ok(frame),
+                Err(e) => Err(FrameError {
+                    id: Some(frame.id),
+                    message: e.message,
+                }),
+            },
+            Err(e) => {
+                let id = serde_json::from_str::<IdOnly>(text)
+                    .ok()
+                    .and_then(|f| f.id)
+                    .and_then(|v| v.as_u64());
+                let message = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+                    "frame is not valid JSON".to_owned()
+                } else if id.is_none() {
+                    "id must be an unsigned 64-bit integer".to_owned()
+                } else {
+                    describe_serde_error(&e)
+                };
+                Err(FrameError { id, message })
+            }
+        }
+    }
+}
+
+/// serde's messages are fine but mention Rust types; keep them short.
+fn describe_serde_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text);
+    format!("bad frame: {text}")
+}
+
+/// A server → client frame: a reply, an error, or a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ServerFrame {
+    Reply {
+        id: u64,
+        result: serde_json::Value,
+    },
+    Error {
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    Message(MessageView),
+    Unread {
+        channel_id: ChannelId,
+        title: String,
+        last_seq: i64,
+        unread: i64,
+    },
+    InviteReceived {
+        username: String,
+    },
+    InviteAccepted {
+        username: String,
+    },
+    ChannelJoined {
+        channel_id: ChannelId,
+        title: String,
+    },
+    Typing {
+        channel_id: ChannelId,
+        username: String,
+    },
+    Reconnect {
+        reason: String,
+    },
+    SessionRevoked,
+}
+
+impl ServerFrame {
+    /// The JSON text of the frame. Serializing these types cannot fail (no
+    /// maps with non-string keys), so a failure is a bug worth a loud log,
+    /// not a panic: the fallback is an `internal` error frame.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","id":null,"code":"internal","message":"unserializable frame"}"#
+                .to_owned()
+        })
+    }
+
+    /// A reply carrying a typed result.
+    #[must_use]
+    pub fn reply(id: u64, result: &impl Serialize) -> Self {
+        Self::Reply {
+            id,
+            result: serde_json::to_value(result).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// An error answer.
+    #[must_use]
+    pub fn error(id: Option<u64>, body: ErrorBody) -> Self {
+        Self::Error {
+            id,
+            code: body.code,
+            message: body.message,
+        }
+    }
+}
+
+/// One message as pushed and as returned by `fetch_messages` (the push also
+/// carries `channel_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Its per-channel sequence number.
+    pub seq: i64,
+    /// The writer; null once they have unregistered.
+    pub username: Option<String>,
+    /// The text.
+    pub content: String,
+    /// When it was stored.
+    #[serde(with = "time_format::rfc3339_micros")]
+    pub sent_at: OffsetDateTime,
+}
+
+/// Typed `result` bodies of replies (PROTOCOL.md 2.1).
+pub mod results {
+    use super::{ConnectionStatus, OffsetDateTime, time_format};
+    use crate::ChannelId;
+    use serde::{Deserialize, Serialize};
+
+    /// `{}`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Empty {}
+
+    /// `fetch_user_invite_code`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UserInviteCode {
+        /// The user's invite code.
+        pub invite_code: String,
+    }
+
+    /// `fetch_channel_invite_code`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelInviteCode {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// Its invite code.
+        pub invite_code: String,
+    }
+
+    /// `invite`, `accept`, `reject`, `disconnect`: the other user and the
+    /// pair's new state.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ConnectionChange {
+        /// The other user.
+        pub username: String,
+        /// The pair's state now.
+        pub status: ConnectionStatus,
+    }
+
+    /// One entry of `fetch_connections`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ConnectionEntry {
+        /// The other user.
+        pub username: String,
+        /// The pair's state.
+        pub status: ConnectionStatus,
+        /// Whether the other user has a live socket.
+        pub online: bool,
+    }
+
+    /// `fetch_connections`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Connections {
+        /// The matching pairs.
+        pub connections: Vec<ConnectionEntry>,
+    }
+
+    /// `create` and `join`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelCreated {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// Its title.
+        pub title: String,
+        /// Its member count.
+        pub head_count: i32,
+    }
+
+    /// One entry of `fetch_channels`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelEntry {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// Its title.
+        pub title: String,
+        /// Its member count.
+        pub head_count: i32,
+        /// Its newest seq (0 when empty).
+        pub last_seq: i64,
+        /// The caller's read pointer.
+        pub last_read_seq: i64,
+    }
+
+    /// `fetch_channels`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Channels {
+        /// The caller's channels.
+        pub channels: Vec<ChannelEntry>,
+    }
+
+    /// `enter`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Entered {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// Its title.
+        pub title: String,
+        /// The caller's read pointer.
+        pub last_read_seq: i64,
+        /// Its newest seq.
+        pub last_seq: i64,
+    }
+
+    /// `quit`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Quit {
+        /// The channel left for good.
+        pub channel_id: ChannelId,
+    }
+
+    /// `write_message`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Written {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// The message's seq.
+        pub seq: i64,
+        /// When it was stored.
+        #[serde(with = "time_format::rfc3339_micros")]
+        pub sent_at: OffsetDateTime,
+    }
+
+    /// One entry of `fetch_messages`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MessageEntry {
+        /// Its seq.
+        pub seq: i64,
+        /// The writer; null once they have unregistered.
+        pub username: Option<String>,
+        /// The text.
+        pub content: String,
+        /// When it was stored.
+        #[serde(with = "time_format::rfc3339_micros")]
+        pub sent_at: OffsetDateTime,
+    }
+
+    /// `fetch_messages`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Messages {
+        /// The channel.
+        pub channel_id: ChannelId,
+        /// Ascending by seq.
+        pub messages: Vec<MessageEntry>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_a_request_with_its_fields() {
+        let frame = ClientFrame::decode(
+            r#"{"id":7,"type":"write_message","channel_id":3,"client_msg_id":"a","content":"hi","extra":1}"#,
+        )
+        .expect("valid frame");
+        assert_eq!(frame.id, 7);
+        assert_eq!(
+            frame.request,
+            Request::WriteMessage {
+                channel_id: ChannelId(3),
+                client_msg_id: "a".into(),
+                content: "hi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unit_requests_round_trip() {
+        for (text, request) in [
+            (r#"{"id":1,"type":"keep_alive"}"#, Request::KeepAlive),
+            (r#"{"id":1,"type":"leave"}"#, Request::Leave),
+            (
+                r#"{"id":1,"type":"fetch_channels"}"#,
+                Request::FetchChannels,
+            ),
+        ] {
+            let frame = ClientFrame::decode(text).expect("valid");
+            assert_eq!(frame.request, request);
+            let back: serde_json::Value = serde_json::to_value(&frame).expect("serialize");
+            let orig: serde_json::Value = serde_json::from_str(text).expect("json");
+            assert_eq!(back, orig);
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_invalid_requests_with_the_id_when_readable() {
+        let cases = [
+            ("not json", None),
+            (r#"{"type":"keep_alive"}"#, None),
+            (r#"{"id":-1,"type":"keep_alive"}"#, None),
+            (r#"{"id":"x","type":"keep_alive"}"#, None),
+            (r#"{"id":4,"type":"nope"}"#, Some(4)),
+            (r#"{"id":5,"type":"enter"}"#, Some(5)),
+            (r#"{"id":6,"type":"enter","channel_id":"x"}"#, Some(6)),
+            (
+                r#"{"id":7,"type":"write_message","channel_id":1,"client_msg_id":"a","content":"   "}"#,
+                Some(7),
+            ),
+            (
+                r#"{"id":8,"type":"fetch_messages","channel_id":1,"after_seq":1,"before_seq":3}"#,
+                Some(8),
+            ),
+            (
+                r#"{"id":9,"type":"fetch_messages","channel_id":1,"limit":101}"#,
+                Some(9),
+            ),
+            (
+                r#"{"id":10,"type":"create","title":"t","usernames":["a","a"]}"#,
+                Some(10),
+            ),
+            (
+                r#"{"id":11,"type":"create","title":"t","usernames":[]}"#,
+                Some(11),
+            ),
+        ];
+        for (text, id) in cases {
+            let err = ClientFrame::decode(text).expect_err(text);
+            assert_eq!(err.id, id, "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn content_limit_is_counted_in_chars() {
+        let ok = format!(
+            r#"{{"id":1,"type":"write_message","channel_id":1,"client_msg_id":"a","content":"{}"}}"#,
+            "é".repeat(4000)
+        );
+        assert!(ClientFrame::decode(&ok).is_ok());
+        let long = ok.replace("\"é", "\"éé");
+        assert!(ClientFrame::decode(&long).is_err());
+    }
+
+    #[test]
+    fn server_frames_pin_their_wire_shape() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let cases = [
+            (
+                ServerFrame::reply(3, &results::Empty {}),
+                json!({"type":"reply","id":3,"result":{}}),
+            ),
+            (
+                ServerFrame::error(None, ErrorBody::new(ErrorCode::InvalidRequest, "x")),
+                json!({"type":"error","id":null,"code":"invalid_request","message":"x"}),
+            ),
+            (
+                ServerFrame::Message(MessageView {
+                    channel_id: ChannelId(1),
+                    seq: 2,
+                    username: None,
+                    content: "c".into(),
+                    sent_at: t,
+                }),
+                json!({"type":"message","channel_id":1,"seq":2,"username":null,"content":"c",
+                       "sent_at":"2023-11-14T22:13:20.000000Z"}),
+            ),
+            (
+                ServerFrame::Unread {
+                    channel_id: ChannelId(1),
+                    title: "t".into(),
+                    last_seq: 9,
+                    unread: 4,
+                },
+                json!({"type":"unread","channel_id":1,"title":"t","last_seq":9,"unread":4}),
+            ),
+            (
+                ServerFrame::SessionRevoked,
+                json!({"type":"session_revoked"}),
+            ),
+            (
+                ServerFrame::Reconnect {
+                    reason: "draining".into(),
+                },
+                json!({"type":"reconnect","reason":"draining"}),
+            ),
+        ];
+        for (frame, expected) in cases {
+            let value: serde_json::Value = serde_json::from_str(&frame.to_json()).expect("json");
+            assert_eq!(value, expected);
+            let back: ServerFrame = serde_json::from_value(expected).expect("decode");
+            assert_eq!(back, frame);
+        }
+    }
+}

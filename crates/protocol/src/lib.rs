@@ -1,0 +1,22 @@
+//! natter's wire protocol — the only definition of it.
+//!
+//! Everything that crosses a process boundary is typed here: the auth HTTP
+//! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]), the
+//! gateway⇄message RPC envelope ([`rpc`]), the JetStream events and gateway
+//! deliveries ([`events`]) and the NATS subject/stream names ([`subjects`]).
+//! Pure types and serde: no I/O, so services and the client share it freely.
+//! `../shared/PROTOCOL.md` is the contract these types encode; the JSON
+//! round-trip tests beside each module pin the wire shape.
+
+pub mod error;
+pub mod events;
+pub mod frames;
+pub mod http;
+pub mod ids;
+pub mod limits;
+pub mod rpc;
+pub mod subjects;
+pub mod time_format;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use ids::{ChannelId, SessionId, UserId};

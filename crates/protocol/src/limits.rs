@@ -1,0 +1,98 @@
+//! Field limits of PROTOCOL.md, checked at the edge (gateway) and again by
+//! the message service, which must not trust its callers.
+
+/// Largest WebSocket frame a client may send; larger closes with 1009.
+pub const MAX_FRAME_BYTES: usize = 65_536;
+/// Largest HTTP body auth accepts; larger is 413.
+pub const MAX_HTTP_BODY_BYTES: usize = 64 * 1024;
+/// `client_msg_id` length in chars.
+pub const CLIENT_MSG_ID_CHARS: std::ops::RangeInclusive<usize> = 1..=64;
+/// Message `content` length in chars.
+pub const CONTENT_CHARS: std::ops::RangeInclusive<usize> = 1..=4000;
+/// Channel `title` length in chars.
+pub const TITLE_CHARS: std::ops::RangeInclusive<usize> = 1..=100;
+/// `fetch_messages` page size.
+pub const FETCH_LIMIT: std::ops::RangeInclusive<i64> = 1..=100;
+/// `fetch_messages` page size when none is given.
+pub const FETCH_LIMIT_DEFAULT: i64 = 50;
+/// Username length in chars (`[a-z0-9_.-]`).
+pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
+/// Password length in chars.
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
+/// Failed logins per username in [`LOGIN_WINDOW_SECS`] before 429.
+pub const LOGIN_MAX_FAILURES: i64 = 5;
+/// The login rate limit's window.
+pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
+
+/// Checks a username against PROTOCOL.md: 3–32 of `[a-z0-9_.-]`, no folding.
+///
+/// # Errors
+/// A human message naming the field.
+pub fn check_username(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if !USERNAME_CHARS.contains(&len) {
+        return Err("username must be 3 to 32 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err("username may contain only a-z, 0-9, '_', '.' and '-'".into());
+    }
+    Ok(())
+}
+
+/// Checks a password's length (8–128 chars).
+///
+/// # Errors
+/// A human message naming the field.
+pub fn check_password(password: &str) -> Result<(), String> {
+    if PASSWORD_CHARS.contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err("password must be 8 to 128 characters".into())
+    }
+}
+
+/// Checks that `value` has a char count within `range`.
+///
+/// # Errors
+/// A human message naming `field`.
+pub fn check_chars(
+    field: &str,
+    value: &str,
+    range: &std::ops::RangeInclusive<usize>,
+) -> Result<(), String> {
+    if range.contains(&value.chars().count()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} must be {} to {} characters",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_protocol() {
+        for ok in ["abc", "a.b-c_9", &"x".repeat(32)] {
+            assert!(check_username(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "Abc", "ab c", "héllo", &"x".repeat(33), ""] {
+            assert!(check_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_counted_in_chars() {
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password("1234567").is_err());
+        assert!(check_password(&"é".repeat(128)).is_ok());
+        assert!(check_password(&"é".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! One Postgres database per test, cloned from a migrated template.
+//!
+//! The template's name carries a hash of the migrations, so a changed
+//! migration gets a new template. It is created once, under an advisory
+//! lock (nextest runs tests as parallel processes), and its pool is closed
+//! before cloning: `CREATE DATABASE … TEMPLATE` fails while the template
+//! has connections.
+
+use natter_platform::db;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use std::str::FromStr;
+
+/// A database that is dropped with this value.
+pub struct TestDatabase {
+    /// Its URL.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+const TEMPLATE_LOCK: i64 = 0x6e61_7474_6572_7465;
+
+fn server_url() -> String {
+    std::env::var("NATTER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    PgConnectOptions::from_str(url)
+        .expect("NATTER_TEST_DATABASE_URL is a Postgres URL")
+        .database(name)
+        .to_url_lossy()
+        .to_string()
+}
+
+impl TestDatabase {
+    /// Creates a fresh, migrated database.
+    ///
+    /// # Panics
+    /// When Postgres does not answer: there is no test without it.
+    pub async fn create() -> Self {
+        let admin_url = server_url();
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres answers on NATTER_TEST_DATABASE_URL (start it: see README)");
+        let template = ensure_template(&mut admin, &admin_url).await;
+        let name = format!("natter_test_{}", uuid::Uuid::new_v4().simple());
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            db::quote_ident(&name),
+            db::quote_ident(&template)
+        );
+        let mut tries = 0;
+        loop {
+            match sqlx::query(&sql).execute(&mut admin).await {
+                Ok(_) => break,
+                // Another process may be touching the template for a moment.
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying clone of the template");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cloning the test database: {e}"),
+            }
+        }
+        admin.close().await.ok();
+        Self {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// A small pool on it.
+    ///
+    /// # Panics
+    /// When Postgres does not answer.
+    pub async fn pool(&self) -> PgPool {
+        db::connect(&self.url, 4).await.expect("test pool")
+    }
+}
+
+async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
+    let mut hasher = Sha256::new();
+    for m in db::MIGRATOR.iter() {
+        hasher.update(m.version.to_le_bytes());
+        hasher.update(&*m.checksum);
+    }
+    let digest = hasher.finalize();
+    let name = format!("natter_template_{}", &hex::encode(digest)[..16]);
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await
+        .expect("template lock");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut *admin)
+            .await
+            .expect("template lookup");
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            db::quote_ident(&building)
+        ))
+        .execute(&mut *admin)
+        .await
+        .expect("drop stale template");
+        sqlx::query(&format!("CREATE DATABASE {}", db::quote_ident(&building)))
+            .execute(&mut *admin)
+            .await
+            .expect("create template");
+        let pool = db::connect(&with_database(admin_url, &building), 1)
+            .await
+            .expect("template pool");
+        db::migrate(&pool).await.expect("migrate template");
+        pool.close().await;
+        // Renamed only when complete, so a crash never leaves a half-made
+        // template under the real name.
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            db::quote_ident(&building),
+            db::quote_ident(&name)
+        ))
+        .execute(&mut *admin)
+        .await
+        .expect("publish template");
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await
+        .expect("template unlock");
+    name
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            db::quote_ident(&self.name)
+        );
+        let work = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&sql).execute(&mut admin).await;
+                }
+            });
+        });
+        let _ = work.join();
+    }
+}

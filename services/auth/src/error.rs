@@ -1,0 +1,56 @@
+//! Auth's failures and the one place they become HTTP answers.
+
+use axum::response::{IntoResponse, Response};
+use natter_platform::http_error::ApiError;
+use natter_protocol::ErrorCode;
+
+/// Everything auth can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A field is malformed; the message names it.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The username belongs to a live user.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// Unknown user or wrong password: deliberately the same.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Too many failed logins; retry after this many seconds.
+    #[error("too many failed logins; retry later")]
+    RateLimited(u64),
+    /// Missing, invalid, expired or revoked token.
+    #[error("missing, invalid or revoked token")]
+    Unauthorized,
+    /// A backend did not answer in time.
+    #[error("a backend did not answer in time")]
+    Unavailable,
+    /// Anything else: logged, answered opaquely.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::UsernameTaken => ErrorCode::UsernameTaken,
+            Self::InvalidCredentials => ErrorCode::InvalidCredentials,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::Unavailable => ErrorCode::Unavailable,
+            Self::Internal(e) => return ApiError::internal(e).into_response(),
+        };
+        let mut error = ApiError::new(code, self.to_string());
+        if let Self::RateLimited(secs) = self {
+            error.retry_after = Some(secs);
+        }
+        error.into_response()
+    }
+}

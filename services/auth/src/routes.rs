@@ -1,0 +1,120 @@
+//! The handlers of `/api/v1/auth`.
+
+use crate::error::AuthError;
+use crate::extract::AuthUser;
+use crate::{AppState, store};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use natter_platform::http_error::JsonBody;
+use natter_protocol::ErrorCode;
+use natter_protocol::http::{Credentials, TokenResponse, UserView, paths};
+use natter_protocol::limits;
+use natter_protocol::rpc::{RpcReply, UnregisterRequest};
+use std::time::Duration;
+
+/// How long unregister waits for the message service.
+const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::REGISTER, post(register))
+        .route(paths::LOGIN, post(login))
+        .route(paths::LOGOUT, post(logout))
+        .route(paths::UNREGISTER, post(unregister))
+        .route(paths::ME, get(me))
+        .with_state(state)
+}
+
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+async fn register(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<(StatusCode, Json<UserView>), AuthError> {
+    limits::check_username(&body.username).map_err(AuthError::InvalidRequest)?;
+    limits::check_password(&body.password).map_err(AuthError::InvalidRequest)?;
+    let hash = state.passwords.hash(body.password).await?;
+    let user = store::insert_user(&state.pool, &body.username, &hash).await?;
+    tracing::info!(user_id = %user.user_id, "registered");
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<TokenResponse>, AuthError> {
+    if let Some(retry_after) = store::login_blocked_for(&state.pool, &body.username).await? {
+        return Err(AuthError::RateLimited(retry_after));
+    }
+    let user = store::find_login(&state.pool, &body.username).await?;
+    let (stored, user) = match user {
+        Some((view, hash)) => (Some(hash), Some(view)),
+        None => (None, None),
+    };
+    let ok = state.passwords.verify(body.password, stored).await;
+    let Some(user) = user.filter(|_| ok) else {
+        store::record_login_failure(&state.pool, &body.username).await?;
+        return Err(AuthError::InvalidCredentials);
+    };
+    let session = store::create_session(&state.pool, user.user_id, state.keys.ttl_secs()).await?;
+    let token = state
+        .keys
+        .issue(user.user_id, &user.username, session)
+        .map_err(|e| AuthError::Internal(e.into()))?;
+    tracing::info!(user_id = %user.user_id, session_id = %session, "logged in");
+    Ok(Json(TokenResponse {
+        token,
+        token_type: "Bearer".into(),
+        expires_in: state.keys.ttl_secs(),
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, AuthError> {
+    store::revoke_session(&state.pool, &state.ns, user.user_id, user.session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The message service owns connections and channels, so it releases them,
+/// marks the user deleted and revokes the sessions in one transaction; auth
+/// answers 204 only after that, 503 if message does not answer.
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn unregister(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<StatusCode, AuthError> {
+    let request = serde_json::to_vec(&UnregisterRequest {
+        user_id: user.user_id,
+    })
+    .map_err(|e| AuthError::Internal(e.into()))?;
+    let reply = tokio::time::timeout(
+        UNREGISTER_TIMEOUT,
+        state
+            .nats
+            .request(state.ns.rpc_unregister(), request.into()),
+    )
+    .await
+    .map_err(|_| AuthError::Unavailable)?
+    .map_err(|e| {
+        tracing::warn!(error = %e, "message service did not take the unregister request");
+        AuthError::Unavailable
+    })?;
+    match serde_json::from_slice::<RpcReply>(&reply.payload) {
+        Ok(RpcReply::Ok(_)) => {
+            tracing::info!("unregistered");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Ok(RpcReply::Err(e)) if e.code == ErrorCode::NotFound => Err(AuthError::Unauthorized),
+        Ok(RpcReply::Err(e)) => Err(AuthError::Internal(anyhow::anyhow!("unregister: {e}"))),
+        Err(e) => Err(AuthError::Internal(e.into())),
+    }
+}
+
+async fn me(user: AuthUser) -> Json<UserView> {
+    Json(UserView {
+        user_id: user.user_id,
+        username: user.username,
+    })
+}

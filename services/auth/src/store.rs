@@ -1,0 +1,179 @@
+//! Auth's SQL. Constraint names map to domain errors here, so a taken
+//! username is a 409 decided by the unique index, never by a racy check.
+
+use crate::error::AuthError;
+use natter_protocol::events::SessionRevoked;
+use natter_protocol::http::UserView;
+use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
+use natter_protocol::subjects::Namespace;
+use natter_protocol::{SessionId, UserId};
+use sqlx::PgPool;
+
+/// Inserts a user with a fresh invite code.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn insert_user(
+    pool: &PgPool,
+    username: &str,
+    password_hash: &str,
+) -> Result<UserView, AuthError> {
+    let result: Result<(i64,), sqlx::Error> = sqlx::query_as(
+        "INSERT INTO users (username, password_hash, invite_code) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(username)
+    .bind(password_hash)
+    .bind(natter_platform::random::invite_code())
+    .fetch_one(pool)
+    .await;
+    match result {
+        Ok((id,)) => Ok(UserView {
+            user_id: UserId(id),
+            username: username.to_owned(),
+        }),
+        Err(e) if constraint(&e) == Some("users_username_live_key") => {
+            Err(AuthError::UsernameTaken)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn constraint(e: &sqlx::Error) -> Option<&str> {
+    e.as_database_error().and_then(|d| d.constraint())
+}
+
+/// The live user of that name and their password hash.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn find_login(
+    pool: &PgPool,
+    username: &str,
+) -> Result<Option<(UserView, String)>, AuthError> {
+    let row: Option<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, username, password_hash FROM users WHERE username = $1 AND deleted_at IS NULL",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(id, username, hash)| {
+        (
+            UserView {
+                user_id: UserId(id),
+                username,
+            },
+            hash,
+        )
+    }))
+}
+
+/// Seconds until `username` may try again, if it has failed too often
+/// within the window.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn login_blocked_for(
+    pool: &PgPool,
+    username: &str,
+) -> Result<Option<u64>, AuthError> {
+    let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), \
+                EXTRACT(EPOCH FROM (min(failed_at) + make_interval(secs => $2) - clock_timestamp()))::float8 \
+         FROM (SELECT failed_at FROM login_failures \
+               WHERE username = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2) \
+               ORDER BY failed_at DESC LIMIT $3) recent",
+    )
+    .bind(username)
+    .bind(LOGIN_WINDOW_SECS as f64)
+    .bind(LOGIN_MAX_FAILURES)
+    .fetch_one(pool)
+    .await?;
+    if count < LOGIN_MAX_FAILURES {
+        return Ok(None);
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
+    Ok(Some(secs))
+}
+
+/// Counts a failed login and forgets this name's failures older than the
+/// window, so the table stays small.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn record_login_failure(pool: &PgPool, username: &str) -> Result<(), AuthError> {
+    sqlx::query(
+        "WITH old AS (DELETE FROM login_failures \
+                      WHERE username = $1 AND failed_at <= clock_timestamp() - make_interval(secs => $2)) \
+         INSERT INTO login_failures (username) VALUES ($1)",
+    )
+    .bind(username)
+    .bind(LOGIN_WINDOW_SECS as f64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Opens a session for a successful login.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn create_session(
+    pool: &PgPool,
+    user: UserId,
+    ttl_secs: u64,
+) -> Result<SessionId, AuthError> {
+    let id = uuid::Uuid::now_v7();
+    #[allow(clippy::cast_precision_loss)]
+    let ttl = ttl_secs as f64;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+    )
+    .bind(id)
+    .bind(user.0)
+    .bind(ttl)
+    .execute(pool)
+    .await?;
+    Ok(SessionId(id))
+}
+
+/// The username if the session is live and its user not deleted.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn live_session_user(
+    pool: &PgPool,
+    session: SessionId,
+    user: UserId,
+) -> Result<Option<String>, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND u.deleted_at IS NULL",
+    )
+    .bind(session.0)
+    .bind(user.0)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Revokes a session and, in the same transaction, queues the announcement
+/// that makes every gateway close its sockets.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn revoke_session(
+    pool: &PgPool,
+    ns: &Namespace,
+    user: UserId,
+    session: SessionId,
+) -> Result<(), AuthError> {
+    let mut tx = pool.begin().await?;
+    let revoked =
+        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(session.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if revoked > 0 {
+        let payload = serde_json::to_vec(&SessionRevoked {
+            session_id: session,
+            user_id: user,
+        })
+        .map_err(|e| AuthError::Internal(e.into()))?;
+        sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
+            .bind(uuid::Uuid::now_v7())
+            .bind(ns.session_revoked_subject())
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+use natter_protocol::http::{UserView, paths};
+use natter_testkit::{PASSWORD, TestApp};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn register_creates_a_user_with_an_invite_code() {
+    let app = TestApp::spawn().await;
+    let r = app.register("alice", PASSWORD).await;
+    assert_eq!(r.status(), 201);
+    let user: UserView = r.json().await.expect("user body");
+    assert_eq!(user.username, "alice");
+    let (code, hash): (String, String) =
+        sqlx::query_as("SELECT invite_code, password_hash FROM users WHERE id = $1")
+            .bind(user.user_id.0)
+            .fetch_one(&app.pool)
+            .await
+            .expect("row");
+    assert!(code.len() >= 22, "invite code carries >= 128 bits: {code}");
+    assert!(hash.starts_with("$argon2id$"), "argon2id hash: {hash}");
+}
+
+#[tokio::test]
+async fn a_taken_username_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.register("bob", PASSWORD).await.status(), 201);
+    let r = app.register("bob", "another password").await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "username_taken");
+}
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_name_give_exactly_one_user() {
+    let app = TestApp::spawn().await;
+    let attempts = (0..8).map(|_| app.register("carol", PASSWORD));
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_usernames_and_passwords_name_the_field() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        ("ab", PASSWORD, "username"),
+        ("Alice", PASSWORD, "username"),
+        ("with space", PASSWORD, "username"),
+        (&"x".repeat(33), PASSWORD, "username"),
+        ("dave", "short", "password"),
+        ("dave", &"p".repeat(129), "password"),
+    ];
+    for (name, password, field) in cases {
+        let r = app.register(name, password).await;
+        assert_eq!(r.status(), 400, "{name}/{password}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["code"], "invalid_request");
+        assert!(
+            body["message"].as_str().expect("message").contains(field),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_and_mistyped_fields_are_invalid_requests_naming_the_field() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (json!({"username": "erin"}), "password"),
+        (json!({"password": PASSWORD}), "username"),
+        (json!({"username": 5, "password": PASSWORD}), "username"),
+    ] {
+        let r = app.post(paths::REGISTER, &body, None).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let err: Value = r.json().await.expect("json");
+        assert_eq!(err["code"], "invalid_request");
+        assert!(
+            err["message"].as_str().expect("message").contains(field),
+            "{err}"
+        );
+    }
+}

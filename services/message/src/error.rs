@@ -1,0 +1,52 @@
+//! Domain failures and their error codes.
+
+use natter_protocol::{ErrorBody, ErrorCode};
+
+/// A request that cannot be done: a rule said no, or something broke.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// A rule of PROTOCOL.md 2.2 refused; the code says which.
+    #[error("{0}")]
+    Rule(ErrorBody),
+    /// Postgres or NATS failed: logged, answered as `internal`.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl DomainError {
+    /// A refusal with a code and message.
+    pub fn rule(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Rule(ErrorBody::new(code, message))
+    }
+
+    /// The wire form; internals are logged and hidden.
+    #[must_use]
+    pub fn into_body(self) -> ErrorBody {
+        match self {
+            Self::Rule(body) => body,
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                ErrorBody::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+
+    /// Whether Postgres reported a deadlock or serialization failure, which
+    /// is retried.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        let Self::Internal(e) = self else {
+            return false;
+        };
+        e.downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "40P01" || c == "40001")
+    }
+}
+
+impl From<sqlx::Error> for DomainError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}

@@ -1,0 +1,125 @@
+//! natter's message service: the domain.
+//!
+//! It answers the gateway's forwarded requests and auth's unregister over
+//! NATS request/reply (queue group, so instances share the load), keeps
+//! every durable fact in Postgres, and announces state changes through the
+//! outbox, which [`relay`] publishes to JetStream.
+//!
+//! Reading order: [`Message`] wires it; [`rpc`] receives requests;
+//! [`relay`] publishes the outbox; [`store`] is the SQL; [`error`] maps
+//! domain failures to error codes.
+
+mod error;
+pub mod relay;
+mod rpc;
+mod store;
+
+use anyhow::Context;
+use natter_platform::health::{self, Dependencies};
+use natter_platform::{Config, db, nats};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::DomainError;
+
+/// Handles shared by every request; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// All durable state.
+    pub pool: sqlx::PgPool,
+    /// Requests in, replies out.
+    pub nats: async_nats::Client,
+    /// Names of subjects.
+    pub ns: natter_protocol::subjects::Namespace,
+}
+
+/// A bound, ready-to-run message service.
+pub struct Message {
+    state: AppState,
+    js: async_nats::jetstream::Context,
+    health_listener: TcpListener,
+    deps: Dependencies,
+}
+
+impl Message {
+    /// Connects to Postgres and NATS, declares the streams and binds the
+    /// health port.
+    ///
+    /// # Errors
+    /// When a dependency does not answer or the port cannot be bound.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = db::connect(&config.database_url, 32).await?;
+        let client = nats::connect(&config.nats_url, "natter-message").await?;
+        let js = nats::jetstream(&client);
+        let ns = config.namespace();
+        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        let health_listener = TcpListener::bind(config.message_addr)
+            .await
+            .with_context(|| format!("binding message health to {}", config.message_addr))?;
+        let deps = Dependencies {
+            postgres: Some(pool.clone()),
+            nats: Some(client.clone()),
+            redis: None,
+        };
+        Ok(Self {
+            state: AppState {
+                pool,
+                nats: client,
+                ns,
+            },
+            js,
+            health_listener,
+            deps,
+        })
+    }
+
+    /// Where `/healthz` and `/readyz` answer.
+    ///
+    /// # Errors
+    /// If the socket has no address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.health_listener.local_addr()
+    }
+
+    /// Serves until `shutdown`: stops taking requests, lets in-flight ones
+    /// finish (bounded), stops the relay.
+    ///
+    /// # Errors
+    /// When subscribing fails.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr()?, "message serving health");
+        let tasks = TaskTracker::new();
+        let draining = CancellationToken::new();
+        tasks.spawn(relay::run(
+            self.state.pool.clone(),
+            self.js.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(health::serve(
+            self.health_listener,
+            self.deps,
+            draining.clone(),
+            shutdown.clone(),
+        ));
+        let served = rpc::serve(self.state, shutdown.clone()).await;
+        draining.cancel();
+        tasks.close();
+        if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!("message: background work outlived the grace period");
+        }
+        served
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Builds and runs the message service until `shutdown`.
+///
+/// # Errors
+/// As [`Message::build`] and [`Message::run`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Message::build(&config).await?.run(shutdown).await
+}

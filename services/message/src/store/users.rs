@@ -1,0 +1,141 @@
+//! Users as the domain sees them: unregistering.
+
+use crate::error::DomainError;
+use crate::store::outbox;
+use natter_protocol::events::{Event, SessionRevoked};
+use natter_protocol::subjects::Namespace;
+use natter_protocol::{ChannelId, ErrorCode, SessionId, UserId};
+use sqlx::PgPool;
+
+/// Unregisters a user in one transaction: its accepted connections are
+/// disconnected (partners' counts −1), its memberships quit (head counts
+/// −1), the user marked deleted (the name is free again, messages stay),
+/// its sessions revoked; the outbox announces each change. Deadlocks are
+/// retried.
+#[tracing::instrument(skip(pool, ns))]
+pub(crate) async fn unregister(
+    pool: &PgPool,
+    ns: &Namespace,
+    user: UserId,
+) -> Result<(), DomainError> {
+    let mut attempt = 0;
+    loop {
+        match unregister_once(pool, ns, user).await {
+            Err(e) if e.is_retryable() && attempt < 5 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn unregister_once(pool: &PgPool, ns: &Namespace, user: UserId) -> Result<(), DomainError> {
+    let mut tx = pool.begin().await?;
+    // Lock order: channels, then users. The member and partner sets are
+    // read, locked, and read again under the locks; if they moved in
+    // between (a join or accept raced us), lock again.
+    let (channels, partners) = loop {
+        let channels: Vec<i64> = sqlx::query_scalar(
+            "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
+        )
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("SELECT id FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&channels)
+            .execute(&mut *tx)
+            .await?;
+        let partners = accepted_partners(&mut tx, user).await?;
+        let mut ids = partners.clone();
+        ids.push(user.0);
+        let live: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !live.contains(&user.0) {
+            return Err(DomainError::rule(ErrorCode::NotFound, "no such user"));
+        }
+        let still_channels: Vec<i64> = sqlx::query_scalar(
+            "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
+        )
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        if still_channels == channels && accepted_partners(&mut tx, user).await? == partners {
+            break (channels, partners);
+        }
+    };
+    let deleted = sqlx::query(
+        "UPDATE users SET deleted_at = now(), connection_count = 0 WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(user.0)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        return Err(DomainError::rule(ErrorCode::NotFound, "no such user"));
+    }
+    sqlx::query(
+        "UPDATE user_connections SET status = 'disconnected', updated_at = now() \
+         WHERE (user_low = $1 OR user_high = $1) AND status <> 'disconnected'",
+    )
+    .bind(user.0)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE users SET connection_count = connection_count - 1 WHERE id = ANY($1)")
+        .bind(&partners)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM channel_members WHERE user_id = $1")
+        .bind(user.0)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE channels SET head_count = head_count - 1 WHERE id = ANY($1)")
+        .bind(&channels)
+        .execute(&mut *tx)
+        .await?;
+    for channel in &channels {
+        outbox::event(
+            &mut tx,
+            ns,
+            &Event::MemberLeft {
+                channel_id: ChannelId(*channel),
+                user_id: user,
+            },
+        )
+        .await?;
+    }
+    let sessions: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(user.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    for session in sessions {
+        outbox::session_revoked(
+            &mut tx,
+            ns,
+            &SessionRevoked {
+                session_id: SessionId(session),
+                user_id: user,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn accepted_partners(
+    tx: &mut sqlx::PgConnection,
+    user: UserId,
+) -> Result<Vec<i64>, DomainError> {
+    Ok(sqlx::query_scalar(
+        "SELECT CASE WHEN user_low = $1 THEN user_high ELSE user_low END AS partner \
+         FROM user_connections WHERE (user_low = $1 OR user_high = $1) AND status = 'accepted' \
+         ORDER BY partner",
+    )
+    .bind(user.0)
+    .fetch_all(tx)
+    .await?)
+}

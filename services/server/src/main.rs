@@ -1,0 +1,94 @@
+//! `natter-server`: every natter service in one binary.
+//!
+//! `natter-server auth|connection|message|push` runs one service (one per
+//! pod in Kubernetes); `natter-server all` runs the four in one process for
+//! development, creating and migrating the database first; `natter-server
+//! migrate` only migrates (a helm hook Job).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use natter_platform::{Config, db, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// natter's services. Every flag can also be set by its NATTER_* variable.
+#[derive(Parser)]
+#[command(name = "natter-server", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+    /// The HTTP auth service.
+    Auth,
+    /// The WebSocket gateway.
+    Connection,
+    /// The message (domain) service.
+    Message,
+    /// The push (fan-out) service.
+    Push,
+    /// All four in one process, for development (migrates first; generates
+    /// a JWT secret if none is set).
+    All,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    telemetry::init(cli.config.log_format);
+    let stop = shutdown::on_signal();
+    let result = match cli.command {
+        Command::Migrate => migrate(&cli.config).await,
+        Command::Auth => natter_auth::run(cli.config, stop).await,
+        Command::Connection => natter_connection::run(cli.config, stop).await,
+        Command::Message => natter_message::run(cli.config, stop).await,
+        Command::Push => natter_push::run(cli.config, stop).await,
+        Command::All => {
+            if cli.config.jwt_secret.as_deref().is_none_or(str::is_empty) {
+                tracing::warn!(
+                    "NATTER_JWT_SECRET is not set: generated a random one for this process; \
+                     tokens will not survive a restart"
+                );
+                cli.config.jwt_secret = Some(natter_platform::random::token(32));
+            }
+            migrate(&cli.config).await?;
+            all(cli.config, stop).await
+        }
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = ?e, "natter-server failed");
+    }
+    result
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::ensure_database(&config.database_url).await?;
+    let pool = db::connect(&config.database_url, 2).await?;
+    db::migrate(&pool).await?;
+    pool.close().await;
+    tracing::info!("database is migrated");
+    Ok(())
+}
+
+/// Runs the four services; when one fails, the others are stopped too.
+async fn all(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(natter_auth::run(config.clone(), stop.clone()));
+    set.spawn(natter_message::run(config.clone(), stop.clone()));
+    set.spawn(natter_push::run(config.clone(), stop.clone()));
+    set.spawn(natter_connection::run(config, stop.clone()));
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let result = joined.context("a service panicked").and_then(|r| r);
+        if let Err(e) = result {
+            stop.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

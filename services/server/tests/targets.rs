@@ -1,0 +1,131 @@
+//! The binary's targets start, report readiness and stop on SIGTERM.
+
+use natter_testkit::TestDatabase;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Server {
+    child: Child,
+    ports: Vec<u16>,
+}
+
+fn spawn(target: &str, database_url: &str) -> Server {
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-server"));
+    cmd.arg(target)
+        .env("NATTER_DATABASE_URL", database_url)
+        .env("NATTER_NAMESPACE", &namespace)
+        .env("NATTER_AUTH_ADDR", format!("127.0.0.1:{}", ports[0]))
+        .env("NATTER_GATEWAY_ADDR", format!("127.0.0.1:{}", ports[1]))
+        .env("NATTER_MESSAGE_ADDR", format!("127.0.0.1:{}", ports[2]))
+        .env("NATTER_PUSH_ADDR", format!("127.0.0.1:{}", ports[3]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if target != "all" {
+        cmd.env("NATTER_JWT_SECRET", "a-secret-for-the-binary-test");
+    } else {
+        cmd.env_remove("NATTER_JWT_SECRET");
+    }
+    Server {
+        child: cmd.spawn().expect("natter-server starts"),
+        ports,
+    }
+}
+
+async fn wait_ready(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn terminate(mut server: Server) {
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit after SIGTERM: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn all_runs_the_four_services_and_stops_on_sigterm() {
+    let db = TestDatabase::create().await;
+    let server = spawn("all", &db.url);
+    for port in server.ports.clone() {
+        wait_ready(port).await;
+    }
+    terminate(server);
+}
+
+#[tokio::test]
+async fn each_service_target_starts_alone_and_stops_on_sigterm() {
+    let db = TestDatabase::create().await;
+    for (target, index) in [("auth", 0), ("connection", 1), ("message", 2), ("push", 3)] {
+        let server = spawn(target, &db.url);
+        wait_ready(server.ports[index]).await;
+        terminate(server);
+    }
+}
+
+#[test]
+fn a_service_refuses_to_start_without_a_jwt_secret() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        .arg("auth")
+        .env_remove("NATTER_JWT_SECRET")
+        .env("NATTER_AUTH_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("NATTER_JWT_SECRET"), "{text}");
+}
+
+#[test]
+fn migrate_creates_and_migrates_a_database() {
+    let name = format!("natter_migrate_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let status = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        .arg("migrate")
+        .env("NATTER_DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .status()
+        .expect("runs");
+    assert!(status.success());
+    let check = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &name, "-tAc"])
+        .arg("SELECT count(*) FROM _sqlx_migrations")
+        .output()
+        .expect("psql");
+    let count = String::from_utf8_lossy(&check.stdout).trim().to_owned();
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+        .arg(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .output();
+    assert_eq!(count, "2");
+}
