@@ -80,6 +80,41 @@ pub struct Config {
     #[arg(long, env = "NATTER_HEAD_LIMIT", default_value_t = 100)]
     pub head_limit: i32,
 
+    /// Gateway: seconds between pings to each socket.
+    #[arg(long, env = "NATTER_WS_PING_SECS", default_value_t = 30)]
+    pub ws_ping_secs: u64,
+
+    /// Gateway: a socket silent this long is closed (1001).
+    #[arg(long, env = "NATTER_WS_IDLE_SECS", default_value_t = 90)]
+    pub ws_idle_secs: u64,
+
+    /// Gateway: frames queued per socket before it is closed as a slow
+    /// consumer (1013).
+    #[arg(long, env = "NATTER_WS_QUEUE", default_value_t = 256)]
+    pub ws_queue: usize,
+
+    /// Gateway: requests per second per socket (token bucket rate).
+    #[arg(long, env = "NATTER_WS_RATE", default_value_t = 50)]
+    pub ws_rate: u32,
+
+    /// Gateway: request burst per socket (token bucket size).
+    #[arg(long, env = "NATTER_WS_BURST", default_value_t = 100)]
+    pub ws_burst: u32,
+
+    /// Gateway: most sockets held at once; more get 503.
+    #[arg(long, env = "NATTER_WS_MAX_SOCKETS", default_value_t = 250_000)]
+    pub ws_max_sockets: usize,
+
+    /// Gateway: seconds between turning unready on SIGTERM and draining
+    /// sockets, so load balancers stop sending new ones first.
+    #[arg(long, env = "NATTER_DRAIN_DELAY_SECS", default_value_t = 0)]
+    pub drain_delay_secs: u64,
+
+    /// Seconds a forwarded request waits for the message service before
+    /// answering `unavailable`.
+    #[arg(long, env = "NATTER_REQUEST_TIMEOUT_SECS", default_value_t = 5)]
+    pub request_timeout_secs: u64,
+
     /// `pretty` or `json`.
     #[arg(long, env = "NATTER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -105,12 +105,13 @@ pub enum Delivery {
         /// Who gets what.
         targets: Vec<UnreadTarget>,
     },
-    /// The user is no longer a member: sockets that entered it leave it.
+    /// The user is no longer a member: these sockets, if they are in the
+    /// channel, leave it.
     LeaveChannel {
         /// The channel.
         channel_id: ChannelId,
-        /// The former member.
-        user_id: UserId,
+        /// Local socket ids of the former member.
+        sockets: Vec<u64>,
     },
 }
 

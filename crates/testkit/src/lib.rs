@@ -5,6 +5,7 @@
 //! run in parallel and, when a [`TestApp`] is dropped, leave nothing behind.
 
 mod database;
+pub mod ws;
 
 use natter_platform::Config;
 use natter_protocol::http::{TokenResponse, paths};
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 pub use database::TestDatabase;
+pub use ws::{Closed, ErrorFrame, WsClient};
 
 /// The password [`TestApp::user`] registers with.
 pub const PASSWORD: &str = "correct horse battery";
@@ -237,6 +239,24 @@ impl TestApp {
         let r = self.login(username, PASSWORD).await;
         assert_eq!(r.status(), 200, "login {username}");
         r.json::<TokenResponse>().await.expect("token body").token
+    }
+
+    /// Opens a WebSocket on the gateway with `token`.
+    ///
+    /// # Panics
+    /// When the gateway refuses.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        ws::connect(&self.ws_url(), Some(token))
+            .await
+            .expect("the gateway accepts the socket")
+    }
+
+    /// Registers and logs in `username`, then opens a socket: the token and
+    /// the socket.
+    pub async fn ws_user(&self, username: &str) -> (String, WsClient) {
+        let token = self.user(username).await;
+        let socket = self.ws(&token).await;
+        (token, socket)
     }
 
     /// `GET` an auth path with a bearer token.

@@ -1,0 +1,73 @@
+//! Deliveries from push: one core NATS message per event on this
+//! gateway's subject, carrying frames serialized once; each is queued to
+//! the local sockets it names.
+
+use crate::registry::{Outbound, Registry};
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
+use natter_protocol::events::{Delivery, DeliveryBatch};
+use natter_protocol::frames::ServerFrame;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Subscribes to `subject` and delivers until `shutdown`.
+pub(crate) async fn listen(
+    nats: &async_nats::Client,
+    subject: String,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut sub = nats
+        .subscribe(subject)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to deliveries: {e}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = sub.next() => m,
+                () = shutdown.cancelled() => break,
+            };
+            let Some(msg) = msg else { break };
+            match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {
+                Ok(batch) => deliver(&registry, batch),
+                Err(e) => tracing::warn!(error = %e, "undecodable delivery batch"),
+            }
+        }
+    }))
+}
+
+/// Queues each item of a batch to its sockets.
+pub(crate) fn deliver(registry: &Registry, batch: DeliveryBatch) {
+    for item in batch.items {
+        match item {
+            Delivery::Frame { sockets, frame } => {
+                registry.send(&sockets, &Outbound::Frame(Utf8Bytes::from(frame)));
+            }
+            Delivery::Unread {
+                channel_id,
+                title,
+                last_seq,
+                targets,
+            } => {
+                for target in targets {
+                    let frame = ServerFrame::Unread {
+                        channel_id,
+                        title: title.clone(),
+                        last_seq,
+                        unread: target.unread,
+                    };
+                    registry.send(
+                        &target.sockets,
+                        &Outbound::Frame(Utf8Bytes::from(frame.to_json())),
+                    );
+                }
+            }
+            Delivery::LeaveChannel {
+                channel_id,
+                sockets,
+            } => {
+                registry.send(&sockets, &Outbound::Leave(channel_id));
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Forwarding a client request to the message service: core NATS
+//! request/reply to the message queue group, bounded by a timeout.
+
+use crate::Shared;
+use natter_protocol::rpc::{Caller, RpcReply, RpcRequest};
+use natter_protocol::{ErrorBody, ErrorCode, frames::Request};
+
+/// Sends `request` for `caller`; `unavailable` when message does not
+/// answer in time (the request may or may not have taken effect).
+pub(crate) async fn forward(
+    shared: &Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<serde_json::Value, ErrorBody> {
+    let kind = request.kind();
+    let payload = serde_json::to_vec(&RpcRequest { caller, request })
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+    let answer = tokio::time::timeout(
+        shared.settings.request_timeout,
+        shared
+            .nats
+            .request(shared.rpc_subject.clone(), payload.into()),
+    )
+    .await;
+    let unavailable = || {
+        ErrorBody::new(
+            ErrorCode::Unavailable,
+            "the message service did not answer in time; the request may or may not have taken effect",
+        )
+    };
+    let msg = match answer {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(e)) => {
+            tracing::warn!(request = kind, error = %e, "forwarding failed");
+            return Err(unavailable());
+        }
+        Err(_) => {
+            tracing::warn!(request = kind, "forwarding timed out");
+            return Err(unavailable());
+        }
+    };
+    match serde_json::from_slice::<RpcReply>(&msg.payload) {
+        Ok(RpcReply::Ok(result)) => Ok(result),
+        Ok(RpcReply::Err(body)) => Err(body),
+        Err(e) => {
+            tracing::error!(request = kind, error = %e, "undecodable reply from message");
+            Err(ErrorBody::new(ErrorCode::Internal, "internal error"))
+        }
+    }
+}

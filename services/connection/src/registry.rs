@@ -1,0 +1,263 @@
+//! The sockets this gateway holds, by id and by session.
+//!
+//! Each socket is owned by its task; the registry keeps only what others
+//! need to reach it: the bounded outgoing queue and its [`Control`]. The
+//! locks are std mutexes held for map operations only, never across
+//! `.await`.
+
+use axum::extract::ws::Utf8Bytes;
+use natter_protocol::{ChannelId, SessionId, UserId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{Notify, mpsc};
+
+/// What a socket's task is asked to write or do, in queue order.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    /// A serialized server frame, shared by every recipient.
+    Frame(Utf8Bytes),
+    /// The user left this channel (quit elsewhere): leave it if entered.
+    Leave(ChannelId),
+}
+
+/// A request to close a socket, out of band so that a full queue cannot
+/// delay it.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseRequest {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+    /// A last frame to send before closing (e.g. `session_revoked`).
+    pub last_frame: Option<Utf8Bytes>,
+    /// Whether queued frames are written first (not for a slow consumer).
+    pub drain: bool,
+}
+
+/// What is shared between a socket's task and the rest of the gateway.
+#[derive(Debug)]
+pub(crate) struct Control {
+    /// Its user.
+    pub user_id: UserId,
+    /// The entered channel id, 0 when none; read by the presence
+    /// heartbeat when it re-registers.
+    entered: AtomicI64,
+    close: Mutex<Option<CloseRequest>>,
+    notify: Notify,
+}
+
+impl Control {
+    fn new(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            entered: AtomicI64::new(0),
+            close: Mutex::new(None),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The entered channel.
+    pub(crate) fn entered(&self) -> Option<ChannelId> {
+        match self.entered.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(ChannelId(id)),
+        }
+    }
+
+    /// Records the entered channel.
+    pub(crate) fn set_entered(&self, channel: Option<ChannelId>) {
+        self.entered
+            .store(channel.map_or(0, |c| c.0), Ordering::Relaxed);
+    }
+
+    /// Asks the socket to close; the first request wins.
+    pub(crate) fn close(&self, request: CloseRequest) {
+        let mut slot = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(request);
+            drop(slot);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves when a close is requested: the request.
+    pub(crate) async fn closed(&self) -> CloseRequest {
+        loop {
+            if let Some(r) = self
+                .close
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// How the registry reaches one socket.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    /// Its outgoing queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Its control block.
+    pub control: Arc<Control>,
+}
+
+/// The slow-consumer close: the queue is full.
+pub(crate) const SLOW_CONSUMER: CloseRequest = CloseRequest {
+    code: 1013,
+    reason: "slow consumer",
+    last_frame: None,
+    drain: false,
+};
+
+/// All sockets of this gateway.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    next_id: AtomicU64,
+    sockets: Mutex<HashMap<u64, Handle>>,
+    sessions: Mutex<HashMap<SessionId, Vec<u64>>>,
+}
+
+impl Registry {
+    /// Registers a new socket: its id, its queue's receiver and control.
+    pub(crate) fn register(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        queue: usize,
+    ) -> (u64, mpsc::Receiver<Outbound>, Arc<Control>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let control = Arc::new(Control::new(user_id));
+        self.sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                Handle {
+                    tx,
+                    control: control.clone(),
+                },
+            );
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(session_id)
+            .or_default()
+            .push(id);
+        (id, rx, control)
+    }
+
+    /// Forgets a socket.
+    pub(crate) fn remove(&self, id: u64, session_id: SessionId) {
+        self.sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ids) = sessions.get_mut(&session_id) {
+            ids.retain(|s| *s != id);
+            if ids.is_empty() {
+                sessions.remove(&session_id);
+            }
+        }
+    }
+
+    /// Queues `item` for each socket in `ids` that is still here; a full
+    /// queue closes that socket as a slow consumer, without waiting.
+    pub(crate) fn send(&self, ids: &[u64], item: &Outbound) -> usize {
+        let handles: Vec<Handle> = {
+            let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.iter()
+                .filter_map(|id| sockets.get(id).cloned())
+                .collect()
+        };
+        let mut sent = 0;
+        for handle in handles {
+            match handle.tx.try_send(item.clone()) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => handle.control.close(SLOW_CONSUMER),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        sent
+    }
+
+    /// The control blocks of a session's sockets.
+    pub(crate) fn session(&self, session_id: SessionId) -> Vec<Arc<Control>> {
+        let ids = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&session_id)
+            .cloned()
+            .unwrap_or_default();
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        ids.iter()
+            .filter_map(|id| sockets.get(id).map(|h| h.control.clone()))
+            .collect()
+    }
+
+    /// Every socket: id and control.
+    pub(crate) fn all(&self) -> Vec<(u64, Arc<Control>)> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, h)| (*id, h.control.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (UserId, SessionId) {
+        (UserId(1), SessionId(uuid::Uuid::new_v4()))
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_socket_as_a_slow_consumer() {
+        let registry = Registry::default();
+        let (user, session) = ids();
+        let (id, _rx, control) = registry.register(user, session, 2);
+        let frame = Outbound::Frame("{}".into());
+        assert_eq!(registry.send(&[id], &frame), 1);
+        assert_eq!(registry.send(&[id], &frame), 1);
+        assert_eq!(registry.send(&[id], &frame), 0);
+        assert_eq!(control.closed().await.code, 1013);
+    }
+
+    #[test]
+    fn sessions_index_their_sockets_until_removed() {
+        let registry = Registry::default();
+        let (user, session) = ids();
+        let (a, _ra, _) = registry.register(user, session, 4);
+        let (b, _rb, _) = registry.register(user, session, 4);
+        assert_eq!(registry.session(session).len(), 2);
+        registry.remove(a, session);
+        assert_eq!(registry.session(session).len(), 1);
+        registry.remove(b, session);
+        assert!(registry.session(session).is_empty());
+        assert!(registry.all().is_empty());
+    }
+
+    #[test]
+    fn the_first_close_request_wins() {
+        let control = Control::new(UserId(1));
+        control.close(SLOW_CONSUMER);
+        control.close(CloseRequest {
+            code: 1008,
+            reason: "x",
+            last_frame: None,
+            drain: true,
+        });
+        let slot = control.close.lock().expect("lock").clone().expect("set");
+        assert_eq!(slot.code, 1013);
+    }
+}

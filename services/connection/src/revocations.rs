@@ -1,0 +1,133 @@
+//! Revoked sessions: the gateway verifies tokens itself, so it must learn
+//! every logout and unregister. Auth and message announce them through the
+//! outbox into the sessions stream, kept as long as a token lives; the
+//! gateway reads it from the start with an ordered consumer, so one that
+//! starts late still knows every revocation younger than a token.
+
+use crate::registry::{CloseRequest, Registry};
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
+use natter_protocol::SessionId;
+use natter_protocol::events::SessionRevoked;
+use natter_protocol::frames::ServerFrame;
+use natter_protocol::subjects::Namespace;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Sessions known to be revoked, until their tokens would have expired
+/// anyway.
+#[derive(Debug)]
+pub(crate) struct Revoked {
+    until: Mutex<HashMap<SessionId, Instant>>,
+    ttl: Duration,
+}
+
+impl Revoked {
+    pub(crate) fn new(token_ttl: Duration) -> Self {
+        Self {
+            until: Mutex::new(HashMap::new()),
+            // A token issued just before the revocation lives this long.
+            ttl: token_ttl + Duration::from_secs(60),
+        }
+    }
+
+    /// Whether a session is revoked.
+    pub(crate) fn contains(&self, session: SessionId) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&session)
+    }
+
+    fn insert(&self, session: SessionId) {
+        let mut map = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Pruning on insert keeps the map bounded by the revocation rate.
+        if map.len() > 1024 && map.len().is_power_of_two() {
+            map.retain(|_, until| *until > now);
+        }
+        map.insert(session, now + self.ttl);
+    }
+}
+
+/// Closes every socket of a revoked session with `session_revoked`, 1008.
+pub(crate) fn close_session(registry: &Registry, session: SessionId) {
+    let frame = Utf8Bytes::from(ServerFrame::SessionRevoked.to_json());
+    for control in registry.session(session) {
+        control.close(CloseRequest {
+            code: 1008,
+            reason: "session revoked",
+            last_frame: Some(frame.clone()),
+            drain: true,
+        });
+    }
+}
+
+/// Reads the sessions stream: first up to its current end (returns once
+/// caught up, so no revoked token is accepted after start), then follows
+/// it in the background until `shutdown`.
+pub(crate) async fn follow(
+    js: async_nats::jetstream::Context,
+    ns: &Namespace,
+    revoked: Arc<Revoked>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut stream = js
+        .get_stream(ns.sessions_stream())
+        .await
+        .map_err(|e| anyhow::anyhow!("sessions stream: {e}"))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("sessions stream info: {e}"))?
+        .state
+        .last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("sessions consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("sessions messages: {e}"))?;
+    let apply = move |payload: &[u8]| match serde_json::from_slice::<SessionRevoked>(payload) {
+        Ok(r) => {
+            revoked.insert(r.session_id);
+            close_session(&registry, r.session_id);
+        }
+        Err(e) => tracing::warn!(error = %e, "undecodable session revocation"),
+    };
+    let mut seen = 0;
+    while seen < last {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("catching up with revoked sessions timed out"))?;
+        let Some(Ok(msg)) = next else {
+            anyhow::bail!("revoked sessions stream ended while catching up");
+        };
+        seen = msg.info().map_or(seen, |i| i.stream_sequence);
+        apply(&msg.payload);
+    }
+    Ok(tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                n = messages.next() => n,
+                () = shutdown.cancelled() => break,
+            };
+            match next {
+                Some(Ok(msg)) => apply(&msg.payload),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "revoked sessions consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => break,
+            }
+        }
+    }))
+}

@@ -1,0 +1,392 @@
+//! One socket, one task: it reads frames, forwards requests one at a time
+//! in order, writes replies and queued pushes, pings, and closes when asked.
+//!
+//! A single task selecting over everything (rather than a reader and a
+//! writer task) keeps an idle socket small: one task, a small queue, two
+//! small buffers. The only boxed future is the request in flight.
+
+use crate::Shared;
+use crate::registry::{CloseRequest, Control, Outbound};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::future::BoxFuture;
+use natter_platform::token::Claims;
+use natter_protocol::frames::{ClientFrame, Request, ServerFrame};
+use natter_protocol::rpc::{Caller, SocketRef};
+use natter_protocol::{ChannelId, ErrorBody, ErrorCode};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+
+/// A write that takes longer than this means the peer is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames written per flush when the queue has several.
+const WRITE_BATCH: usize = 64;
+/// Requests waiting behind the one in flight.
+const MAX_PENDING: usize = 128;
+
+/// What a finished request needs to update on this socket.
+enum After {
+    Nothing,
+    Entered(ChannelId),
+    Quit(ChannelId),
+}
+
+struct Done {
+    id: u64,
+    after: After,
+    result: Result<serde_json::Value, ErrorBody>,
+}
+
+/// A token bucket: `rate` per second, up to `burst`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why the loop ended.
+enum End {
+    /// The peer closed or vanished.
+    Gone,
+    /// We close with this code.
+    Close(u16, &'static str),
+}
+
+struct Socket {
+    ws: WebSocket,
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+    caller: Caller,
+    pending: VecDeque<ClientFrame>,
+    inflight: Option<BoxFuture<'static, Done>>,
+    bucket: Bucket,
+    last_seen: Instant,
+}
+
+/// Runs one upgraded socket to its end.
+pub(crate) async fn run(
+    ws: WebSocket,
+    shared: Arc<Shared>,
+    claims: Claims,
+    permit: OwnedSemaphorePermit,
+) {
+    let Ok(user_id) = claims.user_id() else {
+        return;
+    };
+    let session_id = claims.session_id();
+    let (socket_id, mut rx, control) =
+        shared
+            .registry
+            .register(user_id, session_id, shared.settings.queue);
+    shared.presence.set(user_id, socket_id, None).await;
+    // A logout that raced the upgrade was not in the cache at the check
+    // before upgrading; now that the socket is registered, a revocation
+    // either is in the cache or will find the socket.
+    if shared.revoked.contains(session_id) {
+        crate::revocations::close_session(&shared.registry, session_id);
+    }
+    let mut socket = Socket {
+        ws,
+        caller: Caller {
+            user_id,
+            username: claims.name,
+            session_id,
+            socket: SocketRef {
+                gateway_id: shared.gateway_id.clone(),
+                socket_id,
+            },
+        },
+        bucket: Bucket::new(shared.settings.rate, shared.settings.burst),
+        shared: shared.clone(),
+        control,
+        pending: VecDeque::new(),
+        inflight: None,
+        last_seen: Instant::now(),
+    };
+    let end = socket.serve(&mut rx).await;
+    if let End::Close(code, reason) = end {
+        socket.close(code, reason).await;
+    }
+    shared.registry.remove(socket_id, session_id);
+    shared.presence.remove(user_id, socket_id).await;
+    drop(permit);
+}
+
+async fn next_done(inflight: &mut Option<BoxFuture<'static, Done>>) -> Done {
+    match inflight {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Socket {
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> End {
+        let ping_every = self.shared.settings.ping;
+        let idle = self.shared.settings.idle;
+        let mut next_ping = Instant::now() + ping_every;
+        let control = self.control.clone();
+        loop {
+            tokio::select! {
+                biased;
+                request = control.closed() => return self.finish(rx, request).await,
+                done = next_done(&mut self.inflight) => {
+                    self.inflight = None;
+                    if let Err(end) = self.complete(done).await {
+                        return end;
+                    }
+                }
+                out = rx.recv() => {
+                    let Some(out) = out else { return End::Gone };
+                    if let Err(end) = self.write_queued(out, rx).await {
+                        return end;
+                    }
+                }
+                msg = self.ws.recv() => {
+                    if let Err(end) = self.on_message(msg).await {
+                        return end;
+                    }
+                }
+                () = tokio::time::sleep_until(next_ping) => {
+                    if self.last_seen.elapsed() >= idle {
+                        return End::Close(1001, "idle timeout");
+                    }
+                    if let Err(end) = self.write(Message::Ping(bytes::Bytes::new())).await {
+                        return end;
+                    }
+                    next_ping = Instant::now() + ping_every;
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let msg = match msg {
+            None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            Some(Err(e)) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast_ref::<tungstenite::Error>()
+                    .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+                return Err(if too_big {
+                    End::Close(1009, "frame too large")
+                } else {
+                    End::Gone
+                });
+            }
+            Some(Ok(msg)) => msg,
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) => {
+                let frame = ServerFrame::error(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        "binary frames are not accepted; send JSON text",
+                    ),
+                );
+                self.write_frame(&frame).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let frame = match ClientFrame::decode(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.write_frame(&e.into_frame()).await,
+        };
+        if !self.bucket.take() || self.pending.len() >= MAX_PENDING {
+            let error = ServerFrame::error(
+                Some(frame.id),
+                ErrorBody::new(ErrorCode::RateLimited, "too many requests; slow down"),
+            );
+            return self.write_frame(&error).await;
+        }
+        self.pending.push_back(frame);
+        self.start_next().await
+    }
+
+    /// Starts queued requests until one is in flight: requests answered
+    /// here (keep_alive, leave) are done at once, in their turn.
+    async fn start_next(&mut self) -> Result<(), End> {
+        while self.inflight.is_none() {
+            let Some(frame) = self.pending.pop_front() else {
+                return Ok(());
+            };
+            let after = match &frame.request {
+                Request::KeepAlive => None,
+                Request::Leave => {
+                    self.set_entered(None).await;
+                    None
+                }
+                Request::Enter { channel_id } => Some(After::Entered(*channel_id)),
+                Request::Quit { channel_id } => Some(After::Quit(*channel_id)),
+                _ => Some(After::Nothing),
+            };
+            let Some(after) = after else {
+                let reply = ServerFrame::reply(frame.id, &serde_json::json!({}));
+                self.write_frame(&reply).await?;
+                continue;
+            };
+            let shared = self.shared.clone();
+            let caller = self.caller.clone();
+            self.inflight = Some(Box::pin(async move {
+                let result = crate::forward::forward(&shared, caller, frame.request).await;
+                Done {
+                    id: frame.id,
+                    after,
+                    result,
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self, done: Done) -> Result<(), End> {
+        if done.result.is_ok() {
+            match done.after {
+                After::Entered(channel) => self.set_entered(Some(channel)).await,
+                After::Quit(channel) if self.control.entered() == Some(channel) => {
+                    self.set_entered(None).await;
+                }
+                _ => {}
+            }
+        }
+        let frame = match done.result {
+            Ok(result) => ServerFrame::Reply {
+                id: done.id,
+                result,
+            },
+            Err(body) => ServerFrame::error(Some(done.id), body),
+        };
+        self.write_frame(&frame).await?;
+        self.start_next().await
+    }
+
+    async fn set_entered(&mut self, channel: Option<ChannelId>) {
+        if self.control.entered() == channel {
+            return;
+        }
+        self.control.set_entered(channel);
+        self.shared
+            .presence
+            .set(self.caller.user_id, self.caller.socket.socket_id, channel)
+            .await;
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), with
+    /// one flush.
+    async fn write_queued(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Frame(text) => {
+                    self.feed(Message::Text(text)).await?;
+                    written += 1;
+                }
+                Outbound::Leave(channel) => {
+                    if self.control.entered() == Some(channel) {
+                        self.set_entered(None).await;
+                    }
+                }
+            }
+            if written < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.flush().await
+    }
+
+    /// Honours a close request: writes queued frames first unless the
+    /// socket is a slow consumer, then the last frame, then closes.
+    async fn finish(&mut self, rx: &mut mpsc::Receiver<Outbound>, request: CloseRequest) -> End {
+        if request.drain {
+            while let Ok(out) = rx.try_recv() {
+                if let Outbound::Frame(text) = out
+                    && self.feed(Message::Text(text)).await.is_err()
+                {
+                    return End::Gone;
+                }
+            }
+        }
+        if let Some(frame) = request.last_frame
+            && self.feed(Message::Text(frame)).await.is_err()
+        {
+            return End::Gone;
+        }
+        if self.flush().await.is_err() {
+            return End::Gone;
+        }
+        End::Close(request.code, request.reason)
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(frame)).await;
+    }
+
+    async fn write_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.write(Message::Text(Utf8Bytes::from(frame.to_json())))
+            .await
+    }
+
+    async fn write(&mut self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    async fn feed(&mut self, msg: Message) -> Result<(), End> {
+        use futures::SinkExt;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        use futures::SinkExt;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+}

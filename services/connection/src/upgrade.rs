@@ -1,0 +1,64 @@
+//! `GET /ws/v1/message`: authenticate, then upgrade. A missing, invalid,
+//! expired or revoked token gets 401 with the JSON error body and no
+//! socket; a draining or full gateway gets 503.
+
+use crate::{Shared, socket};
+use axum::extract::State;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use natter_platform::http_error::ApiError;
+use natter_platform::token;
+use natter_protocol::ErrorCode;
+use natter_protocol::limits::MAX_FRAME_BYTES;
+use std::sync::Arc;
+
+/// Bytes tungstenite reserves to read into per socket (its default, 128
+/// KiB, would cost 25 GiB at 200,000 sockets); frames larger than this
+/// still arrive, the buffer grows for them.
+const READ_BUFFER: usize = 1024;
+
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let unauthorized = || {
+        ApiError::new(ErrorCode::Unauthorized, "missing, invalid or revoked token").into_response()
+    };
+    let Some(raw) = token::bearer(&headers) else {
+        return unauthorized();
+    };
+    let Ok(claims) = shared.keys.verify(raw) else {
+        return unauthorized();
+    };
+    if shared.revoked.contains(claims.session_id()) {
+        return unauthorized();
+    }
+    if shared.draining.is_cancelled() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "gateway is shutting down; reconnect",
+        )
+        .into_response();
+    }
+    let Ok(permit) = shared.sockets.clone().try_acquire_owned() else {
+        return ApiError::new(ErrorCode::Unavailable, "gateway is full; try another")
+            .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()).into_response();
+        }
+    };
+    let tracked = shared.tracker.token();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |ws| async move {
+            socket::run(ws, shared, claims, permit).await;
+            drop(tracked);
+        })
+}
