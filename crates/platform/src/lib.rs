@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod http_error;
+pub mod metrics;
 pub mod nats;
 pub mod random;
 pub mod shutdown;

@@ -119,7 +119,10 @@ impl TestApp {
 
     /// Starts all four services after `tweak` adjusts the configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        natter_platform::telemetry::init(natter_platform::config::LogFormat::Pretty);
+        let _ = natter_platform::telemetry::init(
+            natter_platform::config::LogFormat::Pretty,
+            "natter-test",
+        );
         let db = TestDatabase::create().await;
         let mut config = test_config(&db.url);
         tweak(&mut config);

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use natter_platform::http_error::JsonBody;
+use natter_platform::metrics;
 use natter_protocol::ErrorCode;
 use natter_protocol::http::{Credentials, TokenResponse, UserView, paths};
 use natter_protocol::limits;
@@ -45,7 +46,9 @@ async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, AuthError> {
+    let logins = &metrics::get().logins;
     if let Some(retry_after) = store::login_blocked_for(&state.pool, &body.username).await? {
+        logins.add(1, &metrics::attr("outcome", "rate_limited"));
         return Err(AuthError::RateLimited(retry_after));
     }
     let user = store::find_login(&state.pool, &body.username).await?;
@@ -56,8 +59,10 @@ async fn login(
     let ok = state.passwords.verify(body.password, stored).await;
     let Some(user) = user.filter(|_| ok) else {
         store::record_login_failure(&state.pool, &body.username).await?;
+        logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
     };
+    logins.add(1, &metrics::attr("outcome", "success"));
     let session = store::create_session(&state.pool, user.user_id, state.keys.ttl_secs()).await?;
     let token = state
         .keys

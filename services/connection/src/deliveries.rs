@@ -28,6 +28,9 @@ pub(crate) async fn listen(
                 () = shutdown.cancelled() => break,
             };
             let Some(msg) = msg else { break };
+            let span = tracing::info_span!("gateway.deliver");
+            natter_platform::telemetry::propagation::adopt(&span, msg.headers.as_ref());
+            let _entered = span.enter();
             match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {
                 Ok(batch) => deliver(&registry, batch),
                 Err(e) => tracing::warn!(error = %e, "undecodable delivery batch"),

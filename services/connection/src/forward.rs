@@ -6,7 +6,9 @@ use natter_protocol::rpc::{Caller, RpcReply, RpcRequest};
 use natter_protocol::{ErrorBody, ErrorCode, frames::Request};
 
 /// Sends `request` for `caller`; `unavailable` when message does not
-/// answer in time (the request may or may not have taken effect).
+/// answer in time (the request may or may not have taken effect). The trace
+/// context travels in the NATS headers.
+#[tracing::instrument(name = "gateway.forward", skip_all, fields(request = request.kind(), user_id = %caller.user_id))]
 pub(crate) async fn forward(
     shared: &Shared,
     caller: Caller,
@@ -17,9 +19,11 @@ pub(crate) async fn forward(
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
     let answer = tokio::time::timeout(
         shared.settings.request_timeout,
-        shared
-            .nats
-            .request(shared.rpc_subject.clone(), payload.into()),
+        shared.nats.request_with_headers(
+            shared.rpc_subject.clone(),
+            natter_platform::telemetry::propagation::headers(),
+            payload.into(),
+        ),
     )
     .await;
     let unavailable = || {

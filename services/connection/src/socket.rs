@@ -9,10 +9,12 @@ use crate::Shared;
 use crate::registry::{CloseRequest, Control, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::future::BoxFuture;
+use natter_platform::metrics;
 use natter_platform::token::Claims;
 use natter_protocol::frames::{ClientFrame, Request, ServerFrame};
 use natter_protocol::rpc::{Caller, SocketRef};
 use natter_protocol::{ChannelId, ErrorBody, ErrorCode};
+use opentelemetry::KeyValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 /// A write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written per flush when the queue has several.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: u64 = 64;
 /// Requests waiting behind the one in flight.
 const MAX_PENDING: usize = 128;
 
@@ -106,6 +108,7 @@ pub(crate) async fn run(
             .registry
             .register(user_id, session_id, shared.settings.queue);
     shared.presence.set(user_id, socket_id, None).await;
+    metrics::get().sockets.add(1, &[]);
     // A logout that raced the upgrade was not in the cache at the check
     // before upgrading; now that the socket is registered, a revocation
     // either is in the cache or will find the socket.
@@ -136,7 +139,18 @@ pub(crate) async fn run(
     }
     shared.registry.remove(socket_id, session_id);
     shared.presence.remove(user_id, socket_id).await;
+    metrics::get().sockets.add(-1, &[]);
     drop(permit);
+}
+
+fn count_request(kind: &'static str, outcome: &'static str) {
+    metrics::get().requests.add(
+        1,
+        &[
+            KeyValue::new("type", kind),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
 }
 
 async fn next_done(inflight: &mut Option<BoxFuture<'static, Done>>) -> Done {
@@ -203,9 +217,13 @@ impl Socket {
             Some(Ok(msg)) => msg,
         };
         self.last_seen = Instant::now();
+        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            metrics::get().frames_in.add(1, &[]);
+        }
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
+                count_request("invalid", "invalid_request");
                 let frame = ServerFrame::error(
                     None,
                     ErrorBody::new(
@@ -222,9 +240,13 @@ impl Socket {
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
-            Err(e) => return self.write_frame(&e.into_frame()).await,
+            Err(e) => {
+                count_request("invalid", "invalid_request");
+                return self.write_frame(&e.into_frame()).await;
+            }
         };
         if !self.bucket.take() || self.pending.len() >= MAX_PENDING {
+            count_request(frame.request.kind(), "rate_limited");
             let error = ServerFrame::error(
                 Some(frame.id),
                 ErrorBody::new(ErrorCode::RateLimited, "too many requests; slow down"),
@@ -253,6 +275,7 @@ impl Socket {
                 _ => Some(After::Nothing),
             };
             let Some(after) = after else {
+                count_request(frame.request.kind(), "ok");
                 let reply = ServerFrame::reply(frame.id, &serde_json::json!({}));
                 self.write_frame(&reply).await?;
                 continue;
@@ -260,7 +283,12 @@ impl Socket {
             let shared = self.shared.clone();
             let caller = self.caller.clone();
             self.inflight = Some(Box::pin(async move {
+                let kind = frame.request.kind();
                 let result = crate::forward::forward(&shared, caller, frame.request).await;
+                count_request(
+                    kind,
+                    result.as_ref().map_or_else(|e| e.code.as_str(), |_| "ok"),
+                );
                 Done {
                     id: frame.id,
                     after,
@@ -311,7 +339,7 @@ impl Socket {
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
         let mut next = Some(first);
-        let mut written = 0;
+        let mut written: u64 = 0;
         while let Some(out) = next.take() {
             match out {
                 Outbound::Frame(text) => {
@@ -328,6 +356,7 @@ impl Socket {
                 next = rx.try_recv().ok();
             }
         }
+        metrics::get().frames_out.add(written, &[]);
         self.flush().await
     }
 
@@ -363,6 +392,7 @@ impl Socket {
     }
 
     async fn write_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        metrics::get().frames_out.add(1, &[]);
         self.write(Message::Text(Utf8Bytes::from(frame.to_json())))
             .await
     }

@@ -40,7 +40,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
+    let service = match cli.command {
+        Command::Migrate => "natter-migrate",
+        Command::Auth => "natter-auth",
+        Command::Connection => "natter-connection",
+        Command::Message => "natter-message",
+        Command::Push => "natter-push",
+        Command::All => "natter",
+    };
+    let telemetry = telemetry::init(cli.config.log_format, service);
     let stop = shutdown::on_signal();
     let result = match cli.command {
         Command::Migrate => migrate(&cli.config).await,
@@ -63,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = &result {
         tracing::error!(error = ?e, "natter-server failed");
     }
+    telemetry.shutdown();
     result
 }
 
