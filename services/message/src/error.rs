@@ -43,6 +43,19 @@ impl DomainError {
             .and_then(|d| d.code())
             .is_some_and(|c| c == "40P01" || c == "40001")
     }
+
+    /// Whether Postgres refused a duplicate key: for a write batch, a
+    /// concurrent batch of another instance stored the same
+    /// `client_msg_id` first, and a re-run finds it.
+    #[must_use]
+    pub fn is_unique_violation(&self) -> bool {
+        let Self::Internal(e) = self else {
+            return false;
+        };
+        e.downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .is_some_and(|d| d.is_unique_violation())
+    }
 }
 
 impl From<sqlx::Error> for DomainError {

@@ -6,17 +6,22 @@
 //! outbox, which [`relay`] publishes to JetStream.
 //!
 //! Reading order: [`Message`] wires it; [`rpc`] receives requests;
-//! [`relay`] publishes the outbox; [`store`] is the SQL; [`error`] maps
-//! domain failures to error codes.
+//! [`handlers`] applies the rules of each request; [`writer`] batches
+//! `write_message` into shared transactions; [`presence`] answers the
+//! `online` flag from Redis; [`relay`] publishes the outbox; [`store`] is
+//! the SQL; [`error`] maps domain failures to error codes.
 
 mod error;
+mod handlers;
+mod presence;
 pub mod relay;
 mod rpc;
 mod store;
+mod writer;
 
 use anyhow::Context;
 use natter_platform::health::{self, Dependencies};
-use natter_platform::{Config, db, nats};
+use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -34,6 +39,21 @@ pub(crate) struct AppState {
     pub nats: async_nats::Client,
     /// Names of subjects.
     pub ns: natter_protocol::subjects::Namespace,
+    /// Presence, for the `online` flag of `fetch_connections`.
+    pub redis: redis::aio::ConnectionManager,
+    /// The domain's configured limits.
+    pub limits: Limits,
+    /// Queues `write_message` requests for the batching writer.
+    pub writer: writer::Writer,
+}
+
+/// The per-user and per-channel limits of PROTOCOL.md 2.2 (from config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most accepted connections per user.
+    pub connection_limit: i32,
+    /// Most members per channel, creator included.
+    pub head_limit: i32,
 }
 
 /// A bound, ready-to-run message service.
@@ -42,10 +62,11 @@ pub struct Message {
     js: async_nats::jetstream::Context,
     health_listener: TcpListener,
     deps: Dependencies,
+    writes: writer::Queue,
 }
 
 impl Message {
-    /// Connects to Postgres and NATS, declares the streams and binds the
+    /// Connects to Postgres, NATS and Redis, declares the streams and binds the
     /// health port.
     ///
     /// # Errors
@@ -54,6 +75,7 @@ impl Message {
         let pool = db::connect(&config.database_url, 32).await?;
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
+        let redis = cache::connect(&config.redis_url).await?;
         let ns = config.namespace();
         nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
         let health_listener = TcpListener::bind(config.message_addr)
@@ -62,17 +84,25 @@ impl Message {
         let deps = Dependencies {
             postgres: Some(pool.clone()),
             nats: Some(client.clone()),
-            redis: None,
+            redis: Some(redis.clone()),
         };
+        let (writer, writes) = writer::channel();
         Ok(Self {
             state: AppState {
                 pool,
                 nats: client,
                 ns,
+                redis,
+                limits: Limits {
+                    connection_limit: config.connection_limit,
+                    head_limit: config.head_limit,
+                },
+                writer,
             },
             js,
             health_listener,
             deps,
+            writes,
         })
     }
 
@@ -85,7 +115,7 @@ impl Message {
     }
 
     /// Serves until `shutdown`: stops taking requests, lets in-flight ones
-    /// finish (bounded), stops the relay.
+    /// finish (bounded), stops the writer and the relay.
     ///
     /// # Errors
     /// When subscribing fails.
@@ -97,6 +127,11 @@ impl Message {
             self.state.pool.clone(),
             self.js.clone(),
             shutdown.clone(),
+        ));
+        tasks.spawn(writer::run(
+            self.state.pool.clone(),
+            self.state.ns.clone(),
+            self.writes,
         ));
         tasks.spawn(health::serve(
             self.health_listener,

@@ -4,9 +4,9 @@
 //! instance. Each request runs in its own task (bounded by a semaphore so a
 //! burst cannot exhaust the pool); its answer goes to the reply subject.
 
-use crate::{AppState, store};
+use crate::{AppState, handlers, store};
 use futures::StreamExt;
-use natter_protocol::rpc::{RpcReply, UnregisterRequest};
+use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
 use natter_protocol::{ErrorBody, ErrorCode};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -14,46 +14,81 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Requests in progress at once per instance.
-const MAX_IN_FLIGHT: usize = 512;
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Which subscription a message came from.
+enum Kind {
+    Request,
+    Unregister,
+}
 
 /// Serves until `shutdown`, then waits for in-flight requests.
 pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let group = state.ns.message_queue_group();
-    let mut unregister = state
+    let requests = state
         .nats
-        .queue_subscribe(state.ns.rpc_unregister(), group.clone())
+        .queue_subscribe(state.ns.rpc_message(), group.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to requests: {e}"))?;
+    let unregister = state
+        .nats
+        .queue_subscribe(state.ns.rpc_unregister(), group)
         .await
         .map_err(|e| anyhow::anyhow!("subscribing to unregister requests: {e}"))?;
+    let mut incoming = futures::stream::select(
+        requests.map(|m| (Kind::Request, m)),
+        unregister.map(|m| (Kind::Unregister, m)),
+    );
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tasks = TaskTracker::new();
     loop {
-        let msg = tokio::select! {
-            m = unregister.next() => m,
+        let next = tokio::select! {
+            m = incoming.next() => m,
             () = shutdown.cancelled() => None,
         };
-        let Some(msg) = msg else { break };
+        let Some((kind, msg)) = next else { break };
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
         let state = state.clone();
         tasks.spawn(async move {
-            let reply = match serde_json::from_slice::<UnregisterRequest>(&msg.payload) {
-                Ok(req) => {
-                    match store::users::unregister(&state.pool, &state.ns, req.user_id).await {
-                        Ok(()) => RpcReply::ok(&serde_json::json!({})),
-                        Err(e) => RpcReply::Err(e.into_body()),
-                    }
-                }
-                Err(e) => RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())),
+            let reply = match kind {
+                Kind::Request => answer_request(&state, &msg.payload).await,
+                Kind::Unregister => answer_unregister(&state, &msg.payload).await,
             };
             respond(&state.nats, msg.reply, &reply).await;
             drop(permit);
         });
     }
-    let _ = unregister.unsubscribe().await;
+    // Dropping the stream unsubscribes: no new requests reach this instance.
+    drop(incoming);
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {
+    match serde_json::from_slice::<RpcRequest>(payload) {
+        Ok(req) => {
+            let kind = req.request.kind();
+            let result = handlers::handle(state, &req.caller, req.request).await;
+            if let Err(e) = &result {
+                tracing::debug!(request = kind, error = %e, "request refused");
+            }
+            result.map_err(crate::DomainError::into_body).into()
+        }
+        Err(e) => RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())),
+    }
+}
+
+async fn answer_unregister(state: &AppState, payload: &[u8]) -> RpcReply {
+    match serde_json::from_slice::<UnregisterRequest>(payload) {
+        Ok(req) => match store::users::unregister(&state.pool, &state.ns, req.user_id).await {
+            Ok(()) => RpcReply::ok(&serde_json::json!({})),
+            Err(e) => RpcReply::Err(e.into_body()),
+        },
+        Err(e) => RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())),
+    }
 }
 
 async fn respond(

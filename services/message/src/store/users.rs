@@ -1,4 +1,4 @@
-//! Users as the domain sees them: unregistering.
+//! Users as the domain sees them: their invite code, and unregistering.
 
 use crate::error::DomainError;
 use crate::store::outbox;
@@ -6,6 +6,17 @@ use natter_protocol::events::{Event, SessionRevoked};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, ErrorCode, SessionId, UserId};
 use sqlx::PgPool;
+
+/// A live user's own invite code; `unauthorized` once they unregistered.
+#[tracing::instrument(skip(pool))]
+pub(crate) async fn invite_code(pool: &PgPool, user: UserId) -> Result<String, DomainError> {
+    let code: Option<String> =
+        sqlx::query_scalar("SELECT invite_code FROM users WHERE id = $1 AND deleted_at IS NULL")
+            .bind(user.0)
+            .fetch_optional(pool)
+            .await?;
+    code.ok_or_else(|| DomainError::rule(ErrorCode::Unauthorized, "your account no longer exists"))
+}
 
 /// Unregisters a user in one transaction: its accepted connections are
 /// disconnected (partners' counts −1), its memberships quit (head counts

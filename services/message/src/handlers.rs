@@ -1,0 +1,178 @@
+//! One handler per request type (PROTOCOL.md 2.1 and 2.2).
+//!
+//! Handlers stay thin: the request's stateless limits are checked again
+//! here (the message service does not trust its callers), then the rules
+//! that need state run in [`crate::store`], in the order PROTOCOL.md writes
+//! them. `write_message` goes through the batching [`crate::writer`].
+
+use crate::AppState;
+use crate::error::DomainError;
+use crate::store::messages::{Page, WriteRequest};
+use crate::store::{channels, connections, messages, users};
+use natter_protocol::events::Event;
+use natter_protocol::frames::results::{
+    ChannelInviteCode, Channels, ConnectionEntry, Connections, Empty, Entered, Messages, Quit,
+    UserInviteCode,
+};
+use natter_protocol::frames::{ConnectionFilter, ConnectionStatus, Request};
+use natter_protocol::rpc::Caller;
+use natter_protocol::{ChannelId, ErrorCode, limits};
+use serde::Serialize;
+
+/// Answers one forwarded request: its `result`, or why not.
+#[tracing::instrument(skip_all, fields(request = request.kind(), user = %caller.user_id))]
+pub(crate) async fn handle(
+    state: &AppState,
+    caller: &Caller,
+    request: Request,
+) -> Result<serde_json::Value, DomainError> {
+    request.validate().map_err(DomainError::Rule)?;
+    let me = caller.user_id;
+    let pool = &state.pool;
+    match request {
+        // Answered by the gateway; harmless if one arrives anyway.
+        Request::KeepAlive | Request::Leave => result(&Empty {}),
+        Request::FetchUserInviteCode => result(&UserInviteCode {
+            invite_code: users::invite_code(pool, me).await?,
+        }),
+        Request::Invite { invite_code } => {
+            result(&connections::invite(pool, &state.ns, state.limits, me, &invite_code).await?)
+        }
+        Request::Accept { username } => {
+            result(&connections::accept(pool, &state.ns, state.limits, me, &username).await?)
+        }
+        Request::Reject { username } => result(&connections::reject(pool, me, &username).await?),
+        Request::Disconnect { username } => {
+            result(&connections::disconnect(pool, me, &username).await?)
+        }
+        Request::FetchConnections { status } => fetch_connections(state, caller, status).await,
+        Request::Create { title, usernames } => {
+            if usernames.contains(&caller.username) {
+                return Err(DomainError::rule(
+                    ErrorCode::InvalidRequest,
+                    "usernames must not include your own",
+                ));
+            }
+            let limit = state.limits.head_limit;
+            result(&channels::create(pool, &state.ns, limit, me, &title, &usernames).await?)
+        }
+        Request::Join { invite_code } => {
+            let limit = state.limits.head_limit;
+            result(&channels::join(pool, &state.ns, limit, me, &invite_code).await?)
+        }
+        Request::FetchChannels => result(&Channels {
+            channels: channels::list(pool, me).await?,
+        }),
+        Request::FetchChannelInviteCode { channel_id } => {
+            let member = channels::membership(pool, channel_id, me).await?;
+            result(&ChannelInviteCode {
+                channel_id,
+                invite_code: member.invite_code,
+            })
+        }
+        Request::Enter { channel_id } => {
+            let member = channels::membership(pool, channel_id, me).await?;
+            result(&Entered {
+                channel_id,
+                title: member.title,
+                last_read_seq: member.last_read_seq,
+                last_seq: member.last_seq,
+            })
+        }
+        Request::Quit { channel_id } => {
+            channels::quit(pool, &state.ns, channel_id, me).await?;
+            result(&Quit { channel_id })
+        }
+        Request::WriteMessage {
+            channel_id,
+            client_msg_id,
+            content,
+        } => {
+            let written = state
+                .writer
+                .write(WriteRequest {
+                    user_id: me,
+                    username: caller.username.clone(),
+                    origin: caller.socket.clone(),
+                    channel_id,
+                    client_msg_id,
+                    content,
+                })
+                .await?;
+            result(&written)
+        }
+        Request::FetchMessages {
+            channel_id,
+            after_seq,
+            before_seq,
+            limit,
+        } => {
+            let page = after_seq.map_or(Page::Before(before_seq), Page::After);
+            let limit = limit.unwrap_or(limits::FETCH_LIMIT_DEFAULT);
+            result(&Messages {
+                channel_id,
+                messages: messages::fetch(pool, channel_id, me, page, limit).await?,
+            })
+        }
+        Request::Read { channel_id, seq } => {
+            channels::mark_read(pool, channel_id, me, seq).await?;
+            result(&Empty {})
+        }
+        Request::Typing { channel_id } => typing(state, caller, channel_id).await,
+    }
+}
+
+/// `fetch_connections` with each partner's `online` flag.
+async fn fetch_connections(
+    state: &AppState,
+    caller: &Caller,
+    filter: ConnectionFilter,
+) -> Result<serde_json::Value, DomainError> {
+    let partners = connections::list(&state.pool, caller.user_id, filter).await?;
+    let ids: Vec<_> = partners.iter().map(|(id, _)| *id).collect();
+    let online = crate::presence::online(&state.redis, &state.ns, &ids).await?;
+    let status = match filter {
+        ConnectionFilter::Accepted => ConnectionStatus::Accepted,
+        ConnectionFilter::Pending => ConnectionStatus::Pending,
+    };
+    result(&Connections {
+        connections: partners
+            .into_iter()
+            .map(|(id, username)| ConnectionEntry {
+                username,
+                status,
+                online: online.contains(&id),
+            })
+            .collect(),
+    })
+}
+
+/// `typing`: ephemeral, so published straight to the events subject
+/// (core NATS; no outbox row, nothing to keep in Postgres).
+async fn typing(
+    state: &AppState,
+    caller: &Caller,
+    channel_id: ChannelId,
+) -> Result<serde_json::Value, DomainError> {
+    channels::membership(&state.pool, channel_id, caller.user_id).await?;
+    let event = Event::Typing {
+        channel_id,
+        user_id: caller.user_id,
+        username: caller.username.clone(),
+        origin: caller.socket.clone(),
+    };
+    let payload = serde_json::to_vec(&event).map_err(anyhow::Error::from)?;
+    state
+        .nats
+        .publish(
+            state.ns.event_subject(&event.subject_suffix()),
+            payload.into(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing typing: {e}"))?;
+    result(&Empty {})
+}
+
+fn result(value: &impl Serialize) -> Result<serde_json::Value, DomainError> {
+    serde_json::to_value(value).map_err(|e| DomainError::Internal(e.into()))
+}

@@ -1,0 +1,335 @@
+//! Messages: the batched write and the history reads.
+//!
+//! A batch is one transaction (DESIGN "Hot paths"): its channels are
+//! locked in id order (so concurrent batches never deadlock), membership is
+//! checked under those locks, each channel's `last_seq` advances once for
+//! all of its messages, and messages and outbox rows go in with one
+//! `UNNEST` insert each. `sent_at` is `clock_timestamp()` per row, inserted
+//! in seq order, so it follows seq within a channel.
+
+use crate::error::DomainError;
+use crate::store::channels::{membership, not_found, not_joined};
+use natter_protocol::events::Event;
+use natter_protocol::frames::results::{MessageEntry, Written};
+use natter_protocol::rpc::SocketRef;
+use natter_protocol::subjects::Namespace;
+use natter_protocol::{ChannelId, UserId};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use time::OffsetDateTime;
+
+/// One `write_message`, with who wrote it.
+#[derive(Debug)]
+pub(crate) struct WriteRequest {
+    /// The writer.
+    pub user_id: UserId,
+    /// Their name, for the event.
+    pub username: String,
+    /// Their socket, which gets no echo.
+    pub origin: SocketRef,
+    /// Where to.
+    pub channel_id: ChannelId,
+    /// The writer's idempotency key.
+    pub client_msg_id: String,
+    /// The text.
+    pub content: String,
+}
+
+/// How one request of a batch ended; cheap to copy to its repeats.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Written(Written),
+    NotFound(ChannelId),
+    NotJoined(ChannelId),
+}
+
+impl Outcome {
+    fn into_result(self) -> Result<Written, DomainError> {
+        match self {
+            Self::Written(w) => Ok(w),
+            Self::NotFound(c) => Err(not_found(c)),
+            Self::NotJoined(c) => Err(not_joined(c)),
+        }
+    }
+}
+
+/// Stores a batch of writes in one transaction and answers each, in order.
+/// A request whose `(user, client_msg_id)` was stored before, or appears
+/// earlier in the batch, gets the first one's answer and stores nothing.
+/// The whole batch fails only when Postgres does (a unique violation means
+/// a concurrent batch stored one of these keys: the caller re-runs).
+#[tracing::instrument(skip_all, fields(batch = batch.len()))]
+pub(crate) async fn write_batch(
+    pool: &PgPool,
+    ns: &Namespace,
+    batch: &[WriteRequest],
+) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
+    let mut tx = pool.begin().await?;
+
+    // The first request of each key decides the answer of its repeats.
+    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    let primary: Vec<usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, r)| *first_of.entry((r.user_id.0, &r.client_msg_id)).or_insert(i))
+        .collect();
+    let mut outcome: Vec<Option<Outcome>> = vec![None; batch.len()];
+
+    let (key_users, key_ids): (Vec<i64>, Vec<&str>) = first_of.keys().copied().unzip();
+    let stored: Vec<(i64, String, i64, i64, OffsetDateTime)> = sqlx::query_as(
+        "SELECT m.user_id, m.client_msg_id, m.channel_id, m.seq, m.sent_at FROM messages m \
+         JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, client_msg_id) \
+           USING (user_id, client_msg_id)",
+    )
+    .bind(&key_users)
+    .bind(&key_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (user, key, channel, seq, sent_at) in stored {
+        if let Some(&i) = first_of.get(&(user, key.as_str())) {
+            outcome[i] = Some(Outcome::Written(Written {
+                channel_id: ChannelId(channel),
+                seq,
+                sent_at,
+            }));
+        }
+    }
+    let fresh: Vec<usize> = (0..batch.len())
+        .filter(|&i| primary[i] == i && outcome[i].is_none())
+        .collect();
+
+    let mut channel_ids: Vec<i64> = fresh.iter().map(|&i| batch[i].channel_id.0).collect();
+    channel_ids.sort_unstable();
+    channel_ids.dedup();
+    let titles: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+        "SELECT id, title FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(&channel_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let (member_channels, member_users): (Vec<i64>, Vec<i64>) = fresh
+        .iter()
+        .map(|&i| (batch[i].channel_id.0, batch[i].user_id.0))
+        .unzip();
+    let members: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT channel_id, user_id FROM channel_members \
+         JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(channel_id, user_id) \
+           USING (channel_id, user_id)",
+    )
+    .bind(&member_channels)
+    .bind(&member_users)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut accepted = Vec::with_capacity(fresh.len());
+    let mut per_channel: BTreeMap<i64, i64> = BTreeMap::new();
+    for i in fresh {
+        let r = &batch[i];
+        if !titles.contains_key(&r.channel_id.0) {
+            outcome[i] = Some(Outcome::NotFound(r.channel_id));
+        } else if !members.contains(&(r.channel_id.0, r.user_id.0)) {
+            outcome[i] = Some(Outcome::NotJoined(r.channel_id));
+        } else {
+            *per_channel.entry(r.channel_id.0).or_default() += 1;
+            accepted.push(i);
+        }
+    }
+
+    if !accepted.is_empty() {
+        insert_accepted(
+            &mut tx,
+            ns,
+            batch,
+            &accepted,
+            &per_channel,
+            &titles,
+            &mut outcome,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+
+    Ok((0..batch.len())
+        .map(|i| match &outcome[primary[i]] {
+            Some(o) => o.clone().into_result(),
+            None => Err(DomainError::Internal(anyhow::anyhow!(
+                "write {i} of a batch got no outcome"
+            ))),
+        })
+        .collect())
+}
+
+/// Assigns seqs, inserts the accepted messages and their outbox rows, and
+/// moves each writer's read pointer.
+async fn insert_accepted(
+    tx: &mut sqlx::PgConnection,
+    ns: &Namespace,
+    batch: &[WriteRequest],
+    accepted: &[usize],
+    per_channel: &BTreeMap<i64, i64>,
+    titles: &HashMap<i64, String>,
+    outcome: &mut [Option<Outcome>],
+) -> Result<(), DomainError> {
+    let (ids, counts): (Vec<i64>, Vec<i64>) = per_channel.iter().map(|(c, n)| (*c, *n)).unzip();
+    let advanced: Vec<(i64, i64)> = sqlx::query_as(
+        "UPDATE channels c SET last_seq = c.last_seq + u.n \
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, n) WHERE c.id = u.id \
+         RETURNING c.id, c.last_seq",
+    )
+    .bind(&ids)
+    .bind(&counts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut next_seq: HashMap<i64, i64> = advanced
+        .into_iter()
+        .map(|(id, last)| (id, last - per_channel.get(&id).copied().unwrap_or(0) + 1))
+        .collect();
+
+    let mut seqs = Vec::with_capacity(accepted.len());
+    for &i in accepted {
+        let next = next_seq.get_mut(&batch[i].channel_id.0).ok_or_else(|| {
+            DomainError::Internal(anyhow::anyhow!("a locked channel was not advanced"))
+        })?;
+        seqs.push(*next);
+        *next += 1;
+    }
+    // Arrival order keeps each channel's rows in seq order, which is the
+    // order clock_timestamp() is evaluated in.
+    let channels: Vec<i64> = accepted.iter().map(|&i| batch[i].channel_id.0).collect();
+    let users: Vec<i64> = accepted.iter().map(|&i| batch[i].user_id.0).collect();
+    let keys: Vec<&str> = accepted
+        .iter()
+        .map(|&i| batch[i].client_msg_id.as_str())
+        .collect();
+    let contents: Vec<&str> = accepted
+        .iter()
+        .map(|&i| batch[i].content.as_str())
+        .collect();
+    let sent: HashMap<(i64, i64), OffsetDateTime> = sqlx::query_as::<_, (i64, i64, OffsetDateTime)>(
+        "INSERT INTO messages (channel_id, seq, user_id, client_msg_id, content, sent_at) \
+         SELECT c, s, u, k, t, clock_timestamp() \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) AS x(c, s, u, k, t) \
+         RETURNING channel_id, seq, sent_at",
+    )
+    .bind(&channels)
+    .bind(&seqs)
+    .bind(&users)
+    .bind(&keys)
+    .bind(&contents)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(c, s, t)| ((c, s), t))
+    .collect();
+
+    let mut read_to: HashMap<(i64, i64), i64> = HashMap::new();
+    let mut msg_ids = Vec::with_capacity(accepted.len());
+    let mut subjects = Vec::with_capacity(accepted.len());
+    let mut payloads = Vec::with_capacity(accepted.len());
+    for (&i, &seq) in accepted.iter().zip(&seqs) {
+        let r = &batch[i];
+        let sent_at = sent.get(&(r.channel_id.0, seq)).copied().ok_or_else(|| {
+            DomainError::Internal(anyhow::anyhow!("message {seq} was not returned"))
+        })?;
+        let read = read_to.entry((r.channel_id.0, r.user_id.0)).or_default();
+        *read = (*read).max(seq);
+        let event = Event::MessageStored {
+            channel_id: r.channel_id,
+            title: titles.get(&r.channel_id.0).cloned().unwrap_or_default(),
+            seq,
+            user_id: r.user_id,
+            username: r.username.clone(),
+            content: r.content.clone(),
+            sent_at,
+            origin: r.origin.clone(),
+        };
+        msg_ids.push(uuid::Uuid::now_v7());
+        subjects.push(ns.event_subject(&event.subject_suffix()));
+        payloads.push(serde_json::to_vec(&event).map_err(anyhow::Error::from)?);
+        outcome[i] = Some(Outcome::Written(Written {
+            channel_id: r.channel_id,
+            seq,
+            sent_at,
+        }));
+    }
+
+    let (read_keys, read_seqs): (Vec<(i64, i64)>, Vec<i64>) = read_to.into_iter().unzip();
+    let (read_channels, read_users): (Vec<i64>, Vec<i64>) = read_keys.into_iter().unzip();
+    sqlx::query(
+        "UPDATE channel_members m SET last_read_seq = GREATEST(m.last_read_seq, u.seq) \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(channel_id, user_id, seq) \
+         WHERE m.channel_id = u.channel_id AND m.user_id = u.user_id",
+    )
+    .bind(&read_channels)
+    .bind(&read_users)
+    .bind(&read_seqs)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (msg_id, subject, payload) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[])",
+    )
+    .bind(&msg_ids)
+    .bind(&subjects)
+    .bind(&payloads)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Which page of `fetch_messages`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Page {
+    /// The oldest `limit` after this seq (gap filling).
+    After(i64),
+    /// The newest `limit` before this seq, or the newest of all.
+    Before(Option<i64>),
+}
+
+/// The oldest page after a seq.
+const AFTER: &str = "SELECT m.seq, u.username, m.content, m.sent_at FROM messages m \
+     LEFT JOIN users u ON u.id = m.user_id AND u.deleted_at IS NULL \
+     WHERE m.channel_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3";
+/// The newest page before a seq (reversed after reading).
+const BEFORE: &str = "SELECT m.seq, u.username, m.content, m.sent_at FROM messages m \
+     LEFT JOIN users u ON u.id = m.user_id AND u.deleted_at IS NULL \
+     WHERE m.channel_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
+
+/// `fetch_messages` for a member: ascending by seq, `username` null for a
+/// writer who has unregistered.
+#[tracing::instrument(skip(pool))]
+pub(crate) async fn fetch(
+    pool: &PgPool,
+    channel: ChannelId,
+    user: UserId,
+    page: Page,
+    limit: i64,
+) -> Result<Vec<MessageEntry>, DomainError> {
+    membership(pool, channel, user).await?;
+    let (sql, bound, newest_first) = match page {
+        Page::After(after) => (AFTER, after, false),
+        Page::Before(before) => (BEFORE, before.unwrap_or(i64::MAX), true),
+    };
+    let mut rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
+        .bind(channel.0)
+        .bind(bound)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    if newest_first {
+        rows.reverse();
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(seq, username, content, sent_at)| MessageEntry {
+            seq,
+            username,
+            content,
+            sent_at,
+        })
+        .collect())
+}

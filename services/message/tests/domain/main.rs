@@ -1,0 +1,11 @@
+//! The message service's domain through real WebSocket clients (and, where
+//! a test needs to play the gateway, straight over NATS), against the
+//! machine's real Postgres, NATS and Redis.
+
+mod channels;
+mod concurrency;
+mod connections;
+mod messages;
+mod outbox;
+mod support;
+mod unregister;

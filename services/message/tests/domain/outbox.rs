@@ -1,0 +1,93 @@
+//! The outbox survives the message service stopping between commit and
+//! publish, and JetStream keeps each event once however often it is
+//! published.
+
+use natter_protocol::events::Event;
+use natter_protocol::{ChannelId, UserId};
+use natter_testkit::{Part, TestApp};
+use std::time::{Duration, Instant};
+
+async fn insert_row(app: &TestApp, msg_id: uuid::Uuid, event: &Event) {
+    let ns = app.config.namespace();
+    sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
+        .bind(msg_id)
+        .bind(ns.event_subject(&event.subject_suffix()))
+        .bind(serde_json::to_vec(event).expect("serialize"))
+        .execute(&app.pool)
+        .await
+        .expect("outbox row");
+}
+
+fn joined(n: i64) -> Event {
+    Event::MemberJoined {
+        channel_id: ChannelId(1),
+        user_id: UserId(n),
+    }
+}
+
+async fn stream(app: &TestApp) -> async_nats::jetstream::stream::Stream {
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    async_nats::jetstream::new(nats)
+        .get_stream(app.config.namespace().events_stream())
+        .await
+        .expect("events stream")
+}
+
+async fn stored_events(app: &TestApp) -> u64 {
+    stream(app).await.info().await.expect("info").state.messages
+}
+
+async fn outbox_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+/// Waits until the relay has emptied the outbox.
+async fn drained(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outbox_rows(app).await > 0 {
+        assert!(Instant::now() < deadline, "the outbox was never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn rows_committed_while_the_service_is_down_are_published_once_after_restart() {
+    let mut app = TestApp::spawn().await;
+    insert_row(&app, uuid::Uuid::now_v7(), &joined(1)).await;
+    drained(&app).await;
+    assert_eq!(stored_events(&app).await, 1);
+    app.stop_part(Part::Message).await;
+    for n in 2..=4 {
+        insert_row(&app, uuid::Uuid::now_v7(), &joined(n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(outbox_rows(&app).await, 3, "nothing publishes while down");
+    app.start(Part::Message).await;
+    drained(&app).await;
+    assert_eq!(stored_events(&app).await, 4);
+}
+
+#[tokio::test]
+async fn publishing_the_same_row_twice_stores_one_event() {
+    let mut app = TestApp::spawn().await;
+    app.stop_part(Part::Message).await;
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let msg_id = uuid::Uuid::now_v7();
+    for _ in 0..2 {
+        insert_row(&app, msg_id, &joined(7)).await;
+        let published = natter_message::relay::publish_batch(&app.pool, &js)
+            .await
+            .expect("published");
+        assert_eq!(published, 1);
+        assert_eq!(outbox_rows(&app).await, 0);
+    }
+    assert_eq!(stored_events(&app).await, 1);
+}
