@@ -1,38 +1,78 @@
 //! natter's push service: fans events out to the gateways.
 //!
-//! Until the real-time core lands it connects to its dependencies
-//! (Postgres, NATS, Redis) and serves `/healthz` and `/readyz`.
+//! It consumes the events stream through a durable pull consumer shared by
+//! every push instance, works out who must hear of each event (channel
+//! members from Postgres, cached; live sockets from Redis presence) and
+//! publishes one delivery batch per gateway on that gateway's core NATS
+//! subject, then acknowledges the event. `/healthz` and `/readyz` are
+//! served on `NATTER_PUSH_ADDR`.
+//!
+//! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
+//! settles events; [`fanout`] handles one event; [`router`] is the pure
+//! decision of who gets what; [`membership`] and [`presence`] are the
+//! lookups it needs.
+
+pub mod consumer;
+mod fanout;
+mod membership;
+mod presence;
+pub mod router;
 
 use anyhow::Context;
+use async_nats::jetstream::consumer::PullConsumer;
+use fanout::Fanout;
+use membership::Membership;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::{Config, cache, db, nats};
+use presence::PresenceStore;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long in-flight events may take to finish after shutdown; past it
+/// they are left unacknowledged and JetStream redelivers them.
+const GRACE: Duration = Duration::from_secs(10);
+
 /// A bound, ready-to-run push service.
 pub struct Push {
+    fanout: Fanout,
+    js: async_nats::jetstream::Context,
+    consumer: PullConsumer,
     listener: TcpListener,
     deps: Dependencies,
 }
 
 impl Push {
-    /// Connects to Postgres, NATS and Redis and binds the health port.
+    /// Connects to Postgres, NATS and Redis, declares the streams and the
+    /// durable consumer, and binds the health port.
     ///
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let ns = config.namespace();
         let pool = db::connect(&config.database_url, 8).await?;
-        let nats = nats::connect(&config.nats_url, "natter-push").await?;
+        let client = nats::connect(&config.nats_url, "natter-push").await?;
         let redis = cache::connect(&config.redis_url).await?;
+        let js = nats::jetstream(&client);
+        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        let consumer = consumer::ensure(&js, &ns).await?;
         let listener = TcpListener::bind(config.push_addr)
             .await
             .with_context(|| format!("binding push health to {}", config.push_addr))?;
         Ok(Self {
+            fanout: Fanout {
+                nats: client.clone(),
+                membership: Membership::new(pool.clone()),
+                presence: PresenceStore::new(redis.clone(), ns.clone()),
+                ns,
+            },
+            js,
+            consumer,
             listener,
             deps: Dependencies {
                 postgres: Some(pool),
-                nats: Some(nats),
+                nats: Some(client),
                 redis: Some(redis),
             },
         })
@@ -46,13 +86,44 @@ impl Push {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`.
+    /// Fans events out until `shutdown`, then finishes in-flight events
+    /// (bounded by [`GRACE`]); `/readyz` turns 503 as soon as it drains.
     ///
     /// # Errors
-    /// When the server fails.
+    /// When subscribing to membership invalidations fails.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "push serving health");
-        health::serve(self.listener, self.deps, shutdown.clone(), shutdown).await
+        let stopped = CancellationToken::new();
+        let health = tokio::spawn(health::serve(
+            self.listener,
+            self.deps,
+            shutdown.clone(),
+            stopped.clone(),
+        ));
+        let invalidations = self
+            .fanout
+            .nats
+            .subscribe(self.fanout.ns.membership_subject())
+            .await
+            .context("subscribing to membership invalidations")?;
+        let follower = tokio::spawn(fanout::follow_invalidations(
+            invalidations,
+            self.fanout.membership.clone(),
+            stopped.clone(),
+        ));
+        let consuming = consumer::run(self.consumer, self.js, self.fanout, shutdown.clone());
+        tokio::select! {
+            () = consuming => {}
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(GRACE).await;
+            } => tracing::warn!("push: in-flight events outlived the grace period"),
+        }
+        stopped.cancel();
+        follower.await.context("invalidation follower")?;
+        health.await.context("health server")??;
+        tracing::info!("push stopped");
+        Ok(())
     }
 }
 

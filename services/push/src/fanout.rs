@@ -1,0 +1,124 @@
+//! Handling one event: gather what [`crate::router`] needs (members,
+//! presence, read positions), route, publish one message per gateway, and
+//! keep the membership caches of every instance honest.
+
+use crate::membership::Membership;
+use crate::presence::PresenceStore;
+use crate::router;
+use anyhow::Context;
+use futures::StreamExt;
+use natter_platform::telemetry::propagation;
+use natter_protocol::ChannelId;
+use natter_protocol::events::Event;
+use natter_protocol::subjects::Namespace;
+use std::collections::HashMap;
+use tokio_util::sync::CancellationToken;
+
+/// What handling an event needs; cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct Fanout {
+    /// Gateway batches and invalidation broadcasts go out here.
+    pub nats: async_nats::Client,
+    /// Subject names.
+    pub ns: Namespace,
+    /// Channel members (cached).
+    pub membership: Membership,
+    /// Live sockets.
+    pub presence: PresenceStore,
+}
+
+impl Fanout {
+    /// Delivers `event` to every gateway holding a recipient.
+    ///
+    /// The membership cache is invalidated before delivering, so the next
+    /// event of the channel (handled after this one, in order) sees the
+    /// change; the broadcast tells the other instances.
+    ///
+    /// # Errors
+    /// When Postgres, Redis or NATS fails; the event is then retried.
+    #[tracing::instrument(skip_all, fields(kind = event_kind(event)))]
+    pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        if let Some(channel) = router::membership_change(event) {
+            self.membership.invalidate(channel);
+            self.broadcast_invalidation(channel).await?;
+        }
+        let members = match router::channel_of_recipients(event) {
+            Some(channel) => Some(self.membership.members(channel).await?),
+            None => None,
+        };
+        let audience = router::audience(event, members.as_ref().map_or(&[], |m| &m.users));
+        let presence = self.presence.lookup(&audience).await?;
+        let unread_users = router::unread_recipients(event, &presence);
+        let last_read = match event {
+            Event::MessageStored { channel_id, .. } if !unread_users.is_empty() => {
+                self.membership
+                    .last_read(*channel_id, &unread_users)
+                    .await?
+            }
+            _ => HashMap::new(),
+        };
+        // The trace continues at the gateways; headers only when tracing is on.
+        let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
+        for out in router::route(event, &presence, &last_read) {
+            let subject = self.ns.gateway_subject(&out.gateway);
+            let payload = serde_json::to_vec(&out.batch)
+                .context("encoding a delivery batch")?
+                .into();
+            match &trace {
+                Some(headers) => {
+                    self.nats
+                        .publish_with_headers(subject, headers.clone(), payload)
+                        .await
+                }
+                None => self.nats.publish(subject, payload).await,
+            }
+            .with_context(|| format!("publishing to gateway {}", out.gateway))?;
+        }
+        Ok(())
+    }
+
+    async fn broadcast_invalidation(&self, channel: ChannelId) -> anyhow::Result<()> {
+        self.nats
+            .publish(self.ns.membership_subject(), channel.0.to_string().into())
+            .await
+            .context("broadcasting a membership change")
+    }
+}
+
+fn event_kind(event: &Event) -> &'static str {
+    match event {
+        Event::MessageStored { .. } => "message_stored",
+        Event::InviteReceived { .. } => "invite_received",
+        Event::InviteAccepted { .. } => "invite_accepted",
+        Event::ChannelCreated { .. } => "channel_created",
+        Event::MemberJoined { .. } => "member_joined",
+        Event::MemberLeft { .. } => "member_left",
+        Event::Typing { .. } => "typing",
+    }
+}
+
+/// Drops cached members whenever any instance announces a change, until
+/// `stop`.
+pub async fn follow_invalidations(
+    mut sub: async_nats::Subscriber,
+    membership: Membership,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            msg = sub.next() => msg,
+            () = stop.cancelled() => break,
+        };
+        let Some(msg) = msg else { break };
+        match std::str::from_utf8(&msg.payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            Some(id) => membership.invalidate(ChannelId(id)),
+            None => tracing::warn!("malformed membership invalidation ignored"),
+        }
+    }
+    if let Err(e) = sub.unsubscribe().await {
+        tracing::debug!(error = %e, "unsubscribing from invalidations");
+    }
+}

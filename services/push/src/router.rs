@@ -1,0 +1,655 @@
+//! Event → per-gateway delivery batches: who gets which push (PROTOCOL.md
+//! 2.3), decided from the channel's members, the recipients' live sockets
+//! and, for `unread`, their read positions. Pure logic, no I/O: the
+//! orchestration in [`crate::fanout`] gathers the inputs and publishes the
+//! output, so every rule here is unit-tested without a server.
+//!
+//! Every frame is serialized once per event and the text shared by every
+//! gateway's batch; only `unread` differs per user, so its batch carries
+//! each user's count and the gateway renders it.
+
+use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
+use natter_protocol::frames::{MessageView, ServerFrame};
+use natter_protocol::rpc::SocketRef;
+use natter_protocol::{ChannelId, UserId};
+use std::collections::{BTreeMap, HashMap};
+
+/// One live socket of a user, as presence reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    /// The gateway holding it.
+    pub gateway: String,
+    /// Its id on that gateway.
+    pub socket: u64,
+    /// The channel it has entered, if any.
+    pub entered: Option<ChannelId>,
+}
+
+/// Live sockets by user; users with none are absent.
+pub type Presence = HashMap<UserId, Vec<Socket>>;
+
+/// What one gateway receives for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayBatch {
+    /// The gateway id.
+    pub gateway: String,
+    /// Its deliveries, in order.
+    pub batch: DeliveryBatch,
+}
+
+/// The channel whose members decide an event's recipients, for the events
+/// that go to "sockets that have entered" or to members.
+#[must_use]
+pub fn channel_of_recipients(event: &Event) -> Option<ChannelId> {
+    match event {
+        Event::MessageStored { channel_id, .. } | Event::Typing { channel_id, .. } => {
+            Some(*channel_id)
+        }
+        _ => None,
+    }
+}
+
+/// The channel whose membership an event changes: its cached members must
+/// be dropped everywhere.
+#[must_use]
+pub fn membership_change(event: &Event) -> Option<ChannelId> {
+    match event {
+        Event::ChannelCreated { channel_id, .. }
+        | Event::MemberJoined { channel_id, .. }
+        | Event::MemberLeft { channel_id, .. } => Some(*channel_id),
+        _ => None,
+    }
+}
+
+/// Whose presence the event needs; `members` are the channel's members
+/// when [`channel_of_recipients`] names one (ignored otherwise).
+#[must_use]
+pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
+    match event {
+        Event::MessageStored { .. } | Event::Typing { .. } => members.to_vec(),
+        Event::InviteReceived { to, .. } | Event::InviteAccepted { to, .. } => vec![*to],
+        Event::ChannelCreated {
+            creator, members, ..
+        } => members.iter().copied().filter(|m| m != creator).collect(),
+        Event::MemberLeft { user_id, .. } => vec![*user_id],
+        Event::MemberJoined { .. } => Vec::new(),
+    }
+}
+
+/// The members who get an `unread` for a stored message — live, none of
+/// their sockets in the channel, not the writer — so only their read
+/// positions are fetched. Sorted, for a stable query.
+#[must_use]
+pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
+    let Event::MessageStored {
+        channel_id,
+        user_id: writer,
+        ..
+    } = event
+    else {
+        return Vec::new();
+    };
+    let mut users: Vec<UserId> = presence
+        .iter()
+        .filter(|(user, sockets)| {
+            *user != writer
+                && !sockets.is_empty()
+                && !sockets.iter().any(|s| s.entered == Some(*channel_id))
+        })
+        .map(|(user, _)| *user)
+        .collect();
+    users.sort_unstable();
+    users
+}
+
+/// The batches for one event, one per gateway that has a recipient, ordered
+/// by gateway id. `last_read` holds the read positions of
+/// [`unread_recipients`]; a user missing from it (no longer a member) gets
+/// no `unread`.
+#[must_use]
+pub fn route(
+    event: &Event,
+    presence: &Presence,
+    last_read: &HashMap<UserId, i64>,
+) -> Vec<GatewayBatch> {
+    let mut out = Batches::default();
+    match event {
+        Event::MessageStored {
+            channel_id,
+            title,
+            seq,
+            user_id: _,
+            username,
+            content,
+            sent_at,
+            origin,
+        } => {
+            let frame = ServerFrame::Message(MessageView {
+                channel_id: *channel_id,
+                seq: *seq,
+                username: Some(username.clone()),
+                content: content.clone(),
+                sent_at: *sent_at,
+            });
+            let entered = sockets_where(presence, |_, s| {
+                s.entered == Some(*channel_id) && !is_origin(s, origin)
+            });
+            out.frame(&frame, entered);
+            for user in unread_recipients(event, presence) {
+                let (Some(read), Some(sockets)) = (last_read.get(&user), presence.get(&user))
+                else {
+                    continue;
+                };
+                out.unread(
+                    *channel_id,
+                    title,
+                    *seq,
+                    (*seq - read).max(0),
+                    by_gateway(sockets.iter()),
+                );
+            }
+        }
+        Event::Typing {
+            channel_id,
+            user_id,
+            username,
+            origin: _,
+        } => {
+            let frame = ServerFrame::Typing {
+                channel_id: *channel_id,
+                username: username.clone(),
+            };
+            let entered = sockets_where(presence, |user, s| {
+                user != *user_id && s.entered == Some(*channel_id)
+            });
+            out.frame(&frame, entered);
+        }
+        Event::InviteReceived { to, from_username } => {
+            let frame = ServerFrame::InviteReceived {
+                username: from_username.clone(),
+            };
+            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+        }
+        Event::InviteAccepted { to, from_username } => {
+            let frame = ServerFrame::InviteAccepted {
+                username: from_username.clone(),
+            };
+            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+        }
+        Event::ChannelCreated {
+            channel_id,
+            title,
+            creator,
+            members,
+        } => {
+            let frame = ServerFrame::ChannelJoined {
+                channel_id: *channel_id,
+                title: title.clone(),
+            };
+            out.frame(
+                &frame,
+                sockets_where(presence, |user, _| {
+                    user != *creator && members.contains(&user)
+                }),
+            );
+        }
+        Event::MemberLeft {
+            channel_id,
+            user_id,
+        } => {
+            for (gateway, sockets) in sockets_where(presence, |user, _| user == *user_id) {
+                out.push(
+                    gateway,
+                    Delivery::LeaveChannel {
+                        channel_id: *channel_id,
+                        sockets,
+                    },
+                );
+            }
+        }
+        Event::MemberJoined { .. } => {}
+    }
+    out.finish()
+}
+
+fn is_origin(socket: &Socket, origin: &SocketRef) -> bool {
+    socket.socket == origin.socket_id && socket.gateway == origin.gateway_id
+}
+
+/// Socket ids by gateway of every socket that `keep` accepts, sorted.
+fn sockets_where(
+    presence: &Presence,
+    keep: impl Fn(UserId, &Socket) -> bool,
+) -> BTreeMap<String, Vec<u64>> {
+    let keep = &keep;
+    let chosen = presence
+        .iter()
+        .flat_map(|(user, sockets)| sockets.iter().filter(move |s| keep(*user, s)));
+    by_gateway(chosen)
+}
+
+fn by_gateway<'a>(sockets: impl Iterator<Item = &'a Socket>) -> BTreeMap<String, Vec<u64>> {
+    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for s in sockets {
+        map.entry(s.gateway.clone()).or_default().push(s.socket);
+    }
+    for ids in map.values_mut() {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    map
+}
+
+/// Deliveries collected per gateway.
+#[derive(Default)]
+struct Batches(BTreeMap<String, Vec<Delivery>>);
+
+impl Batches {
+    fn push(&mut self, gateway: String, delivery: Delivery) {
+        self.0.entry(gateway).or_default().push(delivery);
+    }
+
+    /// Serializes `frame` once (only when someone gets it) and shares the
+    /// text with every gateway.
+    fn frame(&mut self, frame: &ServerFrame, targets: BTreeMap<String, Vec<u64>>) {
+        if targets.is_empty() {
+            return;
+        }
+        let text = frame.to_json();
+        for (gateway, sockets) in targets {
+            self.push(
+                gateway,
+                Delivery::Frame {
+                    sockets,
+                    frame: text.clone(),
+                },
+            );
+        }
+    }
+
+    /// Adds one user's `unread` to the gateways holding their sockets,
+    /// merged into one `Unread` delivery per gateway.
+    fn unread(
+        &mut self,
+        channel_id: ChannelId,
+        title: &str,
+        last_seq: i64,
+        unread: i64,
+        sockets: BTreeMap<String, Vec<u64>>,
+    ) {
+        for (gateway, sockets) in sockets {
+            let items = self.0.entry(gateway).or_default();
+            let target = UnreadTarget { sockets, unread };
+            if let Some(Delivery::Unread { targets, .. }) = items
+                .iter_mut()
+                .find(|d| matches!(d, Delivery::Unread { .. }))
+            {
+                targets.push(target);
+            } else {
+                items.push(Delivery::Unread {
+                    channel_id,
+                    title: title.to_owned(),
+                    last_seq,
+                    targets: vec![target],
+                });
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<GatewayBatch> {
+        self.0
+            .into_iter()
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(gateway, items)| GatewayBatch {
+                gateway,
+                batch: DeliveryBatch { items },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use time::macros::datetime;
+
+    const CHANNEL: ChannelId = ChannelId(7);
+    const OTHER: ChannelId = ChannelId(8);
+    const ALICE: UserId = UserId(1);
+    const BOB: UserId = UserId(2);
+    const CAROL: UserId = UserId(3);
+    const DAVE: UserId = UserId(4);
+
+    fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> Socket {
+        Socket {
+            gateway: gateway.into(),
+            socket,
+            entered,
+        }
+    }
+
+    fn origin(gateway: &str, socket_id: u64) -> SocketRef {
+        SocketRef {
+            gateway_id: gateway.into(),
+            socket_id,
+        }
+    }
+
+    fn stored(seq: i64, writer: UserId, from: SocketRef) -> Event {
+        Event::MessageStored {
+            channel_id: CHANNEL,
+            title: "general".into(),
+            seq,
+            user_id: writer,
+            username: "alice".into(),
+            content: "hi".into(),
+            sent_at: datetime!(2024-05-01 12:00:00.123456 UTC),
+            origin: from,
+        }
+    }
+
+    /// Alice writes from a-1 (entered) and has a-2 entered too; Bob has
+    /// entered on gateway b; Carol is online elsewhere on both gateways;
+    /// Dave is in another channel.
+    fn busy_channel() -> Presence {
+        HashMap::from([
+            (
+                ALICE,
+                vec![socket("a", 1, Some(CHANNEL)), socket("a", 2, Some(CHANNEL))],
+            ),
+            (BOB, vec![socket("b", 10, Some(CHANNEL))]),
+            (CAROL, vec![socket("a", 3, None), socket("b", 11, None)]),
+            (DAVE, vec![socket("b", 12, Some(OTHER))]),
+        ])
+    }
+
+    fn frames(batch: &GatewayBatch) -> Vec<(Vec<u64>, Value)> {
+        batch
+            .batch
+            .items
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Frame { sockets, frame } => Some((
+                    sockets.clone(),
+                    serde_json::from_str(frame).expect("frame is JSON"),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn unreads(batch: &GatewayBatch) -> Vec<UnreadTarget> {
+        batch
+            .batch
+            .items
+            .iter()
+            .flat_map(|d| match d {
+                Delivery::Unread { targets, .. } => targets.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_reaches_every_entered_socket_but_the_one_that_wrote_it() {
+        let event = stored(5, ALICE, origin("a", 1));
+        let presence = busy_channel();
+        let last_read = HashMap::from([(CAROL, 2), (DAVE, 5)]);
+        let batches = route(&event, &presence, &last_read);
+
+        assert_eq!(batches.len(), 2, "one batch per gateway");
+        assert_eq!(batches[0].gateway, "a");
+        assert_eq!(batches[1].gateway, "b");
+        let expected = json!({
+            "type": "message", "channel_id": 7, "seq": 5, "username": "alice",
+            "content": "hi", "sent_at": "2024-05-01T12:00:00.123456Z"
+        });
+        assert_eq!(frames(&batches[0]), vec![(vec![2], expected.clone())]);
+        assert_eq!(frames(&batches[1]), vec![(vec![10], expected)]);
+    }
+
+    #[test]
+    fn members_who_have_not_entered_get_their_own_unread_count() {
+        let event = stored(5, ALICE, origin("a", 1));
+        let presence = busy_channel();
+        assert_eq!(unread_recipients(&event, &presence), vec![CAROL, DAVE]);
+        let last_read = HashMap::from([(CAROL, 2), (DAVE, 4)]);
+        let batches = route(&event, &presence, &last_read);
+
+        assert_eq!(
+            unreads(&batches[0]),
+            vec![UnreadTarget {
+                sockets: vec![3],
+                unread: 3
+            }]
+        );
+        let mut on_b = unreads(&batches[1]);
+        on_b.sort_by_key(|t| t.sockets.clone());
+        assert_eq!(
+            on_b,
+            vec![
+                UnreadTarget {
+                    sockets: vec![11],
+                    unread: 3
+                },
+                UnreadTarget {
+                    sockets: vec![12],
+                    unread: 1
+                },
+            ]
+        );
+        let Delivery::Unread {
+            channel_id,
+            title,
+            last_seq,
+            ..
+        } = &batches[1].batch.items[1]
+        else {
+            panic!("unread follows the message on gateway b");
+        };
+        assert_eq!(
+            (*channel_id, title.as_str(), *last_seq),
+            (CHANNEL, "general", 5)
+        );
+    }
+
+    #[test]
+    fn the_writer_never_gets_an_unread_even_from_sockets_outside_the_channel() {
+        let presence = HashMap::from([
+            (ALICE, vec![socket("a", 1, None), socket("a", 2, None)]),
+            (BOB, vec![socket("a", 3, None)]),
+        ]);
+        let event = stored(3, ALICE, origin("a", 1));
+        assert_eq!(unread_recipients(&event, &presence), vec![BOB]);
+        let batches = route(&event, &presence, &HashMap::from([(BOB, 0)]));
+        assert_eq!(batches.len(), 1);
+        assert!(frames(&batches[0]).is_empty(), "nobody has entered");
+        assert_eq!(
+            unreads(&batches[0]),
+            vec![UnreadTarget {
+                sockets: vec![3],
+                unread: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn a_member_with_one_socket_in_the_channel_gets_no_unread() {
+        let presence = HashMap::from([(
+            BOB,
+            vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
+        )]);
+        let event = stored(3, ALICE, origin("a", 1));
+        assert!(unread_recipients(&event, &presence).is_empty());
+        let batches = route(&event, &presence, &HashMap::new());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].gateway, "b");
+        assert!(unreads(&batches[0]).is_empty());
+    }
+
+    #[test]
+    fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
+        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let batches = route(
+            &stored(3, ALICE, origin("a", 1)),
+            &presence,
+            &HashMap::new(),
+        );
+        assert!(batches.is_empty());
+    }
+
+    #[test]
+    fn a_read_position_ahead_of_the_event_counts_zero_unread() {
+        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let batches = route(
+            &stored(3, ALICE, origin("a", 1)),
+            &presence,
+            &HashMap::from([(BOB, 9)]),
+        );
+        assert_eq!(unreads(&batches[0])[0].unread, 0);
+    }
+
+    #[test]
+    fn the_message_frame_is_serialized_once_and_shared_by_gateways() {
+        let batches = route(
+            &stored(5, ALICE, origin("a", 1)),
+            &busy_channel(),
+            &HashMap::new(),
+        );
+        let texts: Vec<&String> = batches
+            .iter()
+            .flat_map(|b| b.batch.items.iter())
+            .filter_map(|d| match d {
+                Delivery::Frame { frame, .. } => Some(frame),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[0], texts[1]);
+    }
+
+    #[test]
+    fn typing_skips_every_socket_of_the_typist() {
+        let event = Event::Typing {
+            channel_id: CHANNEL,
+            user_id: ALICE,
+            username: "alice".into(),
+            origin: origin("a", 1),
+        };
+        let batches = route(&event, &busy_channel(), &HashMap::new());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].gateway, "b");
+        assert_eq!(
+            frames(&batches[0]),
+            vec![(
+                vec![10],
+                json!({"type": "typing", "channel_id": 7, "username": "alice"})
+            )]
+        );
+        assert!(unread_recipients(&event, &busy_channel()).is_empty());
+    }
+
+    #[test]
+    fn invitations_reach_every_socket_of_the_invitee_only() {
+        let event = Event::InviteReceived {
+            to: CAROL,
+            from_username: "alice".into(),
+        };
+        assert_eq!(audience(&event, &[]), vec![CAROL]);
+        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let expected = json!({"type": "invite_received", "username": "alice"});
+        assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
+        assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
+
+        let accepted = Event::InviteAccepted {
+            to: BOB,
+            from_username: "carol".into(),
+        };
+        let batches = route(&accepted, &busy_channel(), &HashMap::new());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            frames(&batches[0]),
+            vec![(
+                vec![10],
+                json!({"type": "invite_accepted", "username": "carol"})
+            )]
+        );
+    }
+
+    #[test]
+    fn a_new_channel_is_announced_to_every_member_but_its_creator() {
+        let event = Event::ChannelCreated {
+            channel_id: CHANNEL,
+            title: "general".into(),
+            creator: ALICE,
+            members: vec![ALICE, BOB, CAROL],
+        };
+        assert_eq!(audience(&event, &[]), vec![BOB, CAROL]);
+        assert_eq!(membership_change(&event), Some(CHANNEL));
+        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let expected = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
+        assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
+        assert_eq!(frames(&batches[1]), vec![(vec![10, 11], expected)]);
+    }
+
+    #[test]
+    fn a_member_who_leaves_has_every_socket_told_to_leave_the_channel() {
+        let event = Event::MemberLeft {
+            channel_id: CHANNEL,
+            user_id: ALICE,
+        };
+        assert_eq!(audience(&event, &[]), vec![ALICE]);
+        assert_eq!(membership_change(&event), Some(CHANNEL));
+        let batches = route(&event, &busy_channel(), &HashMap::new());
+        assert_eq!(
+            batches,
+            vec![GatewayBatch {
+                gateway: "a".into(),
+                batch: DeliveryBatch {
+                    items: vec![Delivery::LeaveChannel {
+                        channel_id: CHANNEL,
+                        sockets: vec![1, 2]
+                    }]
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_join_only_changes_membership() {
+        let event = Event::MemberJoined {
+            channel_id: CHANNEL,
+            user_id: BOB,
+        };
+        assert!(audience(&event, &[ALICE, BOB]).is_empty());
+        assert_eq!(membership_change(&event), Some(CHANNEL));
+        assert_eq!(channel_of_recipients(&event), None);
+        assert!(route(&event, &busy_channel(), &HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn channel_events_need_the_members_and_user_events_do_not() {
+        let event = stored(1, ALICE, origin("a", 1));
+        assert_eq!(channel_of_recipients(&event), Some(CHANNEL));
+        assert_eq!(audience(&event, &[ALICE, BOB]), vec![ALICE, BOB]);
+        let invite = Event::InviteReceived {
+            to: BOB,
+            from_username: "alice".into(),
+        };
+        assert_eq!(channel_of_recipients(&invite), None);
+        assert_eq!(membership_change(&invite), None);
+    }
+
+    #[test]
+    fn nobody_online_means_no_batch() {
+        assert!(
+            route(
+                &stored(1, ALICE, origin("a", 1)),
+                &HashMap::new(),
+                &HashMap::new()
+            )
+            .is_empty()
+        );
+    }
+}

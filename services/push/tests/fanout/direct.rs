@@ -1,0 +1,380 @@
+//! Events published straight to JetStream; the test plays the gateways.
+
+use crate::support::{Harness, WAIT, frames, message, origin, unreads};
+use natter_protocol::events::{Delivery, Event, UnreadTarget};
+use natter_testkit::Part;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_message_goes_to_entered_sockets_on_every_gateway_and_unread_to_the_others() {
+    let h = Harness::spawn().await;
+    let (alice, bob, carol) = (
+        h.user("alice").await,
+        h.user("bob").await,
+        h.user("carol").await,
+    );
+    let dave = h.user("dave").await;
+    let channel = h.channel("general", &[alice, bob, carol, dave]).await;
+    h.set_last_read(channel, carol, 1).await;
+    for gw in ["gw-a", "gw-b"] {
+        h.gateway_alive(gw).await;
+    }
+    h.online(alice, "gw-a", 1, Some(channel)).await;
+    h.online(alice, "gw-a", 2, Some(channel)).await;
+    h.online(alice, "gw-b", 3, None).await;
+    h.online(bob, "gw-b", 10, Some(channel)).await;
+    h.online(carol, "gw-a", 20, None).await;
+    h.online(carol, "gw-b", 21, None).await;
+    let (mut a, mut b) = (h.tap("gw-a").await, h.tap("gw-b").await);
+
+    h.publish(&message(channel, 4, alice, origin("gw-a", 1)))
+        .await;
+
+    let on_a = a.next().await;
+    let on_b = b.next().await;
+    let expected = |sockets: Vec<u64>| {
+        (
+            sockets,
+            json!({"type": "message", "channel_id": channel.0, "seq": 4}),
+        )
+    };
+    let strip = |fs: Vec<(Vec<u64>, serde_json::Value)>| -> Vec<(Vec<u64>, serde_json::Value)> {
+        fs.into_iter()
+            .map(|(s, f)| {
+                assert_eq!(f["username"], "alice");
+                assert_eq!(f["content"], "message 4");
+                (
+                    s,
+                    json!({"type": f["type"], "channel_id": f["channel_id"], "seq": f["seq"]}),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(frames(&on_a)),
+        vec![expected(vec![2])],
+        "origin socket skipped"
+    );
+    assert_eq!(strip(frames(&on_b)), vec![expected(vec![10])]);
+    assert_eq!(
+        unreads(&on_a),
+        vec![UnreadTarget {
+            sockets: vec![20],
+            unread: 3
+        }]
+    );
+    assert_eq!(
+        unreads(&on_b),
+        vec![UnreadTarget {
+            sockets: vec![21],
+            unread: 3
+        }]
+    );
+    let Some(Delivery::Unread {
+        title, last_seq, ..
+    }) = on_b.items.last()
+    else {
+        panic!("an unread delivery on gw-b");
+    };
+    assert_eq!((title.as_str(), *last_seq), ("general", 4));
+    a.expect_nothing().await;
+    b.expect_nothing().await;
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_s_messages_arrive_in_seq_order_one_batch_each() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 7, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    for seq in 1..=100 {
+        h.publish(&message(channel, seq, alice, origin("gw-x", 1)))
+            .await;
+    }
+    for seq in 1..=100 {
+        let batch = a.next().await;
+        let fs = frames(&batch);
+        assert_eq!(fs.len(), 1);
+        assert_eq!(fs[0].1["seq"], seq);
+    }
+    a.expect_nothing().await;
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn sockets_of_a_dead_gateway_are_skipped_and_cleaned_up() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-live").await;
+    h.online(bob, "gw-dead", 1, Some(channel)).await;
+    h.online(bob, "gw-live", 2, Some(channel)).await;
+    let (mut dead, mut live) = (h.tap("gw-dead").await, h.tap("gw-live").await);
+
+    h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
+        .await;
+
+    assert_eq!(frames(&live.next().await)[0].0, vec![2]);
+    dead.expect_nothing().await;
+    assert_eq!(h.presence_fields(bob).await, vec!["gw-live:2".to_owned()]);
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_entered_sockets_except_the_typist_s() {
+    let h = Harness::spawn().await;
+    let (alice, bob, carol) = (
+        h.user("alice").await,
+        h.user("bob").await,
+        h.user("carol").await,
+    );
+    let channel = h.channel("general", &[alice, bob, carol]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(alice, "gw-a", 1, Some(channel)).await;
+    h.online(alice, "gw-a", 2, Some(channel)).await;
+    h.online(bob, "gw-a", 3, Some(channel)).await;
+    h.online(carol, "gw-a", 4, None).await;
+    let mut a = h.tap("gw-a").await;
+
+    h.publish(&Event::Typing {
+        channel_id: channel,
+        user_id: alice,
+        username: "alice".into(),
+        origin: origin("gw-a", 1),
+    })
+    .await;
+
+    assert_eq!(
+        frames(&a.next().await),
+        vec![(
+            vec![3],
+            json!({"type": "typing", "channel_id": channel.0, "username": "alice"})
+        )]
+    );
+    a.expect_nothing().await;
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn invitations_and_new_channels_reach_every_socket_of_their_users() {
+    let h = Harness::spawn().await;
+    let (alice, bob, carol) = (
+        h.user("alice").await,
+        h.user("bob").await,
+        h.user("carol").await,
+    );
+    for gw in ["gw-a", "gw-b"] {
+        h.gateway_alive(gw).await;
+    }
+    h.online(alice, "gw-a", 1, None).await;
+    h.online(bob, "gw-a", 2, None).await;
+    h.online(bob, "gw-b", 3, None).await;
+    h.online(carol, "gw-b", 4, None).await;
+    let (mut a, mut b) = (h.tap("gw-a").await, h.tap("gw-b").await);
+
+    h.publish(&Event::InviteReceived {
+        to: bob,
+        from_username: "alice".into(),
+    })
+    .await;
+    let invite = json!({"type": "invite_received", "username": "alice"});
+    assert_eq!(frames(&a.next().await), vec![(vec![2], invite.clone())]);
+    assert_eq!(frames(&b.next().await), vec![(vec![3], invite)]);
+
+    h.publish(&Event::InviteAccepted {
+        to: alice,
+        from_username: "bob".into(),
+    })
+    .await;
+    assert_eq!(
+        frames(&a.next().await),
+        vec![(
+            vec![1],
+            json!({"type": "invite_accepted", "username": "bob"})
+        )]
+    );
+
+    let channel = h.channel("plans", &[alice, bob, carol]).await;
+    h.publish(&Event::ChannelCreated {
+        channel_id: channel,
+        title: "plans".into(),
+        creator: alice,
+        members: vec![alice, bob, carol],
+    })
+    .await;
+    let joined = json!({"type": "channel_joined", "channel_id": channel.0, "title": "plans"});
+    assert_eq!(
+        frames(&a.next().await),
+        vec![(vec![2], joined.clone())],
+        "not the creator"
+    );
+    assert_eq!(frames(&b.next().await), vec![(vec![3, 4], joined)]);
+    a.expect_nothing().await;
+    b.expect_nothing().await;
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn joins_and_leaves_change_who_the_next_message_reaches() {
+    let h = Harness::spawn().await;
+    let (alice, bob, carol) = (
+        h.user("alice").await,
+        h.user("bob").await,
+        h.user("carol").await,
+    );
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    h.online(carol, "gw-a", 3, None).await;
+    let mut a = h.tap("gw-a").await;
+    let mut invalidations = h
+        .nats
+        .subscribe(h.ns.membership_subject())
+        .await
+        .expect("sub");
+
+    h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
+        .await;
+    let first = a.next().await;
+    assert_eq!(frames(&first)[0].0, vec![2]);
+    assert!(unreads(&first).is_empty(), "carol is not a member yet");
+
+    h.add_member(channel, carol).await;
+    h.publish(&Event::MemberJoined {
+        channel_id: channel,
+        user_id: carol,
+    })
+    .await;
+    h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
+        .await;
+    let second = a.next().await;
+    assert_eq!(
+        unreads(&second),
+        vec![UnreadTarget {
+            sockets: vec![3],
+            unread: 2
+        }]
+    );
+
+    h.remove_member(channel, bob).await;
+    h.publish(&Event::MemberLeft {
+        channel_id: channel,
+        user_id: bob,
+    })
+    .await;
+    assert_eq!(
+        a.next().await.items,
+        vec![Delivery::LeaveChannel {
+            channel_id: channel,
+            sockets: vec![2]
+        }]
+    );
+    h.publish(&message(channel, 3, alice, origin("gw-x", 1)))
+        .await;
+    let third = a.next().await;
+    assert!(
+        frames(&third).is_empty(),
+        "bob left, though his socket still says entered"
+    );
+    assert_eq!(
+        unreads(&third),
+        vec![UnreadTarget {
+            sockets: vec![3],
+            unread: 3
+        }]
+    );
+
+    for _ in 0..2 {
+        let note = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut invalidations))
+            .await
+            .expect("an invalidation is broadcast")
+            .expect("subscription open");
+        assert_eq!(note.payload, channel.0.to_string().as_bytes());
+    }
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    let suffix = format!("channel.{}", channel.0);
+    h.publish_raw(&suffix, b"{not an event".to_vec()).await;
+    h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
+        .await;
+
+    assert_eq!(frames(&a.next().await)[0].1["seq"], 1);
+    let dlq =
+        h.js.get_stream(h.ns.dlq_stream())
+            .await
+            .expect("dlq stream");
+    let mut dead = None;
+    for _ in 0..50 {
+        if let Ok(m) = dlq.get_raw_message(1).await {
+            dead = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("the poison event is in the DLQ");
+    assert_eq!(dead.subject.as_str(), h.ns.dlq_subject(&suffix));
+    assert_eq!(dead.payload.as_ref(), b"{not an event");
+    assert!(
+        dead.headers
+            .get(natter_push::consumer::DLQ_REASON_HEADER)
+            .is_some_and(|r| r.as_str().contains("undecodable")),
+        "the reason travels with it"
+    );
+    assert_eq!(dlq.get_info().await.expect("info").state.messages, 1);
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn events_published_while_push_is_down_are_all_delivered_once_in_order() {
+    let mut h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
+        .await;
+    assert_eq!(frames(&a.next().await)[0].1["seq"], 1);
+    h.app.stop_part(Part::Push).await;
+    for seq in 2..=200 {
+        h.publish(&message(channel, seq, alice, origin("gw-x", 1)))
+            .await;
+    }
+    a.expect_nothing().await;
+    h.app.start(Part::Push).await;
+
+    for seq in 2..=200 {
+        assert_eq!(frames(&a.next().await)[0].1["seq"], seq);
+    }
+    a.expect_nothing().await;
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_while_running() {
+    let h = Harness::spawn().await;
+    let base = format!("http://{}", h.app.addr(Part::Push));
+    for path in ["/healthz", "/readyz"] {
+        let r = reqwest::get(format!("{base}{path}"))
+            .await
+            .expect("answers");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    h.app.stop().await;
+}
