@@ -86,7 +86,23 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
                     .with_resource(resource(service))
                     .build();
                 opentelemetry::global::set_tracer_provider(provider.clone());
-                let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("natter"));
+                // natter's own spans only: dependencies' internals would
+                // multiply the export volume for little insight.
+                let spans = tracing_subscriber::filter::Targets::new()
+                    .with_default(tracing::Level::WARN)
+                    .with_targets(
+                        [
+                            "natter_auth",
+                            "natter_connection",
+                            "natter_message",
+                            "natter_push",
+                            "natter_platform",
+                        ]
+                        .map(|t| (t, tracing::Level::INFO)),
+                    );
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("natter"))
+                    .with_filter(spans);
                 telemetry.traces = Some(provider);
                 Some(layer)
             }

@@ -97,6 +97,7 @@ pub(crate) async fn handle(
                     channel_id,
                     client_msg_id,
                     content,
+                    traceparent: natter_platform::telemetry::propagation::traceparent(),
                 })
                 .await?;
             result(&written)

@@ -80,17 +80,22 @@ async fn try_lock(conn: &mut PgConnection) -> anyhow::Result<bool> {
 /// (a prefix, in order), and returns how many.
 #[tracing::instrument(skip_all)]
 pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
-    let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>)> =
-        sqlx::query_as("SELECT id, msg_id, subject, payload FROM outbox ORDER BY id LIMIT $1")
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT id, msg_id, subject, payload, headers::text FROM outbox ORDER BY id LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
     if rows.is_empty() {
+        natter_platform::metrics::get()
+            .outbox_backlog
+            .record(0, &[]);
         return Ok(0);
     }
     let mut pending = Vec::with_capacity(rows.len());
-    for (_, msg_id, subject, payload) in &rows {
+    for (_, msg_id, subject, payload, headers) in &rows {
         let publish = jetstream::message::PublishMessage::build()
+            .headers(nats_headers(headers))
             .message_id(msg_id.to_string())
             .payload(payload.clone().into());
         match js.send_publish(subject.clone(), publish).await {
@@ -113,5 +118,22 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             .execute(pool)
             .await?;
     }
+    natter_platform::metrics::get()
+        .outbox_backlog
+        .record((rows.len() - done) as u64, &[]);
     Ok(done)
+}
+
+/// The stored `headers` JSON object (string values: the trace context) as
+/// NATS headers; anything else in it is ignored.
+fn nats_headers(json: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(json) {
+        for (name, value) in map {
+            if let Some(value) = value.as_str() {
+                headers.insert(name.as_str(), value);
+            }
+        }
+    }
+    headers
 }

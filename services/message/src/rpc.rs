@@ -6,12 +6,14 @@
 
 use crate::{AppState, handlers, store};
 use futures::StreamExt;
+use natter_platform::telemetry::propagation;
 use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
 use natter_protocol::{ErrorBody, ErrorCode};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Requests in progress at once per instance.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -51,14 +53,22 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
             break;
         };
         let state = state.clone();
-        tasks.spawn(async move {
-            let reply = match kind {
-                Kind::Request => answer_request(&state, &msg.payload).await,
-                Kind::Unregister => answer_unregister(&state, &msg.payload).await,
-            };
-            respond(&state.nats, msg.reply, &reply).await;
-            drop(permit);
-        });
+        let span = match kind {
+            Kind::Request => tracing::info_span!("message.request"),
+            Kind::Unregister => tracing::info_span!("message.unregister"),
+        };
+        propagation::adopt(&span, msg.headers.as_ref());
+        tasks.spawn(
+            async move {
+                let reply = match kind {
+                    Kind::Request => answer_request(&state, &msg.payload).await,
+                    Kind::Unregister => answer_unregister(&state, &msg.payload).await,
+                };
+                respond(&state.nats, msg.reply, &reply).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     // Dropping the stream unsubscribes: no new requests reach this instance.
     drop(incoming);
@@ -74,11 +84,29 @@ async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {
             let result = handlers::handle(state, &req.caller, req.request).await;
             if let Err(e) = &result {
                 tracing::debug!(request = kind, error = %e, "request refused");
+                count_limit_rejection(e);
             }
             result.map_err(crate::DomainError::into_body).into()
         }
         Err(e) => RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())),
     }
+}
+
+/// Counts refusals by the connection or head limit.
+fn count_limit_rejection(e: &crate::DomainError) {
+    let crate::DomainError::Rule(body) = e else {
+        return;
+    };
+    let limit = match body.code {
+        ErrorCode::ConnectionLimitReached | ErrorCode::PartnerConnectionLimitReached => {
+            "connection"
+        }
+        ErrorCode::OverLimit => "head",
+        _ => return,
+    };
+    natter_platform::metrics::get()
+        .limit_rejections
+        .add(1, &natter_platform::metrics::attr("limit", limit));
 }
 
 async fn answer_unregister(state: &AppState, payload: &[u8]) -> RpcReply {

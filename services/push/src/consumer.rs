@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Deliveries of one event before JetStream gives up on it; push
 /// dead-letters it itself one attempt earlier, since JetStream then only
@@ -169,11 +170,19 @@ impl Worker {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(subject = %msg.subject))]
     async fn process(&self, msg: jetstream::Message) {
-        // One trace from the writer's request through to the gateways.
-        propagation::adopt(&tracing::Span::current(), msg.headers.as_ref());
-        let delivered = msg.info().map_or(1, |i| i.delivered);
+        // One trace from the writer's request through to the gateways: the
+        // parent must be set before the span is first entered.
+        let span = tracing::info_span!("push.event", subject = %msg.subject);
+        propagation::adopt(&span, msg.headers.as_ref());
+        self.settle(msg).instrument(span).await;
+    }
+
+    async fn settle(&self, msg: jetstream::Message) {
+        let (delivered, pending) = msg.info().map_or((1, 0), |i| (i.delivered, i.pending));
+        natter_platform::metrics::get()
+            .consumer_pending
+            .record(pending, &[]);
         let outcome = match serde_json::from_slice::<Event>(&msg.payload) {
             Err(e) => Err(Failure::Poison(format!("undecodable event: {e}"))),
             Ok(event) => self.handle(&event).await.map_err(Failure::Transient),

@@ -9,7 +9,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use natter_platform::telemetry::propagation;
 use natter_protocol::ChannelId;
-use natter_protocol::events::Event;
+use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,13 @@ impl Fanout {
         };
         // The trace continues at the gateways; headers only when tracing is on.
         let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
+        let kind = event_kind(event);
+        let metrics = natter_platform::metrics::get();
         for out in router::route(event, &presence, &last_read) {
+            metrics.deliveries.add(
+                sockets_in(&out.batch),
+                &natter_platform::metrics::attr("type", kind),
+            );
             let subject = self.ns.gateway_subject(&out.gateway);
             let payload = serde_json::to_vec(&out.batch)
                 .context("encoding a delivery batch")?
@@ -74,6 +80,10 @@ impl Fanout {
             }
             .with_context(|| format!("publishing to gateway {}", out.gateway))?;
         }
+        if let Event::MessageStored { sent_at, .. } = event {
+            let latency = (time::OffsetDateTime::now_utc() - *sent_at).as_seconds_f64();
+            metrics.delivery_latency.record(latency.max(0.0), &[]);
+        }
         Ok(())
     }
 
@@ -83,6 +93,20 @@ impl Fanout {
             .await
             .context("broadcasting a membership change")
     }
+}
+
+/// How many socket deliveries a batch makes (leave notices are not
+/// deliveries).
+fn sockets_in(batch: &DeliveryBatch) -> u64 {
+    batch
+        .items
+        .iter()
+        .map(|item| match item {
+            Delivery::Frame { sockets, .. } => sockets.len(),
+            Delivery::Unread { targets, .. } => targets.iter().map(|t| t.sockets.len()).sum(),
+            Delivery::LeaveChannel { .. } => 0,
+        } as u64)
+        .sum()
 }
 
 fn event_kind(event: &Event) -> &'static str {

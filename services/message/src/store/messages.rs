@@ -33,6 +33,8 @@ pub(crate) struct WriteRequest {
     pub client_msg_id: String,
     /// The text.
     pub content: String,
+    /// The request's trace context, carried by its outbox row.
+    pub traceparent: Option<String>,
 }
 
 /// How one request of a batch ended; cheap to copy to its repeats.
@@ -152,6 +154,9 @@ pub(crate) async fn write_batch(
         .await?;
     }
     tx.commit().await?;
+    natter_platform::metrics::get()
+        .messages_stored
+        .add(accepted.len() as u64, &[]);
 
     Ok((0..batch.len())
         .map(|i| match &outcome[primary[i]] {
@@ -230,6 +235,7 @@ async fn insert_accepted(
     let mut msg_ids = Vec::with_capacity(accepted.len());
     let mut subjects = Vec::with_capacity(accepted.len());
     let mut payloads = Vec::with_capacity(accepted.len());
+    let mut headers = Vec::with_capacity(accepted.len());
     for (&i, &seq) in accepted.iter().zip(&seqs) {
         let r = &batch[i];
         let sent_at = sent.get(&(r.channel_id.0, seq)).copied().ok_or_else(|| {
@@ -250,6 +256,7 @@ async fn insert_accepted(
         msg_ids.push(uuid::Uuid::now_v7());
         subjects.push(ns.event_subject(&event.subject_suffix()));
         payloads.push(serde_json::to_vec(&event).map_err(anyhow::Error::from)?);
+        headers.push(crate::store::outbox::trace_headers(r.traceparent.clone()));
         outcome[i] = Some(Outcome::Written(Written {
             channel_id: r.channel_id,
             seq,
@@ -270,12 +277,13 @@ async fn insert_accepted(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[])",
+        "INSERT INTO outbox (msg_id, subject, payload, headers) \
+         SELECT i, s, p, h::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS x(i, s, p, h)",
     )
     .bind(&msg_ids)
     .bind(&subjects)
     .bind(&payloads)
+    .bind(&headers)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -1,0 +1,252 @@
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, one message sent through the
+//! four services, each its own `natter-server` process, produces one
+//! connected trace (gateway → message → outbox → JetStream → push →
+//! gateway) and the metrics the dashboard reads. A real OTLP/HTTP receiver,
+//! built from opentelemetry-proto's types, stands in for the collector.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use natter_testkit::{TestDatabase, ws};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message as _;
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Received {
+    /// (trace id, service name, span name)
+    spans: Vec<(Vec<u8>, String, String)>,
+    metrics: BTreeSet<String>,
+}
+
+type Shared = Arc<Mutex<Received>>;
+
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(AnyValue::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn traces(State(shared): State<Shared>, body: Bytes) -> &'static str {
+    let request = ExportTraceServiceRequest::decode(body).expect("OTLP traces");
+    let mut received = shared.lock().expect("lock");
+    for rs in request.resource_spans {
+        let service = service_name(rs.resource.as_ref());
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                received
+                    .spans
+                    .push((span.trace_id, service.clone(), span.name));
+            }
+        }
+    }
+    ""
+}
+
+async fn metrics(State(shared): State<Shared>, body: Bytes) -> &'static str {
+    let request = ExportMetricsServiceRequest::decode(body).expect("OTLP metrics");
+    let mut received = shared.lock().expect("lock");
+    for rm in request.resource_metrics {
+        for sm in rm.scope_metrics {
+            for m in sm.metrics {
+                received.metrics.insert(m.name);
+            }
+        }
+    }
+    ""
+}
+
+async fn receiver() -> (u16, Shared) {
+    let shared = Shared::default();
+    let app = Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, shared)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("port {port} never became ready");
+}
+
+#[tokio::test]
+async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metrics() {
+    let (otlp_port, received) = receiver().await;
+    let db = TestDatabase::create().await;
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut children = Processes(Vec::new());
+    for target in ["auth", "message", "push", "connection"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+            .arg(target)
+            .env("NATTER_DATABASE_URL", &db.url)
+            .env("NATTER_NAMESPACE", &namespace)
+            .env("NATTER_JWT_SECRET", "telemetry-test-secret")
+            .env("NATTER_AUTH_ADDR", format!("127.0.0.1:{}", ports[0]))
+            .env("NATTER_GATEWAY_ADDR", format!("127.0.0.1:{}", ports[1]))
+            .env("NATTER_MESSAGE_ADDR", format!("127.0.0.1:{}", ports[2]))
+            .env("NATTER_PUSH_ADDR", format!("127.0.0.1:{}", ports[3]))
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_port}"),
+            )
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .env_remove("OTEL_SERVICE_NAME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("natter-server starts");
+        children.0.push(child);
+    }
+    for port in &ports {
+        wait_ready(*port).await;
+    }
+
+    let auth = format!("http://127.0.0.1:{}", ports[0]);
+    let http = reqwest::Client::new();
+    let mut tokens = HashMap::new();
+    for name in ["alice", "bob"] {
+        let creds = json!({"username": name, "password": "correct horse battery"});
+        let r = http
+            .post(format!("{auth}/api/v1/auth/register"))
+            .json(&creds)
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 201);
+        let r = http
+            .post(format!("{auth}/api/v1/auth/login"))
+            .json(&creds)
+            .send()
+            .await
+            .expect("login");
+        let body: serde_json::Value = r.json().await.expect("token");
+        tokens.insert(name, body["token"].as_str().expect("token").to_owned());
+    }
+    let url = format!("ws://127.0.0.1:{}/ws/v1/message", ports[1]);
+    let mut alice = ws::connect(&url, Some(&tokens["alice"]))
+        .await
+        .expect("alice socket");
+    let mut bob = ws::connect(&url, Some(&tokens["bob"]))
+        .await
+        .expect("bob socket");
+    let code = bob
+        .call("fetch_user_invite_code", json!({}))
+        .await
+        .expect("code")["invite_code"]
+        .clone();
+    alice
+        .call("invite", json!({"invite_code": code}))
+        .await
+        .expect("invite");
+    bob.call("accept", json!({"username": "alice"}))
+        .await
+        .expect("accept");
+    let channel = alice
+        .call("create", json!({"title": "traced", "usernames": ["bob"]}))
+        .await
+        .expect("create")["channel_id"]
+        .clone();
+    alice
+        .call("enter", json!({"channel_id": channel}))
+        .await
+        .expect("enter");
+    bob.call("enter", json!({"channel_id": channel}))
+        .await
+        .expect("enter");
+    alice
+        .call(
+            "write_message",
+            json!({"channel_id": channel, "client_msg_id": "m1", "content": "hello"}),
+        )
+        .await
+        .expect("write");
+    bob.push("message").await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (connected, metrics, traces) = {
+            let r = received.lock().expect("lock");
+            let mut services_by_trace: HashMap<&[u8], BTreeSet<&str>> = HashMap::new();
+            for (trace, service, _) in &r.spans {
+                services_by_trace.entry(trace).or_default().insert(service);
+            }
+            let connected = services_by_trace.values().any(|s| {
+                ["natter-connection", "natter-message", "natter-push"]
+                    .iter()
+                    .all(|n| s.contains(n))
+            });
+            let traces: Vec<String> = services_by_trace
+                .values()
+                .map(|s| s.iter().copied().collect::<Vec<_>>().join("+"))
+                .collect();
+            (connected, r.metrics.clone(), traces)
+        };
+        let wanted = [
+            natter_platform::metrics::REQUESTS,
+            natter_platform::metrics::MESSAGES_STORED,
+            natter_platform::metrics::DELIVERIES,
+            natter_platform::metrics::DELIVERY_LATENCY,
+            natter_platform::metrics::SOCKETS,
+            natter_platform::metrics::LOGINS,
+        ];
+        if connected && wanted.iter().all(|w| metrics.contains(*w)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connected trace or metrics missing: connected={connected}, traces={traces:?}, metrics={metrics:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
