@@ -1,0 +1,182 @@
+//! The real binary in a real terminal (tmux): a message that arrives while
+//! a line is half-typed prints above the prompt, and the half-typed line
+//! survives.
+
+use crate::support::{Client, word_after};
+use natter_testkit::TestApp;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "natter"])
+    }
+
+    fn send(&self, keys: &str) {
+        self.run(&["send-keys", "-t", "natter", "-l", keys]);
+    }
+
+    fn enter(&self) {
+        self.run(&["send-keys", "-t", "natter", "Enter"]);
+    }
+
+    /// Waits until the screen satisfies `ok`; the screen.
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} on screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// The screen line that holds the prompt (the last non-empty one).
+fn prompt_line(screen: &str) -> &str {
+    screen
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_message_prints_above_a_half_typed_line_which_survives() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (apt-get install tmux); the terminal test needs it"
+        );
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let mut alice = Client::online(&app, "alice").await;
+    let mut bob = Client::on(&app, "bob");
+    bob.ok("/register bob correct-horse").await;
+    bob.ok("/login bob correct-horse").await;
+    let code = alice.ok("/invite-code user").await.remove(0);
+    bob.ok(&format!(
+        "/invite {}",
+        word_after(&code, "your invite code: ")
+    ))
+    .await;
+    alice.ok("/accept bob").await;
+    let id = crate::support::channel_id(&alice.ok("/create general bob").await[0]);
+    alice.ok(&format!("/enter {id}")).await;
+    bob.session.close().await;
+
+    let home = std::env::temp_dir().join(format!("natter-tmux-{}", uuid_like()));
+    std::fs::create_dir_all(&home).expect("temp home");
+    let tmux = Tmux {
+        socket: format!("natter-test-{}", uuid_like()),
+    };
+    let command = format!(
+        "env NATTER_AUTH_URL={} NATTER_WS_URL={} NATTER_HISTORY_FILE={} TERM=xterm-256color {NATTER}",
+        app.auth_url(),
+        app.ws_url(),
+        home.join("history").display(),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "natter",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux.wait_for("banner", |s| s.contains("type /help"));
+
+    tmux.send("/login bob correct-horse");
+    tmux.enter();
+    tmux.wait_for("login", |s| s.contains("logged in as bob"));
+    tmux.send(&format!("/enter {id}"));
+    tmux.enter();
+    tmux.wait_for("prompt in the channel", |s| {
+        prompt_line(s).starts_with("bob@general")
+    });
+
+    tmux.send("half a thou");
+    tmux.wait_for("typed text", |s| prompt_line(s).contains("half a thou"));
+    alice.ok("hello while you type").await;
+    let screen = tmux.wait_for("the message", |s| s.contains("alice: hello while you type"));
+
+    // The message is above the prompt, and the prompt still holds the text.
+    let message_row = screen
+        .lines()
+        .position(|l| l.contains("alice: hello while you type"));
+    let rows: Vec<&str> = screen.lines().collect();
+    let prompt_row = rows.iter().rposition(|l| l.contains("half a thou"));
+    assert!(
+        message_row < prompt_row,
+        "message not above the prompt:\n{screen}"
+    );
+    assert!(
+        prompt_line(&screen).starts_with("bob@general › half a thou"),
+        "{screen}"
+    );
+
+    // Finishing the line sends the whole thing.
+    tmux.send("ght");
+    tmux.enter();
+    assert_eq!(
+        alice.message("half a thought").await.as_deref(),
+        Some("bob")
+    );
+    tmux.send("/exit");
+    tmux.enter();
+    std::thread::sleep(Duration::from_millis(500));
+    let history = std::fs::read_to_string(home.join("history")).unwrap_or_default();
+    assert!(
+        !history.contains("correct-horse"),
+        "password in history: {history}"
+    );
+    let _ = std::fs::remove_dir_all(home);
+    app.stop().await;
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
