@@ -24,6 +24,7 @@ pub const NAMES: &[&str] = &[
     OUTBOX_BACKLOG,
     LIMIT_REJECTIONS,
     LOGINS,
+    NATS_SLOW_CONSUMERS,
 ];
 
 /// Open WebSockets on a gateway.
@@ -50,6 +51,9 @@ pub const LIMIT_REJECTIONS: &str = "natter.limit.rejections";
 /// Login attempts by `outcome` (`success`, `failure`, `rate_limited`).
 pub const LOGINS: &str = "natter.auth.logins";
 
+/// Times a core NATS subscription overflowed and dropped messages.
+pub const NATS_SLOW_CONSUMERS: &str = "natter.nats.slow_consumers";
+
 /// The instruments.
 pub struct Metrics {
     /// [`SOCKETS`].
@@ -74,6 +78,8 @@ pub struct Metrics {
     pub limit_rejections: Counter<u64>,
     /// [`LOGINS`].
     pub logins: Counter<u64>,
+    /// [`NATS_SLOW_CONSUMERS`].
+    pub nats_slow_consumers: Counter<u64>,
 }
 
 /// The instruments, created on first use from the global meter provider.
@@ -139,6 +145,11 @@ pub fn get() -> &'static Metrics {
                 .u64_counter(LOGINS)
                 .with_unit("{attempt}")
                 .with_description("Login attempts by outcome")
+                .build(),
+            nats_slow_consumers: m
+                .u64_counter(NATS_SLOW_CONSUMERS)
+                .with_unit("{event}")
+                .with_description("Core NATS subscriptions that overflowed and dropped messages")
                 .build(),
         }
     })

@@ -20,6 +20,21 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
     async_nats::ConnectOptions::new()
         .name(name)
         .subscription_capacity(64 * 1024)
+        // A core subscription that overflows drops messages silently:
+        // make every drop loud and counted.
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::SlowConsumer(sid) => {
+                    crate::metrics::get().nats_slow_consumers.add(1, &[]);
+                    tracing::warn!(
+                        subscription = sid,
+                        "NATS subscription overflowed: messages dropped"
+                    );
+                }
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::warn!(event = %other, "NATS connection event"),
+            }
+        })
         .connect(url)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))

@@ -16,6 +16,15 @@ pub fn token(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// A random u64 below 2^62 (room to count up from it).
+#[must_use]
+pub fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut buf).expect("the OS random number generator failed");
+    u64::from_le_bytes(buf) >> 2
+}
+
 /// An invite code: 128 random bits.
 #[must_use]
 pub fn invite_code() -> String {

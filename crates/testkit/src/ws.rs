@@ -145,6 +145,23 @@ impl WsClient {
         }
     }
 
+    /// The next reply or error in the order the server sent them.
+    ///
+    /// # Panics
+    /// When none comes within [`WAIT`].
+    pub async fn next_answer(&mut self) -> Value {
+        loop {
+            if let Some(answer) = self.replies.pop_front() {
+                return answer;
+            }
+            let frame = self
+                .read_frame(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no answer within {WAIT:?}"));
+            self.file(frame);
+        }
+    }
+
     /// Waits for the next push of type `kind` (others stay queued).
     ///
     /// # Panics

@@ -226,16 +226,13 @@ async fn drain(shared: &Shared) {
         }
         .to_json(),
     );
-    let sockets = shared.registry.all();
-    tracing::info!(sockets = sockets.len(), "draining");
-    for (_, control) in sockets {
-        control.close(registry::CloseRequest {
-            code: 1012,
-            reason: "server restarting",
-            last_frame: Some(frame.clone()),
-            drain: true,
-        });
-    }
+    let closed = shared.registry.close_all(&registry::CloseRequest {
+        code: 1012,
+        reason: "server restarting",
+        last_frame: Some(frame),
+        drain: true,
+    });
+    tracing::info!(sockets = closed, "draining");
     shared.tracker.close();
     if tokio::time::timeout(GRACE, shared.tracker.wait())
         .await

@@ -6,12 +6,16 @@
 //! readers ignore entries whose gateway's liveness key is gone. Nothing here
 //! is the only copy of anything: if Redis loses it (flush, failover), the
 //! heartbeat notices its liveness key was missing and re-registers every
-//! local socket.
+//! local socket. A write that fails in a Redis blip is repaired by the next
+//! heartbeat: it marks presence dirty (or remembers the removal) and the
+//! heartbeat registers everything again (or retries the removal).
 
 use crate::registry::Registry;
 use natter_protocol::subjects::{Namespace, presence_field};
 use natter_protocol::{ChannelId, UserId};
 use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +30,10 @@ pub(crate) struct Presence {
     redis: ConnectionManager,
     ns: Namespace,
     gateway_id: String,
+    /// A write failed: re-register every socket on the next heartbeat.
+    dirty: Arc<AtomicBool>,
+    /// Removals that failed, retried on the next heartbeat.
+    stale: Arc<Mutex<Vec<(UserId, u64)>>>,
 }
 
 impl Presence {
@@ -34,6 +42,8 @@ impl Presence {
             redis,
             ns,
             gateway_id,
+            dirty: Arc::default(),
+            stale: Arc::default(),
         }
     }
 
@@ -48,21 +58,32 @@ impl Presence {
             .query_async(&mut conn)
             .await;
         if let Err(e) = result {
+            self.dirty.store(true, Ordering::Relaxed);
             tracing::warn!(error = %e, "presence update failed; the heartbeat will repair it");
         }
     }
 
     /// Forgets a socket.
     pub(crate) async fn remove(&self, user: UserId, socket: u64) {
-        let mut conn = self.redis.clone();
-        let result: redis::RedisResult<()> = redis::cmd("HDEL")
-            .arg(self.ns.presence_key(user))
-            .arg(presence_field(&self.gateway_id, socket))
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "presence removal failed; readers ignore dead gateways");
+        if let Err(e) = self.remove_all(&[(user, socket)]).await {
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((user, socket));
+            tracing::warn!(error = %e, "presence removal failed; the heartbeat will retry it");
         }
+    }
+
+    async fn remove_all(&self, sockets: &[(UserId, u64)]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (user, socket) in sockets {
+            pipe.cmd("HDEL")
+                .arg(self.ns.presence_key(*user))
+                .arg(presence_field(&self.gateway_id, *socket))
+                .ignore();
+        }
+        let mut conn = self.redis.clone();
+        pipe.query_async(&mut conn).await
     }
 
     /// Refreshes the liveness key; returns whether it had expired or been
@@ -80,18 +101,50 @@ impl Presence {
         Ok(previous.is_none())
     }
 
-    /// Registers every local socket again, pipelined.
+    /// Registers every local socket again, pipelined; a socket that closed
+    /// meanwhile is removed again, so no stale entry is written back.
     async fn register_all(&self, registry: &Registry) -> redis::RedisResult<()> {
+        let sockets = registry.all();
         let mut pipe = redis::pipe();
-        for (id, control) in registry.all() {
+        for (id, control) in &sockets {
             pipe.cmd("HSET")
                 .arg(self.ns.presence_key(control.user_id))
-                .arg(presence_field(&self.gateway_id, id))
+                .arg(presence_field(&self.gateway_id, *id))
                 .arg(control.entered().map(|c| c.to_string()).unwrap_or_default())
                 .ignore();
         }
         let mut conn = self.redis.clone();
-        pipe.query_async(&mut conn).await
+        pipe.query_async::<()>(&mut conn).await?;
+        let gone: Vec<(UserId, u64)> = sockets
+            .iter()
+            .filter(|(id, _)| !registry.contains(*id))
+            .map(|(id, control)| (control.user_id, *id))
+            .collect();
+        if gone.is_empty() {
+            Ok(())
+        } else {
+            self.remove_all(&gone).await
+        }
+    }
+
+    /// Repairs what failed since the last heartbeat.
+    async fn repair(&self, registry: &Registry, lost: bool) {
+        if lost || self.dirty.swap(false, Ordering::Relaxed) {
+            if lost {
+                tracing::warn!("gateway liveness key was lost; re-registering sockets");
+            }
+            if let Err(e) = self.register_all(registry).await {
+                self.dirty.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "re-registering presence failed");
+            }
+        }
+        let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(PoisonError::into_inner));
+        if !stale.is_empty() && self.remove_all(&stale).await.is_err() {
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(stale);
+        }
     }
 
     /// Marks the gateway alive now (before serving), then keeps it alive
@@ -111,13 +164,7 @@ impl Presence {
                     () = shutdown.cancelled() => break,
                 }
                 match self.beat().await {
-                    Ok(true) => {
-                        tracing::warn!("gateway liveness key was lost; re-registering sockets");
-                        if let Err(e) = self.register_all(&registry).await {
-                            tracing::warn!(error = %e, "re-registering presence failed");
-                        }
-                    }
-                    Ok(false) => {}
+                    Ok(lost) => self.repair(&registry, lost).await,
                     Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
                 }
             }

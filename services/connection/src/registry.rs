@@ -115,14 +115,56 @@ pub(crate) const SLOW_CONSUMER: CloseRequest = CloseRequest {
 };
 
 /// All sockets of this gateway.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
+    /// Socket ids count up from a random start: a gateway restarted under
+    /// the same id (a pod's container restart) must never reuse the ids
+    /// its crashed predecessor left in Redis presence, or deliveries meant
+    /// for an old socket would reach a new one.
     next_id: AtomicU64,
     sockets: Mutex<HashMap<u64, Handle>>,
     sessions: Mutex<HashMap<SessionId, Vec<u64>>>,
+    /// Set when the gateway drains: sockets registered later are closed at
+    /// once with the same request.
+    closing: Mutex<Option<CloseRequest>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(natter_platform::random::seed())
+    }
 }
 
 impl Registry {
+    /// A registry whose first socket id is `seed + 1`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            next_id: AtomicU64::new(seed),
+            sockets: Mutex::default(),
+            sessions: Mutex::default(),
+            closing: Mutex::default(),
+        }
+    }
+
+    /// Closes every socket with `request`, and every socket registered
+    /// from now on.
+    pub(crate) fn close_all(&self, request: &CloseRequest) -> usize {
+        *self.closing.lock().unwrap_or_else(PoisonError::into_inner) = Some(request.clone());
+        let all = self.all();
+        for (_, control) in &all {
+            control.close(request.clone());
+        }
+        all.len()
+    }
+
+    /// Whether a socket is still registered.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
     /// Registers a new socket: its id, its queue's receiver and control.
     pub(crate) fn register(
         &self,
@@ -149,6 +191,14 @@ impl Registry {
             .entry(session_id)
             .or_default()
             .push(id);
+        if let Some(request) = self
+            .closing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            control.close(request);
+        }
         (id, rx, control)
     }
 
@@ -245,6 +295,33 @@ mod tests {
         registry.remove(b, session);
         assert!(registry.session(session).is_empty());
         assert!(registry.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_socket_registered_while_draining_is_closed_at_once() {
+        let registry = Registry::default();
+        let (user, session) = ids();
+        let drain = CloseRequest {
+            code: 1012,
+            reason: "draining",
+            last_frame: None,
+            drain: true,
+        };
+        let (_, _r1, before) = registry.register(user, session, 4);
+        assert_eq!(registry.close_all(&drain), 1);
+        let (_, _r2, after) = registry.register(user, session, 4);
+        assert_eq!(before.closed().await.code, 1012);
+        assert_eq!(after.closed().await.code, 1012);
+    }
+
+    #[test]
+    fn socket_ids_start_from_the_seed_so_restarts_do_not_reuse_them() {
+        let (user, session) = ids();
+        let first = Registry::new(1_000).register(user, session, 1).0;
+        assert_eq!(first, 1_001);
+        let a = Registry::default().register(user, session, 1).0;
+        let b = Registry::default().register(user, session, 1).0;
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -25,8 +25,18 @@ use tokio::time::Instant;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written per flush when the queue has several.
 const WRITE_BATCH: u64 = 64;
-/// Requests waiting behind the one in flight.
+/// Requests waiting behind the one in flight, by count and by bytes (a
+/// client pipelining 64 KiB frames must not hold megabytes).
 const MAX_PENDING: usize = 128;
+const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+/// A queued answer: a request to run, or an answer already known (a bad
+/// frame, a rate limit) that still waits its turn, because answers go out
+/// in the order requests came in.
+enum Pending {
+    Run(ClientFrame, usize),
+    Ready(ServerFrame),
+}
 
 /// What a finished request needs to update on this socket.
 enum After {
@@ -86,7 +96,8 @@ struct Socket {
     shared: Arc<Shared>,
     control: Arc<Control>,
     caller: Caller,
-    pending: VecDeque<ClientFrame>,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
     inflight: Option<BoxFuture<'static, Done>>,
     bucket: Bucket,
     last_seen: Instant,
@@ -130,6 +141,7 @@ pub(crate) async fn run(
         shared: shared.clone(),
         control,
         pending: VecDeque::new(),
+        pending_bytes: 0,
         inflight: None,
         last_seen: Instant::now(),
     };
@@ -141,6 +153,14 @@ pub(crate) async fn run(
     shared.presence.remove(user_id, socket_id).await;
     metrics::get().sockets.add(-1, &[]);
     drop(permit);
+}
+
+fn rate_limited(id: Option<u64>, kind: &'static str) -> ServerFrame {
+    count_request(kind, "rate_limited");
+    ServerFrame::error(
+        id,
+        ErrorBody::new(ErrorCode::RateLimited, "too many requests; slow down"),
+    )
 }
 
 fn count_request(kind: &'static str, outcome: &'static str) {
@@ -223,37 +243,53 @@ impl Socket {
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                count_request("invalid", "invalid_request");
-                let frame = ServerFrame::error(
-                    None,
-                    ErrorBody::new(
-                        ErrorCode::InvalidRequest,
-                        "binary frames are not accepted; send JSON text",
-                    ),
-                );
-                self.write_frame(&frame).await
+                let answer = if self.admit(0) {
+                    count_request("invalid", "invalid_request");
+                    ServerFrame::error(
+                        None,
+                        ErrorBody::new(
+                            ErrorCode::InvalidRequest,
+                            "binary frames are not accepted; send JSON text",
+                        ),
+                    )
+                } else {
+                    rate_limited(None, "invalid")
+                };
+                self.pending.push_back(Pending::Ready(answer));
+                self.start_next().await
             }
             _ => Ok(()),
         }
     }
 
+    /// Every frame, valid or not, spends a token; a full queue refuses too.
+    fn admit(&mut self, bytes: usize) -> bool {
+        self.bucket.take()
+            && self.pending.len() < MAX_PENDING
+            && self.pending_bytes + bytes <= MAX_PENDING_BYTES
+    }
+
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        let frame = match ClientFrame::decode(text) {
-            Ok(frame) => frame,
-            Err(e) => {
-                count_request("invalid", "invalid_request");
-                return self.write_frame(&e.into_frame()).await;
+        let decoded = ClientFrame::decode(text);
+        let entry = if self.admit(text.len()) {
+            match decoded {
+                Ok(frame) => {
+                    self.pending_bytes += text.len();
+                    Pending::Run(frame, text.len())
+                }
+                Err(e) => {
+                    count_request("invalid", "invalid_request");
+                    Pending::Ready(e.into_frame())
+                }
             }
+        } else {
+            let (id, kind) = match &decoded {
+                Ok(frame) => (Some(frame.id), frame.request.kind()),
+                Err(e) => (e.id, "invalid"),
+            };
+            Pending::Ready(rate_limited(id, kind))
         };
-        if !self.bucket.take() || self.pending.len() >= MAX_PENDING {
-            count_request(frame.request.kind(), "rate_limited");
-            let error = ServerFrame::error(
-                Some(frame.id),
-                ErrorBody::new(ErrorCode::RateLimited, "too many requests; slow down"),
-            );
-            return self.write_frame(&error).await;
-        }
-        self.pending.push_back(frame);
+        self.pending.push_back(entry);
         self.start_next().await
     }
 
@@ -261,8 +297,16 @@ impl Socket {
     /// here (keep_alive, leave) are done at once, in their turn.
     async fn start_next(&mut self) -> Result<(), End> {
         while self.inflight.is_none() {
-            let Some(frame) = self.pending.pop_front() else {
-                return Ok(());
+            let frame = match self.pending.pop_front() {
+                None => return Ok(()),
+                Some(Pending::Ready(answer)) => {
+                    self.write_frame(&answer).await?;
+                    continue;
+                }
+                Some(Pending::Run(frame, bytes)) => {
+                    self.pending_bytes -= bytes;
+                    frame
+                }
             };
             let after = match &frame.request {
                 Request::KeepAlive => None,

@@ -49,8 +49,15 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
             () = shutdown.cancelled() => None,
         };
         let Some((kind, msg)) = next else { break };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
+        // Never stop reading to wait for a permit: a subscription that is
+        // not read overflows and drops requests silently. Shed instead.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let busy = RpcReply::Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the message service is overloaded; retry",
+            ));
+            respond(&state.nats, msg.reply, &busy).await;
+            continue;
         };
         let state = state.clone();
         let span = match kind {

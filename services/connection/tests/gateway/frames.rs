@@ -84,3 +84,22 @@ async fn a_request_the_message_service_cannot_answer_is_unavailable() {
         .expect_err("no message service");
     assert_eq!(err.code, "unavailable");
 }
+
+#[tokio::test]
+async fn answers_to_bad_frames_wait_their_turn_behind_earlier_requests() {
+    let app = TestApp::spawn().await;
+    let (_, mut ws) = app.ws_user("alice").await;
+    // fetch_channels goes to the message service and back; the bad frames
+    // behind it are refused at the gateway, yet answered after it.
+    ws.send_text(r#"{"id":1,"type":"fetch_channels"}"#).await;
+    ws.send_text("garbage").await;
+    ws.send_binary(vec![0]).await;
+    ws.send_text(r#"{"id":2,"type":"keep_alive"}"#).await;
+    let order: Vec<serde_json::Value> = vec![
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+    ];
+    assert_eq!(order, vec![json!(1), json!(null), json!(null), json!(2)]);
+}

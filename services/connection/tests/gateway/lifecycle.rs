@@ -129,3 +129,44 @@ async fn a_silent_socket_is_closed_with_1001() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1001);
 }
+
+#[tokio::test]
+async fn presence_lost_in_redis_is_registered_again_by_the_heartbeat() {
+    let app = TestApp::spawn().await;
+    let (_, mut ws) = app.ws_user("alice").await;
+    let ns = app.config.namespace();
+    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", ns.redis_prefix()))
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    assert!(!keys.is_empty());
+    // As if Redis had been flushed.
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let back: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}presence:*", ns.redis_prefix()))
+            .query_async(&mut redis)
+            .await
+            .expect("keys");
+        if back.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence was not restored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
+}
