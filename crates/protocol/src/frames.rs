@@ -154,6 +154,9 @@ impl Request {
     /// An `invalid_request` naming the field.
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let invalid = |m: String| ErrorBody::new(ErrorCode::InvalidRequest, m);
+        if let Some(field) = self.field_with_nul() {
+            return Err(invalid(format!("{field} must not contain NUL characters")));
+        }
         match self {
             Self::Create { title, usernames } => {
                 limits::check_chars("title", title, &limits::TITLE_CHARS).map_err(invalid)?;
@@ -207,6 +210,53 @@ impl Request {
             }
             Self::Read { seq, .. } if *seq < 0 => Err(invalid("seq must be >= 0".into())),
             _ => Ok(()),
+        }
+    }
+}
+
+impl Request {
+    /// The first string field holding a NUL character. Postgres cannot
+    /// store one in `text`, so such a value must never reach it: it would
+    /// fail as `internal`, and in a batched write fail every other write of
+    /// the batch too.
+    fn field_with_nul(&self) -> Option<&'static str> {
+        let has_nul = |s: &String| s.contains('\0');
+        match self {
+            Self::Invite { invite_code } | Self::Join { invite_code } => {
+                has_nul(invite_code).then_some("invite_code")
+            }
+            Self::Accept { username }
+            | Self::Reject { username }
+            | Self::Disconnect { username } => has_nul(username).then_some("username"),
+            Self::Create { title, usernames } => {
+                if has_nul(title) {
+                    Some("title")
+                } else {
+                    usernames.iter().any(has_nul).then_some("usernames")
+                }
+            }
+            Self::WriteMessage {
+                client_msg_id,
+                content,
+                ..
+            } => {
+                if has_nul(client_msg_id) {
+                    Some("client_msg_id")
+                } else {
+                    has_nul(content).then_some("content")
+                }
+            }
+            Self::KeepAlive
+            | Self::FetchUserInviteCode
+            | Self::FetchChannelInviteCode { .. }
+            | Self::FetchConnections { .. }
+            | Self::FetchChannels
+            | Self::Enter { .. }
+            | Self::Leave
+            | Self::Quit { .. }
+            | Self::FetchMessages { .. }
+            | Self::Read { .. }
+            | Self::Typing { .. } => None,
         }
     }
 }
@@ -594,6 +644,45 @@ mod tests {
         for (text, id) in cases {
             let err = ClientFrame::decode(text).expect_err(text);
             assert_eq!(err.id, id, "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_string_field() {
+        let cases = [
+            (
+                json!({"type":"invite","invite_code":"a\u{0}b"}),
+                "invite_code",
+            ),
+            (json!({"type":"join","invite_code":"\u{0}"}), "invite_code"),
+            (json!({"type":"accept","username":"bo\u{0}b"}), "username"),
+            (json!({"type":"reject","username":"bo\u{0}b"}), "username"),
+            (
+                json!({"type":"disconnect","username":"bo\u{0}b"}),
+                "username",
+            ),
+            (
+                json!({"type":"create","title":"t\u{0}","usernames":["bob"]}),
+                "title",
+            ),
+            (
+                json!({"type":"create","title":"t","usernames":["bob","c\u{0}"]}),
+                "usernames",
+            ),
+            (
+                json!({"type":"write_message","channel_id":1,"client_msg_id":"a\u{0}","content":"hi"}),
+                "client_msg_id",
+            ),
+            (
+                json!({"type":"write_message","channel_id":1,"client_msg_id":"a","content":"h\u{0}i"}),
+                "content",
+            ),
+        ];
+        for (request, field) in cases {
+            let request: Request = serde_json::from_value(request).expect("well-formed");
+            let err = request.validate().expect_err(field);
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+            assert!(err.message.contains(field), "{field}: {}", err.message);
         }
     }
 

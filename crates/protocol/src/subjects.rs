@@ -3,7 +3,7 @@
 //! (`NATTER_NAMESPACE`) so that parallel tests, or two deployments on one
 //! NATS/Redis, never see each other.
 
-use crate::UserId;
+use crate::{ChannelId, UserId};
 
 /// A sanitized namespace: lowercase `[a-z0-9_-]`, never empty.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,6 +72,27 @@ impl Namespace {
     #[must_use]
     pub fn event_subject(&self, suffix: &str) -> String {
         format!("{}.evt.{suffix}", self.0)
+    }
+
+    /// Core NATS subject of a channel's typing notices: outside
+    /// [`Self::events_wildcard`], so the events stream never stores them
+    /// (they are worthless a few seconds later).
+    #[must_use]
+    pub fn typing_subject(&self, channel: ChannelId) -> String {
+        format!("{}.eph.typing.{channel}", self.0)
+    }
+
+    /// Every channel's typing subject.
+    #[must_use]
+    pub fn typing_wildcard(&self) -> String {
+        format!("{}.eph.typing.>", self.0)
+    }
+
+    /// Queue group of push's typing subscription: each notice is fanned
+    /// out by one push instance.
+    #[must_use]
+    pub fn push_typing_queue_group(&self) -> String {
+        format!("{}-push-typing", self.0)
     }
 
     /// The dead-letter stream, for events push could not handle.
@@ -168,6 +189,9 @@ mod tests {
         assert_eq!(ns.gateway_subject("g-1"), "test_1_x.gw.g-1");
         assert_eq!(ns.presence_key(UserId(3)), "test_1_x:presence:3");
         assert_eq!(Namespace::new("natter").events_stream(), "NATTER_EVENTS");
+        assert_eq!(ns.typing_subject(ChannelId(7)), "test_1_x.eph.typing.7");
+        assert_eq!(ns.typing_wildcard(), "test_1_x.eph.typing.>");
+        assert!(!ns.typing_wildcard().starts_with(&ns.event_subject("")));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Auth {
     listener: TcpListener,
     router: Router,
     draining: CancellationToken,
+    /// For the pruning of old login failures.
+    pool: PgPool,
 }
 
 impl Auth {
@@ -66,7 +68,7 @@ impl Auth {
             .as_deref()
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by auth")?;
-        let pool = db::connect(&config.database_url, 16).await?;
+        let pool = db::connect(&config.database_url, config.database_pool).await?;
         let nats = nats::connect(&config.nats_url, "natter-auth").await?;
         let state = AppState {
             pool: pool.clone(),
@@ -75,9 +77,10 @@ impl Auth {
             ns: config.namespace(),
             passwords: Arc::new(password::Hasher::new()?),
         };
+        let pool = state.pool.clone();
         let draining = CancellationToken::new();
         let deps = Dependencies {
-            postgres: Some(pool),
+            postgres: Some(pool.clone()),
             nats: Some(nats),
             redis: None,
         };
@@ -95,6 +98,7 @@ impl Auth {
             listener,
             router,
             draining,
+            pool,
         })
     }
 
@@ -112,13 +116,40 @@ impl Auth {
     /// When the server fails.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "auth listening");
+        let pruning = tokio::spawn(prune_login_failures(self.pool, shutdown.clone()));
         let draining = self.draining.clone();
         let stop = shutdown.clone();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             stop.cancelled().await;
             draining.cancel();
         });
-        run_with_grace(server.into_future(), &shutdown).await
+        let served = run_with_grace(server.into_future(), &shutdown).await;
+        if let Err(e) = pruning.await {
+            tracing::error!(error = %e, "the login failure pruner panicked");
+        }
+        served
+    }
+}
+
+/// How often every name's expired login failures are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes login failures older than the rate-limit window every
+/// [`PRUNE_EVERY`] (the first time at start) until `shutdown`. Every
+/// replica does it; the deletes are idempotent.
+async fn prune_login_failures(pool: PgPool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match store::prune_login_failures(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "pruned expired login failures"),
+            Err(e) => tracing::warn!(error = ?e, "pruning login failures failed"),
+        }
     }
 }
 

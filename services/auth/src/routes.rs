@@ -35,33 +35,60 @@ async fn register(
 ) -> Result<(StatusCode, Json<UserView>), AuthError> {
     limits::check_username(&body.username).map_err(AuthError::InvalidRequest)?;
     limits::check_password(&body.password).map_err(AuthError::InvalidRequest)?;
+    // NUL is refused in every client string (Postgres cannot store it in
+    // text); the username check above already excludes it, and login
+    // treats such a password as one that cannot exist.
+    if body.password.contains('\0') {
+        return Err(AuthError::InvalidRequest(
+            "password must not contain NUL characters".into(),
+        ));
+    }
     let hash = state.passwords.hash(body.password).await?;
     let user = store::insert_user(&state.pool, &body.username, &hash).await?;
     tracing::info!(user_id = %user.user_id, "registered");
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+/// Login. The rate limit is enforced before the password is looked at:
+/// under the name's advisory lock, a failure is recorded up front
+/// ([`store::begin_login`]) and withdrawn only on success, so parallel
+/// guesses cannot all slip through before any of them is counted.
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, AuthError> {
     let logins = &metrics::get().logins;
-    if let Some(retry_after) = store::login_blocked_for(&state.pool, &body.username).await? {
-        logins.add(1, &metrics::attr("outcome", "rate_limited"));
-        return Err(AuthError::RateLimited(retry_after));
+    // No user can have this name, so there is nothing to protect and no
+    // row to store (junk names must not grow the table); the dummy
+    // verification keeps the answer as slow as any other failure.
+    if limits::check_username(&body.username).is_err() {
+        state.passwords.verify(body.password, None).await;
+        logins.add(1, &metrics::attr("outcome", "failure"));
+        return Err(AuthError::InvalidCredentials);
     }
+    let attempt = match store::begin_login(&state.pool, &body.username).await? {
+        store::LoginGate::Blocked { retry_after } => {
+            logins.add(1, &metrics::attr("outcome", "rate_limited"));
+            return Err(AuthError::RateLimited(retry_after));
+        }
+        store::LoginGate::Open(attempt) => attempt,
+    };
     let user = store::find_login(&state.pool, &body.username).await?;
+    // A password register would refuse matches no stored hash: verify it
+    // against the dummy, which never matches, in the same time.
+    let possible = limits::check_password(&body.password).is_ok() && !body.password.contains('\0');
     let (stored, user) = match user {
-        Some((view, hash)) => (Some(hash), Some(view)),
-        None => (None, None),
+        Some((view, hash)) if possible => (Some(hash), Some(view)),
+        _ => (None, None),
     };
     let ok = state.passwords.verify(body.password, stored).await;
+    // On failure the provisional row stays: it is this attempt's failure.
     let Some(user) = user.filter(|_| ok) else {
-        store::record_login_failure(&state.pool, &body.username).await?;
         logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
     };
+    store::login_succeeded(&state.pool, &body.username, attempt).await?;
     logins.add(1, &metrics::attr("outcome", "success"));
     let session = store::create_session(&state.pool, user.user_id, state.keys.ttl_secs()).await?;
     let token = state

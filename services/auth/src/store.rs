@@ -8,6 +8,7 @@ use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{SessionId, UserId};
 use sqlx::PgPool;
+use time::OffsetDateTime;
 
 /// Inserts a user with a fresh invite code.
 #[tracing::instrument(skip_all)]
@@ -63,13 +64,29 @@ pub(crate) async fn find_login(
     }))
 }
 
-/// Seconds until `username` may try again, if it has failed too often
-/// within the window.
+/// What the rate limit says about a login attempt.
+#[derive(Debug)]
+pub(crate) enum LoginGate {
+    /// Too many recent failures: retry after this many seconds.
+    Blocked { retry_after: u64 },
+    /// The attempt may go on; it is already counted as a failure, stamped
+    /// with this time, until [`login_succeeded`] withdraws it.
+    Open(OffsetDateTime),
+}
+
+/// Decides whether `username` may try to log in and, if so, records a
+/// provisional failure for the attempt in the same transaction. The
+/// name's advisory lock serializes the count and the insert, so however
+/// many attempts run in parallel at most [`LOGIN_MAX_FAILURES`] get past
+/// here within the window. Failures of this name older than the window
+/// are forgotten on the way.
 #[tracing::instrument(skip_all)]
-pub(crate) async fn login_blocked_for(
-    pool: &PgPool,
-    username: &str,
-) -> Result<Option<u64>, AuthError> {
+pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGate, AuthError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
     let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), \
                 EXTRACT(EPOCH FROM (min(failed_at) + make_interval(secs => $2) - clock_timestamp()))::float8 \
@@ -78,32 +95,65 @@ pub(crate) async fn login_blocked_for(
                ORDER BY failed_at DESC LIMIT $3) recent",
     )
     .bind(username)
-    .bind(LOGIN_WINDOW_SECS as f64)
+    .bind(window_secs())
     .bind(LOGIN_MAX_FAILURES)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    if count < LOGIN_MAX_FAILURES {
-        return Ok(None);
+    if count >= LOGIN_MAX_FAILURES {
+        tx.rollback().await?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let retry_after = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
+        return Ok(LoginGate::Blocked { retry_after });
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let secs = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
-    Ok(Some(secs))
-}
-
-/// Counts a failed login and forgets this name's failures older than the
-/// window, so the table stays small.
-#[tracing::instrument(skip_all)]
-pub(crate) async fn record_login_failure(pool: &PgPool, username: &str) -> Result<(), AuthError> {
-    sqlx::query(
+    let stamp: OffsetDateTime = sqlx::query_scalar(
         "WITH old AS (DELETE FROM login_failures \
                       WHERE username = $1 AND failed_at <= clock_timestamp() - make_interval(secs => $2)) \
-         INSERT INTO login_failures (username) VALUES ($1)",
+         INSERT INTO login_failures (username) VALUES ($1) RETURNING failed_at",
     )
     .bind(username)
-    .bind(LOGIN_WINDOW_SECS as f64)
+    .bind(window_secs())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(LoginGate::Open(stamp))
+}
+
+/// Withdraws the provisional failure [`begin_login`] recorded for an
+/// attempt that turned out right. Attempts of one name are stamped one
+/// after another under its lock, so the stamp picks that row; should two
+/// ever share a stamp, only one of them goes.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn login_succeeded(
+    pool: &PgPool,
+    username: &str,
+    attempt: OffsetDateTime,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "DELETE FROM login_failures WHERE ctid = \
+           (SELECT ctid FROM login_failures WHERE username = $1 AND failed_at = $2 LIMIT 1)",
+    )
+    .bind(username)
+    .bind(attempt)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Forgets every name's failures older than the window: names that are
+/// never tried again would otherwise keep their rows forever.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn prune_login_failures(pool: &PgPool) -> Result<u64, AuthError> {
+    Ok(sqlx::query(
+        "DELETE FROM login_failures WHERE failed_at <= clock_timestamp() - make_interval(secs => $1)",
+    )
+    .bind(window_secs())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+fn window_secs() -> f64 {
+    LOGIN_WINDOW_SECS as f64
 }
 
 /// Opens a session for a successful login.

@@ -9,6 +9,7 @@ use crate::AppState;
 use crate::error::DomainError;
 use crate::store::messages::{Page, WriteRequest};
 use crate::store::{channels, connections, messages, users};
+use natter_platform::telemetry::propagation;
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{
     ChannelInviteCode, Channels, ConnectionEntry, Connections, Empty, Entered, Messages, Quit,
@@ -148,8 +149,9 @@ async fn fetch_connections(
     })
 }
 
-/// `typing`: ephemeral, so published straight to the events subject
-/// (core NATS; no outbox row, nothing to keep in Postgres).
+/// `typing`: ephemeral, so published with core NATS on its own subject,
+/// outside the events stream (no outbox row, nothing kept anywhere);
+/// push fans it out if it is listening, and a lost notice costs nothing.
 async fn typing(
     state: &AppState,
     caller: &Caller,
@@ -163,14 +165,17 @@ async fn typing(
         origin: caller.socket.clone(),
     };
     let payload = serde_json::to_vec(&event).map_err(anyhow::Error::from)?;
-    state
-        .nats
-        .publish(
-            state.ns.event_subject(&event.subject_suffix()),
-            payload.into(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("publishing typing: {e}"))?;
+    let subject = state.ns.typing_subject(channel_id);
+    let headers = propagation::headers();
+    if headers.is_empty() {
+        state.nats.publish(subject, payload.into()).await
+    } else {
+        state
+            .nats
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+    }
+    .map_err(|e| anyhow::anyhow!("publishing typing: {e}"))?;
     result(&Empty {})
 }
 

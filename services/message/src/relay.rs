@@ -1,8 +1,9 @@
 //! The outbox relay: publishes outbox rows to JetStream and deletes them.
 //!
-//! One relay per database publishes (it holds a Postgres advisory lock;
-//! other instances wait as standbys), in id order so a channel's events keep
-//! their seq order, pipelined (all publishes of a batch in flight, acks
+//! One relay per database publishes (it holds a Postgres advisory lock,
+//! whose connection it checks every round; other instances wait as
+//! standbys), in id order so a channel's events keep their seq order,
+//! pipelined (all publishes of a batch in flight, acks
 //! awaited together) and stopping at the first failure. Each publish carries
 //! `Nats-Msg-Id` = the row's `msg_id`, so a crash between publish and delete
 //! republishes a row that JetStream then drops as a duplicate. It wakes on
@@ -55,6 +56,10 @@ async fn run_once(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("natter_outbox").await?;
     loop {
+        // The lock lives only as long as its connection. If that one alone
+        // died, another relay may hold the lock by now: stop publishing and
+        // let `run` take the lock again or wait as a standby.
+        still_locked(&mut lock_conn).await?;
         let published = publish_batch(pool, js).await?;
         if published as i64 >= BATCH {
             continue;
@@ -74,6 +79,15 @@ async fn try_lock(conn: &mut PgConnection) -> anyhow::Result<bool> {
         .bind(LOCK_KEY)
         .fetch_one(conn)
         .await?)
+}
+
+/// Fails when the lock connection no longer answers.
+async fn still_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SELECT 1")
+        .execute(conn)
+        .await
+        .context("the outbox relay's lock connection is gone")?;
+    Ok(())
 }
 
 /// Publishes up to [`BATCH`] rows, deletes those JetStream acknowledged

@@ -7,7 +7,7 @@
 //! ([`store::messages::write_batch`]). Each writer gets its own answer after
 //! the commit. A few batches may be in flight at once; a batch that meets a
 //! deadlock, or a concurrent batch that stored the same `client_msg_id`, is
-//! re-run whole.
+//! re-run whole; one that fails otherwise is re-run a write at a time.
 
 use crate::error::DomainError;
 use crate::store;
@@ -91,35 +91,150 @@ pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
     tasks.wait().await;
 }
 
-/// Stores one batch and answers each of its writers.
+/// Stores one batch and answers each of its writers. A batch that fails
+/// for a reason a re-run cannot cure (Postgres refused one of its values)
+/// is written again one request at a time, so that request fails alone
+/// instead of taking every other writer of the batch with it.
 async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
     let (requests, replies): (Vec<WriteRequest>, Vec<_>) =
         jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+    let answers = match write_retrying(pool, ns, &requests).await {
+        Ok(answers) => answers,
+        Err(e) if requests.len() > 1 && !(e.is_retryable() || e.is_unique_violation()) => {
+            tracing::warn!(error = ?e, writes = requests.len(), "a write batch failed; writing its requests one by one");
+            let mut answers = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let answer = match write_retrying(pool, ns, std::slice::from_ref(request)).await {
+                    Ok(mut one) => one.pop().unwrap_or_else(|| Err(batch_failed())),
+                    Err(e) => {
+                        tracing::error!(error = ?e, "a write failed");
+                        Err(batch_failed())
+                    }
+                };
+                answers.push(answer);
+            }
+            answers
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, writes = requests.len(), "a write batch failed");
+            requests.iter().map(|_| Err(batch_failed())).collect()
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        // A writer that stopped waiting (its request timed out) is not an
+        // error: its message is stored all the same.
+        let _ = reply.send(answer);
+    }
+}
+
+/// Runs [`store::messages::write_batch`], re-running it after a deadlock or
+/// a concurrent batch's duplicate key.
+async fn write_retrying(
+    pool: &PgPool,
+    ns: &Namespace,
+    requests: &[WriteRequest],
+) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
     let mut tries = 1;
-    let outcome = loop {
-        match store::messages::write_batch(pool, ns, &requests).await {
+    loop {
+        match store::messages::write_batch(pool, ns, requests).await {
             Err(e) if (e.is_retryable() || e.is_unique_violation()) && tries < ATTEMPTS => {
                 tracing::debug!(error = %e, tries, "re-running a write batch");
                 tries += 1;
             }
-            other => break other,
+            other => return other,
         }
-    };
-    match outcome {
-        Ok(answers) => {
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                // A writer that stopped waiting (its request timed out) is
-                // not an error: its message is stored all the same.
-                let _ = reply.send(answer);
-            }
+    }
+}
+
+fn batch_failed() -> DomainError {
+    DomainError::Internal(anyhow::anyhow!("the write failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_protocol::rpc::SocketRef;
+    use natter_protocol::{ChannelId, UserId};
+
+    async fn seeded() -> (natter_testkit::TestDatabase, PgPool, Vec<i64>, i64) {
+        let db = natter_testkit::TestDatabase::create().await;
+        let pool = db.pool().await;
+        let users: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, invite_code) \
+             SELECT n, 'x', 'code-' || n FROM UNNEST(ARRAY['alice', 'bob', 'carol']) AS n \
+             RETURNING id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("users");
+        let channel: i64 = sqlx::query_scalar(
+            "INSERT INTO channels (title, invite_code, head_count, created_by) \
+             VALUES ('room', 'room-code', 3, $1) RETURNING id",
+        )
+        .bind(users[0])
+        .fetch_one(&pool)
+        .await
+        .expect("channel");
+        sqlx::query(
+            "INSERT INTO channel_members (channel_id, user_id) SELECT $1, u FROM UNNEST($2::bigint[]) AS u",
+        )
+        .bind(channel)
+        .bind(&users)
+        .execute(&pool)
+        .await
+        .expect("members");
+        (db, pool, users, channel)
+    }
+
+    fn job(
+        user: i64,
+        channel: i64,
+        key: &str,
+        content: &str,
+    ) -> (Job, oneshot::Receiver<Result<Written, DomainError>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            user_id: UserId(user),
+            username: format!("user{user}"),
+            origin: SocketRef {
+                gateway_id: "gw".into(),
+                socket_id: 1,
+            },
+            channel_id: ChannelId(channel),
+            client_msg_id: key.into(),
+            content: content.into(),
+            traceparent: None,
+        };
+        (Job { request, reply }, answer)
+    }
+
+    /// A write Postgres refuses (here a NUL character, which the protocol
+    /// check would have caught earlier) fails alone, not its whole batch.
+    #[tokio::test]
+    async fn a_write_postgres_refuses_does_not_fail_its_batch() {
+        let (_db, pool, users, channel) = seeded().await;
+        let (jobs, answers): (Vec<Job>, Vec<_>) = [
+            job(users[0], channel, "a", "first"),
+            job(users[1], channel, "b", "bad\u{0}content"),
+            job(users[2], channel, "c", "third"),
+            job(users[0], channel, "a", "first again"),
+        ]
+        .into_iter()
+        .unzip();
+        commit(&pool, &Namespace::new("writer-test"), jobs).await;
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.expect("answered"));
         }
-        Err(e) => {
-            tracing::error!(error = ?e, writes = replies.len(), "a write batch failed");
-            for reply in replies {
-                let _ = reply.send(Err(DomainError::Internal(anyhow::anyhow!(
-                    "the write batch failed"
-                ))));
-            }
-        }
+        let seqs: Vec<Option<i64>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|w| w.seq))
+            .collect();
+        assert_eq!(seqs, [Some(1), None, Some(2), Some(1)]);
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(stored, 2);
     }
 }

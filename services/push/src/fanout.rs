@@ -1,6 +1,7 @@
 //! Handling one event: gather what [`crate::router`] needs (members,
 //! presence, read positions), route, publish one message per gateway, and
-//! keep the membership caches of every instance honest.
+//! keep the membership caches of every instance honest. Typing notices
+//! arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
 use crate::presence::PresenceStore;
@@ -13,6 +14,10 @@ use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Typing notices one instance fans out at once.
+const TYPING_CONCURRENCY: usize = 16;
 
 /// What handling an event needs; cheap to clone, one per worker.
 #[derive(Clone)]
@@ -144,5 +149,45 @@ pub async fn follow_invalidations(
     }
     if let Err(e) = sub.unsubscribe().await {
         tracing::debug!(error = %e, "unsubscribing from invalidations");
+    }
+}
+
+/// Fans out the typing notices of the queue-group subscription `sub` until
+/// `stop`, then finishes those in hand. They are ephemeral: nothing is
+/// acknowledged or retried, and a notice that cannot be decoded or
+/// delivered is logged and dropped.
+pub async fn follow_typing(
+    mut sub: async_nats::Subscriber,
+    fanout: Fanout,
+    stop: CancellationToken,
+) {
+    (&mut sub)
+        .take_until(stop.cancelled())
+        .for_each_concurrent(TYPING_CONCURRENCY, |msg| fanout.typing(msg))
+        .await;
+    if let Err(e) = sub.unsubscribe().await {
+        tracing::debug!(error = %e, "unsubscribing from typing notices");
+    }
+}
+
+impl Fanout {
+    async fn typing(&self, msg: async_nats::Message) {
+        let span = tracing::info_span!("push.typing", subject = %msg.subject);
+        propagation::adopt(&span, msg.headers.as_ref());
+        async {
+            match serde_json::from_slice::<Event>(&msg.payload) {
+                Ok(event @ Event::Typing { .. }) => {
+                    if let Err(e) = self.handle(&event).await {
+                        tracing::warn!(error = ?e, "a typing notice was not delivered");
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!(kind = event_kind(&other), "not a typing notice; dropped");
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable typing notice dropped"),
+            }
+        }
+        .instrument(span)
+        .await;
     }
 }

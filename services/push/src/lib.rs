@@ -1,10 +1,11 @@
 //! natter's push service: fans events out to the gateways.
 //!
 //! It consumes the events stream through a durable pull consumer shared by
-//! every push instance, works out who must hear of each event (channel
-//! members from Postgres, cached; live sockets from Redis presence) and
-//! publishes one delivery batch per gateway on that gateway's core NATS
-//! subject, then acknowledges the event. `/healthz` and `/readyz` are
+//! every push instance (and typing notices through a core NATS queue
+//! group, since they are not worth storing), works out who must hear of
+//! each event (channel members from Postgres, cached; live sockets from
+//! Redis presence) and publishes one delivery batch per gateway on that
+//! gateway's core NATS subject, then acknowledges the event. `/healthz` and `/readyz` are
 //! served on `NATTER_PUSH_ADDR`.
 //!
 //! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
@@ -39,24 +40,36 @@ pub struct Push {
     fanout: Fanout,
     js: async_nats::jetstream::Context,
     consumer: PullConsumer,
+    /// Typing notices (core NATS, queue group), subscribed while building
+    /// so that none published after `build` returns is missed.
+    typing: async_nats::Subscriber,
     listener: TcpListener,
     deps: Dependencies,
 }
 
 impl Push {
     /// Connects to Postgres, NATS and Redis, declares the streams and the
-    /// durable consumer, and binds the health port.
+    /// durable consumer, subscribes to typing notices, and binds the health
+    /// port.
     ///
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let ns = config.namespace();
-        let pool = db::connect(&config.database_url, 8).await?;
+        let pool = db::connect(&config.database_url, config.database_pool).await?;
         let client = nats::connect(&config.nats_url, "natter-push").await?;
         let redis = cache::connect(&config.redis_url).await?;
         let js = nats::jetstream(&client);
         nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
         let consumer = consumer::ensure(&js, &ns).await?;
+        let typing = client
+            .queue_subscribe(ns.typing_wildcard(), ns.push_typing_queue_group())
+            .await
+            .context("subscribing to typing notices")?;
+        client
+            .flush()
+            .await
+            .context("flushing the typing subscription")?;
         let listener = TcpListener::bind(config.push_addr)
             .await
             .with_context(|| format!("binding push health to {}", config.push_addr))?;
@@ -69,6 +82,7 @@ impl Push {
             },
             js,
             consumer,
+            typing,
             listener,
             deps: Dependencies {
                 postgres: Some(pool),
@@ -111,6 +125,11 @@ impl Push {
             self.fanout.membership.clone(),
             stopped.clone(),
         ));
+        let typing = tokio::spawn(fanout::follow_typing(
+            self.typing,
+            self.fanout.clone(),
+            shutdown.clone(),
+        ));
         let consuming = consumer::run(self.consumer, self.js, self.fanout, shutdown.clone());
         tokio::select! {
             () = consuming => {}
@@ -120,6 +139,7 @@ impl Push {
             } => tracing::warn!("push: in-flight events outlived the grace period"),
         }
         stopped.cancel();
+        typing.await.context("typing follower")?;
         follower.await.context("invalidation follower")?;
         health.await.context("health server")??;
         tracing::info!("push stopped");

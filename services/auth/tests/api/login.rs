@@ -1,5 +1,5 @@
 use natter_protocol::http::{TokenResponse, UserView, paths};
-use natter_testkit::{PASSWORD, TestApp};
+use natter_testkit::{PASSWORD, Part, TestApp};
 use serde_json::Value;
 
 #[tokio::test]
@@ -63,4 +63,104 @@ async fn unknown_usernames_are_rate_limited_too() {
         assert_eq!(app.login("ghost", PASSWORD).await.status(), 401);
     }
     assert_eq!(app.login("ghost", PASSWORD).await.status(), 429);
+}
+
+#[tokio::test]
+async fn parallel_wrong_logins_cannot_outrun_the_rate_limit() {
+    let app = TestApp::spawn().await;
+    app.register("alice", PASSWORD).await;
+    let attempts = (0..20).map(|_| app.login("alice", "wrong password"));
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let refused = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        refused <= 5,
+        "{refused} wrong passwords were checked: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(app.login("alice", PASSWORD).await.status(), 429);
+}
+
+#[tokio::test]
+async fn a_right_password_leaves_no_failure_behind() {
+    let app = TestApp::spawn().await;
+    app.register("alice", PASSWORD).await;
+    for _ in 0..4 {
+        assert_eq!(app.login("alice", "wrong password").await.status(), 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(app.login("alice", PASSWORD).await.status(), 200);
+    }
+    assert_eq!(app.login("alice", "wrong password").await.status(), 401);
+    assert_eq!(app.login("alice", PASSWORD).await.status(), 429);
+}
+
+#[tokio::test]
+async fn names_that_cannot_exist_are_refused_without_a_trace() {
+    let app = TestApp::spawn().await;
+    let junk = [
+        "al\u{0}ice".to_owned(),
+        "Alice".to_owned(),
+        "x".repeat(5000),
+        "ab".to_owned(),
+    ];
+    for name in &junk {
+        let r = app.login(name, PASSWORD).await;
+        assert_eq!(r.status(), 401, "{name:?}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["code"], "invalid_credentials");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM login_failures")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_password_that_cannot_exist_is_just_wrong() {
+    let app = TestApp::spawn().await;
+    app.register("alice", PASSWORD).await;
+    let r = app.login("alice", "correct\u{0}horse").await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn failures_older_than_the_window_are_pruned_for_every_name() {
+    let mut app = TestApp::spawn().await;
+    app.stop_part(Part::Auth).await;
+    sqlx::query(
+        "INSERT INTO login_failures (username, failed_at) \
+         SELECT 'name' || i, now() - interval '16 minutes' FROM generate_series(1, 50) AS i",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("old failures");
+    sqlx::query("INSERT INTO login_failures (username) VALUES ('recent')")
+        .execute(&app.pool)
+        .await
+        .expect("recent failure");
+    app.start(Part::Auth).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = sqlx::query_scalar("SELECT username FROM login_failures")
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+        if left == ["recent"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old failures were never pruned: {} rows",
+            left.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -91,3 +91,21 @@ async fn missing_and_mistyped_fields_are_invalid_requests_naming_the_field() {
         );
     }
 }
+
+#[tokio::test]
+async fn nul_characters_are_invalid_requests_naming_the_field() {
+    let app = TestApp::spawn().await;
+    for (name, password, field) in [
+        ("da\u{0}ve", PASSWORD, "username"),
+        ("dave", "pass\u{0}word-long", "password"),
+    ] {
+        let r = app.register(name, password).await;
+        assert_eq!(r.status(), 400, "{name:?}/{password:?}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["code"], "invalid_request");
+        assert!(
+            body["message"].as_str().expect("message").contains(field),
+            "{body}"
+        );
+    }
+}

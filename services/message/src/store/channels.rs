@@ -13,6 +13,7 @@ use natter_protocol::frames::results::{ChannelCreated, ChannelEntry};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, ErrorCode, UserId};
 use sqlx::{PgConnection, PgPool};
+use std::collections::{HashMap, HashSet};
 
 /// What a member sees of a channel.
 #[derive(Debug)]
@@ -99,15 +100,17 @@ async fn create_once(
     if !live.iter().any(|(id, _)| *id == creator.0) {
         return Err(gone());
     }
-    let id_of = |name: &str| {
-        live.iter()
-            .find(|(id, n)| n == name && *id != creator.0)
-            .map(|(id, _)| *id)
-    };
+    // Maps and sets, not list scans: `usernames` may be long (the service
+    // takes any caller's list), and matching must stay linear in it.
+    let id_of: HashMap<&str, i64> = live
+        .iter()
+        .filter(|(id, _)| *id != creator.0)
+        .map(|(id, name)| (name.as_str(), *id))
+        .collect();
     let unknown: Vec<&str> = usernames
         .iter()
         .map(String::as_str)
-        .filter(|n| id_of(n).is_none())
+        .filter(|n| !id_of.contains_key(n))
         .collect();
     if !unknown.is_empty() {
         return Err(DomainError::rule(
@@ -115,8 +118,11 @@ async fn create_once(
             format!("unknown users: {}", unknown.join(", ")),
         ));
     }
-    let others: Vec<i64> = usernames.iter().filter_map(|n| id_of(n)).collect();
-    let connected: Vec<i64> = sqlx::query_scalar(
+    let others: Vec<i64> = usernames
+        .iter()
+        .filter_map(|n| id_of.get(n.as_str()).copied())
+        .collect();
+    let connected: HashSet<i64> = sqlx::query_scalar(
         "SELECT CASE WHEN user_low = $1 THEN user_high ELSE user_low END FROM user_connections \
          WHERE status = 'accepted' \
            AND ((user_low = $1 AND user_high = ANY($2)) OR (user_high = $1 AND user_low = ANY($2)))",
@@ -124,11 +130,13 @@ async fn create_once(
     .bind(creator.0)
     .bind(&others)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     let unconnected: Vec<&str> = usernames
         .iter()
         .map(String::as_str)
-        .filter(|n| id_of(n).is_some_and(|id| !connected.contains(&id)))
+        .filter(|n| id_of.get(n).is_some_and(|id| !connected.contains(id)))
         .collect();
     if !unconnected.is_empty() {
         return Err(DomainError::rule(

@@ -18,64 +18,90 @@ pub(crate) async fn invite_code(pool: &PgPool, user: UserId) -> Result<String, D
     code.ok_or_else(|| DomainError::rule(ErrorCode::Unauthorized, "your account no longer exists"))
 }
 
+/// How often unregister starts over because the user's channels or
+/// partners changed while it was taking its locks.
+const ATTEMPTS: u32 = 10;
+
 /// Unregisters a user in one transaction: its accepted connections are
 /// disconnected (partners' counts −1), its memberships quit (head counts
 /// −1), the user marked deleted (the name is free again, messages stay),
-/// its sessions revoked; the outbox announces each change. Deadlocks are
-/// retried.
+/// its sessions revoked; the outbox announces each change. Deadlocks, and
+/// a join or accept that slipped in while it locked, make it start over.
 #[tracing::instrument(skip(pool, ns))]
 pub(crate) async fn unregister(
     pool: &PgPool,
     ns: &Namespace,
     user: UserId,
 ) -> Result<(), DomainError> {
-    let mut attempt = 0;
+    let mut attempt = 1;
     loop {
         match unregister_once(pool, ns, user).await {
-            Err(e) if e.is_retryable() && attempt < 5 => attempt += 1,
-            other => return other,
+            Ok(Unregister::Done) => return Ok(()),
+            Ok(Unregister::Moved) if attempt < ATTEMPTS => {
+                tracing::debug!(attempt, "channels or partners moved; starting over");
+                attempt += 1;
+            }
+            Ok(Unregister::Moved) => {
+                return Err(DomainError::Internal(anyhow::anyhow!(
+                    "the user's channels or partners kept changing during unregister"
+                )));
+            }
+            Err(e) if e.is_retryable() && attempt < ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e),
         }
     }
 }
 
-async fn unregister_once(pool: &PgPool, ns: &Namespace, user: UserId) -> Result<(), DomainError> {
+/// How one unregister transaction ended.
+enum Unregister {
+    /// Committed.
+    Done,
+    /// Rolled back: the sets it locked are no longer the user's.
+    Moved,
+}
+
+async fn unregister_once(
+    pool: &PgPool,
+    ns: &Namespace,
+    user: UserId,
+) -> Result<Unregister, DomainError> {
     let mut tx = pool.begin().await?;
     // Lock order: channels, then users. The member and partner sets are
-    // read, locked, and read again under the locks; if they moved in
-    // between (a join or accept raced us), lock again.
-    let (channels, partners) = loop {
-        let channels: Vec<i64> = sqlx::query_scalar(
-            "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
-        )
-        .bind(user.0)
-        .fetch_all(&mut *tx)
+    // read, locked, and read again under the locks. If they moved in
+    // between (a join or accept raced us), locking the newcomers now would
+    // take channel locks after user locks, so the whole transaction starts
+    // over instead.
+    let channels: Vec<i64> = sqlx::query_scalar(
+        "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
+    )
+    .bind(user.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("SELECT id FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&channels)
+        .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT id FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&channels)
-            .execute(&mut *tx)
+    let partners = accepted_partners(&mut tx, user).await?;
+    let mut ids = partners.clone();
+    ids.push(user.0);
+    let live: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
             .await?;
-        let partners = accepted_partners(&mut tx, user).await?;
-        let mut ids = partners.clone();
-        ids.push(user.0);
-        let live: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !live.contains(&user.0) {
-            return Err(DomainError::rule(ErrorCode::NotFound, "no such user"));
-        }
-        let still_channels: Vec<i64> = sqlx::query_scalar(
-            "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
-        )
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        if still_channels == channels && accepted_partners(&mut tx, user).await? == partners {
-            break (channels, partners);
-        }
-    };
+    if !live.contains(&user.0) {
+        return Err(DomainError::rule(ErrorCode::NotFound, "no such user"));
+    }
+    let still_channels: Vec<i64> = sqlx::query_scalar(
+        "SELECT channel_id FROM channel_members WHERE user_id = $1 ORDER BY channel_id",
+    )
+    .bind(user.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    if still_channels != channels || accepted_partners(&mut tx, user).await? != partners {
+        tx.rollback().await?;
+        return Ok(Unregister::Moved);
+    }
     let deleted = sqlx::query(
         "UPDATE users SET deleted_at = now(), connection_count = 0 WHERE id = $1 AND deleted_at IS NULL",
     )
@@ -134,7 +160,7 @@ async fn unregister_once(pool: &PgPool, ns: &Namespace, user: UserId) -> Result<
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(Unregister::Done)
 }
 
 async fn accepted_partners(

@@ -1,7 +1,7 @@
 //! Channels: create, join, fetch_channels, invite codes, enter, quit, and
 //! every error of their rules.
 
-use crate::support::{channel, channel_code, connect, heads, user};
+use crate::support::{channel, channel_code, connect, heads, rpc_user, user};
 use natter_testkit::TestApp;
 use serde_json::json;
 
@@ -174,4 +174,65 @@ async fn user_invite_code_keep_alive_and_leave_answer() {
     assert_eq!(code, json!({"invite_code": stored}));
     assert_eq!(alice.ok("keep_alive", json!({})).await, json!({}));
     assert_eq!(alice.ok("leave", json!({})).await, json!({}));
+}
+
+/// A `create` naming tens of thousands of users (the message service takes
+/// them from any caller on NATS, where frames may be 1 MB) is answered in
+/// linear time: quadratic matching would take minutes.
+#[tokio::test]
+async fn create_with_a_huge_name_list_is_answered_quickly() {
+    let app = TestApp::spawn().await;
+    let mut alice = rpc_user(&app, "alice", "gw-x", 1).await;
+    const N: i64 = 50_000;
+    sqlx::query(
+        "INSERT INTO users (username, password_hash, invite_code) \
+         SELECT 'm-' || i, 'x', 'code-' || i FROM generate_series(1, $1) AS i",
+    )
+    .bind(N)
+    .execute(&app.pool)
+    .await
+    .expect("users");
+    sqlx::query(
+        "INSERT INTO user_connections (user_low, user_high, status, inviter) \
+         SELECT $1, id, 'accepted', $1 FROM users WHERE username LIKE 'm-%'",
+    )
+    .bind(alice.id)
+    .execute(&app.pool)
+    .await
+    .expect("connections");
+    let mut names: Vec<String> = (1..=N).map(|i| format!("m-{i}")).collect();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        alice
+            .err("create", json!({"title": "all", "usernames": names}))
+            .await,
+        "over_limit"
+    );
+    // The rule order holds at this size too.
+    names.push("nobody".into());
+    assert_eq!(
+        alice
+            .err("create", json!({"title": "all", "usernames": names}))
+            .await,
+        "unknown_users"
+    );
+    names.pop();
+    sqlx::query("UPDATE user_connections SET status = 'rejected' WHERE user_high = (SELECT id FROM users WHERE username = 'm-7')")
+        .execute(&app.pool)
+        .await
+        .expect("unconnect one");
+    let message = match alice
+        .call("create", json!({"title": "all", "usernames": names}))
+        .await
+    {
+        Ok(v) => panic!("create succeeded: {v}"),
+        Err(e) => e,
+    };
+    assert_eq!(message.code, "unconnected_users");
+    assert_eq!(message.message, "not connected with: m-7");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }

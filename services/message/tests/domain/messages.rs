@@ -279,7 +279,7 @@ async fn typing_is_published_for_members_only() {
         .expect("nats");
     let ns = app.config.namespace();
     let mut events = nats
-        .subscribe(ns.event_subject(&format!("channel.{id}")))
+        .subscribe(ns.typing_subject(natter_protocol::ChannelId(id)))
         .await
         .expect("subscribe");
     nats.flush().await.expect("flush");
@@ -380,4 +380,65 @@ async fn two_message_instances_racing_on_one_client_msg_id_store_it_once() {
     assert_eq!(rows, 5);
     stop.cancel();
     second.await.expect("task").expect("stopped cleanly");
+}
+
+#[tokio::test]
+async fn typing_is_not_stored_in_the_events_stream() {
+    let app = TestApp::spawn().await;
+    let mut alice = user(&app, "alice").await;
+    let mut bob = user(&app, "bob").await;
+    let id = channel(&mut alice, &mut [&mut bob]).await;
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let mut stream = async_nats::jetstream::new(nats)
+        .get_stream(app.config.namespace().events_stream())
+        .await
+        .expect("events stream");
+    // Let the relay publish the setup's events first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+        if rows == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "outbox never drained");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let before = stream.info().await.expect("info").state.messages;
+    for _ in 0..3 {
+        alice.ok("typing", json!({"channel_id": id})).await;
+    }
+    bob.ok("enter", json!({"channel_id": id})).await;
+    alice.ok("typing", json!({"channel_id": id})).await;
+    assert_eq!(bob.ws().push("typing").await["username"], "alice");
+    assert_eq!(stream.info().await.expect("info").state.messages, before);
+}
+
+#[tokio::test]
+async fn nul_characters_are_invalid_requests_not_internal_errors() {
+    let app = TestApp::spawn().await;
+    let mut alice = user(&app, "alice").await;
+    let mut bob = user(&app, "bob").await;
+    let id = channel(&mut alice, &mut [&mut bob]).await;
+    for fields in [
+        json!({"channel_id": id, "client_msg_id": "k\u{0}", "content": "hi"}),
+        json!({"channel_id": id, "client_msg_id": "k", "content": "h\u{0}i"}),
+    ] {
+        assert_eq!(alice.err("write_message", fields).await, "invalid_request");
+    }
+    assert_eq!(
+        alice.err("accept", json!({"username": "b\u{0}ob"})).await,
+        "invalid_request"
+    );
+    assert_eq!(
+        alice
+            .err("create", json!({"title": "t\u{0}", "usernames": ["bob"]}))
+            .await,
+        "invalid_request"
+    );
+    write(&mut alice, id, "k", "still fine").await;
 }

@@ -91,3 +91,59 @@ async fn publishing_the_same_row_twice_stores_one_event() {
     }
     assert_eq!(stored_events(&app).await, 1);
 }
+
+/// The backend holding the relay's advisory lock in `pool`'s database.
+async fn lock_holder(pool: &sqlx::PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_optional(pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// If only the relay's lock connection dies, its lock is gone and another
+/// relay may take over: the relay must notice and stop publishing (here,
+/// with no rival, it takes the lock again).
+#[tokio::test]
+async fn a_relay_whose_lock_connection_dies_stops_being_active() {
+    let db = natter_testkit::TestDatabase::create().await;
+    let pool = db.pool().await;
+    let config = natter_testkit::test_config(&db.url);
+    let nats = async_nats::connect(&config.nats_url).await.expect("nats");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(natter_message::relay::run(
+        pool.clone(),
+        async_nats::jetstream::new(nats),
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(pid) = lock_holder(&pool).await {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the relay never took its lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&pool)
+        .await
+        .expect("terminate");
+    assert!(killed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lock_holder(&pool).await {
+            Some(pid) if pid != first => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay kept running without its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    relay.await.expect("relay task");
+}

@@ -141,7 +141,7 @@ async fn typing_reaches_entered_sockets_except_the_typist_s() {
     h.online(carol, "gw-a", 4, None).await;
     let mut a = h.tap("gw-a").await;
 
-    h.publish(&Event::Typing {
+    h.publish_typing(&Event::Typing {
         channel_id: channel,
         user_id: alice,
         username: "alice".into(),
@@ -375,6 +375,42 @@ async fn health_and_readiness_answer_while_running() {
             .await
             .expect("answers");
         assert_eq!(r.status(), 200, "{path}");
+    }
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_typing_notices_are_dropped_without_a_trace() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 3, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    h.nats
+        .publish(h.ns.typing_subject(channel), "not json".into())
+        .await
+        .expect("publish");
+    h.publish_typing(&Event::Typing {
+        channel_id: channel,
+        user_id: alice,
+        username: "alice".into(),
+        origin: origin("gw-a", 1),
+    })
+    .await;
+
+    assert_eq!(
+        frames(&a.next().await),
+        vec![(
+            vec![3],
+            json!({"type": "typing", "channel_id": channel.0, "username": "alice"})
+        )]
+    );
+    a.expect_nothing().await;
+    for stream in [h.ns.events_stream(), h.ns.dlq_stream()] {
+        let mut stream = h.js.get_stream(&stream).await.expect("stream");
+        assert_eq!(stream.info().await.expect("info").state.messages, 0);
     }
     h.app.stop().await;
 }

@@ -155,6 +155,20 @@ impl Harness {
         self.publish_raw(&event.subject_suffix(), payload).await;
     }
 
+    /// Publishes a typing notice the way message does: core NATS, outside
+    /// the events stream.
+    pub async fn publish_typing(&self, event: &Event) {
+        let Event::Typing { channel_id, .. } = event else {
+            panic!("not a typing notice: {event:?}");
+        };
+        let payload = serde_json::to_vec(event).expect("encode event");
+        self.nats
+            .publish(self.ns.typing_subject(*channel_id), payload.into())
+            .await
+            .expect("publish");
+        self.nats.flush().await.expect("flush");
+    }
+
     pub async fn publish_raw(&self, suffix: &str, payload: Vec<u8>) {
         let msg = jetstream::message::PublishMessage::build()
             .message_id(uuid::Uuid::new_v4().to_string())
