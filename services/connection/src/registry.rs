@@ -1,16 +1,20 @@
 //! The sockets this gateway holds, by id and by session.
 //!
 //! Each socket is owned by its task; the registry keeps only what others
-//! need to reach it: the bounded outgoing queue and its [`Control`]. The
-//! locks are std mutexes held for map operations only, never across
-//! `.await`.
+//! need to reach it: its [`Control`], which holds the bounded outgoing
+//! queue. The queue is a plain `VecDeque` that allocates only when
+//! something is queued (a channel would reserve a block per socket up
+//! front; at 200,000 idle sockets that is a quarter of a gigabyte). The
+//! locks are std mutexes held for queue and map operations only, never
+//! across `.await`.
 
 use axum::extract::ws::Utf8Bytes;
 use natter_protocol::{ChannelId, SessionId, UserId};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// What a socket's task is asked to write or do, in queue order.
 #[derive(Debug, Clone)]
@@ -45,16 +49,57 @@ pub(crate) struct Control {
     entered: AtomicI64,
     close: Mutex<Option<CloseRequest>>,
     notify: Notify,
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    queued: Notify,
 }
 
+/// The queue is full: the socket is a slow consumer.
+#[derive(Debug)]
+pub(crate) struct Full;
+
+/// Past this many slots, an emptied queue gives its memory back.
+const KEEP_CAPACITY: usize = 8;
+
 impl Control {
-    fn new(user_id: UserId) -> Self {
+    fn new(user_id: UserId, capacity: usize) -> Self {
         Self {
             user_id,
             entered: AtomicI64::new(0),
             close: Mutex::new(None),
             notify: Notify::new(),
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            queued: Notify::new(),
         }
+    }
+
+    /// Queues an item for the socket's task, without waiting.
+    pub(crate) fn push(&self, item: Outbound) -> Result<(), Full> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= self.capacity {
+            return Err(Full);
+        }
+        queue.push_back(item);
+        drop(queue);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Takes up to `max` queued items, oldest first.
+    pub(crate) fn take(&self, max: usize) -> Vec<Outbound> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = queue.len().min(max);
+        let items: Vec<Outbound> = queue.drain(..n).collect();
+        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+            queue.shrink_to_fit();
+        }
+        items
+    }
+
+    /// Resolves when something may have been queued since the last call.
+    pub(crate) async fn queued(&self) {
+        self.queued.notified().await;
     }
 
     /// The entered channel.
@@ -97,15 +142,6 @@ impl Control {
     }
 }
 
-/// How the registry reaches one socket.
-#[derive(Debug, Clone)]
-pub(crate) struct Handle {
-    /// Its outgoing queue.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Its control block.
-    pub control: Arc<Control>,
-}
-
 /// The slow-consumer close: the queue is full.
 pub(crate) const SLOW_CONSUMER: CloseRequest = CloseRequest {
     code: 1013,
@@ -122,7 +158,7 @@ pub(crate) struct Registry {
     /// its crashed predecessor left in Redis presence, or deliveries meant
     /// for an old socket would reach a new one.
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<u64, Handle>>,
+    sockets: Mutex<HashMap<u64, Arc<Control>>>,
     sessions: Mutex<HashMap<SessionId, Vec<u64>>>,
     /// Set when the gateway drains: sockets registered later are closed at
     /// once with the same request.
@@ -165,26 +201,20 @@ impl Registry {
             .contains_key(&id)
     }
 
-    /// Registers a new socket: its id, its queue's receiver and control.
+    /// Registers a new socket with a queue of `queue` items: its id and
+    /// control.
     pub(crate) fn register(
         &self,
         user_id: UserId,
         session_id: SessionId,
         queue: usize,
-    ) -> (u64, mpsc::Receiver<Outbound>, Arc<Control>) {
+    ) -> (u64, Arc<Control>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let control = Arc::new(Control::new(user_id));
+        let control = Arc::new(Control::new(user_id, queue));
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                id,
-                Handle {
-                    tx,
-                    control: control.clone(),
-                },
-            );
+            .insert(id, control.clone());
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -199,7 +229,7 @@ impl Registry {
         {
             control.close(request);
         }
-        (id, rx, control)
+        (id, control)
     }
 
     /// Forgets a socket.
@@ -220,18 +250,17 @@ impl Registry {
     /// Queues `item` for each socket in `ids` that is still here; a full
     /// queue closes that socket as a slow consumer, without waiting.
     pub(crate) fn send(&self, ids: &[u64], item: &Outbound) -> usize {
-        let handles: Vec<Handle> = {
+        let controls: Vec<Arc<Control>> = {
             let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
             ids.iter()
                 .filter_map(|id| sockets.get(id).cloned())
                 .collect()
         };
         let mut sent = 0;
-        for handle in handles {
-            match handle.tx.try_send(item.clone()) {
+        for control in controls {
+            match control.push(item.clone()) {
                 Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => handle.control.close(SLOW_CONSUMER),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Full) => control.close(SLOW_CONSUMER),
             }
         }
         sent
@@ -248,7 +277,7 @@ impl Registry {
             .unwrap_or_default();
         let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         ids.iter()
-            .filter_map(|id| sockets.get(id).map(|h| h.control.clone()))
+            .filter_map(|id| sockets.get(id).cloned())
             .collect()
     }
 
@@ -258,7 +287,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(id, h)| (*id, h.control.clone()))
+            .map(|(id, c)| (*id, c.clone()))
             .collect()
     }
 }
@@ -275,7 +304,7 @@ mod tests {
     async fn a_full_queue_closes_the_socket_as_a_slow_consumer() {
         let registry = Registry::default();
         let (user, session) = ids();
-        let (id, _rx, control) = registry.register(user, session, 2);
+        let (id, control) = registry.register(user, session, 2);
         let frame = Outbound::Frame("{}".into());
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 1);
@@ -284,11 +313,22 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_queue_gives_its_memory_back() {
+        let control = Control::new(UserId(1), 1000);
+        for _ in 0..100 {
+            control.push(Outbound::Frame("{}".into())).expect("room");
+        }
+        assert_eq!(control.take(64).len(), 64);
+        assert_eq!(control.take(64).len(), 36);
+        assert!(control.queue.lock().expect("lock").capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
     fn sessions_index_their_sockets_until_removed() {
         let registry = Registry::default();
         let (user, session) = ids();
-        let (a, _ra, _) = registry.register(user, session, 4);
-        let (b, _rb, _) = registry.register(user, session, 4);
+        let (a, _) = registry.register(user, session, 4);
+        let (b, _) = registry.register(user, session, 4);
         assert_eq!(registry.session(session).len(), 2);
         registry.remove(a, session);
         assert_eq!(registry.session(session).len(), 1);
@@ -307,9 +347,9 @@ mod tests {
             last_frame: None,
             drain: true,
         };
-        let (_, _r1, before) = registry.register(user, session, 4);
+        let (_, before) = registry.register(user, session, 4);
         assert_eq!(registry.close_all(&drain), 1);
-        let (_, _r2, after) = registry.register(user, session, 4);
+        let (_, after) = registry.register(user, session, 4);
         assert_eq!(before.closed().await.code, 1012);
         assert_eq!(after.closed().await.code, 1012);
     }
@@ -326,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_first_close_request_wins() {
-        let control = Control::new(UserId(1));
+        let control = Control::new(UserId(1), 1);
         control.close(SLOW_CONSUMER);
         control.close(CloseRequest {
             code: 1008,

@@ -18,13 +18,13 @@ use opentelemetry::KeyValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// A write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written per flush when the queue has several.
-const WRITE_BATCH: u64 = 64;
+const WRITE_BATCH: usize = 64;
 /// Requests waiting behind the one in flight, by count and by bytes (a
 /// client pipelining 64 KiB frames must not hold megabytes).
 const MAX_PENDING: usize = 128;
@@ -114,10 +114,9 @@ pub(crate) async fn run(
         return;
     };
     let session_id = claims.session_id();
-    let (socket_id, mut rx, control) =
-        shared
-            .registry
-            .register(user_id, session_id, shared.settings.queue);
+    let (socket_id, control) = shared
+        .registry
+        .register(user_id, session_id, shared.settings.queue);
     shared.presence.set(user_id, socket_id, None).await;
     metrics::get().sockets.add(1, &[]);
     // A logout that raced the upgrade was not in the cache at the check
@@ -145,7 +144,7 @@ pub(crate) async fn run(
         inflight: None,
         last_seen: Instant::now(),
     };
-    let end = socket.serve(&mut rx).await;
+    let end = socket.serve().await;
     if let End::Close(code, reason) = end {
         socket.close(code, reason).await;
     }
@@ -181,7 +180,9 @@ async fn next_done(inflight: &mut Option<BoxFuture<'static, Done>>) -> Done {
 }
 
 impl Socket {
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> End {
+    /// The loop. Each branch's work is boxed, so the long-lived future of
+    /// an idle socket holds only the select, not the largest handler.
+    async fn serve(&mut self) -> End {
         let ping_every = self.shared.settings.ping;
         let idle = self.shared.settings.idle;
         let mut next_ping = Instant::now() + ping_every;
@@ -189,21 +190,20 @@ impl Socket {
         loop {
             tokio::select! {
                 biased;
-                request = control.closed() => return self.finish(rx, request).await,
+                request = control.closed() => return Box::pin(self.finish(request)).await,
                 done = next_done(&mut self.inflight) => {
                     self.inflight = None;
-                    if let Err(end) = self.complete(done).await {
+                    if let Err(end) = Box::pin(self.complete(done)).await {
                         return end;
                     }
                 }
-                out = rx.recv() => {
-                    let Some(out) = out else { return End::Gone };
-                    if let Err(end) = self.write_queued(out, rx).await {
+                () = control.queued() => {
+                    if let Err(end) = Box::pin(self.write_queued()).await {
                         return end;
                     }
                 }
                 msg = self.ws.recv() => {
-                    if let Err(end) = self.on_message(msg).await {
+                    if let Err(end) = Box::pin(self.on_message(msg)).await {
                         return end;
                     }
                 }
@@ -375,40 +375,37 @@ impl Socket {
             .await;
     }
 
-    /// Writes `first` and whatever else is queued (up to a batch), with
-    /// one flush.
-    async fn write_queued(
-        &mut self,
-        first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
-        let mut next = Some(first);
-        let mut written: u64 = 0;
-        while let Some(out) = next.take() {
-            match out {
-                Outbound::Frame(text) => {
-                    self.feed(Message::Text(text)).await?;
-                    written += 1;
-                }
-                Outbound::Leave(channel) => {
-                    if self.control.entered() == Some(channel) {
-                        self.set_entered(None).await;
+    /// Writes what is queued, a batch at a time, with one flush per batch.
+    async fn write_queued(&mut self) -> Result<(), End> {
+        loop {
+            let batch = self.control.take(WRITE_BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut written: u64 = 0;
+            for out in batch {
+                match out {
+                    Outbound::Frame(text) => {
+                        self.feed(Message::Text(text)).await?;
+                        written += 1;
+                    }
+                    Outbound::Leave(channel) => {
+                        if self.control.entered() == Some(channel) {
+                            self.set_entered(None).await;
+                        }
                     }
                 }
             }
-            if written < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
+            metrics::get().frames_out.add(written, &[]);
+            self.flush().await?;
         }
-        metrics::get().frames_out.add(written, &[]);
-        self.flush().await
     }
 
     /// Honours a close request: writes queued frames first unless the
     /// socket is a slow consumer, then the last frame, then closes.
-    async fn finish(&mut self, rx: &mut mpsc::Receiver<Outbound>, request: CloseRequest) -> End {
+    async fn finish(&mut self, request: CloseRequest) -> End {
         if request.drain {
-            while let Ok(out) = rx.try_recv() {
+            for out in self.control.take(usize::MAX) {
                 if let Outbound::Frame(text) = out
                     && self.feed(Message::Text(text)).await.is_err()
                 {
