@@ -28,6 +28,10 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Most Postgres connections each service's pool opens.
+    #[arg(long, env = "NATTER_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+
     /// NATS server URL (JetStream enabled).
     #[arg(long, env = "NATTER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,

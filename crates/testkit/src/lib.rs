@@ -74,6 +74,9 @@ pub fn test_config(database_url: &str) -> Config {
     config.message_addr = local;
     config.push_addr = local;
     config.gateway_id = Some(format!("gw-{}", &id[..8]));
+    // Tests run in parallel against one Postgres (100 connections by
+    // default): small pools keep a full run under that.
+    config.database_pool = 5;
     config
 }
 

@@ -127,5 +127,12 @@ fn migrate_creates_and_migrates_a_database() {
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
         .arg(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
         .output();
-    assert_eq!(count, "2");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations"))
+        .expect("migrations dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    assert_eq!(count, migrations.to_string());
 }
