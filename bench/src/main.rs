@@ -64,6 +64,15 @@ enum Mode {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// Delete a run's JetStream streams (bench/run calls it on exit).
+    Cleanup {
+        /// NATS URL.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// The run's NATTER_NAMESPACE.
+        #[arg(long)]
+        namespace: String,
+    },
     /// Hold idle authenticated sockets.
     Idle {
         /// How many.
@@ -362,5 +371,16 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Mode::Idle { sockets, hold } => run_idle(&client, &args.prefix, sockets, hold).await,
+        Mode::Cleanup {
+            nats_url,
+            namespace,
+        } => {
+            let ns = natter_protocol::subjects::Namespace::new(&namespace);
+            let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+            for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
+                let _ = js.delete_stream(stream).await;
+            }
+            Ok(())
+        }
     }
 }

@@ -67,16 +67,33 @@ pub async fn ensure_streams(
         ),
     ];
     for (name, subject, max_age) in streams {
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: name.clone(),
             subjects: vec![subject],
             storage: stream::StorageType::File,
             max_age,
-            duplicate_window: DUPLICATE_WINDOW,
+            // JetStream refuses a window longer than the stream's max age
+            // (short token lifetimes make short revocation streams).
+            duplicate_window: DUPLICATE_WINDOW.min(max_age),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("declaring stream {name}: {e}"))?;
+        };
+        // Services start together (`natter-server all`, several pods): when
+        // another process creates the stream between our lookup and our
+        // create, JetStream refuses ours ("subjects overlap"); the stream
+        // then exists, which is all we wanted.
+        let mut attempt = 0;
+        loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(_) if attempt < 5 && js.get_stream(&name).await.is_ok() => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, stream = %name, "retrying stream declaration");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(anyhow::anyhow!("declaring stream {name}: {e}")),
+            }
+        }
     }
     Ok(())
 }

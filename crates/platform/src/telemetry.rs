@@ -87,7 +87,9 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
                     .build();
                 opentelemetry::global::set_tracer_provider(provider.clone());
                 // natter's own spans only: dependencies' internals would
-                // multiply the export volume for little insight.
+                // multiply the export volume for little insight. The hot
+                // paths' spans are at DEBUG, so they cost nothing unless
+                // this exporter (or RUST_LOG=debug) asks for them.
                 let spans = tracing_subscriber::filter::Targets::new()
                     .with_default(tracing::Level::WARN)
                     .with_targets(
@@ -98,7 +100,7 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
                             "natter_push",
                             "natter_platform",
                         ]
-                        .map(|t| (t, tracing::Level::INFO)),
+                        .map(|t| (t, tracing::Level::DEBUG)),
                     );
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("natter"))

@@ -28,7 +28,7 @@ pub(crate) async fn listen(
                 () = shutdown.cancelled() => break,
             };
             let Some(msg) = msg else { break };
-            let span = tracing::info_span!("gateway.deliver");
+            let span = tracing::debug_span!("gateway.deliver");
             natter_platform::telemetry::propagation::adopt(&span, msg.headers.as_ref());
             let _entered = span.enter();
             match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {

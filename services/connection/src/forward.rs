@@ -8,7 +8,7 @@ use natter_protocol::{ErrorBody, ErrorCode, frames::Request};
 /// Sends `request` for `caller`; `unavailable` when message does not
 /// answer in time (the request may or may not have taken effect). The trace
 /// context travels in the NATS headers.
-#[tracing::instrument(name = "gateway.forward", skip_all, fields(request = request.kind(), user_id = %caller.user_id))]
+#[tracing::instrument(level = "debug", name = "gateway.forward", skip_all, fields(request = request.kind(), user_id = %caller.user_id))]
 pub(crate) async fn forward(
     shared: &Shared,
     caller: Caller,

@@ -21,7 +21,7 @@ use natter_protocol::{ChannelId, ErrorCode, limits};
 use serde::Serialize;
 
 /// Answers one forwarded request: its `result`, or why not.
-#[tracing::instrument(skip_all, fields(request = request.kind(), user = %caller.user_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(request = request.kind(), user = %caller.user_id))]
 pub(crate) async fn handle(
     state: &AppState,
     caller: &Caller,

@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The subset of `users` with at least one live socket.
-#[tracing::instrument(skip(redis, ns), fields(users = users.len()))]
+#[tracing::instrument(level = "debug", skip(redis, ns), fields(users = users.len()))]
 pub(crate) async fn online(
     redis: &ConnectionManager,
     ns: &Namespace,

@@ -92,7 +92,7 @@ async fn still_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
 
 /// Publishes up to [`BATCH`] rows, deletes those JetStream acknowledged
 /// (a prefix, in order), and returns how many.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
     let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>, String)> = sqlx::query_as(
         "SELECT id, msg_id, subject, payload, headers::text FROM outbox ORDER BY id LIMIT $1",

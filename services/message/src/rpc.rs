@@ -61,8 +61,8 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
         };
         let state = state.clone();
         let span = match kind {
-            Kind::Request => tracing::info_span!("message.request"),
-            Kind::Unregister => tracing::info_span!("message.unregister"),
+            Kind::Request => tracing::debug_span!("message.request"),
+            Kind::Unregister => tracing::debug_span!("message.unregister"),
         };
         propagation::adopt(&span, msg.headers.as_ref());
         tasks.spawn(

@@ -64,7 +64,7 @@ pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<P
         .await
         .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", ns.events_stream()))?;
     let name = ns.push_consumer();
-    stream
+    let created = stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
@@ -77,8 +77,15 @@ pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<P
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))
+        .await;
+    match created {
+        Ok(consumer) => Ok(consumer),
+        // Another instance created it between our lookup and our create.
+        Err(e) => stream
+            .get_consumer(&name)
+            .await
+            .map_err(|_| anyhow::anyhow!("creating consumer {name}: {e}")),
+    }
 }
 
 /// Pulls and handles events until `shutdown`, then lets the workers finish
@@ -173,7 +180,7 @@ impl Worker {
     async fn process(&self, msg: jetstream::Message) {
         // One trace from the writer's request through to the gateways: the
         // parent must be set before the span is first entered.
-        let span = tracing::info_span!("push.event", subject = %msg.subject);
+        let span = tracing::debug_span!("push.event", subject = %msg.subject);
         propagation::adopt(&span, msg.headers.as_ref());
         self.settle(msg).instrument(span).await;
     }

@@ -41,7 +41,7 @@ impl Fanout {
     ///
     /// # Errors
     /// When Postgres, Redis or NATS fails; the event is then retried.
-    #[tracing::instrument(skip_all, fields(kind = event_kind(event)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(kind = event_kind(event)))]
     pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
         if let Some(channel) = router::membership_change(event) {
             self.membership.invalidate(channel);
@@ -172,7 +172,7 @@ pub async fn follow_typing(
 
 impl Fanout {
     async fn typing(&self, msg: async_nats::Message) {
-        let span = tracing::info_span!("push.typing", subject = %msg.subject);
+        let span = tracing::debug_span!("push.typing", subject = %msg.subject);
         propagation::adopt(&span, msg.headers.as_ref());
         async {
             match serde_json::from_slice::<Event>(&msg.payload) {

@@ -97,7 +97,7 @@ impl Membership {
     ///
     /// # Errors
     /// When Postgres does not answer.
-    #[tracing::instrument(skip(self, users), fields(users = users.len()))]
+    #[tracing::instrument(level = "debug", skip(self, users), fields(users = users.len()))]
     pub async fn last_read(
         &self,
         channel: ChannelId,
@@ -134,7 +134,7 @@ impl Membership {
         }
     }
 
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn load(&self, channel: ChannelId) -> anyhow::Result<Members> {
         let users: Vec<i64> = sqlx::query_scalar(
             "SELECT user_id FROM channel_members WHERE channel_id = $1 ORDER BY user_id",

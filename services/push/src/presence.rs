@@ -52,7 +52,7 @@ impl PresenceStore {
     ///
     /// # Errors
     /// When Redis does not answer.
-    #[tracing::instrument(skip_all, fields(users = users.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     pub async fn lookup(&self, users: &[UserId]) -> anyhow::Result<Presence> {
         if users.is_empty() {
             return Ok(Presence::new());

@@ -27,7 +27,7 @@ pub(crate) struct Membership {
 /// The caller's view of a channel they belong to: `not_found` when it does
 /// not exist, then `not_joined` when they are not a member — the order of
 /// every membership-dependent request.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn membership(
     pool: &PgPool,
     channel: ChannelId,
@@ -65,7 +65,7 @@ pub(crate) fn not_joined(channel: ChannelId) -> DomainError {
 
 /// `create`: a channel with the creator and `usernames` (already checked
 /// distinct and not the creator's) as members.
-#[tracing::instrument(skip(pool, ns))]
+#[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn create(
     pool: &PgPool,
     ns: &Namespace,
@@ -192,7 +192,7 @@ async fn create_once(
 }
 
 /// `join` by a channel's invite code.
-#[tracing::instrument(skip(pool, ns, code))]
+#[tracing::instrument(level = "debug", skip(pool, ns, code))]
 pub(crate) async fn join(
     pool: &PgPool,
     ns: &Namespace,
@@ -263,7 +263,7 @@ async fn join_once(
 
 /// `quit`: the membership ends and the head count drops, under the
 /// channel lock.
-#[tracing::instrument(skip(pool, ns))]
+#[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn quit(
     pool: &PgPool,
     ns: &Namespace,
@@ -313,7 +313,7 @@ async fn quit_once(
 }
 
 /// `fetch_channels`: the caller's channels by id.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn list(pool: &PgPool, user: UserId) -> Result<Vec<ChannelEntry>, DomainError> {
     let rows: Vec<(i64, String, i32, i64, i64)> = sqlx::query_as(
         "SELECT c.id, c.title, c.head_count, c.last_seq, m.last_read_seq \
@@ -339,7 +339,7 @@ pub(crate) async fn list(pool: &PgPool, user: UserId) -> Result<Vec<ChannelEntry
 
 /// `read`: moves the member's read pointer forward to `seq` (never back).
 /// `seq` above the channel's `last_seq` is `invalid_request`.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn mark_read(
     pool: &PgPool,
     channel: ChannelId,

@@ -39,7 +39,7 @@ impl Pair {
 }
 
 /// `invite` by `me` with another user's invite code.
-#[tracing::instrument(skip(pool, ns, code))]
+#[tracing::instrument(level = "debug", skip(pool, ns, code))]
 pub(crate) async fn invite(
     pool: &PgPool,
     ns: &Namespace,
@@ -114,7 +114,7 @@ async fn invite_once(
 }
 
 /// `accept` by `me` of an invitation from `inviter`.
-#[tracing::instrument(skip(pool, ns))]
+#[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn accept(
     pool: &PgPool,
     ns: &Namespace,
@@ -184,7 +184,7 @@ async fn accept_once(
 
 /// `reject` by `me` of an invitation from `inviter`; the inviter is not
 /// told.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn reject(
     pool: &PgPool,
     me: UserId,
@@ -222,7 +222,7 @@ async fn reject_once(
 
 /// `disconnect` by `me` of `partner`: ends an accepted pair (both counts
 /// −1), or clears a pair `me` rejected.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn disconnect(
     pool: &PgPool,
     me: UserId,
@@ -266,7 +266,7 @@ async fn disconnect_once(
 
 /// `fetch_connections`: accepted partners, or invitations received; by
 /// username.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn list(
     pool: &PgPool,
     me: UserId,

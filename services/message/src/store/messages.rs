@@ -60,7 +60,7 @@ impl Outcome {
 /// earlier in the batch, gets the first one's answer and stores nothing.
 /// The whole batch fails only when Postgres does (a unique violation means
 /// a concurrent batch stored one of these keys: the caller re-runs).
-#[tracing::instrument(skip_all, fields(batch = batch.len()))]
+#[tracing::instrument(level = "debug", skip_all, fields(batch = batch.len()))]
 pub(crate) async fn write_batch(
     pool: &PgPool,
     ns: &Namespace,
@@ -309,7 +309,7 @@ const BEFORE: &str = "SELECT m.seq, u.username, m.content, m.sent_at FROM messag
 
 /// `fetch_messages` for a member: ascending by seq, `username` null for a
 /// writer who has unregistered.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn fetch(
     pool: &PgPool,
     channel: ChannelId,

@@ -8,7 +8,7 @@ use natter_protocol::{ChannelId, ErrorCode, SessionId, UserId};
 use sqlx::PgPool;
 
 /// A live user's own invite code; `unauthorized` once they unregistered.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn invite_code(pool: &PgPool, user: UserId) -> Result<String, DomainError> {
     let code: Option<String> =
         sqlx::query_scalar("SELECT invite_code FROM users WHERE id = $1 AND deleted_at IS NULL")
@@ -27,7 +27,7 @@ const ATTEMPTS: u32 = 10;
 /// −1), the user marked deleted (the name is free again, messages stay),
 /// its sessions revoked; the outbox announces each change. Deadlocks, and
 /// a join or accept that slipped in while it locked, make it start over.
-#[tracing::instrument(skip(pool, ns))]
+#[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn unregister(
     pool: &PgPool,
     ns: &Namespace,
