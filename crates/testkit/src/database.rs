@@ -145,19 +145,10 @@ impl Drop for TestDatabase {
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             db::quote_ident(&self.name)
         );
-        let work = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&sql).execute(&mut admin).await;
-                }
-            });
+        crate::block_on_cleanup(async move {
+            if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                let _ = sqlx::query(&sql).execute(&mut admin).await;
+            }
         });
-        let _ = work.join();
     }
 }

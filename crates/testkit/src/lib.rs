@@ -288,40 +288,46 @@ impl Drop for TestApp {
     }
 }
 
-/// Deletes a test namespace's JetStream streams and Redis keys. Runs on its
-/// own thread and runtime because it is called from `Drop`.
+/// Runs `cleanup` to completion on a thread of its own with its own
+/// runtime: `Drop` cannot await, and may run inside the test's runtime.
+/// Failures are ignored; a cleanup that cannot reach a service has nothing
+/// to clean there.
+pub(crate) fn block_on_cleanup(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let work = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup);
+        }
+    });
+    let _ = work.join();
+}
+
+/// Deletes a test namespace's JetStream streams and Redis keys.
 fn cleanup_namespace(config: &Config) {
     let ns = config.namespace();
     let nats_url = config.nats_url.clone();
     let redis_url = config.redis_url.clone();
-    let work = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            if let Ok(client) = async_nats::connect(&nats_url).await {
-                let js = async_nats::jetstream::new(client);
-                for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
-                    let _ = js.delete_stream(stream).await;
-                }
+    block_on_cleanup(async move {
+        if let Ok(client) = async_nats::connect(&nats_url).await {
+            let js = async_nats::jetstream::new(client);
+            for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
+                let _ = js.delete_stream(stream).await;
             }
-            if let Ok(client) = redis::Client::open(redis_url.as_str())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            {
-                let pattern = format!("{}*", ns.redis_prefix());
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(pattern)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
+        }
+        if let Ok(client) = redis::Client::open(redis_url.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let pattern = format!("{}*", ns.redis_prefix());
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
             }
-        });
+        }
     });
-    let _ = work.join();
 }
