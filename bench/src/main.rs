@@ -346,6 +346,9 @@ async fn run_idle(client: &Client, prefix: &str, sockets: usize, hold: u64) -> a
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    // reqwest is built without a crypto provider of its own (see
+    // natter_platform::tls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client {
         http: reqwest::Client::new(),
         auth_url: args.auth_url,

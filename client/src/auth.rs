@@ -19,7 +19,13 @@ impl AuthClient {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            http: {
+                // rustls is built with ring only (reqwest's own provider
+                // feature would add aws-lc); install it before the first
+                // client. Err: one is installed already.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new()
+            },
         }
     }
 
@@ -89,10 +95,13 @@ impl AuthClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-        request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the auth service at {}: {e}", self.base))
+        request.send().await.map_err(|e| {
+            format!(
+                "cannot reach the auth service at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })
     }
 }
 
@@ -140,4 +149,14 @@ async fn failure(response: reqwest::Response) -> String {
         }
         Err(_) => format!("the auth service answered HTTP {status}"),
     }
+}
+
+/// The innermost cause of an error ("connection refused", "invalid peer
+/// certificate: UnknownIssuer"): reqwest's own text names only the URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

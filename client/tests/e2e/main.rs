@@ -6,4 +6,5 @@ mod binary;
 mod chat;
 mod reconnect;
 mod support;
+mod tls;
 mod tmux;

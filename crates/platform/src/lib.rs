@@ -1,7 +1,7 @@
 //! What every natter service needs, written once: typed configuration
 //! ([`config`]), logging ([`telemetry`]), connections to Postgres
 //! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
-//! ([`token`]), JSON errors for HTTP ([`http_error`]), `/healthz` and
+//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP ([`http_error`]), `/healthz` and
 //! `/readyz` ([`health`]) and shutdown ([`shutdown`]).
 
 pub mod cache;
@@ -14,6 +14,7 @@ pub mod nats;
 pub mod random;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use config::Config;

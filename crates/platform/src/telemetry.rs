@@ -70,6 +70,8 @@ fn resource(default_service: &str) -> Resource {
 /// metrics, with W3C trace-context propagation. A second call (tests) keeps
 /// the first subscriber.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
+    // The OTLP exporter's HTTP client needs it.
+    crate::tls::install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let mut telemetry = Telemetry::default();
     opentelemetry::global::set_text_map_propagator(

@@ -41,6 +41,8 @@ impl TestDatabase {
     /// # Panics
     /// When Postgres does not answer: there is no test without it.
     pub async fn create() -> Self {
+        // Tests that start here build HTTP clients next.
+        natter_platform::tls::install_crypto_provider();
         let admin_url = server_url();
         let mut admin = PgConnection::connect(&admin_url)
             .await
