@@ -17,6 +17,7 @@ pub mod consumer;
 mod fanout;
 mod membership;
 mod presence;
+mod replay;
 pub mod router;
 
 use anyhow::Context;
@@ -26,6 +27,7 @@ use membership::Membership;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::{Config, cache, db, nats};
 use presence::PresenceStore;
+pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;

@@ -26,7 +26,7 @@ struct Cli {
     config: Config,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Command {
     /// Create the database if needed and apply migrations, then exit.
     Migrate,
@@ -41,6 +41,21 @@ enum Command {
     /// All four in one process, for development (migrates first; generates
     /// a JWT secret if none is set).
     All,
+    /// Re-deliver stored messages to whoever is online now, from a stream
+    /// sequence or a time (clients drop seqs they have seen), then exit.
+    Replay {
+        /// First events-stream sequence to re-deliver.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        from_seq: Option<u64>,
+        /// Re-deliver what was stored at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<time::OffsetDateTime>,
+    },
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
 
 #[tokio::main]
@@ -53,10 +68,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Message => "natter-message",
         Command::Push => "natter-push",
         Command::All => "natter",
+        Command::Replay { .. } => "natter-replay",
     };
     let telemetry = telemetry::init(cli.config.log_format, service);
     let stop = shutdown::on_signal();
-    let result = match cli.command {
+    let result = match cli.command.clone() {
+        Command::Replay { from_seq, since } => {
+            let from = match (from_seq, since) {
+                (_, Some(t)) => natter_push::ReplayFrom::Time(t),
+                (Some(seq), None) => natter_push::ReplayFrom::Sequence(seq),
+                (None, None) => natter_push::ReplayFrom::Sequence(1),
+            };
+            natter_push::replay(&cli.config, from).await.map(|n| {
+                tracing::info!(messages = n, "replay finished");
+            })
+        }
         Command::Migrate => migrate(&cli.config).await,
         Command::Auth => natter_auth::run(cli.config, stop).await,
         Command::Connection => natter_connection::run(cli.config, stop).await,

@@ -269,3 +269,38 @@ async fn a_poison_event_does_not_hold_back_the_channel() {
     drop((alice, bob));
     h.app.stop().await;
 }
+
+#[tokio::test]
+async fn replay_redelivers_stored_messages_from_a_sequence_and_only_messages() {
+    let app = TestApp::spawn().await;
+    let (channel, mut alice, mut bob) = pair(&app).await;
+    for id in ["r1", "r2", "r3"] {
+        write(&mut alice, &channel, id).await;
+    }
+    assert_eq!(seqs(&mut bob, 3).await, vec![1, 2, 3]);
+    // Read what the first delivery left unread, so only the replay's
+    // pushes remain to be seen.
+    for ws in [&mut alice, &mut bob] {
+        ws.expect_no_push("none", Duration::from_millis(300)).await;
+        ws.take_pushes();
+    }
+
+    let replayed = natter_push::replay(&app.config, natter_push::ReplayFrom::Sequence(1))
+        .await
+        .expect("replay");
+    assert_eq!(replayed, 3);
+    assert_eq!(seqs(&mut bob, 3).await, vec![1, 2, 3]);
+    // From a time after everything stored: nothing to re-deliver.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let none = natter_push::replay(&app.config, natter_push::ReplayFrom::Time(later))
+        .await
+        .expect("replay from a time");
+    assert_eq!(none, 0);
+    // Invitations and channel_joined are not shown to people twice.
+    bob.expect_no_push("channel_joined", Duration::from_millis(300))
+        .await;
+    alice
+        .expect_no_push("invite_accepted", Duration::from_millis(300))
+        .await;
+    app.stop().await;
+}

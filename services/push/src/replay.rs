@@ -1,0 +1,108 @@
+//! Replay: re-deliver stored messages from a stream sequence or a time,
+//! through the same fan-out as live events (an admin command,
+//! `natter-server replay`).
+//!
+//! A replay reads the events stream with an ordered consumer of its own, so
+//! the durable `push` consumer and its position are untouched. Only
+//! `message_stored` events are re-delivered: clients drop a seq they have
+//! seen, so repeating a message is safe, whereas repeating an invitation or
+//! a `channel_joined` would show it to a person again. The replay stops at
+//! the stream's last sequence as it was when it began.
+
+use crate::fanout::Fanout;
+use crate::membership::Membership;
+use crate::presence::PresenceStore;
+use anyhow::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures::StreamExt;
+use natter_platform::{Config, cache, db, nats};
+use natter_protocol::events::Event;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayFrom {
+    /// This stream sequence (1 is the first event kept).
+    Sequence(u64),
+    /// The first event stored at or after this time.
+    Time(OffsetDateTime),
+}
+
+/// How long a replay waits for the next stored event before deciding the
+/// stream has nothing more for it.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Re-delivers the stored messages from `from` to whoever is online now;
+/// returns how many messages it re-delivered.
+///
+/// # Errors
+/// When Postgres, NATS or Redis does not answer, or a delivery fails.
+pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
+    let ns = config.namespace();
+    let pool = db::connect(&config.database_url, 2).await?;
+    let client = nats::connect(&config.nats_url, "natter-replay").await?;
+    let redis = cache::connect(&config.redis_url).await?;
+    let js = nats::jetstream(&client);
+    let mut stream = js
+        .get_stream(ns.events_stream())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", ns.events_stream()))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading stream info: {e}"))?
+        .state
+        .last_sequence;
+    let deliver_policy = match from {
+        ReplayFrom::Sequence(start_sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: start_sequence.max(1),
+        },
+        ReplayFrom::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
+    };
+    let fanout = Fanout {
+        nats: client.clone(),
+        membership: Membership::new(pool),
+        presence: PresenceStore::new(redis, ns.clone()),
+        ns,
+    };
+    if last == 0 || matches!(from, ReplayFrom::Sequence(s) if s > last) {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the replay consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the replay consumer: {e}"))?;
+    let mut replayed = 0;
+    loop {
+        let Ok(next) = tokio::time::timeout(IDLE, messages.next()).await else {
+            break;
+        };
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
+        let sequence = msg.info().map_or(last, |i| i.stream_sequence);
+        match serde_json::from_slice::<Event>(&msg.payload) {
+            Ok(event @ Event::MessageStored { .. }) => {
+                fanout
+                    .handle(&event)
+                    .await
+                    .with_context(|| format!("re-delivering event {sequence}"))?;
+                replayed += 1;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(sequence, error = %e, "skipping an undecodable event"),
+        }
+        if sequence >= last {
+            break;
+        }
+    }
+    client.flush().await.context("flushing deliveries")?;
+    Ok(replayed)
+}
