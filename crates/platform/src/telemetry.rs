@@ -97,7 +97,7 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
                     .with_targets(
                         [
                             "natter_auth",
-                            "natter_connection",
+                            "natter_gateway",
                             "natter_message",
                             "natter_push",
                             "natter_platform",

@@ -96,7 +96,7 @@ pub async fn start_part(
             (s.local_addr().expect("addr"), tokio::spawn(s.run(stop)))
         }
         Part::Gateway => {
-            let s = natter_connection::Gateway::build(config)
+            let s = natter_gateway::Gateway::build(config)
                 .await
                 .expect("gateway starts");
             (s.local_addr().expect("addr"), tokio::spawn(s.run(stop)))

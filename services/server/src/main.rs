@@ -1,6 +1,6 @@
 //! `natter-server`: every natter service in one binary.
 //!
-//! `natter-server auth|connection|message|push` runs one service (one per
+//! `natter-server auth|gateway|message|push` runs one service (one per
 //! pod in Kubernetes); `natter-server all` runs the four in one process for
 //! development, creating and migrating the database first; `natter-server
 //! migrate` only migrates (a helm hook Job).
@@ -32,8 +32,9 @@ enum Command {
     Migrate,
     /// The HTTP auth service.
     Auth,
-    /// The WebSocket gateway.
-    Connection,
+    /// The WebSocket gateway (`connection` is an older name for it).
+    #[command(visible_alias = "connection")]
+    Gateway,
     /// The message (domain) service.
     Message,
     /// The push (fan-out) service.
@@ -64,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let service = match cli.command {
         Command::Migrate => "natter-migrate",
         Command::Auth => "natter-auth",
-        Command::Connection => "natter-connection",
+        Command::Gateway => "natter-gateway",
         Command::Message => "natter-message",
         Command::Push => "natter-push",
         Command::All => "natter",
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate(&cli.config).await,
         Command::Auth => natter_auth::run(cli.config, stop).await,
-        Command::Connection => natter_connection::run(cli.config, stop).await,
+        Command::Gateway => natter_gateway::run(cli.config, stop).await,
         Command::Message => natter_message::run(cli.config, stop).await,
         Command::Push => natter_push::run(cli.config, stop).await,
         Command::All => {
@@ -122,7 +123,7 @@ async fn all(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     set.spawn(natter_auth::run(config.clone(), stop.clone()));
     set.spawn(natter_message::run(config.clone(), stop.clone()));
     set.spawn(natter_push::run(config.clone(), stop.clone()));
-    set.spawn(natter_connection::run(config, stop.clone()));
+    set.spawn(natter_gateway::run(config, stop.clone()));
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         let result = joined.context("a service panicked").and_then(|r| r);

@@ -86,7 +86,7 @@ async fn all_runs_the_four_services_and_stops_on_sigterm() {
 #[tokio::test]
 async fn each_service_target_starts_alone_and_stops_on_sigterm() {
     let db = TestDatabase::create().await;
-    for (target, index) in [("auth", 0), ("connection", 1), ("message", 2), ("push", 3)] {
+    for (target, index) in [("auth", 0), ("gateway", 1), ("message", 2), ("push", 3)] {
         let server = spawn(target, &db.url);
         wait_ready(server.ports[index]).await;
         terminate(server);

@@ -125,7 +125,7 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut children = Processes(Vec::new());
-    for target in ["auth", "message", "push", "connection"] {
+    for target in ["auth", "message", "push", "gateway"] {
         let child = Command::new(env!("CARGO_BIN_EXE_natter-server"))
             .arg(target)
             .env("NATTER_DATABASE_URL", &db.url)
@@ -222,7 +222,7 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
                 services_by_trace.entry(trace).or_default().insert(service);
             }
             let connected = services_by_trace.values().any(|s| {
-                ["natter-connection", "natter-message", "natter-push"]
+                ["natter-gateway", "natter-message", "natter-push"]
                     .iter()
                     .all(|n| s.contains(n))
             });

@@ -99,7 +99,7 @@ impl Gateway {
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by the gateway")?;
         raise_open_file_limit();
-        let nats = nats::connect(&config.nats_url, "natter-connection").await?;
+        let nats = nats::connect(&config.nats_url, "natter-gateway").await?;
         let js = nats::jetstream(&nats);
         let ns = config.namespace();
         let ttl = Duration::from_secs(config.token_ttl_secs);
