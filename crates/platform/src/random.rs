@@ -11,7 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 #[must_use]
 pub fn token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    #[allow(clippy::expect_used)]
     getrandom::fill(&mut buf).expect("the OS random number generator failed");
     URL_SAFE_NO_PAD.encode(buf)
 }
@@ -20,7 +19,6 @@ pub fn token(bytes: usize) -> String {
 #[must_use]
 pub fn seed() -> u64 {
     let mut buf = [0u8; 8];
-    #[allow(clippy::expect_used)]
     getrandom::fill(&mut buf).expect("the OS random number generator failed");
     u64::from_le_bytes(buf) >> 2
 }

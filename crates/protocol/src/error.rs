@@ -6,7 +6,6 @@ use std::fmt;
 /// A stable, machine-readable error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum ErrorCode {
     InvalidRequest,
     Unauthorized,

@@ -10,7 +10,6 @@ use time::OffsetDateTime;
 /// A durable domain event on the events stream, written through the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum Event {
     /// A message was stored.
     MessageStored {

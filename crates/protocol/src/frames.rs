@@ -25,7 +25,6 @@ pub enum ConnectionFilter {
 /// The state of a pair of users (PROTOCOL.md 2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum ConnectionStatus {
     Pending,
     Accepted,
@@ -61,7 +60,6 @@ impl ConnectionStatus {
 /// A client request (PROTOCOL.md 2.1), without its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum Request {
     KeepAlive,
     FetchUserInviteCode,
@@ -340,7 +338,6 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
 /// A server → client frame: a reply, an error, or a push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum ServerFrame {
     Reply {
         id: u64,

@@ -101,7 +101,6 @@ pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGa
     .await?;
     if count >= LOGIN_MAX_FAILURES {
         tx.rollback().await?;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let retry_after = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
         return Ok(LoginGate::Blocked { retry_after });
     }
@@ -164,7 +163,6 @@ pub(crate) async fn create_session(
     ttl_secs: u64,
 ) -> Result<SessionId, AuthError> {
     let id = uuid::Uuid::now_v7();
-    #[allow(clippy::cast_precision_loss)]
     let ttl = ttl_secs as f64;
     sqlx::query(
         "INSERT INTO sessions (id, user_id, expires_at) \
