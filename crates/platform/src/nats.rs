@@ -91,7 +91,7 @@ pub async fn ensure_streams(
                     tracing::debug!(error = %e, stream = %name, "retrying stream declaration");
                     tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 }
-                Err(e) => return Err(anyhow::anyhow!("declaring stream {name}: {e}")),
+                Err(e) => return Err(e).with_context(|| format!("declaring stream {name}")),
             }
         }
     }

@@ -52,7 +52,7 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+        .context("argon2")
 }
 
 #[cfg(test)]

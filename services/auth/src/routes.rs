@@ -139,7 +139,9 @@ async fn unregister(
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(RpcReply::Err(e)) if e.code == ErrorCode::NotFound => Err(AuthError::Unauthorized),
-        Ok(RpcReply::Err(e)) => Err(AuthError::Internal(anyhow::anyhow!("unregister: {e}"))),
+        Ok(RpcReply::Err(e)) => Err(AuthError::Internal(
+            anyhow::Error::new(e).context("unregister"),
+        )),
         Err(e) => Err(AuthError::Internal(e.into())),
     }
 }

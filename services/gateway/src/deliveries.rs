@@ -3,6 +3,7 @@
 //! the local sockets it names.
 
 use crate::registry::{Outbound, Registry};
+use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use natter_protocol::events::{Delivery, DeliveryBatch};
@@ -20,7 +21,7 @@ pub(crate) async fn listen(
     let mut sub = nats
         .subscribe(subject)
         .await
-        .map_err(|e| anyhow::anyhow!("subscribing to deliveries: {e}"))?;
+        .context("subscribing to deliveries")?;
     Ok(tokio::spawn(async move {
         loop {
             let msg = tokio::select! {

@@ -5,6 +5,7 @@
 //! starts late still knows every revocation younger than a token.
 
 use crate::registry::{CloseRequest, Registry};
+use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use natter_protocol::SessionId;
@@ -78,11 +79,11 @@ pub(crate) async fn follow(
     let mut stream = js
         .get_stream(ns.sessions_stream())
         .await
-        .map_err(|e| anyhow::anyhow!("sessions stream: {e}"))?;
+        .context("sessions stream")?;
     let last = stream
         .info()
         .await
-        .map_err(|e| anyhow::anyhow!("sessions stream info: {e}"))?
+        .context("sessions stream info")?
         .state
         .last_sequence;
     let consumer = stream
@@ -91,11 +92,8 @@ pub(crate) async fn follow(
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("sessions consumer: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("sessions messages: {e}"))?;
+        .context("sessions consumer")?;
+    let mut messages = consumer.messages().await.context("sessions messages")?;
     let apply = move |payload: &[u8]| match serde_json::from_slice::<SessionRevoked>(payload) {
         Ok(r) => {
             revoked.insert(r.session_id);

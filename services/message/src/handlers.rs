@@ -9,6 +9,7 @@ use crate::AppState;
 use crate::error::DomainError;
 use crate::store::messages::{Page, WriteRequest};
 use crate::store::{channels, connections, messages, users};
+use anyhow::Context;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{
@@ -175,7 +176,7 @@ async fn typing(
             .publish_with_headers(subject, headers, payload.into())
             .await
     }
-    .map_err(|e| anyhow::anyhow!("publishing typing: {e}"))?;
+    .context("publishing typing")?;
     result(&Empty {})
 }
 

@@ -5,6 +5,7 @@
 //! burst cannot exhaust the pool); its answer goes to the reply subject.
 
 use crate::{AppState, handlers, store};
+use anyhow::Context;
 use futures::StreamExt;
 use natter_platform::telemetry::propagation;
 use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
@@ -31,12 +32,12 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
         .nats
         .queue_subscribe(state.ns.rpc_message(), group.clone())
         .await
-        .map_err(|e| anyhow::anyhow!("subscribing to requests: {e}"))?;
+        .context("subscribing to requests")?;
     let unregister = state
         .nats
         .queue_subscribe(state.ns.rpc_unregister(), group)
         .await
-        .map_err(|e| anyhow::anyhow!("subscribing to unregister requests: {e}"))?;
+        .context("subscribing to unregister requests")?;
     let mut incoming = futures::stream::select(
         requests.map(|m| (Kind::Request, m)),
         unregister.map(|m| (Kind::Unregister, m)),

@@ -62,7 +62,7 @@ pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<P
     let stream = js
         .get_stream(ns.events_stream())
         .await
-        .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", ns.events_stream()))?;
+        .with_context(|| format!("opening stream {}", ns.events_stream()))?;
     let name = ns.push_consumer();
     let created = stream
         .get_or_create_consumer(
@@ -84,7 +84,7 @@ pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<P
         Err(e) => stream
             .get_consumer(&name)
             .await
-            .map_err(|_| anyhow::anyhow!("creating consumer {name}: {e}")),
+            .map_err(|_| anyhow::Error::new(e).context(format!("creating consumer {name}"))),
     }
 }
 
@@ -195,7 +195,11 @@ impl Worker {
             Ok(event) => self.handle(&event).await.map_err(Failure::Transient),
         };
         let settled = match outcome {
-            Ok(()) => msg.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}")),
+            Ok(()) => msg
+                .ack()
+                .await
+                .map_err(anyhow::Error::from_boxed)
+                .context("ack"),
             Err(Failure::Poison(reason)) => self.dead_letter(&msg, &reason).await,
             Err(Failure::Transient(e)) if delivered >= MAX_DELIVER - 1 => {
                 tracing::error!(error = ?e, delivered, "event keeps failing; dead-lettering it");
@@ -207,7 +211,8 @@ impl Worker {
                 tracing::warn!(error = ?e, delivered, ?delay, "event failed; will retry");
                 msg.ack_with(AckKind::Nak(Some(delay)))
                     .await
-                    .map_err(|e| anyhow::anyhow!("nak: {e}"))
+                    .map_err(anyhow::Error::from_boxed)
+                    .context("nak")
             }
         };
         if let Err(e) = settled {
@@ -251,7 +256,10 @@ impl Worker {
             .await
             .context("dead-letter not acknowledged")?;
         tracing::error!(%reason, "event dead-lettered");
-        msg.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))
+        msg.ack()
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .context("ack")
     }
 }
 

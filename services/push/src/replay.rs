@@ -47,11 +47,11 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
     let mut stream = js
         .get_stream(ns.events_stream())
         .await
-        .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", ns.events_stream()))?;
+        .with_context(|| format!("opening stream {}", ns.events_stream()))?;
     let last = stream
         .info()
         .await
-        .map_err(|e| anyhow::anyhow!("reading stream info: {e}"))?
+        .context("reading stream info")?
         .state
         .last_sequence;
     let deliver_policy = match from {
@@ -75,18 +75,18 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("creating the replay consumer: {e}"))?;
+        .context("creating the replay consumer")?;
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| anyhow::anyhow!("reading the replay consumer: {e}"))?;
+        .context("reading the replay consumer")?;
     let mut replayed = 0;
     loop {
         let Ok(next) = tokio::time::timeout(IDLE, messages.next()).await else {
             break;
         };
         let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
+        let msg = msg.context("replaying")?;
         let sequence = msg.info().map_or(last, |i| i.stream_sequence);
         match serde_json::from_slice::<Event>(&msg.payload) {
             Ok(event @ Event::MessageStored { .. }) => {
