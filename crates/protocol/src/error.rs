@@ -4,8 +4,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A stable, machine-readable error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,
     Unauthorized,
@@ -67,32 +69,7 @@ impl ErrorCode {
     /// The snake_case wire name.
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::Unauthorized => "unauthorized",
-            Self::RateLimited => "rate_limited",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-            Self::NotFound => "not_found",
-            Self::UsernameTaken => "username_taken",
-            Self::InvalidCredentials => "invalid_credentials",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::InvalidInviteCode => "invalid_invite_code",
-            Self::SelfInvite => "self_invite",
-            Self::AlreadyConnected => "already_connected",
-            Self::AlreadyInvited => "already_invited",
-            Self::ConnectionLimitReached => "connection_limit_reached",
-            Self::PartnerConnectionLimitReached => "partner_connection_limit_reached",
-            Self::InvalidUsername => "invalid_username",
-            Self::NotConnected => "not_connected",
-            Self::UnknownUsers => "unknown_users",
-            Self::UnconnectedUsers => "unconnected_users",
-            Self::OverLimit => "over_limit",
-            Self::AlreadyJoined => "already_joined",
-            Self::NotJoined => "not_joined",
-        }
+        self.into()
     }
 }
 
@@ -135,15 +112,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_serialize_as_their_snake_case_names() {
-        for code in [
-            ErrorCode::InvalidRequest,
-            ErrorCode::PartnerConnectionLimitReached,
-            ErrorCode::UnsupportedMediaType,
-            ErrorCode::NotJoined,
-        ] {
-            let json = serde_json::to_string(&code).expect("serialize");
+    fn every_code_names_itself_as_serde_does() {
+        use strum::VariantArray;
+        for code in ErrorCode::VARIANTS {
+            let json = serde_json::to_string(code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(code.to_string(), code.as_str());
         }
     }
 

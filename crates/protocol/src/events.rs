@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// A durable domain event on the events stream, written through the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantNames))]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Event {
     /// A message was stored.
     MessageStored {
@@ -55,6 +57,12 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event's `kind` name, for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        self.into()
+    }
+
     /// The subject suffix under `<ns>.evt.`: events of one channel share a
     /// subject so their order is plain to see; user events go by user.
     #[must_use]
@@ -146,6 +154,65 @@ mod tests {
             serde_json::json!({"kind":"member_joined","channel_id":4,"user_id":2})
         );
         assert_eq!(e.subject_suffix(), "channel.4");
+    }
+
+    #[test]
+    fn every_event_kind_is_its_serde_kind() {
+        let origin = SocketRef {
+            gateway_id: "g".into(),
+            socket_id: 1,
+        };
+        let (channel_id, user_id) = (ChannelId(1), UserId(2));
+        let samples = [
+            Event::MessageStored {
+                channel_id,
+                title: "t".into(),
+                seq: 1,
+                user_id,
+                username: "u".into(),
+                content: "c".into(),
+                sent_at: OffsetDateTime::UNIX_EPOCH,
+                origin: origin.clone(),
+            },
+            Event::InviteReceived {
+                to: user_id,
+                from_username: "u".into(),
+            },
+            Event::InviteAccepted {
+                to: user_id,
+                from_username: "u".into(),
+            },
+            Event::ChannelCreated {
+                channel_id,
+                title: "t".into(),
+                creator: user_id,
+                members: vec![user_id],
+            },
+            Event::MemberJoined {
+                channel_id,
+                user_id,
+            },
+            Event::MemberLeft {
+                channel_id,
+                user_id,
+            },
+            Event::Typing {
+                channel_id,
+                user_id,
+                username: "u".into(),
+                origin,
+            },
+        ];
+        let mut kinds = Vec::new();
+        for event in &samples {
+            let json = serde_json::to_value(event).expect("serialize");
+            assert_eq!(json["kind"], serde_json::json!(event.kind()));
+            kinds.push(event.kind());
+        }
+        kinds.sort_unstable();
+        let mut variants = <Event as strum::VariantNames>::VARIANTS.to_vec();
+        variants.sort_unstable();
+        assert_eq!(kinds, variants, "one sample per event kind");
     }
 
     #[test]

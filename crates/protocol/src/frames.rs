@@ -23,8 +23,23 @@ pub enum ConnectionFilter {
 }
 
 /// The state of a pair of users (PROTOCOL.md 2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The names stored in Postgres are strum's, derived with the same case as
+/// serde's, so the column and the wire cannot drift apart.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ConnectionStatus {
     Pending,
     Accepted,
@@ -36,30 +51,21 @@ impl ConnectionStatus {
     /// The name stored in Postgres and sent on the wire.
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Accepted => "accepted",
-            Self::Rejected => "rejected",
-            Self::Disconnected => "disconnected",
-        }
+        self.into()
     }
 
     /// Parses the stored name.
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "accepted" => Self::Accepted,
-            "rejected" => Self::Rejected,
-            "disconnected" => Self::Disconnected,
-            _ => return None,
-        })
+        s.parse().ok()
     }
 }
 
 /// A client request (PROTOCOL.md 2.1), without its id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantNames))]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Request {
     KeepAlive,
     FetchUserInviteCode,
@@ -123,26 +129,7 @@ impl Request {
     /// The request's `type` name, for logs and metrics.
     #[must_use]
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::KeepAlive => "keep_alive",
-            Self::FetchUserInviteCode => "fetch_user_invite_code",
-            Self::FetchChannelInviteCode { .. } => "fetch_channel_invite_code",
-            Self::Invite { .. } => "invite",
-            Self::Accept { .. } => "accept",
-            Self::Reject { .. } => "reject",
-            Self::Disconnect { .. } => "disconnect",
-            Self::FetchConnections { .. } => "fetch_connections",
-            Self::Create { .. } => "create",
-            Self::Join { .. } => "join",
-            Self::FetchChannels => "fetch_channels",
-            Self::Enter { .. } => "enter",
-            Self::Leave => "leave",
-            Self::Quit { .. } => "quit",
-            Self::WriteMessage { .. } => "write_message",
-            Self::FetchMessages { .. } => "fetch_messages",
-            Self::Read { .. } => "read",
-            Self::Typing { .. } => "typing",
-        }
+        self.into()
     }
 
     /// Checks the limits that need no state (lengths, ranges, exclusive
@@ -587,6 +574,51 @@ mod tests {
                 content: "hi".into()
             }
         );
+    }
+
+    #[test]
+    fn every_connection_status_names_itself_as_serde_does() {
+        use strum::VariantArray;
+        for status in ConnectionStatus::VARIANTS {
+            let json = serde_json::to_value(status).expect("serialize");
+            assert_eq!(json, json!(status.as_str()));
+            assert_eq!(ConnectionStatus::parse(status.as_str()), Some(*status));
+        }
+        assert_eq!(ConnectionStatus::parse("Pending"), None);
+    }
+
+    #[test]
+    fn every_request_kind_is_its_serde_type() {
+        let samples = [
+            json!({"type": "keep_alive"}),
+            json!({"type": "fetch_user_invite_code"}),
+            json!({"type": "fetch_channel_invite_code", "channel_id": 1}),
+            json!({"type": "invite", "invite_code": "c"}),
+            json!({"type": "accept", "username": "u"}),
+            json!({"type": "reject", "username": "u"}),
+            json!({"type": "disconnect", "username": "u"}),
+            json!({"type": "fetch_connections", "status": "pending"}),
+            json!({"type": "create", "title": "t", "usernames": ["u"]}),
+            json!({"type": "join", "invite_code": "c"}),
+            json!({"type": "fetch_channels"}),
+            json!({"type": "enter", "channel_id": 1}),
+            json!({"type": "leave"}),
+            json!({"type": "quit", "channel_id": 1}),
+            json!({"type": "write_message", "channel_id": 1, "client_msg_id": "m", "content": "c"}),
+            json!({"type": "fetch_messages", "channel_id": 1}),
+            json!({"type": "read", "channel_id": 1, "seq": 1}),
+            json!({"type": "typing", "channel_id": 1}),
+        ];
+        let mut kinds = Vec::new();
+        for sample in samples {
+            let request: Request = serde_json::from_value(sample.clone()).expect("decode");
+            assert_eq!(json!(request.kind()), sample["type"]);
+            kinds.push(request.kind());
+        }
+        kinds.sort_unstable();
+        let mut variants = <Request as strum::VariantNames>::VARIANTS.to_vec();
+        variants.sort_unstable();
+        assert_eq!(kinds, variants, "one sample per request type");
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Fanout {
     ///
     /// # Errors
     /// When Postgres, Redis or NATS fails; the event is then retried.
-    #[tracing::instrument(level = "debug", skip_all, fields(kind = event_kind(event)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(kind = event.kind()))]
     pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
         if let Some(channel) = router::membership_change(event) {
             self.membership.invalidate(channel);
@@ -64,7 +64,7 @@ impl Fanout {
         };
         // The trace continues at the gateways; headers only when tracing is on.
         let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
-        let kind = event_kind(event);
+        let kind = event.kind();
         let metrics = natter_platform::metrics::get();
         for out in router::route(event, &presence, &last_read) {
             metrics.deliveries.add(
@@ -112,18 +112,6 @@ fn sockets_in(batch: &DeliveryBatch) -> u64 {
             Delivery::LeaveChannel { .. } => 0,
         } as u64)
         .sum()
-}
-
-fn event_kind(event: &Event) -> &'static str {
-    match event {
-        Event::MessageStored { .. } => "message_stored",
-        Event::InviteReceived { .. } => "invite_received",
-        Event::InviteAccepted { .. } => "invite_accepted",
-        Event::ChannelCreated { .. } => "channel_created",
-        Event::MemberJoined { .. } => "member_joined",
-        Event::MemberLeft { .. } => "member_left",
-        Event::Typing { .. } => "typing",
-    }
 }
 
 /// Drops cached members whenever any instance announces a change, until
@@ -182,7 +170,7 @@ impl Fanout {
                     }
                 }
                 Ok(other) => {
-                    tracing::warn!(kind = event_kind(&other), "not a typing notice; dropped");
+                    tracing::warn!(kind = other.kind(), "not a typing notice; dropped");
                 }
                 Err(e) => tracing::warn!(error = %e, "undecodable typing notice dropped"),
             }
