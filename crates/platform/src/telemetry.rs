@@ -12,6 +12,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -70,6 +71,16 @@ fn resource(default_service: &str) -> Resource {
 /// metrics, with W3C trace-context propagation. A second call (tests) keeps
 /// the first subscriber.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
+    init_with_writer(format, service, std::io::stdout)
+}
+
+/// [`init`] with the log lines going to `writer`: the test kit passes
+/// `std::io::sink` unless `TEST_LOG` is set, keeping the propagator and
+/// exporters that tests rely on without flooding their output.
+pub fn init_with_writer<W>(format: LogFormat, service: &str, writer: W) -> Telemetry
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     // The OTLP exporter's HTTP client needs it.
     crate::tls::install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -135,8 +146,11 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
         }
     }
     let fmt = match format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .boxed(),
     };
     let _ = tracing_subscriber::registry()
         .with(otel_layer)

@@ -5,6 +5,7 @@
 //! run in parallel and, when a [`TestApp`] is dropped, leave nothing behind.
 
 mod database;
+pub mod logs;
 pub mod ws;
 
 use natter_platform::Config;
@@ -122,10 +123,7 @@ impl TestApp {
 
     /// Starts all four services after `tweak` adjusts the configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let _ = natter_platform::telemetry::init(
-            natter_platform::config::LogFormat::Pretty,
-            "natter-test",
-        );
+        logs::init();
         let db = TestDatabase::create().await;
         let mut config = test_config(&db.url);
         tweak(&mut config);
