@@ -23,6 +23,10 @@ pub const DEFAULT_WS_URL: &str = "ws://127.0.0.1:8090/ws/v1/message";
 pub struct Args {
     /// One host behind an ingress that routes /api/ and /ws/ (sets both
     /// addresses, overriding the two below; e.g. https://natter.example.com)
+    #[expect(
+        rustdoc::bare_urls,
+        reason = "clap prints this comment verbatim as --help, where a bare URL reads best"
+    )]
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
 

@@ -1,9 +1,9 @@
 //! natter's auth service: register, login, logout, unregister and `/me`
 //! over HTTP under `/api/v1/auth` (PROTOCOL.md section 1).
 //!
-//! Reading order: [`Auth`] wires state and routes; [`routes`] holds the
-//! handlers; [`extract`] authenticates callers; [`password`] hashes;
-//! [`store`] is the SQL; [`error`] maps failures to the wire.
+//! Reading order: [`Auth`] wires state and routes; `routes` holds the
+//! handlers; `extract` authenticates callers; `password` hashes;
+//! `store` is the SQL; `error` maps failures to the wire.
 
 mod error;
 mod extract;

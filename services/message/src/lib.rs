@@ -5,11 +5,11 @@
 //! every durable fact in Postgres, and announces state changes through the
 //! outbox, which [`relay`] publishes to JetStream.
 //!
-//! Reading order: [`Message`] wires it; [`rpc`] receives requests;
-//! [`handlers`] applies the rules of each request; [`writer`] batches
-//! `write_message` into shared transactions; [`presence`] answers the
-//! `online` flag from Redis; [`relay`] publishes the outbox; [`store`] is
-//! the SQL; [`error`] maps domain failures to error codes.
+//! Reading order: [`Message`] wires it; `rpc` receives requests;
+//! `handlers` applies the rules of each request; `writer` batches
+//! `write_message` into shared transactions; `presence` answers the
+//! `online` flag from Redis; [`relay`] publishes the outbox; `store` is
+//! the SQL; `error` maps domain failures to error codes.
 
 mod error;
 mod handlers;

@@ -9,8 +9,8 @@
 //! served on `NATTER_PUSH_ADDR`.
 //!
 //! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
-//! settles events; [`fanout`] handles one event; [`router`] is the pure
-//! decision of who gets what; [`membership`] and [`presence`] are the
+//! settles events; `fanout` handles one event; [`router`] is the pure
+//! decision of who gets what; `membership` and `presence` are the
 //! lookups it needs.
 
 pub mod consumer;
@@ -103,7 +103,7 @@ impl Push {
     }
 
     /// Fans events out until `shutdown`, then finishes in-flight events
-    /// (bounded by [`GRACE`]); `/readyz` turns 503 as soon as it drains.
+    /// (bounded by `GRACE`); `/readyz` turns 503 as soon as it drains.
     ///
     /// # Errors
     /// When subscribing to membership invalidations fails.
