@@ -390,6 +390,7 @@ impl Machine {
                         return;
                     }
                 };
+                self.forget_channel_requests();
                 self.current = Some(Current {
                     channel_id: entered.channel_id,
                     title: entered.title.clone(),
@@ -505,8 +506,18 @@ impl Machine {
     }
 
     fn leave(&mut self) {
+        self.forget_channel_requests();
         self.current = None;
         self.view.set_channel(None, 0);
+    }
+
+    /// The entered channel is replaced or left: the re-enter and fills
+    /// still out for it must not act on the next one (release its held
+    /// pushes before its history, or leave it on an error), so their
+    /// replies are dropped as unknown.
+    fn forget_channel_requests(&mut self) {
+        self.pending
+            .retain(|_, p| !matches!(p, Pending::ReEnter | Pending::Fill));
     }
 }
 
@@ -959,6 +970,50 @@ mod tests {
         m.on_frame(ServerFrame::reply(fill.id, &page_of(CHAT, 6..=7)));
         assert_eq!(m.take_events(), []);
         assert_eq!(m.take_frames(), []);
+    }
+
+    #[test]
+    fn entering_another_channel_while_a_fill_is_pending_holds_its_pushes_until_its_history() {
+        let mut m = in_chat_at(5);
+        m.on_frame(push(8));
+        let fill = only_frame(&mut m);
+        let (reply, mut answer) = oneshot::channel();
+        m.ask(Ask::Enter {
+            channel_id: OTHER,
+            page: 20,
+            reply,
+        });
+        let enter = only_frame(&mut m);
+        m.on_frame(ServerFrame::reply(enter.id, &entered(OTHER, 3)));
+        let history = only_frame(&mut m);
+        m.on_frame(push_in(OTHER, 4));
+
+        m.on_frame(ServerFrame::reply(fill.id, &page_of(CHAT, 6..=7)));
+        assert_eq!(m.take_events(), [], "the old channel's fill shows nothing");
+        assert_eq!(m.take_frames(), []);
+
+        m.on_frame(ServerFrame::reply(history.id, &page_of(OTHER, 1..=3)));
+        assert!(answer.try_recv().is_ok_and(|r| r.is_ok()));
+        assert_eq!(shown(&mut m), [4]);
+    }
+
+    #[test]
+    fn a_re_enter_answered_after_the_user_entered_another_channel_changes_nothing() {
+        let mut m = in_chat_at(5);
+        m.lost(&SocketEnd::Failed("reset".into()));
+        m.connected();
+        let re_enter = only_frame(&mut m);
+        entered_in(&mut m, OTHER, 3);
+
+        m.on_frame(ServerFrame::Error {
+            id: Some(re_enter.id),
+            code: ErrorCode::NotJoined,
+            message: "not a member".into(),
+        });
+        assert_eq!(m.take_events(), []);
+        assert_eq!(m.view.snapshot().channel, Some((OTHER, "channel 8".into())));
+        m.on_frame(push_in(OTHER, 4));
+        assert_eq!(shown(&mut m), [4]);
     }
 
     #[test]
