@@ -369,6 +369,19 @@ impl Machine {
         }
     }
 
+    /// After a failed fill: re-checking the held pushes would find the
+    /// same gap and ask again at once, in a loop for as long as the fetch
+    /// fails. They are shown as they are; the next push that finds the gap
+    /// tries again.
+    fn show_held_despite_the_gap(&mut self) {
+        let Some(held) = self.current.as_mut().and_then(|c| c.held.take()) else {
+            return;
+        };
+        for (_, message) in held {
+            self.show(message);
+        }
+    }
+
     fn on_answer(&mut self, pending: Pending, result: Result<Value, CallError>) {
         match pending {
             Pending::User { request, reply } => {
@@ -457,7 +470,7 @@ impl Machine {
                             "could not fetch missed messages: {}",
                             e.describe()
                         )));
-                        self.release_held();
+                        self.show_held_despite_the_gap();
                         return;
                     }
                 };
@@ -839,10 +852,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_fill_is_reported() {
+    fn a_failed_fill_is_reported_and_shows_what_was_held_until_the_next_push_retries() {
         let mut m = in_chat_at(5);
         m.on_frame(push(8));
         let fill = only_frame(&mut m);
+        m.on_frame(push(9));
         m.on_frame(ServerFrame::Error {
             id: Some(fill.id),
             code: ErrorCode::Unavailable,
@@ -850,9 +864,17 @@ mod tests {
         });
         let events = m.take_events();
         assert!(
-            matches!(&events[..], [Event::Error(e)] if e.starts_with("could not fetch missed messages")),
+            matches!(&events[..], [Event::Error(e), Event::Message { seq: 8, .. }, Event::Message { seq: 9, .. }]
+                if e.starts_with("could not fetch missed messages")),
             "{events:?}"
         );
+        assert_eq!(m.take_frames(), [], "no retry until something new arrives");
+
+        m.on_frame(push(10));
+        let retry = only_frame(&mut m);
+        assert_eq!(retry.request, fill_after(5));
+        m.on_frame(ServerFrame::reply(retry.id, &page_of(CHAT, 6..=7)));
+        assert_eq!(shown(&mut m), [6, 7, 10]);
     }
 
     #[test]
