@@ -282,7 +282,7 @@ impl Task {
         let mut backoff = Backoff::new();
         loop {
             let delay = backoff.next_delay();
-            self.emit(Event::ConnectionLost {
+            self.emit(Event::LinkLost {
                 reason: why,
                 retry_in: delay,
             });
