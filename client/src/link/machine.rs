@@ -852,6 +852,24 @@ mod tests {
     }
 
     #[test]
+    fn after_a_reconnect_full_fill_pages_are_followed_until_a_short_one() {
+        let mut m = in_chat_at(5);
+        m.lost(&SocketEnd::Failed("reset".into()));
+        m.connected();
+        let enter = only_frame(&mut m);
+        m.on_frame(ServerFrame::reply(enter.id, &entered(CHAT, 155)));
+        let first = only_frame(&mut m);
+        assert_eq!(first.request, fill_after(5));
+        m.on_frame(ServerFrame::reply(first.id, &page_of(CHAT, 6..=105)));
+        let second = only_frame(&mut m);
+        assert_eq!(second.request, fill_after(105));
+        m.on_frame(ServerFrame::reply(second.id, &page_of(CHAT, 106..=155)));
+
+        assert_eq!(shown(&mut m), (6..=155).collect::<Vec<_>>());
+        assert_eq!(m.take_frames(), [], "a short page ends the fill");
+    }
+
+    #[test]
     fn a_failed_fill_is_reported_and_shows_what_was_held_until_the_next_push_retries() {
         let mut m = in_chat_at(5);
         m.on_frame(push(8));
