@@ -5,14 +5,15 @@
 //! - [`render`]: events → lines, error codes → readable text (pure);
 //! - [`seq`]: exactly-once display over at-least-once delivery (pure);
 //! - [`auth`]: the auth HTTP API;
-//! - [`connection`]: the socket task (ids, pushes, keep-alive, reconnect);
+//! - [`link`]: the socket to the gateway — a sans-I/O [`link::machine`]
+//!   (ids, pushes, gap filling) inside a shell of I/O (keep-alive, reconnect);
 //! - [`session`]: one command in, what to show out — what tests drive;
 //! - [`repl`] and [`script`]: the interactive and non-interactive shells.
 
 pub mod auth;
 pub mod cli;
 pub mod command;
-pub mod connection;
+pub mod link;
 pub mod render;
 pub mod repl;
 pub mod script;

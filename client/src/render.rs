@@ -76,8 +76,9 @@ pub enum Event {
         /// Messages not yet read.
         unread: i64,
     },
-    /// The socket dropped; the next try is in `retry_in`.
-    ConnectionLost {
+    /// The link (the socket to the gateway) dropped; the next try is in
+    /// `retry_in`.
+    LinkLost {
         /// Why, briefly.
         reason: String,
         /// When the client tries again.
@@ -194,7 +195,7 @@ pub fn render(event: &Event, p: &Palette) -> String {
             };
             format!("{channel_id} {title} ({head_count} {members}, {unread} unread)")
         }
-        Event::ConnectionLost { reason, retry_in } => format!(
+        Event::LinkLost { reason, retry_in } => format!(
             "{} connection lost ({reason}); reconnecting in {:.1}s",
             "*".style(p.notice),
             retry_in.as_secs_f64()
@@ -317,7 +318,7 @@ mod tests {
                 "bob is typing…",
             ),
             (
-                Event::ConnectionLost {
+                Event::LinkLost {
                     reason: "server draining".into(),
                     retry_in: Duration::from_millis(500),
                 },

@@ -6,7 +6,7 @@
 use crate::auth::AuthClient;
 use crate::cli::Endpoints;
 use crate::command::{COMMANDS, Command, ParseError, parse, spec};
-use crate::connection::{CallError, Connection};
+use crate::link::{CallError, Link};
 use crate::render::Event;
 use crate::state::SharedView;
 use natter_protocol::ChannelId;
@@ -77,7 +77,7 @@ impl Output {
 struct LoggedIn {
     username: String,
     token: String,
-    connection: Connection,
+    link: Link,
 }
 
 /// One user's client session.
@@ -125,17 +125,13 @@ impl Session {
     /// Closes the socket (without logging out).
     pub async fn close(&mut self) {
         if let Some(login) = self.login.take() {
-            login.connection.close().await;
+            login.link.close().await;
         }
     }
 
     /// Runs one command.
     pub async fn execute(&mut self, command: Command) -> Output {
-        if self
-            .login
-            .as_ref()
-            .is_some_and(|l| !l.connection.is_alive())
-        {
+        if self.login.as_ref().is_some_and(|l| !l.link.is_alive()) {
             self.forget_login();
         }
         match command {
@@ -178,13 +174,13 @@ impl Session {
             Ok(t) => t.token,
             Err(e) => return Output::error(e),
         };
-        match Connection::open(&self.ws_url, &token, self.events.clone(), self.view.clone()).await {
-            Ok(connection) => {
+        match Link::open(&self.ws_url, &token, self.events.clone(), self.view.clone()).await {
+            Ok(link) => {
                 self.view.set_user(Some(username.to_owned()));
                 self.login = Some(LoggedIn {
                     username: username.to_owned(),
                     token,
-                    connection,
+                    link,
                 });
                 Output::info(format!("logged in as {username}"))
             }
@@ -203,7 +199,7 @@ impl Session {
         let Some(login) = self.login.take() else {
             return Output::error("you are not logged in");
         };
-        login.connection.close().await;
+        login.link.close().await;
         self.forget_login();
         match self.auth.logout(&login.token).await {
             Ok(()) => Output::info(format!("logged out {}", login.username)),
@@ -215,7 +211,7 @@ impl Session {
         let Some(login) = self.login.take() else {
             return Output::error("log in first: /login <username> <password>");
         };
-        login.connection.close().await;
+        login.link.close().await;
         self.forget_login();
         match self.auth.unregister(&login.token).await {
             Ok(()) => Output::info(format!("account {} deleted", login.username)),
@@ -244,18 +240,18 @@ impl Session {
         let Some(login) = &self.login else {
             return Ok(Output::error("log in first: /login <username> <password>"));
         };
-        let conn = &login.connection;
+        let link = &login.link;
         let view = &self.view;
         let output = match command {
             Command::UserInviteCode => {
-                let r: UserInviteCode = conn.call_as(Request::FetchUserInviteCode).await?;
+                let r: UserInviteCode = link.call_as(Request::FetchUserInviteCode).await?;
                 Output::info(format!(
                     "your invite code: {} (others connect with /invite {})",
                     r.invite_code, r.invite_code
                 ))
             }
             Command::ChannelInviteCode(channel_id) => {
-                let r: ChannelInviteCode = conn
+                let r: ChannelInviteCode = link
                     .call_as(Request::FetchChannelInviteCode { channel_id })
                     .await?;
                 Output::info(format!(
@@ -264,7 +260,7 @@ impl Session {
                 ))
             }
             Command::Invite(invite_code) => {
-                let r: ConnectionChange = conn.call_as(Request::Invite { invite_code }).await?;
+                let r: ConnectionChange = link.call_as(Request::Invite { invite_code }).await?;
                 view.learn_user(&r.username);
                 Output::info(format!(
                     "invited {}; they can /accept {}",
@@ -272,21 +268,21 @@ impl Session {
                 ))
             }
             Command::Accept(username) => {
-                let r: ConnectionChange = conn.call_as(Request::Accept { username }).await?;
+                let r: ConnectionChange = link.call_as(Request::Accept { username }).await?;
                 view.learn_user(&r.username);
                 Output::info(format!("you are now connected with {}", r.username))
             }
             Command::Reject(username) => {
-                let r: ConnectionChange = conn.call_as(Request::Reject { username }).await?;
+                let r: ConnectionChange = link.call_as(Request::Reject { username }).await?;
                 Output::info(format!("rejected the invitation from {}", r.username))
             }
             Command::Disconnect(username) => {
-                let r: ConnectionChange = conn.call_as(Request::Disconnect { username }).await?;
+                let r: ConnectionChange = link.call_as(Request::Disconnect { username }).await?;
                 Output::info(format!("disconnected from {}", r.username))
             }
             Command::Connections => {
                 list_connections(
-                    conn,
+                    link,
                     view,
                     ConnectionFilter::Accepted,
                     "no connections yet; /invite-code user shows the code to share",
@@ -295,7 +291,7 @@ impl Session {
             }
             Command::Pending => {
                 list_connections(
-                    conn,
+                    link,
                     view,
                     ConnectionFilter::Pending,
                     "no pending invitations",
@@ -303,7 +299,7 @@ impl Session {
                 .await?
             }
             Command::Channels => {
-                let r: Channels = conn.call_as(Request::FetchChannels).await?;
+                let r: Channels = link.call_as(Request::FetchChannels).await?;
                 if r.channels.is_empty() {
                     Output::info("no channels yet; /create <title> <username> makes one")
                 } else {
@@ -324,7 +320,7 @@ impl Session {
                 }
             }
             Command::Create { title, usernames } => {
-                let r: ChannelCreated = conn.call_as(Request::Create { title, usernames }).await?;
+                let r: ChannelCreated = link.call_as(Request::Create { title, usernames }).await?;
                 view.learn_channel(r.channel_id);
                 Output::info(format!(
                     "created {} (channel {}, {} members); /enter {}",
@@ -332,7 +328,7 @@ impl Session {
                 ))
             }
             Command::Join(invite_code) => {
-                let r: ChannelCreated = conn.call_as(Request::Join { invite_code }).await?;
+                let r: ChannelCreated = link.call_as(Request::Join { invite_code }).await?;
                 view.learn_channel(r.channel_id);
                 Output::info(format!(
                     "joined {} (channel {}, {} members); /enter {}",
@@ -340,7 +336,7 @@ impl Session {
                 ))
             }
             Command::Enter(channel_id) => {
-                let outcome = conn.enter(channel_id, PAGE).await?;
+                let outcome = link.enter(channel_id, PAGE).await?;
                 let Entered {
                     channel_id,
                     title,
@@ -358,7 +354,7 @@ impl Session {
             }
             Command::Leave => {
                 let left = view.snapshot().channel;
-                conn.call(Request::Leave).await?;
+                link.call(Request::Leave).await?;
                 self.oldest_shown = None;
                 match left {
                     Some((_, title)) => Output::info(format!("left {title}")),
@@ -366,7 +362,7 @@ impl Session {
                 }
             }
             Command::Quit(channel_id) => {
-                let r: Quit = conn.call_as(Request::Quit { channel_id }).await?;
+                let r: Quit = link.call_as(Request::Quit { channel_id }).await?;
                 if self.oldest_shown.is_some_and(|(c, _)| c == r.channel_id) {
                     self.oldest_shown = None;
                 }
@@ -382,7 +378,7 @@ impl Session {
                 if oldest <= 1 {
                     return Ok(Output::info("no older messages"));
                 }
-                let r: Messages = conn
+                let r: Messages = link
                     .call_as(Request::FetchMessages {
                         channel_id,
                         after_seq: None,
@@ -403,7 +399,7 @@ impl Session {
                 let Some((channel_id, title)) = snapshot.channel else {
                     return Ok(not_in_channel());
                 };
-                conn.call(Request::Read {
+                link.call(Request::Read {
                     channel_id,
                     seq: snapshot.last_seen,
                 })
@@ -414,7 +410,7 @@ impl Session {
                 let Some((channel_id, _)) = view.snapshot().channel else {
                     return Ok(not_in_channel());
                 };
-                let written = write(conn, channel_id, content.clone()).await?;
+                let written = write(link, channel_id, content.clone()).await?;
                 Output::ok(vec![Event::Message {
                     channel_id,
                     seq: written.seq,
@@ -438,32 +434,28 @@ impl Session {
 
 /// Writes a message; one retry with the same `client_msg_id` when the
 /// server was too slow to say, which the protocol makes safe.
-async fn write(
-    conn: &Connection,
-    channel_id: ChannelId,
-    content: String,
-) -> Result<Written, CallError> {
+async fn write(link: &Link, channel_id: ChannelId, content: String) -> Result<Written, CallError> {
     let request = Request::WriteMessage {
         channel_id,
         client_msg_id: uuid::Uuid::new_v4().to_string(),
         content,
     };
-    match conn.call_as(request.clone()).await {
+    match link.call_as(request.clone()).await {
         Err(CallError::Server {
             code: ErrorCode::Unavailable,
             ..
-        }) => conn.call_as(request).await,
+        }) => link.call_as(request).await,
         other => other,
     }
 }
 
 async fn list_connections(
-    conn: &Connection,
+    link: &Link,
     view: &SharedView,
     status: ConnectionFilter,
     empty: &str,
 ) -> Result<Output, CallError> {
-    let r: Connections = conn.call_as(Request::FetchConnections { status }).await?;
+    let r: Connections = link.call_as(Request::FetchConnections { status }).await?;
     if r.connections.is_empty() {
         return Ok(Output::info(empty));
     }

@@ -1,4 +1,4 @@
-//! A dropped connection: the client says so, reconnects with backoff,
+//! A dropped link: the client says so, reconnects with backoff,
 //! re-enters its channel and shows what it missed — once.
 
 use crate::support::{Client, word_after};
@@ -74,9 +74,7 @@ async fn a_dropped_socket_reconnects_and_fills_the_gap_without_duplicates() {
 
     proxy.cut_all();
     alice
-        .push("connection lost", |e| {
-            matches!(e, Event::ConnectionLost { .. })
-        })
+        .push("connection lost", |e| matches!(e, Event::LinkLost { .. }))
         .await;
     bob.ok("while away 1").await;
     bob.ok("while away 2").await;
@@ -122,11 +120,9 @@ async fn a_draining_gateway_is_announced_and_the_client_reconnects() {
     alice.ok("/login alice correct-horse-battery").await;
     app.stop_part(natter_testkit::Part::Gateway).await;
     let lost = alice
-        .push("connection lost", |e| {
-            matches!(e, Event::ConnectionLost { .. })
-        })
+        .push("connection lost", |e| matches!(e, Event::LinkLost { .. }))
         .await;
-    let Event::ConnectionLost { reason, .. } = lost else {
+    let Event::LinkLost { reason, .. } = lost else {
         unreachable!()
     };
     assert!(reason.starts_with("server restarting"), "{reason}");
