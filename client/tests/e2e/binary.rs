@@ -1,7 +1,7 @@
 //! The real `natter` binary: `--help`, `-c` commands and stdin scripts.
 
 use crate::support::{Client, PUSH_WAIT, word_after};
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};

@@ -3,7 +3,7 @@
 
 use crate::support::{Client, PASSWORD, channel_id, word_after};
 use natter_client::render::Event;
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use std::time::Duration;
 
 #[tokio::test]

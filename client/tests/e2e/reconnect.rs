@@ -4,7 +4,7 @@
 use crate::support::{Client, word_after};
 use natter_client::cli::Endpoints;
 use natter_client::render::Event;
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -47,7 +47,7 @@ impl Proxy {
 #[tokio::test]
 async fn a_dropped_socket_reconnects_and_fills_the_gap_without_duplicates() {
     let app = TestApp::spawn().await;
-    let proxy = Proxy::start(app.addr(natter_testkit::Part::Gateway)).await;
+    let proxy = Proxy::start(app.addr(natter_server::Service::Gateway)).await;
     let mut alice = Client::new(
         "alice",
         &Endpoints {
@@ -108,7 +108,7 @@ async fn a_dropped_socket_reconnects_and_fills_the_gap_without_duplicates() {
 #[tokio::test]
 async fn a_draining_gateway_is_announced_and_the_client_reconnects() {
     let mut app = TestApp::spawn().await;
-    let proxy = Proxy::start(app.addr(natter_testkit::Part::Gateway)).await;
+    let proxy = Proxy::start(app.addr(natter_server::Service::Gateway)).await;
     let mut alice = Client::new(
         "alice",
         &Endpoints {
@@ -118,7 +118,7 @@ async fn a_draining_gateway_is_announced_and_the_client_reconnects() {
     );
     alice.ok("/register alice correct-horse-battery").await;
     alice.ok("/login alice correct-horse-battery").await;
-    app.stop_part(natter_testkit::Part::Gateway).await;
+    app.stop_part(natter_server::Service::Gateway).await;
     let lost = alice
         .push("connection lost", |e| matches!(e, Event::LinkLost { .. }))
         .await;

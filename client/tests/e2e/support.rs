@@ -3,7 +3,7 @@
 use natter_client::cli::Endpoints;
 use natter_client::render::{Event, Palette, render};
 use natter_client::session::{Output, Session};
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use std::time::Duration;
 use tokio::sync::mpsc;
 

@@ -3,7 +3,7 @@
 //! stand in front of auth and the gateway, and the real binary trusts that
 //! CA through `SSL_CERT_FILE`, the way it trusts a system store.
 
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,8 +57,8 @@ async fn terminator(config: Arc<ServerConfig>, backend: SocketAddr) -> u16 {
 async fn the_client_talks_to_natter_over_https_and_wss() {
     let app = TestApp::spawn().await;
     let (ca_pem, config) = certificates();
-    let auth = terminator(config.clone(), app.addr(natter_testkit::Part::Auth)).await;
-    let gateway = terminator(config, app.addr(natter_testkit::Part::Gateway)).await;
+    let auth = terminator(config.clone(), app.addr(natter_server::Service::Auth)).await;
+    let gateway = terminator(config, app.addr(natter_server::Service::Gateway)).await;
     let dir = std::env::temp_dir().join(format!("natter-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let ca_file = dir.join("ca.pem");

@@ -3,7 +3,7 @@
 //! survives.
 
 use crate::support::{Client, word_after};
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -109,10 +109,16 @@ pub struct Config {
     #[arg(long, env = "NATTER_WS_MAX_SOCKETS", default_value_t = 250_000)]
     pub ws_max_sockets: usize,
 
-    /// Gateway: seconds between turning unready on SIGTERM and draining
-    /// sockets, so load balancers stop sending new ones first.
+    /// Seconds between turning unready on SIGTERM and no longer taking
+    /// work (the gateway: draining its sockets), so load balancers stop
+    /// sending new work first.
     #[arg(long, env = "NATTER_DRAIN_DELAY_SECS", default_value_t = 0)]
     pub drain_delay_secs: u64,
+
+    /// Seconds a stopping service gives its in-flight work (requests,
+    /// sockets, events) and background tasks before it exits anyway.
+    #[arg(long, env = "NATTER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 
     /// Seconds a forwarded request waits for the message service before
     /// answering `unavailable`.
@@ -185,6 +191,7 @@ mod tests {
         assert_eq!(c.token_ttl_secs, 3600);
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
+        assert_eq!(c.shutdown_grace_secs, 10);
     }
 
     #[test]

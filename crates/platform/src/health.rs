@@ -1,6 +1,7 @@
-//! `/healthz` (alive) and `/readyz` (dependencies answer and not draining),
-//! served by every service on its own port.
+//! `/healthz` (alive) and `/readyz` (dependencies answer, no background
+//! task died, not draining), served by every service on its own port.
 
+use crate::lifecycle::Readiness;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -60,26 +61,29 @@ impl Dependencies {
 #[derive(Clone)]
 struct HealthState {
     deps: Dependencies,
-    draining: CancellationToken,
+    readiness: Readiness,
 }
 
-/// The two endpoints; `draining` is cancelled when the service stops
-/// accepting work, which turns `/readyz` to 503 so load balancers move on.
-pub fn router(deps: Dependencies, draining: CancellationToken) -> Router {
+/// The two endpoints. `/readyz` answers 503 `draining` once shutdown has
+/// begun, so load balancers move on, and 503 `unavailable` naming what
+/// fails: a dependency that does not answer or a background task that
+/// died.
+pub fn router(deps: Dependencies, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .with_state(HealthState { deps, draining })
+        .with_state(HealthState { deps, readiness })
 }
 
 async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
-    if state.draining.is_cancelled() {
+    if state.readiness.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),
         );
     }
-    let failing = state.deps.failing().await;
+    let mut failing = state.deps.failing().await;
+    failing.extend(state.readiness.dead_tasks());
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
@@ -98,10 +102,10 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
 pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
-    draining: CancellationToken,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(deps, draining))
+    axum::serve(listener, router(deps, readiness))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -14,6 +14,7 @@ mod store;
 use anyhow::Context;
 use axum::Router;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, db, http_error, nats};
 use natter_protocol::limits::MAX_HTTP_BODY_BYTES;
@@ -50,19 +51,18 @@ pub(crate) struct AppState {
 pub struct Auth {
     listener: TcpListener,
     router: Router,
-    draining: CancellationToken,
+    lifecycle: Lifecycle,
     /// For the pruning of old login failures.
     pool: PgPool,
 }
 
-impl Auth {
-    /// Connects to Postgres and NATS and binds `config.auth_addr` (port 0
-    /// picks a free port: see [`Auth::local_addr`]).
+impl Runnable for Auth {
+    /// Connects to Postgres and NATS and binds `config.auth_addr`.
     ///
     /// # Errors
     /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
     /// the address cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let secret = config
             .jwt_secret
             .as_deref()
@@ -77,15 +77,14 @@ impl Auth {
             ns: config.namespace(),
             passwords: Arc::new(password::Hasher::new()?),
         };
-        let pool = state.pool.clone();
-        let draining = CancellationToken::new();
+        let lifecycle = Lifecycle::new("auth", config);
         let deps = Dependencies {
             postgres: Some(pool.clone()),
             nats: Some(nats),
             redis: None,
         };
         let router = routes::router(state)
-            .merge(health::router(deps, draining.clone()))
+            .merge(health::router(deps, lifecycle.readiness()))
             .fallback(http_error::not_found)
             .layer(RequestBodyLimitLayer::new(MAX_HTTP_BODY_BYTES))
             // Outermost, so even the body limit's own 413 gets a JSON body.
@@ -97,37 +96,32 @@ impl Auth {
         Ok(Self {
             listener,
             router,
-            draining,
+            lifecycle,
             pool,
         })
     }
 
-    /// Where it listens.
-    ///
-    /// # Errors
-    /// If the socket has no address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`, then finishes in-flight requests (bounded).
+    /// Serves until `shutdown`; then stops taking requests and finishes
+    /// those in flight within the grace period.
     ///
     /// # Errors
     /// When the server fails.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "auth listening");
-        let pruning = tokio::spawn(prune_login_failures(self.pool, shutdown.clone()));
-        let draining = self.draining.clone();
-        let stop = shutdown.clone();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            draining.cancel();
-        });
-        let served = run_with_grace(server.into_future(), &shutdown).await;
-        if let Err(e) = pruning.await {
-            tracing::error!(error = %e, "the login failure pruner panicked");
-        }
-        served
+        let lifecycle = self.lifecycle;
+        lifecycle.spawn(
+            "login failure pruner",
+            prune_login_failures(self.pool, lifecycle.background()),
+        );
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(lifecycle.intake().cancelled_owned());
+        lifecycle
+            .run(shutdown, async move { server.await.context("auth server") })
+            .await
     }
 }
 
@@ -135,15 +129,15 @@ impl Auth {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes login failures older than the rate-limit window every
-/// [`PRUNE_EVERY`] (the first time at start) until `shutdown`. Every
+/// [`PRUNE_EVERY`] (the first time at start) until `stop`. Every
 /// replica does it; the deletes are idempotent.
-async fn prune_login_failures(pool: PgPool, shutdown: CancellationToken) {
+async fn prune_login_failures(pool: PgPool, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         }
         match store::prune_login_failures(&pool).await {
             Ok(0) => {}
@@ -151,34 +145,4 @@ async fn prune_login_failures(pool: PgPool, shutdown: CancellationToken) {
             Err(e) => tracing::warn!(error = ?e, "pruning login failures failed"),
         }
     }
-}
-
-/// Runs a server future; after `shutdown` gives in-flight work
-/// [`GRACE`] before giving up on it.
-async fn run_with_grace(
-    server: impl std::future::Future<Output = std::io::Result<()>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => return Ok(r?),
-        () = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(GRACE, server).await {
-        Ok(r) => Ok(r?),
-        Err(_) => {
-            tracing::warn!("auth: in-flight requests outlived the grace period");
-            Ok(())
-        }
-    }
-}
-
-const GRACE: Duration = Duration::from_secs(10);
-
-/// Builds and runs auth until `shutdown`.
-///
-/// # Errors
-/// As [`Auth::build`] and [`Auth::run`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Auth::build(&config).await?.run(shutdown).await
 }

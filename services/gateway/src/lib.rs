@@ -23,6 +23,7 @@ use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, cache, http_error, nats};
 use natter_protocol::frames::ServerFrame;
@@ -65,8 +66,8 @@ pub(crate) struct Shared {
     pub presence: presence::Presence,
     /// Limits and timings.
     pub settings: Settings,
-    /// Cancelled when the gateway stops taking sockets.
-    pub draining: CancellationToken,
+    /// Draining once shutdown begins: new sockets are refused with 503.
+    pub readiness: Readiness,
     /// Bounds the number of sockets.
     pub sockets: Arc<Semaphore>,
     /// Tracks socket tasks, to wait for them on shutdown.
@@ -80,19 +81,24 @@ pub struct Gateway {
     js: async_nats::jetstream::Context,
     ns: Namespace,
     deps: Dependencies,
-    drain_delay: Duration,
+    lifecycle: Lifecycle,
 }
 
-/// How long sockets get to close on shutdown.
-const GRACE: Duration = Duration::from_secs(10);
-
 impl Gateway {
+    /// This gateway's id.
+    #[must_use]
+    pub fn gateway_id(&self) -> &str {
+        &self.shared.gateway_id
+    }
+}
+
+impl Runnable for Gateway {
     /// Connects to NATS and Redis and binds `config.gateway_addr`.
     ///
     /// # Errors
     /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
     /// the port cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let secret = config
             .jwt_secret
             .as_deref()
@@ -109,6 +115,7 @@ impl Gateway {
         let listener = TcpListener::bind(config.gateway_addr)
             .await
             .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
+        let lifecycle = Lifecycle::new("gateway", config);
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
@@ -124,7 +131,7 @@ impl Gateway {
                 burst: config.ws_burst,
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
             },
-            draining: CancellationToken::new(),
+            readiness: lifecycle.readiness(),
             sockets: Arc::new(Semaphore::new(config.ws_max_sockets)),
             tracker: TaskTracker::new(),
             nats: nats.clone(),
@@ -139,86 +146,77 @@ impl Gateway {
                 nats: Some(nats),
                 redis: Some(redis),
             },
-            drain_delay: Duration::from_secs(config.drain_delay_secs),
+            lifecycle,
         })
     }
 
-    /// Where it listens.
-    ///
-    /// # Errors
-    /// If the socket has no address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// This gateway's id.
-    #[must_use]
-    pub fn gateway_id(&self) -> &str {
-        &self.shared.gateway_id
-    }
-
     /// Serves until `shutdown`, then drains: turns unready, waits the
-    /// drain delay, sends `reconnect` and closes every socket with 1012,
-    /// clears its presence, and returns within the grace period.
+    /// drain delay, stops accepting, sends `reconnect` and closes every
+    /// socket with 1012 within the grace period, stops following
+    /// revocations, deliveries and the heartbeat, and clears its presence.
     ///
     /// # Errors
     /// When subscribing fails or the server fails.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
-        let background = CancellationToken::new();
+        let lifecycle = self.lifecycle;
         let revocations = revocations::follow(
             self.js,
             &self.ns,
             shared.revoked.clone(),
             shared.registry.clone(),
-            background.clone(),
+            lifecycle.background(),
         )
         .await?;
+        lifecycle.watch("revocation follower", revocations);
         let deliveries = deliveries::listen(
             &shared.nats,
             self.ns.gateway_subject(&shared.gateway_id),
             shared.registry.clone(),
-            background.clone(),
+            lifecycle.background(),
         )
         .await?;
+        lifecycle.watch("delivery listener", deliveries);
         let heartbeat = shared
             .presence
             .clone()
-            .start_heartbeat(shared.registry.clone(), background.clone())
+            .start_heartbeat(shared.registry.clone(), lifecycle.background())
             .await
             .context("registering the gateway in Redis")?;
+        lifecycle.watch("presence heartbeat", heartbeat);
 
         let router = Router::new()
             .route(paths::WEBSOCKET, get(upgrade::upgrade))
             .with_state(shared.clone())
-            .merge(health::router(self.deps, shared.draining.clone()))
+            .merge(health::router(self.deps, lifecycle.readiness()))
             .fallback(http_error::not_found)
             .layer(axum::middleware::map_response(http_error::json_errors));
         tracing::info!(addr = %self.listener.local_addr()?, gateway_id = %shared.gateway_id, "gateway listening");
 
-        let stop_accepting = CancellationToken::new();
+        let intake = lifecycle.intake();
         let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-        let server = tokio::spawn(server.into_future());
-
-        shutdown.cancelled().await;
-        shared.draining.cancel();
-        tokio::time::sleep(self.drain_delay).await;
-        stop_accepting.cancel();
-        drain(&shared).await;
-        background.cancel();
+            .with_graceful_shutdown(intake.clone().cancelled_owned())
+            .into_future();
+        let sockets = async {
+            intake.cancelled().await;
+            drain(&shared).await;
+            Ok(())
+        };
+        let work = async {
+            tokio::try_join!(async { server.await.context("gateway server") }, sockets).map(|_| ())
+        };
+        let stopped = lifecycle.run(shutdown, work).await;
         shared.presence.retire().await;
-        for task in [revocations, deliveries, heartbeat] {
-            let _ = task.await;
-        }
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), server).await {
-            return Err(e).context("gateway server");
-        }
-        Ok(())
+        stopped
     }
 }
 
-/// Tells every socket to reconnect elsewhere and waits for them to close.
+/// Tells every socket to reconnect elsewhere and waits for them to close
+/// (the lifecycle's grace period bounds the wait).
 async fn drain(shared: &Shared) {
     let frame = Utf8Bytes::from(
         ServerFrame::Reconnect {
@@ -234,12 +232,7 @@ async fn drain(shared: &Shared) {
     });
     tracing::info!(sockets = closed, "draining");
     shared.tracker.close();
-    if tokio::time::timeout(GRACE, shared.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sockets outlived the grace period");
-    }
+    shared.tracker.wait().await;
 }
 
 /// 200,000 sockets need as many file descriptors: raise the soft limit
@@ -249,12 +242,4 @@ fn raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
-}
-
-/// Builds and runs the gateway until `shutdown`.
-///
-/// # Errors
-/// As [`Gateway::build`] and [`Gateway::run`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Gateway::build(&config).await?.run(shutdown).await
 }

@@ -35,7 +35,7 @@ pub(crate) async fn upgrade(
     if shared.revoked.contains(claims.session_id()) {
         return unauthorized();
     }
-    if shared.draining.is_cancelled() {
+    if shared.readiness.is_draining() {
         return ApiError::new(
             ErrorCode::Unavailable,
             "gateway is shutting down; reconnect",

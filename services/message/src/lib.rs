@@ -20,13 +20,13 @@ mod store;
 mod writer;
 
 use anyhow::Context;
-use natter_platform::health::{self, Dependencies};
+use natter_platform::health::Dependencies;
+use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use error::DomainError;
 
@@ -63,15 +63,16 @@ pub struct Message {
     health_listener: TcpListener,
     deps: Dependencies,
     writes: writer::Queue,
+    lifecycle: Lifecycle,
 }
 
-impl Message {
+impl Runnable for Message {
     /// Connects to Postgres, NATS and Redis, declares the streams and binds the
     /// health port.
     ///
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = db::connect(&config.database_url, config.database_pool).await?;
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
@@ -103,58 +104,42 @@ impl Message {
             health_listener,
             deps,
             writes,
+            lifecycle: Lifecycle::new("message", config),
         })
     }
 
     /// Where `/healthz` and `/readyz` answer.
-    ///
-    /// # Errors
-    /// If the socket has no address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.health_listener.local_addr()
     }
 
-    /// Serves until `shutdown`: stops taking requests, lets in-flight ones
-    /// finish (bounded), stops the writer and the relay.
+    /// Serves until `shutdown`: turns unready, stops taking requests, lets
+    /// in-flight ones (and the writes they queued) finish within the grace
+    /// period, then stops the relay.
     ///
     /// # Errors
     /// When subscribing fails.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "message serving health");
-        let tasks = TaskTracker::new();
-        let draining = CancellationToken::new();
-        tasks.spawn(relay::run(
-            self.state.pool.clone(),
-            self.js.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(writer::run(
-            self.state.pool.clone(),
-            self.state.ns.clone(),
-            self.writes,
-        ));
-        tasks.spawn(health::serve(
-            self.health_listener,
-            self.deps,
-            draining.clone(),
-            shutdown.clone(),
-        ));
-        let served = rpc::serve(self.state, shutdown.clone()).await;
-        draining.cancel();
-        tasks.close();
-        if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!("message: background work outlived the grace period");
-        }
-        served
+        let lifecycle = self.lifecycle;
+        lifecycle.serve_health(self.health_listener, self.deps);
+        lifecycle.spawn(
+            "outbox relay",
+            relay::run(
+                self.state.pool.clone(),
+                self.js.clone(),
+                lifecycle.background(),
+            ),
+        );
+        // It stops by itself once the last request holding a `Writer` is
+        // done, after committing what they queued.
+        lifecycle.spawn(
+            "message writer",
+            writer::run(self.state.pool.clone(), self.state.ns.clone(), self.writes),
+        );
+        let intake = lifecycle.intake();
+        lifecycle
+            .run(shutdown, rpc::serve(self.state, intake))
+            .await
     }
-}
-
-const GRACE: Duration = Duration::from_secs(10);
-
-/// Builds and runs the message service until `shutdown`.
-///
-/// # Errors
-/// As [`Message::build`] and [`Message::run`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Message::build(&config).await?.run(shutdown).await
 }

@@ -20,14 +20,15 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use natter_platform::lifecycle::Supervisor;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::Event;
 use natter_protocol::subjects::Namespace;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Deliveries of one event before JetStream gives up on it; push
@@ -89,14 +90,16 @@ pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<P
 }
 
 /// Pulls and handles events until `shutdown`, then lets the workers finish
-/// what they hold (the caller bounds how long).
+/// what they hold (the caller bounds how long). The workers run under
+/// `supervisor`: one that dies turns the service unready at once.
 pub async fn run(
     consumer: PullConsumer,
     js: jetstream::Context,
     fanout: Fanout,
+    supervisor: &Supervisor,
     shutdown: CancellationToken,
 ) {
-    let mut workers = JoinSet::new();
+    let workers = TaskTracker::new();
     let mut queues = Vec::with_capacity(WORKERS);
     for _ in 0..WORKERS {
         let (tx, rx) = mpsc::channel(WORKER_QUEUE);
@@ -106,7 +109,7 @@ pub async fn run(
             js: js.clone(),
             shutdown: shutdown.clone(),
         };
-        workers.spawn(worker.run(rx));
+        supervisor.spawn("push worker", workers.track_future(worker.run(rx)));
     }
     while !shutdown.is_cancelled() {
         let batch = consumer
@@ -130,9 +133,9 @@ pub async fn run(
             match next {
                 Ok(msg) => {
                     let queue = &queues[shard(&msg.subject, queues.len())];
-                    if queue.send(msg).await.is_err() {
-                        tracing::error!("a push worker stopped");
-                    }
+                    // A dead worker is logged and reported by the
+                    // supervisor; its events return after `ack_wait`.
+                    let _ = queue.send(msg).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "pull request ended with an error");
@@ -142,11 +145,8 @@ pub async fn run(
         }
     }
     drop(queues);
-    while let Some(done) = workers.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "a push worker panicked");
-        }
-    }
+    workers.close();
+    workers.wait().await;
 }
 
 /// The worker of a subject: the same subject always maps to the same one.

@@ -24,7 +24,8 @@ use anyhow::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use fanout::Fanout;
 use membership::Membership;
-use natter_platform::health::{self, Dependencies};
+use natter_platform::health::Dependencies;
+use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::{Config, cache, db, nats};
 use presence::PresenceStore;
 pub use replay::{ReplayFrom, replay};
@@ -32,10 +33,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// How long in-flight events may take to finish after shutdown; past it
-/// they are left unacknowledged and JetStream redelivers them.
-const GRACE: Duration = Duration::from_secs(10);
 
 /// A bound, ready-to-run push service.
 pub struct Push {
@@ -47,16 +44,17 @@ pub struct Push {
     typing: async_nats::Subscriber,
     listener: TcpListener,
     deps: Dependencies,
+    lifecycle: Lifecycle,
 }
 
-impl Push {
+impl Runnable for Push {
     /// Connects to Postgres, NATS and Redis, declares the streams and the
     /// durable consumer, subscribes to typing notices, and binds the health
     /// port.
     ///
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let ns = config.namespace();
         let pool = db::connect(&config.database_url, config.database_pool).await?;
         let client = nats::connect(&config.nats_url, "natter-push").await?;
@@ -91,68 +89,49 @@ impl Push {
                 nats: Some(client),
                 redis: Some(redis),
             },
+            lifecycle: Lifecycle::new("push", config),
         })
     }
 
     /// Where `/healthz` and `/readyz` answer.
-    ///
-    /// # Errors
-    /// If the socket has no address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Fans events out until `shutdown`, then finishes in-flight events
-    /// (bounded by `GRACE`); `/readyz` turns 503 as soon as it drains.
+    /// Fans events out until `shutdown`; then turns unready, stops pulling
+    /// and finishes in-flight events within the grace period (past it they
+    /// are left unacknowledged and JetStream redelivers them).
     ///
     /// # Errors
     /// When subscribing to membership invalidations fails.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "push serving health");
-        let stopped = CancellationToken::new();
-        let health = tokio::spawn(health::serve(
-            self.listener,
-            self.deps,
-            shutdown.clone(),
-            stopped.clone(),
-        ));
         let invalidations = self
             .fanout
             .nats
             .subscribe(self.fanout.ns.membership_subject())
             .await
             .context("subscribing to membership invalidations")?;
-        let follower = tokio::spawn(fanout::follow_invalidations(
-            invalidations,
-            self.fanout.membership.clone(),
-            stopped.clone(),
-        ));
-        let typing = tokio::spawn(fanout::follow_typing(
-            self.typing,
-            self.fanout.clone(),
-            shutdown.clone(),
-        ));
-        let consuming = consumer::run(self.consumer, self.js, self.fanout, shutdown.clone());
-        tokio::select! {
-            () = consuming => {}
-            () = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(GRACE).await;
-            } => tracing::warn!("push: in-flight events outlived the grace period"),
-        }
-        stopped.cancel();
-        typing.await.context("typing follower")?;
-        follower.await.context("invalidation follower")?;
-        health.await.context("health server")??;
-        tracing::info!("push stopped");
-        Ok(())
+        let lifecycle = self.lifecycle;
+        lifecycle.serve_health(self.listener, self.deps);
+        lifecycle.spawn(
+            "invalidation follower",
+            fanout::follow_invalidations(
+                invalidations,
+                self.fanout.membership.clone(),
+                lifecycle.background(),
+            ),
+        );
+        lifecycle.spawn(
+            "typing follower",
+            fanout::follow_typing(self.typing, self.fanout.clone(), lifecycle.intake()),
+        );
+        let supervisor = lifecycle.supervisor();
+        let intake = lifecycle.intake();
+        let consuming = async move {
+            consumer::run(self.consumer, self.js, self.fanout, &supervisor, intake).await;
+            Ok(())
+        };
+        lifecycle.run(shutdown, consuming).await
     }
-}
-
-/// Builds and runs push until `shutdown`.
-///
-/// # Errors
-/// As [`Push::build`] and [`Push::run`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Push::build(&config).await?.run(shutdown).await
 }

@@ -3,12 +3,13 @@
 //! `natter-server auth|gateway|message|push` runs one service (one per
 //! pod in Kubernetes); `natter-server all` runs the four in one process for
 //! development, creating and migrating the database first; `natter-server
-//! migrate` only migrates (a helm hook Job).
+//! migrate` only migrates (a helm hook Job). This file only reads the
+//! command line and starts telemetry: the library (`lib.rs`) knows the
+//! services.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use natter_platform::{Config, db, shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
+use natter_platform::{Config, shutdown, telemetry};
+use natter_server::Service;
 
 /// mimalloc keeps the gateway's many small per-socket allocations compact
 /// (measured by bench/run: fewer bytes per idle socket than glibc's malloc,
@@ -26,7 +27,7 @@ struct Cli {
     config: Config,
 }
 
-#[derive(Subcommand, Clone, PartialEq, Eq)]
+#[derive(Subcommand)]
 enum Command {
     /// Create the database if needed and apply migrations, then exit.
     Migrate,
@@ -59,46 +60,43 @@ fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
         .map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
 
+impl Command {
+    /// Who is logging, in logs and traces.
+    fn log_name(&self) -> &'static str {
+        match self {
+            Self::Migrate => "natter-migrate",
+            Self::Auth => "natter-auth",
+            Self::Gateway => "natter-gateway",
+            Self::Message => "natter-message",
+            Self::Push => "natter-push",
+            Self::All => "natter",
+            Self::Replay { .. } => "natter-replay",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
-    let service = match cli.command {
-        Command::Migrate => "natter-migrate",
-        Command::Auth => "natter-auth",
-        Command::Gateway => "natter-gateway",
-        Command::Message => "natter-message",
-        Command::Push => "natter-push",
-        Command::All => "natter",
-        Command::Replay { .. } => "natter-replay",
-    };
-    let telemetry = telemetry::init(cli.config.log_format, service);
+    let cli = Cli::parse();
+    let telemetry = telemetry::init(cli.config.log_format, cli.command.log_name());
     let stop = shutdown::on_signal();
-    let result = match cli.command.clone() {
+    let config = cli.config;
+    let result = match cli.command {
+        Command::Migrate => natter_server::migrate(&config).await,
+        Command::All => natter_server::all(config, stop).await,
+        Command::Auth => natter_server::run(&[Service::Auth], &config, stop).await,
+        Command::Gateway => natter_server::run(&[Service::Gateway], &config, stop).await,
+        Command::Message => natter_server::run(&[Service::Message], &config, stop).await,
+        Command::Push => natter_server::run(&[Service::Push], &config, stop).await,
         Command::Replay { from_seq, since } => {
             let from = match (from_seq, since) {
                 (_, Some(t)) => natter_push::ReplayFrom::Time(t),
                 (Some(seq), None) => natter_push::ReplayFrom::Sequence(seq),
                 (None, None) => natter_push::ReplayFrom::Sequence(1),
             };
-            natter_push::replay(&cli.config, from).await.map(|n| {
-                tracing::info!(messages = n, "replay finished");
-            })
-        }
-        Command::Migrate => migrate(&cli.config).await,
-        Command::Auth => natter_auth::run(cli.config, stop).await,
-        Command::Gateway => natter_gateway::run(cli.config, stop).await,
-        Command::Message => natter_message::run(cli.config, stop).await,
-        Command::Push => natter_push::run(cli.config, stop).await,
-        Command::All => {
-            if cli.config.jwt_secret.as_deref().is_none_or(str::is_empty) {
-                tracing::warn!(
-                    "NATTER_JWT_SECRET is not set: generated a random one for this process; \
-                     tokens will not survive a restart"
-                );
-                cli.config.jwt_secret = Some(natter_platform::random::token(32));
-            }
-            migrate(&cli.config).await?;
-            all(cli.config, stop).await
+            natter_push::replay(&config, from)
+                .await
+                .map(|n| tracing::info!(messages = n, "replay finished"))
         }
     };
     if let Err(e) = &result {
@@ -106,31 +104,4 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry.shutdown();
     result
-}
-
-async fn migrate(config: &Config) -> anyhow::Result<()> {
-    db::ensure_database(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, 2).await?;
-    db::migrate(&pool).await?;
-    pool.close().await;
-    tracing::info!("database is migrated");
-    Ok(())
-}
-
-/// Runs the four services; when one fails, the others are stopped too.
-async fn all(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut set = tokio::task::JoinSet::new();
-    set.spawn(natter_auth::run(config.clone(), stop.clone()));
-    set.spawn(natter_message::run(config.clone(), stop.clone()));
-    set.spawn(natter_push::run(config.clone(), stop.clone()));
-    set.spawn(natter_gateway::run(config, stop.clone()));
-    let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
-        let result = joined.context("a service panicked").and_then(|r| r);
-        if let Err(e) = result {
-            stop.cancel();
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
 }

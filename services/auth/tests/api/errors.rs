@@ -1,5 +1,6 @@
+use natter_auth::Auth;
 use natter_protocol::http::paths;
-use natter_testkit::{Part, TestApp};
+use natter_testkit::TestService;
 use serde_json::Value;
 
 async fn error_of(r: reqwest::Response) -> (u16, String) {
@@ -11,8 +12,8 @@ async fn error_of(r: reqwest::Response) -> (u16, String) {
 
 #[tokio::test]
 async fn every_bad_request_gets_a_typed_json_error() {
-    let app = TestApp::spawn().await;
-    let url = |p: &str| format!("{}{p}", app.auth_url());
+    let app = TestService::<Auth>::spawn().await;
+    let url = |p: &str| format!("{}{p}", app.url());
     let cases = [
         (
             app.http
@@ -43,21 +44,4 @@ async fn every_bad_request_gets_a_typed_json_error() {
         let got = error_of(request.send().await.expect("answer")).await;
         assert_eq!((got.0, got.1.as_str()), expected);
     }
-}
-
-#[tokio::test]
-async fn every_service_answers_health_and_readiness() {
-    let app = TestApp::spawn().await;
-    for part in Part::ALL {
-        for path in ["/healthz", "/readyz"] {
-            let r = app
-                .http
-                .get(format!("http://{}{path}", app.addr(part)))
-                .send()
-                .await
-                .expect("answer");
-            assert_eq!(r.status(), 200, "{part:?} {path}");
-        }
-    }
-    app.stop().await;
 }

@@ -1,17 +1,19 @@
+use natter_auth::Auth;
 use natter_protocol::http::{TokenResponse, UserView, paths};
-use natter_testkit::{PASSWORD, Part, TestApp};
+use natter_testkit::{PASSWORD, TestService};
 use serde_json::Value;
 
 #[tokio::test]
 async fn login_returns_a_bearer_token_that_opens_me() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
-    let r = app.login("alice", PASSWORD).await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
+    let r = api.login("alice", PASSWORD).await;
     assert_eq!(r.status(), 200);
     let token: TokenResponse = r.json().await.expect("token");
     assert_eq!(token.token_type, "Bearer");
     assert_eq!(token.expires_in, 3600);
-    let me = app.get(paths::ME, Some(&token.token)).await;
+    let me = api.get(paths::ME, Some(&token.token)).await;
     assert_eq!(me.status(), 200);
     let user: UserView = me.json().await.expect("user");
     assert_eq!(user.username, "alice");
@@ -19,10 +21,11 @@ async fn login_returns_a_bearer_token_that_opens_me() {
 
 #[tokio::test]
 async fn unknown_user_and_wrong_password_get_the_same_answer() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
-    let wrong = app.login("alice", "wrong password").await;
-    let unknown = app.login("nobody", PASSWORD).await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
+    let wrong = api.login("alice", "wrong password").await;
+    let unknown = api.login("nobody", PASSWORD).await;
     assert_eq!(wrong.status(), 401);
     assert_eq!(unknown.status(), 401);
     let a: Value = wrong.json().await.expect("json");
@@ -33,12 +36,13 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
 
 #[tokio::test]
 async fn repeated_failures_are_rate_limited_even_for_the_right_password() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
     for _ in 0..5 {
-        assert_eq!(app.login("alice", "wrong password").await.status(), 401);
+        assert_eq!(api.login("alice", "wrong password").await.status(), 401);
     }
-    let r = app.login("alice", PASSWORD).await;
+    let r = api.login("alice", PASSWORD).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r
         .headers()
@@ -52,24 +56,26 @@ async fn repeated_failures_are_rate_limited_even_for_the_right_password() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["code"], "rate_limited");
     // Another username is not affected.
-    app.register("bob", PASSWORD).await;
-    assert_eq!(app.login("bob", PASSWORD).await.status(), 200);
+    api.register("bob", PASSWORD).await;
+    assert_eq!(api.login("bob", PASSWORD).await.status(), 200);
 }
 
 #[tokio::test]
 async fn unknown_usernames_are_rate_limited_too() {
-    let app = TestApp::spawn().await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
     for _ in 0..5 {
-        assert_eq!(app.login("ghost", PASSWORD).await.status(), 401);
+        assert_eq!(api.login("ghost", PASSWORD).await.status(), 401);
     }
-    assert_eq!(app.login("ghost", PASSWORD).await.status(), 429);
+    assert_eq!(api.login("ghost", PASSWORD).await.status(), 429);
 }
 
 #[tokio::test]
 async fn parallel_wrong_logins_cannot_outrun_the_rate_limit() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
-    let attempts = (0..20).map(|_| app.login("alice", "wrong password"));
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
+    let attempts = (0..20).map(|_| api.login("alice", "wrong password"));
     let statuses: Vec<u16> = futures::future::join_all(attempts)
         .await
         .iter()
@@ -84,26 +90,28 @@ async fn parallel_wrong_logins_cannot_outrun_the_rate_limit() {
         statuses.iter().all(|s| *s == 401 || *s == 429),
         "{statuses:?}"
     );
-    assert_eq!(app.login("alice", PASSWORD).await.status(), 429);
+    assert_eq!(api.login("alice", PASSWORD).await.status(), 429);
 }
 
 #[tokio::test]
 async fn a_right_password_leaves_no_failure_behind() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
     for _ in 0..4 {
-        assert_eq!(app.login("alice", "wrong password").await.status(), 401);
+        assert_eq!(api.login("alice", "wrong password").await.status(), 401);
     }
     for _ in 0..3 {
-        assert_eq!(app.login("alice", PASSWORD).await.status(), 200);
+        assert_eq!(api.login("alice", PASSWORD).await.status(), 200);
     }
-    assert_eq!(app.login("alice", "wrong password").await.status(), 401);
-    assert_eq!(app.login("alice", PASSWORD).await.status(), 429);
+    assert_eq!(api.login("alice", "wrong password").await.status(), 401);
+    assert_eq!(api.login("alice", PASSWORD).await.status(), 429);
 }
 
 #[tokio::test]
 async fn names_that_cannot_exist_are_refused_without_a_trace() {
-    let app = TestApp::spawn().await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
     let junk = [
         "al\u{0}ice".to_owned(),
         "Alice".to_owned(),
@@ -111,7 +119,7 @@ async fn names_that_cannot_exist_are_refused_without_a_trace() {
         "ab".to_owned(),
     ];
     for name in &junk {
-        let r = app.login(name, PASSWORD).await;
+        let r = api.login(name, PASSWORD).await;
         assert_eq!(r.status(), 401, "{name:?}");
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["code"], "invalid_credentials");
@@ -125,16 +133,17 @@ async fn names_that_cannot_exist_are_refused_without_a_trace() {
 
 #[tokio::test]
 async fn a_password_that_cannot_exist_is_just_wrong() {
-    let app = TestApp::spawn().await;
-    app.register("alice", PASSWORD).await;
-    let r = app.login("alice", "correct\u{0}horse").await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    api.register("alice", PASSWORD).await;
+    let r = api.login("alice", "correct\u{0}horse").await;
     assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
 async fn failures_older_than_the_window_are_pruned_for_every_name() {
-    let mut app = TestApp::spawn().await;
-    app.stop_part(Part::Auth).await;
+    let mut app = TestService::<Auth>::spawn().await;
+    app.stop_service().await;
     sqlx::query(
         "INSERT INTO login_failures (username, failed_at) \
          SELECT 'name' || i, now() - interval '16 minutes' FROM generate_series(1, 50) AS i",
@@ -146,7 +155,7 @@ async fn failures_older_than_the_window_are_pruned_for_every_name() {
         .execute(&app.pool)
         .await
         .expect("recent failure");
-    app.start(Part::Auth).await;
+    app.start_service().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let left: Vec<String> = sqlx::query_scalar("SELECT username FROM login_failures")

@@ -1,4 +1,5 @@
-//! auth's HTTP API against the real Postgres, NATS and message service.
+//! auth's HTTP API against the real Postgres and NATS, auth running alone
+//! (what needs the message service too is in natter-server's tests).
 
 mod errors;
 mod login;

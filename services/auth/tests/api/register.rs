@@ -1,11 +1,13 @@
+use natter_auth::Auth;
 use natter_protocol::http::{UserView, paths};
-use natter_testkit::{PASSWORD, TestApp};
+use natter_testkit::{PASSWORD, TestService};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn register_creates_a_user_with_an_invite_code() {
-    let app = TestApp::spawn().await;
-    let r = app.register("alice", PASSWORD).await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    let r = api.register("alice", PASSWORD).await;
     assert_eq!(r.status(), 201);
     let user: UserView = r.json().await.expect("user body");
     assert_eq!(user.username, "alice");
@@ -21,9 +23,10 @@ async fn register_creates_a_user_with_an_invite_code() {
 
 #[tokio::test]
 async fn a_taken_username_is_a_conflict() {
-    let app = TestApp::spawn().await;
-    assert_eq!(app.register("bob", PASSWORD).await.status(), 201);
-    let r = app.register("bob", "another password").await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    assert_eq!(api.register("bob", PASSWORD).await.status(), 201);
+    let r = api.register("bob", "another password").await;
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["code"], "username_taken");
@@ -31,8 +34,9 @@ async fn a_taken_username_is_a_conflict() {
 
 #[tokio::test]
 async fn concurrent_registrations_of_one_name_give_exactly_one_user() {
-    let app = TestApp::spawn().await;
-    let attempts = (0..8).map(|_| app.register("carol", PASSWORD));
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
+    let attempts = (0..8).map(|_| api.register("carol", PASSWORD));
     let statuses: Vec<u16> = futures::future::join_all(attempts)
         .await
         .iter()
@@ -52,7 +56,8 @@ async fn concurrent_registrations_of_one_name_give_exactly_one_user() {
 
 #[tokio::test]
 async fn bad_usernames_and_passwords_name_the_field() {
-    let app = TestApp::spawn().await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
     let cases = [
         ("ab", PASSWORD, "username"),
         ("Alice", PASSWORD, "username"),
@@ -62,7 +67,7 @@ async fn bad_usernames_and_passwords_name_the_field() {
         ("dave", &"p".repeat(129), "password"),
     ];
     for (name, password, field) in cases {
-        let r = app.register(name, password).await;
+        let r = api.register(name, password).await;
         assert_eq!(r.status(), 400, "{name}/{password}");
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["code"], "invalid_request");
@@ -75,13 +80,14 @@ async fn bad_usernames_and_passwords_name_the_field() {
 
 #[tokio::test]
 async fn missing_and_mistyped_fields_are_invalid_requests_naming_the_field() {
-    let app = TestApp::spawn().await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
     for (body, field) in [
         (json!({"username": "erin"}), "password"),
         (json!({"password": PASSWORD}), "username"),
         (json!({"username": 5, "password": PASSWORD}), "username"),
     ] {
-        let r = app.post(paths::REGISTER, &body, None).await;
+        let r = api.post(paths::REGISTER, &body, None).await;
         assert_eq!(r.status(), 400, "{body}");
         let err: Value = r.json().await.expect("json");
         assert_eq!(err["code"], "invalid_request");
@@ -94,12 +100,13 @@ async fn missing_and_mistyped_fields_are_invalid_requests_naming_the_field() {
 
 #[tokio::test]
 async fn nul_characters_are_invalid_requests_naming_the_field() {
-    let app = TestApp::spawn().await;
+    let app = TestService::<Auth>::spawn().await;
+    let api = app.client();
     for (name, password, field) in [
         ("da\u{0}ve", PASSWORD, "username"),
         ("dave", "pass\u{0}word-long", "password"),
     ] {
-        let r = app.register(name, password).await;
+        let r = api.register(name, password).await;
         assert_eq!(r.status(), 400, "{name:?}/{password:?}");
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["code"], "invalid_request");

@@ -1,19 +1,19 @@
-use natter_testkit::TestApp;
+use crate::support::{GatewayApp, connect_user};
 use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
 async fn keep_alive_and_leave_are_answered_in_order() {
-    let app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
+    let app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
     assert_eq!(ws.call("leave", json!({})).await, Ok(json!({})));
 }
 
 #[tokio::test]
 async fn bad_frames_get_invalid_request_and_the_socket_survives() {
-    let app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
+    let app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     let cases = [
         ("not json", None),
         (r#"{"type":"keep_alive"}"#, None),
@@ -43,8 +43,8 @@ async fn bad_frames_get_invalid_request_and_the_socket_survives() {
 
 #[tokio::test]
 async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
-    let app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
+    let app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     ws.send_text(&format!(
         r#"{{"id":1,"type":"keep_alive","pad":"{}"}}"#,
         "x".repeat(70_000)
@@ -56,12 +56,12 @@ async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
 
 #[tokio::test]
 async fn requests_beyond_the_rate_limit_are_refused_with_rate_limited() {
-    let app = TestApp::spawn_with(|c| {
+    let app = GatewayApp::spawn_with(|c| {
         c.ws_rate = 1;
         c.ws_burst = 3;
     })
     .await;
-    let (_, mut ws) = app.ws_user("alice").await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     let mut codes = Vec::new();
     for _ in 0..6 {
         codes.push(match ws.call("keep_alive", json!({})).await {
@@ -75,31 +75,11 @@ async fn requests_beyond_the_rate_limit_are_refused_with_rate_limited() {
 
 #[tokio::test]
 async fn a_request_the_message_service_cannot_answer_is_unavailable() {
-    let mut app = TestApp::spawn_with(|c| c.request_timeout_secs = 1).await;
-    let (_, mut ws) = app.ws_user("alice").await;
-    app.stop_part(natter_testkit::Part::Message).await;
+    let app = GatewayApp::spawn_with(|c| c.request_timeout_secs = 1).await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     let err = ws
         .call("fetch_channels", json!({}))
         .await
         .expect_err("no message service");
     assert_eq!(err.code, "unavailable");
-}
-
-#[tokio::test]
-async fn answers_to_bad_frames_wait_their_turn_behind_earlier_requests() {
-    let app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
-    // fetch_channels goes to the message service and back; the bad frames
-    // behind it are refused at the gateway, yet answered after it.
-    ws.send_text(r#"{"id":1,"type":"fetch_channels"}"#).await;
-    ws.send_text("garbage").await;
-    ws.send_binary(vec![0]).await;
-    ws.send_text(r#"{"id":2,"type":"keep_alive"}"#).await;
-    let order: Vec<serde_json::Value> = vec![
-        ws.next_answer().await["id"].clone(),
-        ws.next_answer().await["id"].clone(),
-        ws.next_answer().await["id"].clone(),
-        ws.next_answer().await["id"].clone(),
-    ];
-    assert_eq!(order, vec![json!(1), json!(null), json!(null), json!(2)]);
 }

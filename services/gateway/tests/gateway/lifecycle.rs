@@ -1,13 +1,13 @@
-use natter_protocol::http::paths;
-use natter_testkit::{Part, TestApp, ws};
+use crate::support::{GatewayApp, connect, connect_user, token, user_id, ws_url};
+use natter_testkit::ws;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 #[tokio::test]
 async fn an_upgrade_without_a_valid_token_is_refused_with_401() {
-    let app = TestApp::spawn().await;
+    let app = GatewayApp::spawn().await;
     for token in [None, Some("garbage")] {
-        let (status, body) = match ws::connect(&app.ws_url(), token).await {
+        let (status, body) = match ws::connect(&ws_url(&app), token).await {
             Ok(_) => panic!("socket opened without a valid token"),
             Err(refusal) => refusal,
         };
@@ -18,71 +18,16 @@ async fn an_upgrade_without_a_valid_token_is_refused_with_401() {
 }
 
 #[tokio::test]
-async fn logout_closes_the_sessions_sockets_and_the_token_cannot_reconnect() {
-    let app = TestApp::spawn().await;
-    let (token, mut first) = app.ws_user("alice").await;
-    let mut second = app.ws(&token).await;
-    let other_token = app.token("alice").await;
-    let mut other = app.ws(&other_token).await;
-
-    let r = app.post(paths::LOGOUT, &json!({}), Some(&token)).await;
-    assert_eq!(r.status(), 204);
-    for socket in [&mut first, &mut second] {
-        socket.push("session_revoked").await;
-        assert_eq!(
-            socket.closed_within(Duration::from_secs(5)).await.code,
-            1008
-        );
-    }
-    let refusal = ws::connect(&app.ws_url(), Some(&token))
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(refusal.0, 401);
-    assert_eq!(other.call("keep_alive", json!({})).await, Ok(json!({})));
-}
-
-#[tokio::test]
-async fn unregister_closes_every_socket_of_the_user() {
-    let app = TestApp::spawn().await;
-    let (token, mut ws) = app.ws_user("alice").await;
-    let r = app.post(paths::UNREGISTER, &json!({}), Some(&token)).await;
-    assert_eq!(r.status(), 204);
-    ws.push("session_revoked").await;
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1008);
-}
-
-#[tokio::test]
-async fn a_gateway_started_after_a_logout_still_refuses_the_token() {
-    let mut app = TestApp::spawn().await;
-    let token = app.user("alice").await;
-    app.post(paths::LOGOUT, &json!({}), Some(&token)).await;
-    // Let the relay publish the revocation, then start a fresh gateway.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    app.stop_part(Part::Gateway).await;
-    app.start(Part::Gateway).await;
-    let refusal = ws::connect(&app.ws_url(), Some(&token))
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(refusal.0, 401);
-}
-
-#[tokio::test]
 async fn the_socket_is_recorded_in_redis_presence_until_it_closes() {
-    let app = TestApp::spawn().await;
-    let (_, ws) = app.ws_user("alice").await;
+    let app = GatewayApp::spawn().await;
+    let (_, ws) = connect_user(&app, "alice").await;
     let ns = app.config.namespace();
-    let user_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = 'alice'")
-        .fetch_one(&app.pool)
-        .await
-        .expect("user");
     let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
     let mut redis = client
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let key = ns.presence_key(natter_protocol::UserId(user_id));
+    let key = ns.presence_key(user_id("alice"));
     let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(&key)
         .query_async(&mut redis)
@@ -107,9 +52,9 @@ async fn the_socket_is_recorded_in_redis_presence_until_it_closes() {
 
 #[tokio::test]
 async fn shutdown_sends_reconnect_and_closes_with_1012() {
-    let mut app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
-    app.stop_part(Part::Gateway).await;
+    let mut app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
+    app.stop_service().await;
     let push = ws.push("reconnect").await;
     assert!(push["reason"].is_string());
     assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1012);
@@ -117,23 +62,23 @@ async fn shutdown_sends_reconnect_and_closes_with_1012() {
 
 #[tokio::test]
 async fn a_silent_socket_is_closed_with_1001() {
-    let app = TestApp::spawn_with(|c| {
+    let app = GatewayApp::spawn_with(|c| {
         c.ws_ping_secs = 1;
         c.ws_idle_secs = 1;
     })
     .await;
-    let token = app.user("alice").await;
+    let token = token(&app, "alice");
     // A raw client that never answers pings: tungstenite answers them only
     // while it is read, so not reading keeps it silent.
-    let mut ws = app.ws(&token).await;
+    let mut ws = connect(&app, &token).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1001);
 }
 
 #[tokio::test]
 async fn presence_lost_in_redis_is_registered_again_by_the_heartbeat() {
-    let app = TestApp::spawn().await;
-    let (_, mut ws) = app.ws_user("alice").await;
+    let app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
     let ns = app.config.namespace();
     let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
     let mut redis = client

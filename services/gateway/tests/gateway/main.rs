@@ -1,5 +1,7 @@
-//! The gateway against the real stack: authentication, frames, limits,
-//! revocation, draining.
+//! The gateway alone against the real NATS and Redis: authentication,
+//! frames, limits, presence, draining (what needs auth or the message
+//! service too is in natter-server's tests).
 
 mod frames;
 mod lifecycle;
+mod support;

@@ -2,7 +2,6 @@
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
 use natter_protocol::events::{Delivery, Event, UnreadTarget};
-use natter_testkit::Part;
 use serde_json::json;
 use std::time::Duration;
 
@@ -351,13 +350,13 @@ async fn events_published_while_push_is_down_are_all_delivered_once_in_order() {
     h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
         .await;
     assert_eq!(frames(&a.next().await)[0].1["seq"], 1);
-    h.app.stop_part(Part::Push).await;
+    h.app.stop_service().await;
     for seq in 2..=200 {
         h.publish(&message(channel, seq, alice, origin("gw-x", 1)))
             .await;
     }
     a.expect_nothing().await;
-    h.app.start(Part::Push).await;
+    h.app.start_service().await;
 
     for seq in 2..=200 {
         assert_eq!(frames(&a.next().await)[0].1["seq"], seq);
@@ -369,7 +368,7 @@ async fn events_published_while_push_is_down_are_all_delivered_once_in_order() {
 #[tokio::test]
 async fn health_and_readiness_answer_while_running() {
     let h = Harness::spawn().await;
-    let base = format!("http://{}", h.app.addr(Part::Push));
+    let base = h.app.url();
     for path in ["/healthz", "/readyz"] {
         let r = reqwest::get(format!("{base}{path}"))
             .await

@@ -1,4 +1,4 @@
-//! A test app plus the means to act as message (publish events, seed
+//! push alone, plus the means to act as message (publish events, seed
 //! Postgres) and as gateways (presence, liveness, delivery subjects).
 
 use async_nats::jetstream;
@@ -7,7 +7,8 @@ use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::{Namespace, presence_field};
 use natter_protocol::{ChannelId, UserId};
-use natter_testkit::TestApp;
+use natter_push::Push;
+use natter_testkit::TestService;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const QUIET: Duration = Duration::from_millis(700);
 
 pub struct Harness {
-    pub app: TestApp,
+    pub app: TestService<Push>,
     pub ns: Namespace,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
@@ -28,7 +29,7 @@ pub struct Harness {
 
 impl Harness {
     pub async fn spawn() -> Self {
-        let app = TestApp::spawn().await;
+        let app = TestService::<Push>::spawn().await;
         let ns = app.config.namespace();
         let nats = async_nats::connect(&app.config.nats_url)
             .await

@@ -3,7 +3,7 @@
 //! `fetch_connections` with its `online` flag.
 
 use crate::support::{User, accepted_pairs, connect, connection_count, rpc_user, user};
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use serde_json::{Value, json};
 
 async fn code_of(u: &mut User) -> Value {

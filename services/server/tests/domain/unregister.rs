@@ -3,7 +3,7 @@
 
 use crate::support::{channel, connect, connection_count, heads, user};
 use natter_protocol::http::paths;
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use serde_json::json;
 
 #[tokio::test]

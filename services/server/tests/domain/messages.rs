@@ -2,7 +2,8 @@
 //! paging), the read pointer, typing.
 
 use crate::support::{User, channel, second_socket, user};
-use natter_testkit::{Part, TestApp};
+use natter_server::Service;
+use natter_server::testing::TestApp;
 use serde_json::{Value, json};
 
 async fn write(u: &mut User, channel: i64, key: &str, content: &str) -> Value {
@@ -360,7 +361,8 @@ async fn two_message_instances_racing_on_one_client_msg_id_store_it_once() {
     let mut bob = user(&app, "bob").await;
     let id = channel(&mut alice, &mut [&mut bob]).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let (_, second) = natter_testkit::start_part(Part::Message, &app.config, stop.clone()).await;
+    let (_, second) =
+        natter_server::testing::start_part(Service::Message, &app.config, stop.clone()).await;
     let mut sockets = Vec::new();
     for _ in 0..8 {
         sockets.push(second_socket(&app, &alice).await);

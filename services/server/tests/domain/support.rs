@@ -4,7 +4,7 @@
 
 use natter_protocol::rpc::{Caller, RpcReply, RpcRequest, SocketRef};
 use natter_protocol::{SessionId, UserId};
-use natter_testkit::{ErrorFrame, TestApp, WsClient};
+use natter_server::testing::{ErrorFrame, TestApp, WsClient};
 use serde_json::{Value, json};
 
 /// How a test user's requests reach the message service.

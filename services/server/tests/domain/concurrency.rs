@@ -5,7 +5,7 @@ use crate::support::{
     User, accepted_pairs, channel, channel_code, connect, connection_count, heads, second_socket,
     user, users,
 };
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use serde_json::json;
 
 #[tokio::test]

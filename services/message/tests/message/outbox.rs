@@ -2,12 +2,13 @@
 //! publish, and JetStream keeps each event once however often it is
 //! published.
 
+use natter_message::Message;
 use natter_protocol::events::Event;
 use natter_protocol::{ChannelId, UserId};
-use natter_testkit::{Part, TestApp};
+use natter_testkit::TestService;
 use std::time::{Duration, Instant};
 
-async fn insert_row(app: &TestApp, msg_id: uuid::Uuid, event: &Event) {
+async fn insert_row(app: &TestService<Message>, msg_id: uuid::Uuid, event: &Event) {
     let ns = app.config.namespace();
     sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
         .bind(msg_id)
@@ -25,7 +26,7 @@ fn joined(n: i64) -> Event {
     }
 }
 
-async fn stream(app: &TestApp) -> async_nats::jetstream::stream::Stream {
+async fn stream(app: &TestService<Message>) -> async_nats::jetstream::stream::Stream {
     let nats = async_nats::connect(&app.config.nats_url)
         .await
         .expect("nats");
@@ -35,11 +36,11 @@ async fn stream(app: &TestApp) -> async_nats::jetstream::stream::Stream {
         .expect("events stream")
 }
 
-async fn stored_events(app: &TestApp) -> u64 {
+async fn stored_events(app: &TestService<Message>) -> u64 {
     stream(app).await.info().await.expect("info").state.messages
 }
 
-async fn outbox_rows(app: &TestApp) -> i64 {
+async fn outbox_rows(app: &TestService<Message>) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&app.pool)
         .await
@@ -47,7 +48,7 @@ async fn outbox_rows(app: &TestApp) -> i64 {
 }
 
 /// Waits until the relay has emptied the outbox.
-async fn drained(app: &TestApp) {
+async fn drained(app: &TestService<Message>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while outbox_rows(app).await > 0 {
         assert!(Instant::now() < deadline, "the outbox was never published");
@@ -57,25 +58,25 @@ async fn drained(app: &TestApp) {
 
 #[tokio::test]
 async fn rows_committed_while_the_service_is_down_are_published_once_after_restart() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestService::<Message>::spawn().await;
     insert_row(&app, uuid::Uuid::now_v7(), &joined(1)).await;
     drained(&app).await;
     assert_eq!(stored_events(&app).await, 1);
-    app.stop_part(Part::Message).await;
+    app.stop_service().await;
     for n in 2..=4 {
         insert_row(&app, uuid::Uuid::now_v7(), &joined(n)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(outbox_rows(&app).await, 3, "nothing publishes while down");
-    app.start(Part::Message).await;
+    app.start_service().await;
     drained(&app).await;
     assert_eq!(stored_events(&app).await, 4);
 }
 
 #[tokio::test]
 async fn publishing_the_same_row_twice_stores_one_event() {
-    let mut app = TestApp::spawn().await;
-    app.stop_part(Part::Message).await;
+    let mut app = TestService::<Message>::spawn().await;
+    app.stop_service().await;
     let nats = async_nats::connect(&app.config.nats_url)
         .await
         .expect("nats");

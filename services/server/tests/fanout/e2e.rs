@@ -2,9 +2,9 @@
 //! gateway, go through message, the outbox relay, JetStream and push, and
 //! come out of two gateways.
 
-use crate::support::Harness;
 use natter_protocol::http::paths;
-use natter_testkit::{Part, TestApp, WsClient};
+use natter_server::Service;
+use natter_server::testing::{TestApp, WsClient, start_part, ws};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,13 +22,13 @@ impl SecondGateway {
         let mut config = app.config.clone();
         config.gateway_id = Some(format!("{}-two", app.config.gateway_id()));
         let stop = CancellationToken::new();
-        let (addr, task) = natter_testkit::start_part(Part::Gateway, &config, stop.clone()).await;
+        let (addr, task) = start_part(Service::Gateway, &config, stop.clone()).await;
         Self { addr, stop, task }
     }
 
     async fn ws(&self, token: &str) -> WsClient {
         let url = format!("ws://{}{}", self.addr, paths::WEBSOCKET);
-        natter_testkit::ws::connect(&url, Some(token))
+        ws::connect(&url, Some(token))
             .await
             .expect("the second gateway accepts the socket")
     }
@@ -236,27 +236,49 @@ async fn messages_written_while_push_is_down_are_delivered_after_it_returns() {
     for _ in 0..3 {
         writers.push(app.ws(&token).await);
     }
-    app.stop_part(Part::Push).await;
+    app.stop_part(Service::Push).await;
     for i in 0..200 {
         write(&mut writers[i % 4], &channel, &format!("m{i}")).await;
     }
     bob.expect_no_push("message", Duration::from_millis(300))
         .await;
-    app.start(Part::Push).await;
+    app.start(Service::Push).await;
     assert_eq!(seqs(&mut bob, 200).await, (1..=200).collect::<Vec<_>>());
     bob.expect_no_push("message", Duration::from_secs(1)).await;
     app.stop().await;
 }
 
+/// Publishes `payload` to the events stream as the outbox relay would.
+async fn publish_raw(app: &TestApp, suffix: &str, payload: Vec<u8>) {
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let msg = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(uuid::Uuid::new_v4().to_string())
+        .payload(payload.into());
+    async_nats::jetstream::new(nats)
+        .send_publish(app.config.namespace().event_subject(suffix), msg)
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
 #[tokio::test]
 async fn a_poison_event_does_not_hold_back_the_channel() {
-    let h = Harness::spawn().await;
-    let (channel, mut alice, mut bob) = pair(&h.app).await;
+    let app = TestApp::spawn().await;
+    let (channel, mut alice, mut bob) = pair(&app).await;
     let suffix = format!("channel.{channel}");
-    h.publish_raw(&suffix, b"\x00garbage".to_vec()).await;
+    publish_raw(&app, &suffix, b"\x00garbage".to_vec()).await;
     write(&mut alice, &channel, "after").await;
     assert_eq!(seqs(&mut bob, 1).await, vec![1]);
-    let dlq = h.js.get_stream(h.ns.dlq_stream()).await.expect("dlq");
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let dlq = async_nats::jetstream::new(nats)
+        .get_stream(app.config.namespace().dlq_stream())
+        .await
+        .expect("dlq");
     let mut count = 0;
     for _ in 0..50 {
         count = dlq.get_info().await.expect("info").state.messages;
@@ -267,7 +289,7 @@ async fn a_poison_event_does_not_hold_back_the_channel() {
     }
     assert_eq!(count, 1);
     drop((alice, bob));
-    h.app.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! every error of their rules.
 
 use crate::support::{channel, channel_code, connect, heads, rpc_user, user};
-use natter_testkit::TestApp;
+use natter_server::testing::TestApp;
 use serde_json::json;
 
 #[tokio::test]

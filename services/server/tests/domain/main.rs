@@ -1,11 +1,10 @@
 //! The message service's domain through real WebSocket clients (and, where
-//! a test needs to play the gateway, straight over NATS), against the
-//! machine's real Postgres, NATS and Redis.
+//! a test needs to play the gateway, straight over NATS), every service
+//! running, against the machine's real Postgres, NATS and Redis.
 
 mod channels;
 mod concurrency;
 mod connections;
 mod messages;
-mod outbox;
 mod support;
 mod unregister;

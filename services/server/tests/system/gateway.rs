@@ -1,0 +1,77 @@
+//! The gateway with auth's revocations and the message service behind it.
+
+use natter_protocol::http::paths;
+use natter_server::Service;
+use natter_server::testing::{TestApp, ws};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn answers_to_bad_frames_wait_their_turn_behind_earlier_requests() {
+    let app = TestApp::spawn().await;
+    let (_, mut ws) = app.ws_user("alice").await;
+    // fetch_channels goes to the message service and back; the bad frames
+    // behind it are refused at the gateway, yet answered after it.
+    ws.send_text(r#"{"id":1,"type":"fetch_channels"}"#).await;
+    ws.send_text("garbage").await;
+    ws.send_binary(vec![0]).await;
+    ws.send_text(r#"{"id":2,"type":"keep_alive"}"#).await;
+    let order: Vec<serde_json::Value> = vec![
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+        ws.next_answer().await["id"].clone(),
+    ];
+    assert_eq!(order, vec![json!(1), json!(null), json!(null), json!(2)]);
+}
+
+#[tokio::test]
+async fn logout_closes_the_sessions_sockets_and_the_token_cannot_reconnect() {
+    let app = TestApp::spawn().await;
+    let (token, mut first) = app.ws_user("alice").await;
+    let mut second = app.ws(&token).await;
+    let other_token = app.token("alice").await;
+    let mut other = app.ws(&other_token).await;
+
+    let r = app.post(paths::LOGOUT, &json!({}), Some(&token)).await;
+    assert_eq!(r.status(), 204);
+    for socket in [&mut first, &mut second] {
+        socket.push("session_revoked").await;
+        assert_eq!(
+            socket.closed_within(Duration::from_secs(5)).await.code,
+            1008
+        );
+    }
+    let refusal = ws::connect(&app.ws_url(), Some(&token))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refusal.0, 401);
+    assert_eq!(other.call("keep_alive", json!({})).await, Ok(json!({})));
+}
+
+#[tokio::test]
+async fn unregister_closes_every_socket_of_the_user() {
+    let app = TestApp::spawn().await;
+    let (token, mut ws) = app.ws_user("alice").await;
+    let r = app.post(paths::UNREGISTER, &json!({}), Some(&token)).await;
+    assert_eq!(r.status(), 204);
+    ws.push("session_revoked").await;
+    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1008);
+}
+
+#[tokio::test]
+async fn a_gateway_started_after_a_logout_still_refuses_the_token() {
+    let mut app = TestApp::spawn().await;
+    let token = app.user("alice").await;
+    app.post(paths::LOGOUT, &json!({}), Some(&token)).await;
+    // Let the relay publish the revocation, then start a fresh gateway.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.stop_part(Service::Gateway).await;
+    app.start(Service::Gateway).await;
+    let refusal = ws::connect(&app.ws_url(), Some(&token))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refusal.0, 401);
+}
