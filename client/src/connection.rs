@@ -4,7 +4,7 @@
 //! pushes into [`Event`]s, keeps the connection alive, and when the socket
 //! drops (or the gateway says `reconnect`) it reconnects with backoff,
 //! re-enters the channel the user was in and fills the gap by the last seq
-//! seen — so nothing is lost and nothing shows twice (PROTOCOL.md 2.3).
+//! seen — so nothing is lost and nothing shows twice (docs/protocol.md §2.3).
 
 use crate::render::{Event, describe_error};
 use crate::seq::{SeqTracker, Verdict};

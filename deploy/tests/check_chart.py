@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks that a rendered natter chart holds what the deploy issue lists.
+"""Checks that a rendered natter chart holds what the README promises.
 
 Usage: check_chart.py RENDERED.yaml [--ingress]
 Four Deployments started as `natter-server <target>` with liveness /healthz

@@ -1,4 +1,4 @@
-//! Client⇄gateway WebSocket frames (PROTOCOL.md section 2).
+//! Client⇄gateway WebSocket frames (docs/protocol.md §2).
 //!
 //! A client frame is `{"id": u64, "type": ..., ...fields}`; the server
 //! answers each with exactly one `reply` or `error` and sends pushes, which
@@ -22,7 +22,7 @@ pub enum ConnectionFilter {
     Pending,
 }
 
-/// The state of a pair of users (PROTOCOL.md 2.2).
+/// The state of a pair of users (docs/protocol.md §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -58,7 +58,7 @@ impl ConnectionStatus {
     }
 }
 
-/// A client request (PROTOCOL.md 2.1), without its id.
+/// A client request (docs/protocol.md §2.1), without its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -427,7 +427,7 @@ pub struct MessageView {
     pub sent_at: OffsetDateTime,
 }
 
-/// Typed `result` bodies of replies (PROTOCOL.md 2.1).
+/// Typed `result` bodies of replies (docs/protocol.md §2.1).
 pub mod results {
     use super::{ConnectionStatus, OffsetDateTime, time_format};
     use crate::ChannelId;
