@@ -1,4 +1,4 @@
-//! The auth service's HTTP API (PROTOCOL.md section 1), as the client
+//! The auth service's HTTP API (docs/protocol.md §1), as the client
 //! calls it. Every failure comes back as one readable line.
 
 use crate::render::describe_error;

@@ -1,5 +1,5 @@
 //! Command-line arguments and the server addresses they resolve to
-//! (DESIGN.md "Configuration").
+//! (README "Configuration").
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! socket drops (or the gateway says `reconnect`) reconnects with backoff;
 //! the machine then re-enters the channel the user was in and fills the
 //! gap by the last seq seen — so nothing is lost and nothing shows twice
-//! (PROTOCOL.md 2.3).
+//! (docs/protocol.md §2.3).
 
 pub mod machine;
 

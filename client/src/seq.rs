@@ -1,4 +1,4 @@
-//! Exactly-once display over at-least-once delivery (PROTOCOL.md 2.3): per
+//! Exactly-once display over at-least-once delivery (docs/protocol.md §2.3): per
 //! channel, the seqs already shown. Pure, so the rules are unit-tested.
 
 use std::collections::BTreeSet;

@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Checks that a rendered natter chart holds what the deploy issue lists.
+"""Checks that a rendered natter chart holds what the README promises.
 
 Usage: check_chart.py RENDERED.yaml [--ingress]
 Four Deployments started as `natter-server <target>` with liveness /healthz
 and readiness /readyz on their own port, hardened security contexts, the
 gateway id from the pod name, a preStop drain shorter than the grace period;
-Services for auth and connection; HPAs for connection, message and push;
+Services for auth and gateway; HPAs for gateway, message and push;
 a PDB per Deployment; the migration hook Job after its Secret; a
 ServiceAccount.
 """
 import sys
 import yaml
 
-PORTS = {"auth": 8080, "connection": 8090, "message": 8091, "push": 8092}
+PORTS = {"auth": 8080, "gateway": 8090, "message": 8091, "push": 8092}
 
 
 def fail(message):
@@ -58,21 +58,21 @@ def main():
                 fail(f"{component}: env {name} missing")
         if "secretKeyRef" not in env["NATTER_JWT_SECRET"].get("valueFrom", {}):
             fail(f"{component}: the JWT secret must come from a Secret")
-        if component == "connection":
+        if component == "gateway":
             gw = env.get("NATTER_GATEWAY_ID", {}).get("valueFrom", {}).get("fieldRef", {})
             if gw.get("fieldPath") != "metadata.name":
-                fail("connection: gateway id must come from the pod name")
+                fail("gateway: gateway id must come from the pod name")
             sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
             if pod["terminationGracePeriodSeconds"] <= sleep + 10:
-                fail("connection: grace period must outlast preStop + drain")
+                fail("gateway: grace period must outlast preStop + drain")
     if len(images) != 1:
         fail(f"one image expected, got {images}")
 
     services = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in by_kind.get("Service", [])}
-    if services != {"auth", "connection"}:
+    if services != {"auth", "gateway"}:
         fail(f"Services {services}")
     hpas = {h["spec"]["scaleTargetRef"]["name"].rsplit("-", 1)[-1] for h in by_kind.get("HorizontalPodAutoscaler", [])}
-    if not {"connection", "message", "push"} <= hpas:
+    if not {"gateway", "message", "push"} <= hpas:
         fail(f"HPAs {hpas}")
     pdbs = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in by_kind.get("PodDisruptionBudget", [])}
     if pdbs != set(PORTS):

@@ -3,7 +3,7 @@
 //!
 //! It numbers requests and matches each reply to its request by id, turns
 //! pushes into [`Event`]s, and keeps the entered channel exactly-once
-//! (PROTOCOL.md 2.3): live messages are shown in seq order, a gap is
+//! (docs/protocol.md §2.3): live messages are shown in seq order, a gap is
 //! fetched (`after_seq`, page by page) while later pushes are held back,
 //! and after a reconnect the channel is re-entered and the gap filled.
 //!

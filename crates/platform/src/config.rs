@@ -1,8 +1,9 @@
 //! Typed configuration from `NATTER_*` environment variables.
 //!
-//! One struct for every service: the names and defaults are DESIGN.md's
-//! contract with scripts, the chart and tests. clap reads them, so each is
-//! also a flag of `natter-server` and documented by `--help`.
+//! One struct for every service: the names and defaults are a contract
+//! with scripts, the chart and tests (README "Configuration"). clap reads
+//! them, so each is also a flag of `natter-server` and documented by
+//! `--help`.
 
 use clap::{Args, Parser, ValueEnum};
 use natter_protocol::subjects::Namespace;

@@ -61,7 +61,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body extractor whose failures are PROTOCOL.md's: 415 for a
+/// A JSON body extractor whose failures are docs/protocol.md §1's: 415 for a
 /// wrong content type, 413 for an oversized body, 400 `invalid_request`
 /// naming the field for anything else (axum's `Json` would say 422).
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,4 +1,4 @@
-//! Error codes (PROTOCOL.md 2.4) and the one table mapping them to HTTP.
+//! Error codes (docs/protocol.md §2.4) and the one table mapping them to HTTP.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

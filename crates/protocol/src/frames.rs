@@ -1,4 +1,4 @@
-//! Client⇄gateway WebSocket frames (PROTOCOL.md section 2).
+//! Client⇄gateway WebSocket frames (docs/protocol.md §2).
 //!
 //! A client frame is `{"id": u64, "type": ..., ...fields}`; the server
 //! answers each with exactly one `reply` or `error` and sends pushes, which
@@ -22,7 +22,7 @@ pub enum ConnectionFilter {
     Pending,
 }
 
-/// The state of a pair of users (PROTOCOL.md 2.2).
+/// The state of a pair of users (docs/protocol.md §2.2).
 ///
 /// The names stored in Postgres are strum's, derived with the same case as
 /// serde's, so the column and the wire cannot drift apart.
@@ -61,7 +61,7 @@ impl ConnectionStatus {
     }
 }
 
-/// A client request (PROTOCOL.md 2.1), without its id.
+/// A client request (docs/protocol.md §2.1), without its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[cfg_attr(test, derive(strum::VariantNames))]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -411,7 +411,7 @@ pub struct MessageView {
     pub sent_at: OffsetDateTime,
 }
 
-/// Typed `result` bodies of replies (PROTOCOL.md 2.1).
+/// Typed `result` bodies of replies (docs/protocol.md §2.1).
 pub mod results {
     use super::{ConnectionStatus, OffsetDateTime, time_format};
     use crate::ChannelId;

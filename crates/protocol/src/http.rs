@@ -1,4 +1,4 @@
-//! The auth service's HTTP bodies (PROTOCOL.md section 1).
+//! The auth service's HTTP bodies (docs/protocol.md §1).
 
 use crate::UserId;
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 //! gateway⇄message RPC envelope ([`rpc`]), the JetStream events and gateway
 //! deliveries ([`events`]) and the NATS subject/stream names ([`subjects`]).
 //! Pure types and serde: no I/O, so services and the client share it freely.
-//! `../shared/PROTOCOL.md` is the contract these types encode; the JSON
+//! `docs/protocol.md` is the contract these types encode; the JSON
 //! round-trip tests beside each module pin the wire shape.
 
 pub mod error;

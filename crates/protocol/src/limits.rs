@@ -1,4 +1,4 @@
-//! Field limits of PROTOCOL.md, checked at the edge (gateway) and again by
+//! Field limits of docs/protocol.md, checked at the edge (gateway) and again by
 //! the message service, which must not trust its callers.
 
 /// Largest WebSocket frame a client may send; larger closes with 1009.
@@ -24,7 +24,7 @@ pub const LOGIN_MAX_FAILURES: i64 = 5;
 /// The login rate limit's window.
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
 
-/// Checks a username against PROTOCOL.md: 3–32 of `[a-z0-9_.-]`, no folding.
+/// Checks a username against docs/protocol.md §1: 3–32 of `[a-z0-9_.-]`, no folding.
 ///
 /// # Errors
 /// A human message naming the field.

@@ -1,7 +1,7 @@
-//! PROTOCOL.md: "RFC 3339 UTC strings with `Z` and microseconds, identical
-//! wherever the same time appears". Postgres keeps microseconds, so
-//! formatting with exactly six fractional digits makes the same instant
-//! render the same everywhere.
+//! Times on the wire (docs/protocol.md, "Conventions"): RFC 3339 in UTC
+//! with `Z` and microseconds, identical wherever the same time appears.
+//! Postgres keeps microseconds, so formatting with exactly six fractional
+//! digits makes the same instant render the same everywhere.
 
 use serde::{Deserialize, Deserializer, Serializer};
 use time::format_description::FormatItem;

@@ -1,5 +1,5 @@
 //! natter's auth service: register, login, logout, unregister and `/me`
-//! over HTTP under `/api/v1/auth` (PROTOCOL.md section 1).
+//! over HTTP under `/api/v1/auth` (docs/protocol.md §1).
 //!
 //! Reading order: [`Auth`] wires state and routes; `routes` holds the
 //! handlers; `extract` authenticates callers; `password` hashes;

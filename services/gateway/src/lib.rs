@@ -1,4 +1,4 @@
-//! natter's WebSocket gateway (PROTOCOL.md section 2).
+//! natter's WebSocket gateway (docs/protocol.md §2).
 //!
 //! It authenticates the upgrade itself (shared token key + a cache of
 //! revoked sessions), holds the sockets, forwards each request to the

@@ -5,7 +5,7 @@ use natter_protocol::{ErrorBody, ErrorCode};
 /// A request that cannot be done: a rule said no, or something broke.
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
-    /// A rule of PROTOCOL.md 2.2 refused; the code says which.
+    /// A rule of docs/protocol.md §2.2 refused; the code says which.
     #[error("{0}")]
     Rule(ErrorBody),
     /// Postgres or NATS failed: logged, answered as `internal`.

@@ -1,8 +1,8 @@
-//! One handler per request type (PROTOCOL.md 2.1 and 2.2).
+//! One handler per request type (docs/protocol.md §2.1 and §2.2).
 //!
 //! Handlers stay thin: the request's stateless limits are checked again
 //! here (the message service does not trust its callers), then the rules
-//! that need state run in [`crate::store`], in the order PROTOCOL.md writes
+//! that need state run in [`crate::store`], in the order docs/protocol.md writes
 //! them. `write_message` goes through the batching [`crate::writer`].
 
 use crate::AppState;

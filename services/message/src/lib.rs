@@ -47,7 +47,7 @@ pub(crate) struct AppState {
     pub writer: writer::Writer,
 }
 
-/// The per-user and per-channel limits of PROTOCOL.md 2.2 (from config).
+/// The per-user and per-channel limits of docs/protocol.md §2.2 (from config).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Most accepted connections per user.

@@ -1,4 +1,4 @@
-//! The batching writer of `write_message` (DESIGN "Hot paths").
+//! The batching writer of `write_message` (ARCHITECTURE.md "Hot paths").
 //!
 //! Postgres stores ~20× more messages per second in 100-message
 //! transactions than one at a time, so requests are not written where they

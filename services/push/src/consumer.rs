@@ -7,7 +7,7 @@
 //! channel's events reach the gateways in stream order while channels
 //! proceed in parallel. (Several push instances share the consumer, so
 //! across instances order holds only "under normal operation": clients
-//! drop seen seqs and fill gaps, PROTOCOL.md 2.3.)
+//! drop seen seqs and fill gaps, docs/protocol.md §2.3.)
 //!
 //! Shutdown: pulls are bounded batches with a short expiry, so on shutdown
 //! the current batch is read to its end — nothing the server handed us is

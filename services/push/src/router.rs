@@ -1,8 +1,9 @@
-//! Event → per-gateway delivery batches: who gets which push (PROTOCOL.md
-//! 2.3), decided from the channel's members, the recipients' live sockets
-//! and, for `unread`, their read positions. Pure logic, no I/O: the
-//! orchestration in `crate::fanout` gathers the inputs and publishes the
-//! output, so every rule here is unit-tested without a server.
+//! Event → per-gateway delivery batches: who gets which push
+//! (docs/protocol.md §2.3), decided from the channel's members, the
+//! recipients' live sockets and, for `unread`, their read positions. Pure
+//! logic, no I/O: the orchestration in `crate::fanout` gathers the inputs
+//! and publishes the output, so every rule here is unit-tested without a
+//! server.
 //!
 //! Every frame is serialized once per event and the text shared by every
 //! gateway's batch; only `unread` differs per user, so its batch carries

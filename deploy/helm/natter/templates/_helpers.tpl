@@ -37,7 +37,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment every natter-server process reads (DESIGN.md's table). */}}
+{{/* Environment every natter-server process reads (the configuration table in README.md). */}}
 {{- define "natter.env" -}}
 - name: NATTER_DB_PASSWORD
   valueFrom:
@@ -68,7 +68,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: NATTER_AUTH_ADDR
   value: {{ printf "0.0.0.0:%v" .Values.auth.port | quote }}
 - name: NATTER_GATEWAY_ADDR
-  value: {{ printf "0.0.0.0:%v" .Values.connection.port | quote }}
+  value: {{ printf "0.0.0.0:%v" .Values.gateway.port | quote }}
 - name: NATTER_MESSAGE_ADDR
   value: {{ printf "0.0.0.0:%v" .Values.message.port | quote }}
 - name: NATTER_PUSH_ADDR

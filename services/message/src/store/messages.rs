@@ -1,6 +1,6 @@
 //! Messages: the batched write and the history reads.
 //!
-//! A batch is one transaction (DESIGN "Hot paths"): its channels are
+//! A batch is one transaction (ARCHITECTURE.md "Hot paths"): its channels are
 //! locked in id order (so concurrent batches never deadlock), membership is
 //! checked under those locks, each channel's `last_seq` advances once for
 //! all of its messages, and messages and outbox rows go in with one
