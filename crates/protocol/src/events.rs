@@ -7,6 +7,10 @@ use crate::{ChannelId, SessionId, UserId, time_format};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// NATS header of an event in the dead-letter stream: why push gave up on
+/// it (one line, at most 512 characters).
+pub const DLQ_REASON_HEADER: &str = "Natter-Dlq-Reason";
+
 /// A durable domain event on the events stream, written through the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

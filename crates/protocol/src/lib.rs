@@ -1,13 +1,15 @@
 //! natter's wire protocol — the only definition of it.
 //!
 //! Everything that crosses a process boundary is typed here: the auth HTTP
-//! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]), the
-//! gateway⇄message RPC envelope ([`rpc`]), the JetStream events and gateway
-//! deliveries ([`events`]) and the NATS subject/stream names ([`subjects`]).
+//! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]) and
+//! close codes ([`close`]), the gateway⇄message RPC envelope ([`rpc`]), the
+//! JetStream events and gateway deliveries ([`events`]) and the NATS
+//! subject/stream names ([`subjects`]).
 //! Pure types and serde: no I/O, so services and the client share it freely.
 //! `../shared/PROTOCOL.md` is the contract these types encode; the JSON
 //! round-trip tests beside each module pin the wire shape.
 
+pub mod close;
 pub mod error;
 pub mod events;
 pub mod frames;

@@ -25,6 +25,7 @@ use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, cache, http_error, nats};
+use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
 use natter_protocol::subjects::Namespace;
@@ -227,7 +228,7 @@ async fn drain(shared: &Shared) {
         .to_json(),
     );
     let closed = shared.registry.close_all(&registry::CloseRequest {
-        code: 1012,
+        code: close::SERVICE_RESTART,
         reason: "server restarting",
         last_frame: Some(frame),
         drain: true,

@@ -9,7 +9,7 @@
 //! across `.await`.
 
 use axum::extract::ws::Utf8Bytes;
-use natter_protocol::{ChannelId, SessionId, UserId};
+use natter_protocol::{ChannelId, SessionId, UserId, close};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -144,7 +144,7 @@ impl Control {
 
 /// The slow-consumer close: the queue is full.
 pub(crate) const SLOW_CONSUMER: CloseRequest = CloseRequest {
-    code: 1013,
+    code: close::TRY_AGAIN_LATER,
     reason: "slow consumer",
     last_frame: None,
     drain: false,
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 0);
-        assert_eq!(control.closed().await.code, 1013);
+        assert_eq!(control.closed().await.code, close::TRY_AGAIN_LATER);
     }
 
     #[test]
@@ -342,7 +342,7 @@ mod tests {
         let registry = Registry::default();
         let (user, session) = ids();
         let drain = CloseRequest {
-            code: 1012,
+            code: close::SERVICE_RESTART,
             reason: "draining",
             last_frame: None,
             drain: true,
@@ -350,8 +350,8 @@ mod tests {
         let (_, before) = registry.register(user, session, 4);
         assert_eq!(registry.close_all(&drain), 1);
         let (_, after) = registry.register(user, session, 4);
-        assert_eq!(before.closed().await.code, 1012);
-        assert_eq!(after.closed().await.code, 1012);
+        assert_eq!(before.closed().await.code, close::SERVICE_RESTART);
+        assert_eq!(after.closed().await.code, close::SERVICE_RESTART);
     }
 
     #[test]
@@ -369,12 +369,12 @@ mod tests {
         let control = Control::new(UserId(1), 1);
         control.close(SLOW_CONSUMER);
         control.close(CloseRequest {
-            code: 1008,
+            code: close::POLICY_VIOLATION,
             reason: "x",
             last_frame: None,
             drain: true,
         });
         let slot = control.close.lock().expect("lock").clone().expect("set");
-        assert_eq!(slot.code, 1013);
+        assert_eq!(slot.code, close::TRY_AGAIN_LATER);
     }
 }

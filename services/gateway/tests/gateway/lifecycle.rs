@@ -1,3 +1,4 @@
+use natter_protocol::close;
 use natter_protocol::http::paths;
 use natter_testkit::{Part, TestApp, ws};
 use serde_json::{Value, json};
@@ -31,7 +32,7 @@ async fn logout_closes_the_sessions_sockets_and_the_token_cannot_reconnect() {
         socket.push("session_revoked").await;
         assert_eq!(
             socket.closed_within(Duration::from_secs(5)).await.code,
-            1008
+            close::POLICY_VIOLATION
         );
     }
     let refusal = ws::connect(&app.ws_url(), Some(&token))
@@ -49,7 +50,10 @@ async fn unregister_closes_every_socket_of_the_user() {
     let r = app.post(paths::UNREGISTER, &json!({}), Some(&token)).await;
     assert_eq!(r.status(), 204);
     ws.push("session_revoked").await;
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1008);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::POLICY_VIOLATION
+    );
 }
 
 #[tokio::test]
@@ -112,7 +116,10 @@ async fn shutdown_sends_reconnect_and_closes_with_1012() {
     app.stop_part(Part::Gateway).await;
     let push = ws.push("reconnect").await;
     assert!(push["reason"].is_string());
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1012);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::SERVICE_RESTART
+    );
 }
 
 #[tokio::test]
@@ -127,7 +134,10 @@ async fn a_silent_socket_is_closed_with_1001() {
     // while it is read, so not reading keeps it silent.
     let mut ws = app.ws(&token).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1001);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::GOING_AWAY
+    );
 }
 
 #[tokio::test]

@@ -331,7 +331,7 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     assert_eq!(dead.payload.as_ref(), b"{not an event");
     assert!(
         dead.headers
-            .get(natter_push::consumer::DLQ_REASON_HEADER)
+            .get(natter_protocol::events::DLQ_REASON_HEADER)
             .is_some_and(|r| r.as_str().contains("undecodable")),
         "the reason travels with it"
     );
