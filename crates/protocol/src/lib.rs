@@ -4,8 +4,8 @@
 //! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]) and
 //! close codes ([`close`]), the gateway⇄message RPC envelope ([`rpc`]), the
 //! JetStream events and gateway deliveries ([`events`]) and the NATS
-//! subject/stream names ([`subjects`]).
-//! Pure types and serde: no I/O, so services and the client share it freely.
+//! subject/stream names ([`subjects`]); a username is parsed into a
+//! [`Username`] at the edge. Pure types and serde: no I/O, so services and the client share it freely.
 //! `../shared/PROTOCOL.md` is the contract these types encode; the JSON
 //! round-trip tests beside each module pin the wire shape.
 
@@ -19,6 +19,8 @@ pub mod limits;
 pub mod rpc;
 pub mod subjects;
 pub mod time_format;
+pub mod username;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ChannelId, SessionId, UserId};
+pub use username::Username;
