@@ -3,7 +3,7 @@
 //! (auth → gateways).
 
 use crate::rpc::SocketRef;
-use crate::{ChannelId, SessionId, UserId, time_format};
+use crate::{ChannelId, SessionId, SocketId, UserId, time_format};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -81,7 +81,7 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadTarget {
     /// Their sockets on this gateway.
-    pub sockets: Vec<u64>,
+    pub sockets: Vec<SocketId>,
     /// `last_seq − last_read_seq` for them.
     pub unread: i64,
 }
@@ -94,7 +94,7 @@ pub enum Delivery {
     /// by push, shared by every recipient.
     Frame {
         /// Local socket ids.
-        sockets: Vec<u64>,
+        sockets: Vec<SocketId>,
         /// The JSON text of a server frame.
         frame: String,
     },
@@ -115,7 +115,7 @@ pub enum Delivery {
         /// The channel.
         channel_id: ChannelId,
         /// Local socket ids of the former member.
-        sockets: Vec<u64>,
+        sockets: Vec<SocketId>,
     },
 }
 
@@ -154,11 +154,25 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_name_sockets_by_bare_numbers() {
+        let d = Delivery::LeaveChannel {
+            channel_id: ChannelId(3),
+            sockets: vec![SocketId(9), SocketId(10)],
+        };
+        let v = serde_json::to_value(&d).expect("serialize");
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"leave_channel","channel_id":3,"sockets":[9,10]})
+        );
+        assert_eq!(serde_json::from_value::<Delivery>(v).expect("decode"), d);
+    }
+
+    #[test]
     fn delivery_batches_round_trip() {
         let b = DeliveryBatch {
             items: vec![
                 Delivery::Frame {
-                    sockets: vec![1, 2],
+                    sockets: vec![SocketId(1), SocketId(2)],
                     frame: "{}".into(),
                 },
                 Delivery::Unread {
@@ -166,7 +180,7 @@ mod tests {
                     title: "t".into(),
                     last_seq: 3,
                     targets: vec![UnreadTarget {
-                        sockets: vec![5],
+                        sockets: vec![SocketId(5)],
                         unread: 2,
                     }],
                 },

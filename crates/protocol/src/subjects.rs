@@ -3,7 +3,7 @@
 //! (`NATTER_NAMESPACE`) so that parallel tests, or two deployments on one
 //! NATS/Redis, never see each other.
 
-use crate::{ChannelId, UserId};
+use crate::{ChannelId, SocketId, UserId};
 
 /// A sanitized namespace: lowercase `[a-z0-9_-]`, never empty.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,15 +166,15 @@ impl Namespace {
 
 /// A presence field: `<gateway_id>:<socket_id>`.
 #[must_use]
-pub fn presence_field(gateway_id: &str, socket_id: u64) -> String {
+pub fn presence_field(gateway_id: &str, socket_id: SocketId) -> String {
     format!("{gateway_id}:{socket_id}")
 }
 
 /// Splits a presence field back; `None` for a malformed one.
 #[must_use]
-pub fn parse_presence_field(field: &str) -> Option<(&str, u64)> {
+pub fn parse_presence_field(field: &str) -> Option<(&str, SocketId)> {
     let (gw, socket) = field.rsplit_once(':')?;
-    Some((gw, socket.parse().ok()?))
+    Some((gw, SocketId(socket.parse().ok()?)))
 }
 
 #[cfg(test)]
@@ -196,8 +196,8 @@ mod tests {
 
     #[test]
     fn presence_fields_round_trip() {
-        let f = presence_field("gw-a", 42);
-        assert_eq!(parse_presence_field(&f), Some(("gw-a", 42)));
+        let f = presence_field("gw-a", SocketId(42));
+        assert_eq!(parse_presence_field(&f), Some(("gw-a", SocketId(42))));
         assert_eq!(parse_presence_field("nope"), None);
     }
 }

@@ -12,7 +12,7 @@
 
 use crate::registry::Registry;
 use natter_protocol::subjects::{Namespace, presence_field};
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, SocketId, UserId};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +33,7 @@ pub(crate) struct Presence {
     /// A write failed: re-register every socket on the next heartbeat.
     dirty: Arc<AtomicBool>,
     /// Removals that failed, retried on the next heartbeat.
-    stale: Arc<Mutex<Vec<(UserId, u64)>>>,
+    stale: Arc<Mutex<Vec<(UserId, SocketId)>>>,
 }
 
 impl Presence {
@@ -48,7 +48,7 @@ impl Presence {
     }
 
     /// Records a socket and what it has entered.
-    pub(crate) async fn set(&self, user: UserId, socket: u64, entered: Option<ChannelId>) {
+    pub(crate) async fn set(&self, user: UserId, socket: SocketId, entered: Option<ChannelId>) {
         let mut conn = self.redis.clone();
         let value = entered.map(|c| c.to_string()).unwrap_or_default();
         let result: redis::RedisResult<()> = redis::cmd("HSET")
@@ -64,7 +64,7 @@ impl Presence {
     }
 
     /// Forgets a socket.
-    pub(crate) async fn remove(&self, user: UserId, socket: u64) {
+    pub(crate) async fn remove(&self, user: UserId, socket: SocketId) {
         if let Err(e) = self.remove_all(&[(user, socket)]).await {
             self.stale
                 .lock()
@@ -74,7 +74,7 @@ impl Presence {
         }
     }
 
-    async fn remove_all(&self, sockets: &[(UserId, u64)]) -> redis::RedisResult<()> {
+    async fn remove_all(&self, sockets: &[(UserId, SocketId)]) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         for (user, socket) in sockets {
             pipe.cmd("HDEL")
@@ -115,7 +115,7 @@ impl Presence {
         }
         let mut conn = self.redis.clone();
         pipe.query_async::<()>(&mut conn).await?;
-        let gone: Vec<(UserId, u64)> = sockets
+        let gone: Vec<(UserId, SocketId)> = sockets
             .iter()
             .filter(|(id, _)| !registry.contains(*id))
             .map(|(id, control)| (control.user_id, *id))

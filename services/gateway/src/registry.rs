@@ -9,7 +9,7 @@
 //! across `.await`.
 
 use axum::extract::ws::Utf8Bytes;
-use natter_protocol::{ChannelId, SessionId, UserId, close};
+use natter_protocol::{ChannelId, SessionId, SocketId, UserId, close};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -158,8 +158,8 @@ pub(crate) struct Registry {
     /// its crashed predecessor left in Redis presence, or deliveries meant
     /// for an old socket would reach a new one.
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<u64, Arc<Control>>>,
-    sessions: Mutex<HashMap<SessionId, Vec<u64>>>,
+    sockets: Mutex<HashMap<SocketId, Arc<Control>>>,
+    sessions: Mutex<HashMap<SessionId, Vec<SocketId>>>,
     /// Set when the gateway drains: sockets registered later are closed at
     /// once with the same request.
     closing: Mutex<Option<CloseRequest>>,
@@ -194,7 +194,7 @@ impl Registry {
     }
 
     /// Whether a socket is still registered.
-    pub(crate) fn contains(&self, id: u64) -> bool {
+    pub(crate) fn contains(&self, id: SocketId) -> bool {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -208,8 +208,8 @@ impl Registry {
         user_id: UserId,
         session_id: SessionId,
         queue: usize,
-    ) -> (u64, Arc<Control>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    ) -> (SocketId, Arc<Control>) {
+        let id = SocketId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let control = Arc::new(Control::new(user_id, queue));
         self.sockets
             .lock()
@@ -233,7 +233,7 @@ impl Registry {
     }
 
     /// Forgets a socket.
-    pub(crate) fn remove(&self, id: u64, session_id: SessionId) {
+    pub(crate) fn remove(&self, id: SocketId, session_id: SessionId) {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -249,7 +249,7 @@ impl Registry {
 
     /// Queues `item` for each socket in `ids` that is still here; a full
     /// queue closes that socket as a slow consumer, without waiting.
-    pub(crate) fn send(&self, ids: &[u64], item: &Outbound) -> usize {
+    pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> usize {
         let controls: Vec<Arc<Control>> = {
             let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
             ids.iter()
@@ -282,7 +282,7 @@ impl Registry {
     }
 
     /// Every socket: id and control.
-    pub(crate) fn all(&self) -> Vec<(u64, Arc<Control>)> {
+    pub(crate) fn all(&self) -> Vec<(SocketId, Arc<Control>)> {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -358,7 +358,7 @@ mod tests {
     fn socket_ids_start_from_the_seed_so_restarts_do_not_reuse_them() {
         let (user, session) = ids();
         let first = Registry::new(1_000).register(user, session, 1).0;
-        assert_eq!(first, 1_001);
+        assert_eq!(first, SocketId(1_001));
         let a = Registry::default().register(user, session, 1).0;
         let b = Registry::default().register(user, session, 1).0;
         assert_ne!(a, b);

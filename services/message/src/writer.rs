@@ -198,7 +198,7 @@ mod tests {
             username: format!("user{user}"),
             origin: SocketRef {
                 gateway_id: "gw".into(),
-                socket_id: 1,
+                socket_id: natter_protocol::SocketId(1),
             },
             channel_id: ChannelId(channel),
             client_msg_id: key.into(),

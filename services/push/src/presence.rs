@@ -183,7 +183,7 @@ mod tests {
             f.socket,
             Socket {
                 gateway: "gw-a".into(),
-                socket: 42,
+                socket: natter_protocol::SocketId(42),
                 entered: Some(ChannelId(7))
             }
         );

@@ -11,7 +11,7 @@
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::frames::{MessageView, ServerFrame};
 use natter_protocol::rpc::SocketRef;
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, SocketId, UserId};
 use std::collections::{BTreeMap, HashMap};
 
 /// One live socket of a user, as presence reports it.
@@ -20,7 +20,7 @@ pub struct Socket {
     /// The gateway holding it.
     pub gateway: String,
     /// Its id on that gateway.
-    pub socket: u64,
+    pub socket: SocketId,
     /// The channel it has entered, if any.
     pub entered: Option<ChannelId>,
 }
@@ -220,7 +220,7 @@ fn is_origin(socket: &Socket, origin: &SocketRef) -> bool {
 fn sockets_where(
     presence: &Presence,
     keep: impl Fn(UserId, &Socket) -> bool,
-) -> BTreeMap<String, Vec<u64>> {
+) -> BTreeMap<String, Vec<SocketId>> {
     let keep = &keep;
     let chosen = presence
         .iter()
@@ -228,8 +228,8 @@ fn sockets_where(
     by_gateway(chosen)
 }
 
-fn by_gateway<'a>(sockets: impl Iterator<Item = &'a Socket>) -> BTreeMap<String, Vec<u64>> {
-    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+fn by_gateway<'a>(sockets: impl Iterator<Item = &'a Socket>) -> BTreeMap<String, Vec<SocketId>> {
+    let mut map: BTreeMap<String, Vec<SocketId>> = BTreeMap::new();
     for s in sockets {
         map.entry(s.gateway.clone()).or_default().push(s.socket);
     }
@@ -251,7 +251,7 @@ impl Batches {
 
     /// Serializes `frame` once (only when someone gets it) and shares the
     /// text with every gateway.
-    fn frame(&mut self, frame: &ServerFrame, targets: BTreeMap<String, Vec<u64>>) {
+    fn frame(&mut self, frame: &ServerFrame, targets: BTreeMap<String, Vec<SocketId>>) {
         if targets.is_empty() {
             return;
         }
@@ -275,7 +275,7 @@ impl Batches {
         title: &str,
         last_seq: i64,
         unread: i64,
-        sockets: BTreeMap<String, Vec<u64>>,
+        sockets: BTreeMap<String, Vec<SocketId>>,
     ) {
         for (gateway, sockets) in sockets {
             let items = self.0.entry(gateway).or_default();
@@ -324,7 +324,7 @@ mod tests {
     fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> Socket {
         Socket {
             gateway: gateway.into(),
-            socket,
+            socket: SocketId(socket),
             entered,
         }
     }
@@ -332,7 +332,7 @@ mod tests {
     fn origin(gateway: &str, socket_id: u64) -> SocketRef {
         SocketRef {
             gateway_id: gateway.into(),
-            socket_id,
+            socket_id: SocketId(socket_id),
         }
     }
 
@@ -371,7 +371,7 @@ mod tests {
             .iter()
             .filter_map(|d| match d {
                 Delivery::Frame { sockets, frame } => Some((
-                    sockets.clone(),
+                    sockets.iter().map(|s| s.0).collect(),
                     serde_json::from_str(frame).expect("frame is JSON"),
                 )),
                 _ => None,
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(
             unreads(&batches[0]),
             vec![UnreadTarget {
-                sockets: vec![3],
+                sockets: vec![SocketId(3)],
                 unread: 3
             }]
         );
@@ -430,11 +430,11 @@ mod tests {
             on_b,
             vec![
                 UnreadTarget {
-                    sockets: vec![11],
+                    sockets: vec![SocketId(11)],
                     unread: 3
                 },
                 UnreadTarget {
-                    sockets: vec![12],
+                    sockets: vec![SocketId(12)],
                     unread: 1
                 },
             ]
@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(
             unreads(&batches[0]),
             vec![UnreadTarget {
-                sockets: vec![3],
+                sockets: vec![SocketId(3)],
                 unread: 3
             }]
         );
@@ -609,7 +609,7 @@ mod tests {
                 batch: DeliveryBatch {
                     items: vec![Delivery::LeaveChannel {
                         channel_id: CHANNEL,
-                        sockets: vec![1, 2]
+                        sockets: vec![SocketId(1), SocketId(2)]
                     }]
                 }
             }]

@@ -1,6 +1,7 @@
 //! Events published straight to JetStream; the test plays the gateways.
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
+use natter_protocol::SocketId;
 use natter_protocol::events::{Delivery, Event, UnreadTarget};
 use natter_testkit::Part;
 use serde_json::json;
@@ -60,14 +61,14 @@ async fn a_message_goes_to_entered_sockets_on_every_gateway_and_unread_to_the_ot
     assert_eq!(
         unreads(&on_a),
         vec![UnreadTarget {
-            sockets: vec![20],
+            sockets: vec![SocketId(20)],
             unread: 3
         }]
     );
     assert_eq!(
         unreads(&on_b),
         vec![UnreadTarget {
-            sockets: vec![21],
+            sockets: vec![SocketId(21)],
             unread: 3
         }]
     );
@@ -256,7 +257,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     assert_eq!(
         unreads(&second),
         vec![UnreadTarget {
-            sockets: vec![3],
+            sockets: vec![SocketId(3)],
             unread: 2
         }]
     );
@@ -271,7 +272,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
         a.next().await.items,
         vec![Delivery::LeaveChannel {
             channel_id: channel,
-            sockets: vec![2]
+            sockets: vec![SocketId(2)]
         }]
     );
     h.publish(&message(channel, 3, alice, origin("gw-x", 1)))
@@ -284,7 +285,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     assert_eq!(
         unreads(&third),
         vec![UnreadTarget {
-            sockets: vec![3],
+            sockets: vec![SocketId(3)],
             unread: 3
         }]
     );

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::{Namespace, presence_field};
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, SocketId, UserId};
 use natter_testkit::TestApp;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
@@ -133,7 +133,7 @@ impl Harness {
         let mut conn = self.redis.clone();
         let () = redis::cmd("HSET")
             .arg(self.ns.presence_key(user))
-            .arg(presence_field(gateway, socket))
+            .arg(presence_field(gateway, SocketId(socket)))
             .arg(entered.map(|c| c.0.to_string()).unwrap_or_default())
             .query_async(&mut conn)
             .await
@@ -222,7 +222,7 @@ pub fn frames(batch: &DeliveryBatch) -> Vec<(Vec<u64>, Value)> {
         .iter()
         .filter_map(|d| match d {
             Delivery::Frame { sockets, frame } => Some((
-                sockets.clone(),
+                sockets.iter().map(|s| s.0).collect(),
                 serde_json::from_str(frame).expect("frame is JSON"),
             )),
             _ => None,
@@ -245,7 +245,7 @@ pub fn unreads(batch: &DeliveryBatch) -> Vec<UnreadTarget> {
 pub fn origin(gateway: &str, socket_id: u64) -> SocketRef {
     SocketRef {
         gateway_id: gateway.into(),
-        socket_id,
+        socket_id: SocketId(socket_id),
     }
 }
 
