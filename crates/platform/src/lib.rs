@@ -1,8 +1,13 @@
 //! What every natter service needs, written once: typed configuration
 //! ([`config`]), logging ([`telemetry`]), connections to Postgres
 //! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
-//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP ([`http_error`]), `/healthz` and
-//! `/readyz` ([`health`]) and shutdown ([`shutdown`]).
+//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP
+//! ([`http_error`]), `/healthz` and `/readyz` ([`health`]) and shutdown
+//! ([`shutdown`]).
+//!
+//! It also owns the contracts that more than one service reads or writes,
+//! so that each has one definition: the Redis presence schema
+//! ([`presence`]: the gateway writes, push and message read).
 
 pub mod cache;
 pub mod config;
@@ -11,6 +16,7 @@ pub mod health;
 pub mod http_error;
 pub mod metrics;
 pub mod nats;
+pub mod presence;
 pub mod random;
 pub mod shutdown;
 pub mod telemetry;

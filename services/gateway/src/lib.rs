@@ -7,12 +7,11 @@
 //!
 //! Reading order: [`Gateway`] wires it; `upgrade` authenticates; `socket`
 //! is the per-socket loop; `forward` talks to message; `registry` holds
-//! the sockets; `deliveries`, `revocations` and `presence` connect it to
-//! push, auth and Redis.
+//! the sockets; `deliveries` and `revocations` connect it to push and
+//! auth; presence is written through `natter_platform::presence`.
 
 mod deliveries;
 mod forward;
-mod presence;
 mod registry;
 mod revocations;
 mod socket;
@@ -23,6 +22,7 @@ use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, cache, http_error, nats};
 use natter_protocol::close;
@@ -63,7 +63,7 @@ pub(crate) struct Shared {
     /// Sessions known to be revoked.
     pub revoked: Arc<revocations::Revoked>,
     /// Presence writes.
-    pub presence: presence::Presence,
+    pub presence: PresenceWriter,
     /// Limits and timings.
     pub settings: Settings,
     /// Cancelled when the gateway stops taking sockets.
@@ -113,7 +113,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
-            presence: presence::Presence::new(redis.clone(), ns.clone(), gateway_id.clone()),
+            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone()),
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),

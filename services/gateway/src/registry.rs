@@ -9,6 +9,7 @@
 //! across `.await`.
 
 use axum::extract::ws::Utf8Bytes;
+use natter_platform::presence::{LocalSocket, LocalSockets};
 use natter_protocol::{ChannelId, SessionId, SocketId, UserId, close};
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -289,6 +290,24 @@ impl Registry {
             .iter()
             .map(|(id, c)| (*id, c.clone()))
             .collect()
+    }
+}
+
+/// What the presence heartbeat re-registers.
+impl LocalSockets for Registry {
+    fn snapshot(&self) -> Vec<LocalSocket> {
+        self.all()
+            .into_iter()
+            .map(|(socket, control)| LocalSocket {
+                user: control.user_id,
+                socket,
+                entered: control.entered(),
+            })
+            .collect()
+    }
+
+    fn holds(&self, socket: SocketId) -> bool {
+        self.contains(socket)
     }
 }
 

@@ -7,13 +7,13 @@
 //!
 //! Reading order: [`Message`] wires it; [`rpc`] receives requests;
 //! [`handlers`] applies the rules of each request; [`writer`] batches
-//! `write_message` into shared transactions; [`presence`] answers the
-//! `online` flag from Redis; [`relay`] publishes the outbox; [`store`] is
-//! the SQL; [`error`] maps domain failures to error codes.
+//! `write_message` into shared transactions; [`relay`] publishes the
+//! outbox; [`store`] is the SQL; [`error`] maps domain failures to error
+//! codes. The `online` flag of `fetch_connections` is read through
+//! `natter_platform::presence`.
 
 mod error;
 mod handlers;
-mod presence;
 pub mod relay;
 mod rpc;
 mod store;
@@ -21,6 +21,7 @@ mod writer;
 
 use anyhow::Context;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::presence::PresenceReader;
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub(crate) struct AppState {
     /// Names of subjects.
     pub ns: natter_protocol::subjects::Namespace,
     /// Presence, for the `online` flag of `fetch_connections`.
-    pub redis: redis::aio::ConnectionManager,
+    pub presence: PresenceReader,
     /// The domain's configured limits.
     pub limits: Limits,
     /// Queues `write_message` requests for the batching writer.
@@ -91,8 +92,8 @@ impl Message {
             state: AppState {
                 pool,
                 nats: client,
+                presence: PresenceReader::new(redis, ns.clone()),
                 ns,
-                redis,
                 limits: Limits {
                     connection_limit: config.connection_limit,
                     head_limit: config.head_limit,

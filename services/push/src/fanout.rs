@@ -4,10 +4,10 @@
 //! arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
-use crate::presence::PresenceStore;
 use crate::router;
 use anyhow::Context;
 use futures::StreamExt;
+use natter_platform::presence::PresenceReader;
 use natter_platform::telemetry::propagation;
 use natter_protocol::ChannelId;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event};
@@ -29,7 +29,7 @@ pub struct Fanout {
     /// Channel members (cached).
     pub membership: Membership,
     /// Live sockets.
-    pub presence: PresenceStore,
+    pub presence: PresenceReader,
 }
 
 impl Fanout {
@@ -52,7 +52,7 @@ impl Fanout {
             None => None,
         };
         let audience = router::audience(event, members.as_ref().map_or(&[], |m| &m.users));
-        let presence = self.presence.lookup(&audience).await?;
+        let presence = self.presence.live_sockets(&audience).await?;
         let unread_users = router::unread_recipients(event, &presence);
         let last_read = match event {
             Event::MessageStored { channel_id, .. } if !unread_users.is_empty() => {

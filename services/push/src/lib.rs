@@ -10,13 +10,12 @@
 //!
 //! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
 //! settles events; [`fanout`] handles one event; [`router`] is the pure
-//! decision of who gets what; [`membership`] and [`presence`] are the
-//! lookups it needs.
+//! decision of who gets what; [`membership`] and
+//! `natter_platform::presence` are the lookups it needs.
 
 pub mod consumer;
 mod fanout;
 mod membership;
-mod presence;
 mod replay;
 pub mod router;
 
@@ -25,8 +24,8 @@ use async_nats::jetstream::consumer::PullConsumer;
 use fanout::Fanout;
 use membership::Membership;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
-use presence::PresenceStore;
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,7 +78,8 @@ impl Push {
             fanout: Fanout {
                 nats: client.clone(),
                 membership: Membership::new(pool.clone()),
-                presence: PresenceStore::new(redis.clone(), ns.clone()),
+                presence: PresenceReader::new(redis.clone(), ns.clone())
+                    .caching_liveness(LIVENESS_CACHE),
                 ns,
             },
             js,

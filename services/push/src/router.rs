@@ -8,25 +8,12 @@
 //! gateway's batch; only `unread` differs per user, so its batch carries
 //! each user's count and the gateway renders it.
 
+use natter_platform::presence::{LiveSocket, LiveSockets};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::frames::{MessageView, ServerFrame};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::{ChannelId, SocketId, UserId};
 use std::collections::{BTreeMap, HashMap};
-
-/// One live socket of a user, as presence reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Socket {
-    /// The gateway holding it.
-    pub gateway: String,
-    /// Its id on that gateway.
-    pub socket: SocketId,
-    /// The channel it has entered, if any.
-    pub entered: Option<ChannelId>,
-}
-
-/// Live sockets by user; users with none are absent.
-pub type Presence = HashMap<UserId, Vec<Socket>>;
 
 /// What one gateway receives for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +67,7 @@ pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
 /// their sockets in the channel, not the writer — so only their read
 /// positions are fetched. Sorted, for a stable query.
 #[must_use]
-pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
+pub fn unread_recipients(event: &Event, live: &LiveSockets) -> Vec<UserId> {
     let Event::MessageStored {
         channel_id,
         user_id: writer,
@@ -89,7 +76,7 @@ pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
     else {
         return Vec::new();
     };
-    let mut users: Vec<UserId> = presence
+    let mut users: Vec<UserId> = live
         .iter()
         .filter(|(user, sockets)| {
             *user != writer
@@ -109,7 +96,7 @@ pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
 #[must_use]
 pub fn route(
     event: &Event,
-    presence: &Presence,
+    live: &LiveSockets,
     last_read: &HashMap<UserId, i64>,
 ) -> Vec<GatewayBatch> {
     let mut out = Batches::default();
@@ -131,13 +118,12 @@ pub fn route(
                 content: content.clone(),
                 sent_at: *sent_at,
             });
-            let entered = sockets_where(presence, |_, s| {
+            let entered = sockets_where(live, |_, s| {
                 s.entered == Some(*channel_id) && !is_origin(s, origin)
             });
             out.frame(&frame, entered);
-            for user in unread_recipients(event, presence) {
-                let (Some(read), Some(sockets)) = (last_read.get(&user), presence.get(&user))
-                else {
+            for user in unread_recipients(event, live) {
+                let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(&user)) else {
                     continue;
                 };
                 out.unread(
@@ -159,7 +145,7 @@ pub fn route(
                 channel_id: *channel_id,
                 username: username.clone(),
             };
-            let entered = sockets_where(presence, |user, s| {
+            let entered = sockets_where(live, |user, s| {
                 user != *user_id && s.entered == Some(*channel_id)
             });
             out.frame(&frame, entered);
@@ -168,13 +154,13 @@ pub fn route(
             let frame = ServerFrame::InviteReceived {
                 username: from_username.clone(),
             };
-            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+            out.frame(&frame, sockets_where(live, |user, _| user == *to));
         }
         Event::InviteAccepted { to, from_username } => {
             let frame = ServerFrame::InviteAccepted {
                 username: from_username.clone(),
             };
-            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+            out.frame(&frame, sockets_where(live, |user, _| user == *to));
         }
         Event::ChannelCreated {
             channel_id,
@@ -188,16 +174,14 @@ pub fn route(
             };
             out.frame(
                 &frame,
-                sockets_where(presence, |user, _| {
-                    user != *creator && members.contains(&user)
-                }),
+                sockets_where(live, |user, _| user != *creator && members.contains(&user)),
             );
         }
         Event::MemberLeft {
             channel_id,
             user_id,
         } => {
-            for (gateway, sockets) in sockets_where(presence, |user, _| user == *user_id) {
+            for (gateway, sockets) in sockets_where(live, |user, _| user == *user_id) {
                 out.push(
                     gateway,
                     Delivery::LeaveChannel {
@@ -212,23 +196,25 @@ pub fn route(
     out.finish()
 }
 
-fn is_origin(socket: &Socket, origin: &SocketRef) -> bool {
+fn is_origin(socket: &LiveSocket, origin: &SocketRef) -> bool {
     socket.socket == origin.socket_id && socket.gateway == origin.gateway_id
 }
 
 /// Socket ids by gateway of every socket that `keep` accepts, sorted.
 fn sockets_where(
-    presence: &Presence,
-    keep: impl Fn(UserId, &Socket) -> bool,
+    live: &LiveSockets,
+    keep: impl Fn(UserId, &LiveSocket) -> bool,
 ) -> BTreeMap<String, Vec<SocketId>> {
     let keep = &keep;
-    let chosen = presence
+    let chosen = live
         .iter()
         .flat_map(|(user, sockets)| sockets.iter().filter(move |s| keep(*user, s)));
     by_gateway(chosen)
 }
 
-fn by_gateway<'a>(sockets: impl Iterator<Item = &'a Socket>) -> BTreeMap<String, Vec<SocketId>> {
+fn by_gateway<'a>(
+    sockets: impl Iterator<Item = &'a LiveSocket>,
+) -> BTreeMap<String, Vec<SocketId>> {
     let mut map: BTreeMap<String, Vec<SocketId>> = BTreeMap::new();
     for s in sockets {
         map.entry(s.gateway.clone()).or_default().push(s.socket);
@@ -321,8 +307,8 @@ mod tests {
     const CAROL: UserId = UserId(3);
     const DAVE: UserId = UserId(4);
 
-    fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> Socket {
-        Socket {
+    fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> LiveSocket {
+        LiveSocket {
             gateway: gateway.into(),
             socket: SocketId(socket),
             entered,
@@ -352,7 +338,7 @@ mod tests {
     /// Alice writes from a-1 (entered) and has a-2 entered too; Bob has
     /// entered on gateway b; Carol is online elsewhere on both gateways;
     /// Dave is in another channel.
-    fn busy_channel() -> Presence {
+    fn busy_channel() -> LiveSockets {
         HashMap::from([
             (
                 ALICE,
@@ -394,9 +380,9 @@ mod tests {
     #[test]
     fn a_message_reaches_every_entered_socket_but_the_one_that_wrote_it() {
         let event = stored(5, ALICE, origin("a", 1));
-        let presence = busy_channel();
+        let live = busy_channel();
         let last_read = HashMap::from([(CAROL, 2), (DAVE, 5)]);
-        let batches = route(&event, &presence, &last_read);
+        let batches = route(&event, &live, &last_read);
 
         assert_eq!(batches.len(), 2, "one batch per gateway");
         assert_eq!(batches[0].gateway, "a");
@@ -412,10 +398,10 @@ mod tests {
     #[test]
     fn members_who_have_not_entered_get_their_own_unread_count() {
         let event = stored(5, ALICE, origin("a", 1));
-        let presence = busy_channel();
-        assert_eq!(unread_recipients(&event, &presence), vec![CAROL, DAVE]);
+        let live = busy_channel();
+        assert_eq!(unread_recipients(&event, &live), vec![CAROL, DAVE]);
         let last_read = HashMap::from([(CAROL, 2), (DAVE, 4)]);
-        let batches = route(&event, &presence, &last_read);
+        let batches = route(&event, &live, &last_read);
 
         assert_eq!(
             unreads(&batches[0]),
@@ -456,13 +442,13 @@ mod tests {
 
     #[test]
     fn the_writer_never_gets_an_unread_even_from_sockets_outside_the_channel() {
-        let presence = HashMap::from([
+        let live = HashMap::from([
             (ALICE, vec![socket("a", 1, None), socket("a", 2, None)]),
             (BOB, vec![socket("a", 3, None)]),
         ]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert_eq!(unread_recipients(&event, &presence), vec![BOB]);
-        let batches = route(&event, &presence, &HashMap::from([(BOB, 0)]));
+        assert_eq!(unread_recipients(&event, &live), vec![BOB]);
+        let batches = route(&event, &live, &HashMap::from([(BOB, 0)]));
         assert_eq!(batches.len(), 1);
         assert!(frames(&batches[0]).is_empty(), "nobody has entered");
         assert_eq!(
@@ -476,13 +462,13 @@ mod tests {
 
     #[test]
     fn a_member_with_one_socket_in_the_channel_gets_no_unread() {
-        let presence = HashMap::from([(
+        let live = HashMap::from([(
             BOB,
             vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
         )]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert!(unread_recipients(&event, &presence).is_empty());
-        let batches = route(&event, &presence, &HashMap::new());
+        assert!(unread_recipients(&event, &live).is_empty());
+        let batches = route(&event, &live, &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert!(unreads(&batches[0]).is_empty());
@@ -490,21 +476,17 @@ mod tests {
 
     #[test]
     fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
-        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = route(
-            &stored(3, ALICE, origin("a", 1)),
-            &presence,
-            &HashMap::new(),
-        );
+        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let batches = route(&stored(3, ALICE, origin("a", 1)), &live, &HashMap::new());
         assert!(batches.is_empty());
     }
 
     #[test]
     fn a_read_position_ahead_of_the_event_counts_zero_unread() {
-        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
         let batches = route(
             &stored(3, ALICE, origin("a", 1)),
-            &presence,
+            &live,
             &HashMap::from([(BOB, 9)]),
         );
         assert_eq!(unreads(&batches[0])[0].unread, 0);

@@ -1,5 +1,6 @@
-use natter_protocol::close;
+use natter_platform::presence::PresenceReader;
 use natter_protocol::http::paths;
+use natter_protocol::{UserId, close};
 use natter_testkit::{Part, TestApp, ws};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -72,41 +73,52 @@ async fn a_gateway_started_after_a_logout_still_refuses_the_token() {
     assert_eq!(refusal.0, 401);
 }
 
+/// Presence as push and message read it.
+async fn reader(app: &TestApp) -> PresenceReader {
+    let redis = natter_platform::cache::connect(&app.config.redis_url)
+        .await
+        .expect("redis");
+    PresenceReader::new(redis, app.config.namespace())
+}
+
+async fn user_id(app: &TestApp, name: &str) -> UserId {
+    let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+        .bind(name)
+        .fetch_one(&app.pool)
+        .await
+        .expect("user");
+    UserId(id)
+}
+
+/// Waits until `user` has `n` live sockets.
+async fn live_sockets_become(reader: &PresenceReader, user: UserId, n: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let live = reader.live_sockets(&[user]).await.expect("presence");
+        if live.get(&user).map_or(0, Vec::len) == n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user} has {live:?}, not {n} live sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_socket_is_recorded_in_redis_presence_until_it_closes() {
     let app = TestApp::spawn().await;
     let (_, ws) = app.ws_user("alice").await;
-    let ns = app.config.namespace();
-    let user_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = 'alice'")
-        .fetch_one(&app.pool)
-        .await
-        .expect("user");
-    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let key = ns.presence_key(natter_protocol::UserId(user_id));
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .expect("hgetall");
-    assert_eq!(fields.len(), 1, "{fields:?}");
+    let alice = user_id(&app, "alice").await;
+    let reader = reader(&app).await;
+    let live = reader.live_sockets(&[alice]).await.expect("presence");
+    let sockets = live.get(&alice).cloned().unwrap_or_default();
+    assert_eq!(sockets.len(), 1, "{live:?}");
+    assert_eq!(sockets[0].gateway, app.config.gateway_id());
+    assert_eq!(sockets[0].entered, None);
     ws.close().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n: usize = redis::cmd("HLEN")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .expect("hlen");
-        if n == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "presence not cleared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    live_sockets_become(&reader, alice, 0, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -162,21 +174,8 @@ async fn presence_lost_in_redis_is_registered_again_by_the_heartbeat() {
         .query_async(&mut redis)
         .await
         .expect("del");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let back: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}presence:*", ns.redis_prefix()))
-            .query_async(&mut redis)
-            .await
-            .expect("keys");
-        if back.len() == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "presence was not restored"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reader = reader(&app).await;
+    let alice = user_id(&app, "alice").await;
+    live_sockets_become(&reader, alice, 1, Duration::from_secs(15)).await;
     assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
 }

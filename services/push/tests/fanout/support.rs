@@ -3,9 +3,10 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use natter_platform::presence::{self, PresenceWriter};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
-use natter_protocol::subjects::{Namespace, presence_field};
+use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, SocketId, UserId};
 use natter_testkit::TestApp;
 use redis::aio::ConnectionManager;
@@ -108,11 +109,17 @@ impl Harness {
         .expect("update last_read_seq");
     }
 
-    /// Marks a gateway alive, as its heartbeat would.
+    /// Presence writes as `gateway` makes them.
+    fn gateway(&self, gateway: &str) -> PresenceWriter {
+        PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+    }
+
+    /// Marks a gateway alive, as its heartbeat would, for longer than any
+    /// test runs (there is no heartbeat here to refresh it).
     pub async fn gateway_alive(&self, gateway: &str) {
         let mut conn = self.redis.clone();
         let () = redis::cmd("SET")
-            .arg(self.ns.gateway_alive_key(gateway))
+            .arg(presence::gateway_key(&self.ns, gateway))
             .arg("1")
             .arg("EX")
             .arg(60)
@@ -130,20 +137,15 @@ impl Harness {
         socket: u64,
         entered: Option<ChannelId>,
     ) {
-        let mut conn = self.redis.clone();
-        let () = redis::cmd("HSET")
-            .arg(self.ns.presence_key(user))
-            .arg(presence_field(gateway, SocketId(socket)))
-            .arg(entered.map(|c| c.0.to_string()).unwrap_or_default())
-            .query_async(&mut conn)
-            .await
-            .expect("set presence");
+        self.gateway(gateway)
+            .set(user, SocketId(socket), entered)
+            .await;
     }
 
     pub async fn presence_fields(&self, user: UserId) -> Vec<String> {
         let mut conn = self.redis.clone();
         redis::cmd("HKEYS")
-            .arg(self.ns.presence_key(user))
+            .arg(presence::user_key(&self.ns, user))
             .query_async(&mut conn)
             .await
             .expect("read presence")
