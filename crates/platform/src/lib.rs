@@ -6,8 +6,10 @@
 //! ([`shutdown`]).
 //!
 //! It also owns the contracts that more than one service reads or writes,
-//! so that each has one definition: the Redis presence schema
-//! ([`presence`]: the gateway writes, push and message read).
+//! so that each has one definition: the outbox row format and its relay
+//! ([`outbox`]: auth and message write it, message runs the relay) and the
+//! Redis presence schema ([`presence`]: the gateway writes, push and
+//! message read).
 
 pub mod cache;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod health;
 pub mod http_error;
 pub mod metrics;
 pub mod nats;
+pub mod outbox;
 pub mod presence;
 pub mod random;
 pub mod shutdown;

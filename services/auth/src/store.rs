@@ -2,6 +2,7 @@
 //! username is a 409 decided by the unique index, never by a racy check.
 
 use crate::error::AuthError;
+use natter_platform::outbox;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::http::UserView;
 use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
@@ -215,17 +216,11 @@ pub(crate) async fn revoke_session(
             .await?
             .rows_affected();
     if revoked > 0 {
-        let payload = serde_json::to_vec(&SessionRevoked {
+        let revoked = SessionRevoked {
             session_id: session,
             user_id: user,
-        })
-        .map_err(|e| AuthError::Internal(e.into()))?;
-        sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
-            .bind(uuid::Uuid::now_v7())
-            .bind(ns.session_revoked_subject())
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
+        };
+        outbox::session_revoked(&mut tx, ns, &revoked).await?;
     }
     tx.commit().await?;
     Ok(())

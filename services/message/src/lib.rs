@@ -3,24 +3,24 @@
 //! It answers the gateway's forwarded requests and auth's unregister over
 //! NATS request/reply (queue group, so instances share the load), keeps
 //! every durable fact in Postgres, and announces state changes through the
-//! outbox, which [`relay`] publishes to JetStream.
+//! outbox (`natter_platform::outbox`), whose relay it runs to publish them
+//! to JetStream.
 //!
 //! Reading order: [`Message`] wires it; [`rpc`] receives requests;
 //! [`handlers`] applies the rules of each request; [`writer`] batches
-//! `write_message` into shared transactions; [`relay`] publishes the
-//! outbox; [`store`] is the SQL; [`error`] maps domain failures to error
-//! codes. The `online` flag of `fetch_connections` is read through
-//! `natter_platform::presence`.
+//! `write_message` into shared transactions; [`store`] is the SQL;
+//! [`error`] maps domain failures to error codes. The `online` flag of
+//! `fetch_connections` is read through `natter_platform::presence`.
 
 mod error;
 mod handlers;
-pub mod relay;
 mod rpc;
 mod store;
 mod writer;
 
 use anyhow::Context;
 use natter_platform::health::{self, Dependencies};
+use natter_platform::outbox;
 use natter_platform::presence::PresenceReader;
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
@@ -124,7 +124,7 @@ impl Message {
         tracing::info!(addr = %self.local_addr()?, "message serving health");
         let tasks = TaskTracker::new();
         let draining = CancellationToken::new();
-        tasks.spawn(relay::run(
+        tasks.spawn(outbox::relay::run(
             self.state.pool.clone(),
             self.js.clone(),
             shutdown.clone(),

@@ -7,7 +7,8 @@
 //! lock, so it cannot race an unregister (which locks channels, then users).
 
 use crate::error::DomainError;
-use crate::store::{outbox, retrying};
+use crate::store::retrying;
+use natter_platform::outbox;
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{ChannelCreated, ChannelEntry};
 use natter_protocol::subjects::Namespace;

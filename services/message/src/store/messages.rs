@@ -9,6 +9,7 @@
 
 use crate::error::DomainError;
 use crate::store::channels::{membership, not_found, not_joined};
+use natter_platform::outbox::{self, OutboxRow};
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
@@ -232,10 +233,7 @@ async fn insert_accepted(
     .collect();
 
     let mut read_to: HashMap<(i64, i64), i64> = HashMap::new();
-    let mut msg_ids = Vec::with_capacity(accepted.len());
-    let mut subjects = Vec::with_capacity(accepted.len());
-    let mut payloads = Vec::with_capacity(accepted.len());
-    let mut headers = Vec::with_capacity(accepted.len());
+    let mut events = Vec::with_capacity(accepted.len());
     for (&i, &seq) in accepted.iter().zip(&seqs) {
         let r = &batch[i];
         let sent_at = sent.get(&(r.channel_id.0, seq)).copied().ok_or_else(|| {
@@ -253,10 +251,7 @@ async fn insert_accepted(
             sent_at,
             origin: r.origin.clone(),
         };
-        msg_ids.push(uuid::Uuid::now_v7());
-        subjects.push(ns.event_subject(&event.subject_suffix()));
-        payloads.push(serde_json::to_vec(&event).map_err(anyhow::Error::from)?);
-        headers.push(crate::store::outbox::trace_headers(r.traceparent.clone()));
+        events.push(OutboxRow::event(ns, &event, r.traceparent.clone())?);
         outcome[i] = Some(Outcome::Written(Written {
             channel_id: r.channel_id,
             seq,
@@ -276,16 +271,7 @@ async fn insert_accepted(
     .bind(&read_seqs)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload, headers) \
-         SELECT i, s, p, h::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS x(i, s, p, h)",
-    )
-    .bind(&msg_ids)
-    .bind(&subjects)
-    .bind(&payloads)
-    .bind(&headers)
-    .execute(&mut *tx)
-    .await?;
+    outbox::insert(tx, &events).await?;
     Ok(())
 }
 

@@ -2,27 +2,26 @@
 //! publish, and JetStream keeps each event once however often it is
 //! published.
 
+use natter_platform::outbox::{self, OutboxRow};
 use natter_protocol::events::Event;
 use natter_protocol::{ChannelId, UserId};
 use natter_testkit::{Part, TestApp};
 use std::time::{Duration, Instant};
 
-async fn insert_row(app: &TestApp, msg_id: uuid::Uuid, event: &Event) {
-    let ns = app.config.namespace();
-    sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(msg_id)
-        .bind(ns.event_subject(&event.subject_suffix()))
-        .bind(serde_json::to_vec(event).expect("serialize"))
-        .execute(&app.pool)
-        .await
-        .expect("outbox row");
-}
-
-fn joined(n: i64) -> Event {
-    Event::MemberJoined {
+/// A row announcing that user `n` joined channel 1.
+fn joined(app: &TestApp, n: i64) -> OutboxRow {
+    let event = Event::MemberJoined {
         channel_id: ChannelId(1),
         user_id: UserId(n),
-    }
+    };
+    OutboxRow::event(&app.config.namespace(), &event, None).expect("encoded")
+}
+
+async fn insert_row(app: &TestApp, row: &OutboxRow) {
+    let mut conn = app.pool.acquire().await.expect("connection");
+    outbox::insert(&mut conn, std::slice::from_ref(row))
+        .await
+        .expect("outbox row");
 }
 
 async fn stream(app: &TestApp) -> async_nats::jetstream::stream::Stream {
@@ -58,12 +57,12 @@ async fn drained(app: &TestApp) {
 #[tokio::test]
 async fn rows_committed_while_the_service_is_down_are_published_once_after_restart() {
     let mut app = TestApp::spawn().await;
-    insert_row(&app, uuid::Uuid::now_v7(), &joined(1)).await;
+    insert_row(&app, &joined(&app, 1)).await;
     drained(&app).await;
     assert_eq!(stored_events(&app).await, 1);
     app.stop_part(Part::Message).await;
     for n in 2..=4 {
-        insert_row(&app, uuid::Uuid::now_v7(), &joined(n)).await;
+        insert_row(&app, &joined(&app, n)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(outbox_rows(&app).await, 3, "nothing publishes while down");
@@ -80,10 +79,10 @@ async fn publishing_the_same_row_twice_stores_one_event() {
         .await
         .expect("nats");
     let js = async_nats::jetstream::new(nats);
-    let msg_id = uuid::Uuid::now_v7();
+    let row = joined(&app, 7);
     for _ in 0..2 {
-        insert_row(&app, msg_id, &joined(7)).await;
-        let published = natter_message::relay::publish_batch(&app.pool, &js)
+        insert_row(&app, &row).await;
+        let published = outbox::relay::publish_batch(&app.pool, &js)
             .await
             .expect("published");
         assert_eq!(published, 1);
@@ -113,7 +112,7 @@ async fn a_relay_whose_lock_connection_dies_stops_being_active() {
     let config = natter_testkit::test_config(&db.url);
     let nats = async_nats::connect(&config.nats_url).await.expect("nats");
     let stop = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(natter_message::relay::run(
+    let relay = tokio::spawn(outbox::relay::run(
         pool.clone(),
         async_nats::jetstream::new(nats),
         stop.clone(),
