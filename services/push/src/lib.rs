@@ -9,15 +9,15 @@
 //! served on `NATTER_PUSH_ADDR`.
 //!
 //! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
-//! settles events; [`fanout`] handles one event; [`router`] is the pure
-//! decision of who gets what; [`membership`] and
+//! settles events; [`fanout`] handles one event; [`recipients`] is the
+//! pure decision of who gets what; [`membership`] and
 //! `natter_platform::presence` are the lookups it needs.
 
 pub mod consumer;
 mod fanout;
 mod membership;
+pub mod recipients;
 mod replay;
-pub mod router;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::PullConsumer;

@@ -1,5 +1,5 @@
-//! Event → per-gateway delivery batches: who gets which push (PROTOCOL.md
-//! 2.3), decided from the channel's members, the recipients' live sockets
+//! Who gets which push (PROTOCOL.md 2.3): an event becomes per-gateway
+//! delivery batches, decided from the channel's members, the recipients' live sockets
 //! and, for `unread`, their read positions. Pure logic, no I/O: the
 //! orchestration in [`crate::fanout`] gathers the inputs and publishes the
 //! output, so every rule here is unit-tested without a server.
@@ -27,7 +27,7 @@ pub struct GatewayBatch {
 /// The channel whose members decide an event's recipients, for the events
 /// that go to "sockets that have entered" or to members.
 #[must_use]
-pub fn channel_of_recipients(event: &Event) -> Option<ChannelId> {
+pub fn channel_of(event: &Event) -> Option<ChannelId> {
     match event {
         Event::MessageStored { channel_id, .. } | Event::Typing { channel_id, .. } => {
             Some(*channel_id)
@@ -49,7 +49,7 @@ pub fn membership_change(event: &Event) -> Option<ChannelId> {
 }
 
 /// Whose presence the event needs; `members` are the channel's members
-/// when [`channel_of_recipients`] names one (ignored otherwise).
+/// when [`channel_of`] names one (ignored otherwise).
 #[must_use]
 pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
     match event {
@@ -67,7 +67,7 @@ pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
 /// their sockets in the channel, not the writer — so only their read
 /// positions are fetched. Sorted, for a stable query.
 #[must_use]
-pub fn unread_recipients(event: &Event, live: &LiveSockets) -> Vec<UserId> {
+pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
     let Event::MessageStored {
         channel_id,
         user_id: writer,
@@ -89,12 +89,12 @@ pub fn unread_recipients(event: &Event, live: &LiveSockets) -> Vec<UserId> {
     users
 }
 
-/// The batches for one event, one per gateway that has a recipient, ordered
-/// by gateway id. `last_read` holds the read positions of
-/// [`unread_recipients`]; a user missing from it (no longer a member) gets
-/// no `unread`.
+/// The deliveries for one event: one batch per gateway that has a
+/// recipient, ordered by gateway id. `last_read` holds the read positions
+/// of [`unread_users`]; a user missing from it (no longer a member) gets no
+/// `unread`.
 #[must_use]
-pub fn route(
+pub fn deliveries(
     event: &Event,
     live: &LiveSockets,
     last_read: &HashMap<UserId, i64>,
@@ -122,7 +122,7 @@ pub fn route(
                 s.entered == Some(*channel_id) && !is_origin(s, origin)
             });
             out.frame(&frame, entered);
-            for user in unread_recipients(event, live) {
+            for user in unread_users(event, live) {
                 let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(&user)) else {
                     continue;
                 };
@@ -382,7 +382,7 @@ mod tests {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
         let last_read = HashMap::from([(CAROL, 2), (DAVE, 5)]);
-        let batches = route(&event, &live, &last_read);
+        let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(batches.len(), 2, "one batch per gateway");
         assert_eq!(batches[0].gateway, "a");
@@ -399,9 +399,9 @@ mod tests {
     fn members_who_have_not_entered_get_their_own_unread_count() {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
-        assert_eq!(unread_recipients(&event, &live), vec![CAROL, DAVE]);
+        assert_eq!(unread_users(&event, &live), vec![CAROL, DAVE]);
         let last_read = HashMap::from([(CAROL, 2), (DAVE, 4)]);
-        let batches = route(&event, &live, &last_read);
+        let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(
             unreads(&batches[0]),
@@ -447,8 +447,8 @@ mod tests {
             (BOB, vec![socket("a", 3, None)]),
         ]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert_eq!(unread_recipients(&event, &live), vec![BOB]);
-        let batches = route(&event, &live, &HashMap::from([(BOB, 0)]));
+        assert_eq!(unread_users(&event, &live), vec![BOB]);
+        let batches = deliveries(&event, &live, &HashMap::from([(BOB, 0)]));
         assert_eq!(batches.len(), 1);
         assert!(frames(&batches[0]).is_empty(), "nobody has entered");
         assert_eq!(
@@ -467,8 +467,8 @@ mod tests {
             vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
         )]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert!(unread_recipients(&event, &live).is_empty());
-        let batches = route(&event, &live, &HashMap::new());
+        assert!(unread_users(&event, &live).is_empty());
+        let batches = deliveries(&event, &live, &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert!(unreads(&batches[0]).is_empty());
@@ -477,14 +477,14 @@ mod tests {
     #[test]
     fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
         let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = route(&stored(3, ALICE, origin("a", 1)), &live, &HashMap::new());
+        let batches = deliveries(&stored(3, ALICE, origin("a", 1)), &live, &HashMap::new());
         assert!(batches.is_empty());
     }
 
     #[test]
     fn a_read_position_ahead_of_the_event_counts_zero_unread() {
         let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = route(
+        let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
             &live,
             &HashMap::from([(BOB, 9)]),
@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn the_message_frame_is_serialized_once_and_shared_by_gateways() {
-        let batches = route(
+        let batches = deliveries(
             &stored(5, ALICE, origin("a", 1)),
             &busy_channel(),
             &HashMap::new(),
@@ -519,7 +519,7 @@ mod tests {
             username: "alice".into(),
             origin: origin("a", 1),
         };
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert_eq!(
@@ -529,7 +529,7 @@ mod tests {
                 json!({"type": "typing", "channel_id": 7, "username": "alice"})
             )]
         );
-        assert!(unread_recipients(&event, &busy_channel()).is_empty());
+        assert!(unread_users(&event, &busy_channel()).is_empty());
     }
 
     #[test]
@@ -539,7 +539,7 @@ mod tests {
             from_username: "alice".into(),
         };
         assert_eq!(audience(&event, &[]), vec![CAROL]);
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         let expected = json!({"type": "invite_received", "username": "alice"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
@@ -548,7 +548,7 @@ mod tests {
             to: BOB,
             from_username: "carol".into(),
         };
-        let batches = route(&accepted, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&accepted, &busy_channel(), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(
             frames(&batches[0]),
@@ -569,7 +569,7 @@ mod tests {
         };
         assert_eq!(audience(&event, &[]), vec![BOB, CAROL]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         let expected = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![10, 11], expected)]);
@@ -583,7 +583,7 @@ mod tests {
         };
         assert_eq!(audience(&event, &[]), vec![ALICE]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         assert_eq!(
             batches,
             vec![GatewayBatch {
@@ -606,27 +606,27 @@ mod tests {
         };
         assert!(audience(&event, &[ALICE, BOB]).is_empty());
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        assert_eq!(channel_of_recipients(&event), None);
-        assert!(route(&event, &busy_channel(), &HashMap::new()).is_empty());
+        assert_eq!(channel_of(&event), None);
+        assert!(deliveries(&event, &busy_channel(), &HashMap::new()).is_empty());
     }
 
     #[test]
     fn channel_events_need_the_members_and_user_events_do_not() {
         let event = stored(1, ALICE, origin("a", 1));
-        assert_eq!(channel_of_recipients(&event), Some(CHANNEL));
+        assert_eq!(channel_of(&event), Some(CHANNEL));
         assert_eq!(audience(&event, &[ALICE, BOB]), vec![ALICE, BOB]);
         let invite = Event::InviteReceived {
             to: BOB,
             from_username: "alice".into(),
         };
-        assert_eq!(channel_of_recipients(&invite), None);
+        assert_eq!(channel_of(&invite), None);
         assert_eq!(membership_change(&invite), None);
     }
 
     #[test]
     fn nobody_online_means_no_batch() {
         assert!(
-            route(
+            deliveries(
                 &stored(1, ALICE, origin("a", 1)),
                 &HashMap::new(),
                 &HashMap::new()
