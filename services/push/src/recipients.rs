@@ -1,6 +1,6 @@
 //! Who gets which push (PROTOCOL.md 2.3): an event becomes per-gateway
-//! delivery batches, decided from the channel's members, the recipients' live sockets
-//! and, for `unread`, their read positions. Pure logic, no I/O: the
+//! delivery batches, decided from the channel's members, the recipients'
+//! live sockets and, for `unread`, their read positions. Pure logic, no I/O: the
 //! orchestration in [`crate::fanout`] gathers the inputs and publishes the
 //! output, so every rule here is unit-tested without a server.
 //!
