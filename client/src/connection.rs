@@ -12,7 +12,7 @@ use crate::state::SharedView;
 use futures::{SinkExt, StreamExt};
 use natter_protocol::frames::results::{Entered, MessageEntry, Messages, Written};
 use natter_protocol::frames::{ClientFrame, MessageView, Request, ServerFrame};
-use natter_protocol::{ChannelId, ErrorCode};
+use natter_protocol::{ChannelId, ErrorCode, Seq};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -273,7 +273,7 @@ struct Current {
     title: String,
     tracker: SeqTracker,
     /// Pushes held back while history or a gap is being fetched.
-    held: Option<BTreeMap<i64, MessageView>>,
+    held: Option<BTreeMap<Seq, MessageView>>,
 }
 
 /// Why one socket's life ended.
@@ -295,7 +295,7 @@ struct Task {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     /// A user `enter` in flight, with the pushes of that channel meanwhile.
-    entering: Option<(ChannelId, BTreeMap<i64, MessageView>)>,
+    entering: Option<(ChannelId, BTreeMap<Seq, MessageView>)>,
     current: Option<Current>,
 }
 
@@ -709,7 +709,7 @@ impl Task {
                 }
                 Err(e) => {
                     let title = self.current.take().map(|c| c.title).unwrap_or_default();
-                    self.view.set_channel(None, 0);
+                    self.view.set_channel(None, Seq::ZERO);
                     self.emit(Event::Error(format!(
                         "could not re-enter {title}: {}",
                         e.describe()
@@ -774,7 +774,7 @@ impl Task {
 
     fn leave(&mut self) {
         self.current = None;
-        self.view.set_channel(None, 0);
+        self.view.set_channel(None, Seq::ZERO);
     }
 }
 
@@ -790,7 +790,7 @@ fn refuse(msg: ToTask) {
     }
 }
 
-fn fill_request(channel_id: ChannelId, after_seq: i64) -> Request {
+fn fill_request(channel_id: ChannelId, after_seq: Seq) -> Request {
     Request::FetchMessages {
         channel_id,
         after_seq: Some(after_seq),

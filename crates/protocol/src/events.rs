@@ -3,7 +3,7 @@
 //! (auth → gateways).
 
 use crate::rpc::SocketRef;
-use crate::{ChannelId, SessionId, SocketId, UserId, time_format};
+use crate::{ChannelId, Seq, SessionId, SocketId, UserId, time_format};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -20,7 +20,7 @@ pub enum Event {
     MessageStored {
         channel_id: ChannelId,
         title: String,
-        seq: i64,
+        seq: Seq,
         user_id: UserId,
         username: String,
         content: String,
@@ -105,7 +105,7 @@ pub enum Delivery {
         /// Its title.
         title: String,
         /// Its newest seq.
-        last_seq: i64,
+        last_seq: Seq,
         /// Who gets what.
         targets: Vec<UnreadTarget>,
     },
@@ -178,7 +178,7 @@ mod tests {
                 Delivery::Unread {
                     channel_id: ChannelId(1),
                     title: "t".into(),
-                    last_seq: 3,
+                    last_seq: Seq(3),
                     targets: vec![UnreadTarget {
                         sockets: vec![SocketId(5)],
                         unread: 2,

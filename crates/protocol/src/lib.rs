@@ -22,5 +22,5 @@ pub mod time_format;
 pub mod username;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{ChannelId, SessionId, SocketId, UserId};
+pub use ids::{ChannelId, Seq, SessionId, SocketId, UserId};
 pub use username::Username;

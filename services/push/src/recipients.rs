@@ -12,7 +12,7 @@ use natter_platform::presence::{LiveSocket, LiveSockets};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::frames::{MessageView, ServerFrame};
 use natter_protocol::rpc::SocketRef;
-use natter_protocol::{ChannelId, SocketId, UserId};
+use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use std::collections::{BTreeMap, HashMap};
 
 /// What one gateway receives for one event.
@@ -97,7 +97,7 @@ pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
 pub fn deliveries(
     event: &Event,
     live: &LiveSockets,
-    last_read: &HashMap<UserId, i64>,
+    last_read: &HashMap<UserId, Seq>,
 ) -> Vec<GatewayBatch> {
     let mut out = Batches::default();
     match event {
@@ -130,7 +130,7 @@ pub fn deliveries(
                     *channel_id,
                     title,
                     *seq,
-                    (*seq - read).max(0),
+                    seq.count_after(*read),
                     by_gateway(sockets.iter()),
                 );
             }
@@ -259,7 +259,7 @@ impl Batches {
         &mut self,
         channel_id: ChannelId,
         title: &str,
-        last_seq: i64,
+        last_seq: Seq,
         unread: i64,
         sockets: BTreeMap<String, Vec<SocketId>>,
     ) {
@@ -326,7 +326,7 @@ mod tests {
         Event::MessageStored {
             channel_id: CHANNEL,
             title: "general".into(),
-            seq,
+            seq: Seq(seq),
             user_id: writer,
             username: "alice".into(),
             content: "hi".into(),
@@ -381,7 +381,7 @@ mod tests {
     fn a_message_reaches_every_entered_socket_but_the_one_that_wrote_it() {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
-        let last_read = HashMap::from([(CAROL, 2), (DAVE, 5)]);
+        let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(5))]);
         let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(batches.len(), 2, "one batch per gateway");
@@ -400,7 +400,7 @@ mod tests {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
         assert_eq!(unread_users(&event, &live), vec![CAROL, DAVE]);
-        let last_read = HashMap::from([(CAROL, 2), (DAVE, 4)]);
+        let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(4))]);
         let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(
@@ -436,7 +436,7 @@ mod tests {
         };
         assert_eq!(
             (*channel_id, title.as_str(), *last_seq),
-            (CHANNEL, "general", 5)
+            (CHANNEL, "general", Seq(5))
         );
     }
 
@@ -448,7 +448,7 @@ mod tests {
         ]);
         let event = stored(3, ALICE, origin("a", 1));
         assert_eq!(unread_users(&event, &live), vec![BOB]);
-        let batches = deliveries(&event, &live, &HashMap::from([(BOB, 0)]));
+        let batches = deliveries(&event, &live, &HashMap::from([(BOB, Seq(0))]));
         assert_eq!(batches.len(), 1);
         assert!(frames(&batches[0]).is_empty(), "nobody has entered");
         assert_eq!(
@@ -487,7 +487,7 @@ mod tests {
         let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
             &live,
-            &HashMap::from([(BOB, 9)]),
+            &HashMap::from([(BOB, Seq(9))]),
         );
         assert_eq!(unreads(&batches[0])[0].unread, 0);
     }

@@ -14,7 +14,7 @@ use natter_protocol::events::Event;
 use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, Seq, UserId};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
@@ -92,7 +92,7 @@ pub(crate) async fn write_batch(
         if let Some(&i) = first_of.get(&(user, key.as_str())) {
             outcome[i] = Some(Outcome::Written(Written {
                 channel_id: ChannelId(channel),
-                seq,
+                seq: Seq(seq),
                 sent_at,
             }));
         }
@@ -244,7 +244,7 @@ async fn insert_accepted(
         let event = Event::MessageStored {
             channel_id: r.channel_id,
             title: titles.get(&r.channel_id.0).cloned().unwrap_or_default(),
-            seq,
+            seq: Seq(seq),
             user_id: r.user_id,
             username: r.username.clone(),
             content: r.content.clone(),
@@ -254,7 +254,7 @@ async fn insert_accepted(
         events.push(OutboxRow::event(ns, &event, r.traceparent.clone())?);
         outcome[i] = Some(Outcome::Written(Written {
             channel_id: r.channel_id,
-            seq,
+            seq: Seq(seq),
             sent_at,
         }));
     }
@@ -279,9 +279,9 @@ async fn insert_accepted(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Page {
     /// The oldest `limit` after this seq (gap filling).
-    After(i64),
+    After(Seq),
     /// The newest `limit` before this seq, or the newest of all.
-    Before(Option<i64>),
+    Before(Option<Seq>),
 }
 
 /// The oldest page after a seq.
@@ -305,8 +305,8 @@ pub(crate) async fn fetch(
 ) -> Result<Vec<MessageEntry>, DomainError> {
     membership(pool, channel, user).await?;
     let (sql, bound, newest_first) = match page {
-        Page::After(after) => (AFTER, after, false),
-        Page::Before(before) => (BEFORE, before.unwrap_or(i64::MAX), true),
+        Page::After(after) => (AFTER, after.0, false),
+        Page::Before(before) => (BEFORE, before.map_or(i64::MAX, |s| s.0), true),
     };
     let mut rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
         .bind(channel.0)
@@ -320,7 +320,7 @@ pub(crate) async fn fetch(
     Ok(rows
         .into_iter()
         .map(|(seq, username, content, sent_at)| MessageEntry {
-            seq,
+            seq: Seq(seq),
             username,
             content,
             sent_at,

@@ -1,8 +1,8 @@
 //! Events published straight to JetStream; the test plays the gateways.
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
-use natter_protocol::SocketId;
 use natter_protocol::events::{Delivery, Event, UnreadTarget};
+use natter_protocol::{Seq, SocketId};
 use natter_testkit::Part;
 use serde_json::json;
 use std::time::Duration;
@@ -78,7 +78,7 @@ async fn a_message_goes_to_entered_sockets_on_every_gateway_and_unread_to_the_ot
     else {
         panic!("an unread delivery on gw-b");
     };
-    assert_eq!((title.as_str(), *last_seq), ("general", 4));
+    assert_eq!((title.as_str(), *last_seq), ("general", Seq(4)));
     a.expect_nothing().await;
     b.expect_nothing().await;
     h.app.stop().await;

@@ -7,7 +7,7 @@ use natter_platform::presence::{self, PresenceWriter};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, SocketId, UserId};
+use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use natter_testkit::TestApp;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
@@ -255,7 +255,7 @@ pub fn message(channel: ChannelId, seq: i64, writer: UserId, from: SocketRef) ->
     Event::MessageStored {
         channel_id: channel,
         title: "general".into(),
-        seq,
+        seq: Seq(seq),
         user_id: writer,
         username: "alice".into(),
         content: format!("message {seq}"),
