@@ -94,7 +94,7 @@ async fn still_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes up to [`BATCH`] rows, deletes those JetStream acknowledged
+/// Publishes up to `BATCH` rows, deletes those JetStream acknowledged
 /// (a prefix, in order), and returns how many.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
