@@ -4,7 +4,7 @@
 
 use natter_protocol::ErrorCode;
 use natter_protocol::frames::ConnectionStatus;
-use natter_protocol::{ChannelId, time_format};
+use natter_protocol::{ChannelId, Seq, time_format};
 use owo_colors::{OwoColorize, Style};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -21,7 +21,7 @@ pub enum Event {
         /// The channel.
         channel_id: ChannelId,
         /// Its seq.
-        seq: i64,
+        seq: Seq,
         /// The writer; `None` once they have unregistered.
         username: Option<String>,
         /// The text.
@@ -274,7 +274,7 @@ mod tests {
     fn messages_show_time_author_and_text() {
         let message = |username: Option<&str>| Event::Message {
             channel_id: ChannelId(1),
-            seq: 4,
+            seq: Seq(4),
             username: username.map(str::to_owned),
             content: "hi there".into(),
             sent_at: at(1_700_000_000),

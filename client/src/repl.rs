@@ -346,13 +346,13 @@ impl History for RedactingHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_protocol::ChannelId;
+    use natter_protocol::{ChannelId, Seq};
 
     fn view() -> View {
         View {
             username: Some("alice".into()),
             channel: Some((ChannelId(3), "general".into())),
-            last_seen: 0,
+            last_seen: Seq::ZERO,
             users: ["bob".to_owned(), "carol".to_owned()].into(),
             channels: [ChannelId(3), ChannelId(12)].into(),
         }

@@ -9,13 +9,13 @@ use crate::command::{COMMANDS, Command, ParseError, parse, spec};
 use crate::link::{CallError, Link};
 use crate::render::Event;
 use crate::state::SharedView;
-use natter_protocol::ChannelId;
 use natter_protocol::ErrorCode;
 use natter_protocol::frames::results::{
     ChannelCreated, ChannelInviteCode, Channels, ConnectionChange, Connections, Entered,
     MessageEntry, Messages, Quit, UserInviteCode, Written,
 };
 use natter_protocol::frames::{ConnectionFilter, Request};
+use natter_protocol::{ChannelId, Seq};
 use tokio::sync::mpsc;
 
 /// How many messages `/enter` shows, and `/history` by default.
@@ -88,7 +88,7 @@ pub struct Session {
     view: SharedView,
     login: Option<LoggedIn>,
     /// The entered channel and the oldest seq shown in it (for `/history`).
-    oldest_shown: Option<(ChannelId, i64)>,
+    oldest_shown: Option<(ChannelId, Seq)>,
 }
 
 impl Session {
@@ -312,7 +312,7 @@ impl Session {
                                     channel_id: c.channel_id,
                                     title: c.title,
                                     head_count: c.head_count,
-                                    unread: (c.last_seq - c.last_read_seq).max(0),
+                                    unread: c.last_seq.count_after(c.last_read_seq),
                                 }
                             })
                             .collect(),
@@ -343,9 +343,9 @@ impl Session {
                     last_read_seq,
                     last_seq,
                 } = outcome.entered;
-                let oldest = outcome.messages.first().map_or(last_seq + 1, |m| m.seq);
+                let oldest = outcome.messages.first().map_or(last_seq.next(), |m| m.seq);
                 self.oldest_shown = Some((channel_id, oldest));
-                let unread = (last_seq - last_read_seq).max(0);
+                let unread = last_seq.count_after(last_read_seq);
                 let mut events = vec![Event::Info(format!(
                     "entered {title} (channel {channel_id}, {unread} unread); type to send, /leave to leave"
                 ))];
@@ -375,7 +375,7 @@ impl Session {
                 let Some((channel_id, oldest)) = self.oldest_shown else {
                     return Ok(not_in_channel());
                 };
-                if oldest <= 1 {
+                if oldest <= Seq(1) {
                     return Ok(Output::info("no older messages"));
                 }
                 let r: Messages = link

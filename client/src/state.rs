@@ -3,7 +3,7 @@
 //! seen so far. Shared between the socket task, the session and the REPL
 //! thread; the lock is never held across an `.await`.
 
-use natter_protocol::ChannelId;
+use natter_protocol::{ChannelId, Seq};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -15,7 +15,7 @@ pub struct View {
     /// The entered channel and its title.
     pub channel: Option<(ChannelId, String)>,
     /// The highest seq shown in the entered channel.
-    pub last_seen: i64,
+    pub last_seen: Seq,
     /// Usernames seen (for completion).
     pub users: BTreeSet<String>,
     /// Channel ids seen (for completion).
@@ -45,13 +45,13 @@ impl SharedView {
         let mut v = self.lock();
         if username.is_none() {
             v.channel = None;
-            v.last_seen = 0;
+            v.last_seen = Seq::ZERO;
         }
         v.username = username;
     }
 
     /// Sets (or clears) the entered channel.
-    pub fn set_channel(&self, channel: Option<(ChannelId, String)>, last_seen: i64) {
+    pub fn set_channel(&self, channel: Option<(ChannelId, String)>, last_seen: Seq) {
         let mut v = self.lock();
         if let Some((id, _)) = &channel {
             v.channels.insert(*id);
@@ -61,7 +61,7 @@ impl SharedView {
     }
 
     /// Records the highest seq shown in the entered channel.
-    pub fn set_last_seen(&self, seq: i64) {
+    pub fn set_last_seen(&self, seq: Seq) {
         self.lock().last_seen = seq;
     }
 

@@ -20,7 +20,7 @@ use crate::seq::{SeqTracker, Verdict};
 use crate::state::SharedView;
 use natter_protocol::frames::results::{Entered, Messages, Written};
 use natter_protocol::frames::{ClientFrame, MessageView, Request, ServerFrame};
-use natter_protocol::{ChannelId, ErrorCode};
+use natter_protocol::{ChannelId, ErrorCode, Seq};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::oneshot;
@@ -94,7 +94,7 @@ struct Current {
     title: String,
     tracker: SeqTracker,
     /// Pushes held back while history or a gap is being fetched.
-    held: Option<BTreeMap<i64, MessageView>>,
+    held: Option<BTreeMap<Seq, MessageView>>,
 }
 
 /// The link's state across sockets: what is asked, where the user is, and
@@ -107,7 +107,7 @@ pub struct Machine {
     next_id: u64,
     pending: HashMap<u64, Pending>,
     /// A user `enter` in flight, with the pushes of that channel meanwhile.
-    entering: Option<(ChannelId, BTreeMap<i64, MessageView>)>,
+    entering: Option<(ChannelId, BTreeMap<Seq, MessageView>)>,
     current: Option<Current>,
     /// The server announced it is restarting; the close that follows is
     /// explained by this rather than by its bare close frame.
@@ -455,7 +455,7 @@ impl Machine {
                 }
                 Err(e) => {
                     let title = self.current.take().map(|c| c.title).unwrap_or_default();
-                    self.view.set_channel(None, 0);
+                    self.view.set_channel(None, Seq::ZERO);
                     self.events.push(Event::Error(format!(
                         "could not re-enter {title}: {}",
                         e.describe()
@@ -521,7 +521,7 @@ impl Machine {
     fn leave(&mut self) {
         self.forget_channel_requests();
         self.current = None;
-        self.view.set_channel(None, 0);
+        self.view.set_channel(None, Seq::ZERO);
     }
 
     /// The entered channel is replaced or left: the re-enter and fills
@@ -546,7 +546,7 @@ fn refuse(ask: Ask) {
     }
 }
 
-fn fill_request(channel_id: ChannelId, after_seq: i64) -> Request {
+fn fill_request(channel_id: ChannelId, after_seq: Seq) -> Request {
     Request::FetchMessages {
         channel_id,
         after_seq: Some(after_seq),
@@ -575,7 +575,7 @@ mod tests {
 
     fn entry(seq: i64) -> MessageEntry {
         MessageEntry {
-            seq,
+            seq: Seq(seq),
             username: Some("bob".into()),
             content: format!("message {seq}"),
             sent_at: OffsetDateTime::UNIX_EPOCH,
@@ -586,7 +586,7 @@ mod tests {
         let e = entry(seq);
         ServerFrame::Message(MessageView {
             channel_id,
-            seq,
+            seq: Seq(seq),
             username: e.username,
             content: e.content,
             sent_at: e.sent_at,
@@ -608,13 +608,13 @@ mod tests {
         Entered {
             channel_id,
             title: format!("channel {channel_id}"),
-            last_read_seq: last_seq,
-            last_seq,
+            last_read_seq: Seq(last_seq),
+            last_seq: Seq(last_seq),
         }
     }
 
     fn fill_after(after_seq: i64) -> Request {
-        fill_request(CHAT, after_seq)
+        fill_request(CHAT, Seq(after_seq))
     }
 
     /// The one frame the machine wants sent.
@@ -629,7 +629,7 @@ mod tests {
         m.take_events()
             .into_iter()
             .map(|e| match e {
-                Event::Message { seq, .. } => seq,
+                Event::Message { seq, .. } => seq.0,
                 other => panic!("expected only messages, got {other:?}"),
             })
             .collect()
@@ -706,7 +706,7 @@ mod tests {
         assert_eq!(m.take_events(), []);
         let view = m.view.snapshot();
         assert_eq!(view.channel, Some((CHAT, "channel 7".into())));
-        assert_eq!(view.last_seen, 5);
+        assert_eq!(view.last_seen, Seq(5));
         assert!(view.users.contains("bob"));
     }
 
@@ -768,7 +768,7 @@ mod tests {
         m.on_frame(push(6));
         assert_eq!(shown(&mut m), [6]);
         assert_eq!(m.take_frames(), []);
-        assert_eq!(m.view.snapshot().last_seen, 6);
+        assert_eq!(m.view.snapshot().last_seen, Seq(6));
     }
 
     #[test]
@@ -795,12 +795,12 @@ mod tests {
         let write = only_frame(&mut m);
         let written = Written {
             channel_id: CHAT,
-            seq: 6,
+            seq: Seq(6),
             sent_at: OffsetDateTime::UNIX_EPOCH,
         };
         m.on_frame(ServerFrame::reply(write.id, &written));
         assert!(answer.try_recv().is_ok_and(|r| r.is_ok()));
-        assert_eq!(m.view.snapshot().last_seen, 6);
+        assert_eq!(m.view.snapshot().last_seen, Seq(6));
 
         m.on_frame(push(6));
         m.on_frame(push(7));
@@ -832,7 +832,7 @@ mod tests {
         m.on_frame(ServerFrame::reply(fill.id, &page_of(CHAT, 6..=7)));
         assert_eq!(shown(&mut m), [6, 7, 8, 9, 10]);
         assert_eq!(m.take_frames(), []);
-        assert_eq!(m.view.snapshot().last_seen, 10);
+        assert_eq!(m.view.snapshot().last_seen, Seq(10));
     }
 
     #[test]
@@ -882,7 +882,7 @@ mod tests {
         });
         let events = m.take_events();
         assert!(
-            matches!(&events[..], [Event::Error(e), Event::Message { seq: 8, .. }, Event::Message { seq: 9, .. }]
+            matches!(&events[..], [Event::Error(e), Event::Message { seq: Seq(8), .. }, Event::Message { seq: Seq(9), .. }]
                 if e.starts_with("could not fetch missed messages")),
             "{events:?}"
         );
@@ -1074,7 +1074,7 @@ mod tests {
         m.on_frame(ServerFrame::Unread {
             channel_id: OTHER,
             title: "other".into(),
-            last_seq: 4,
+            last_seq: Seq(4),
             unread: 2,
         });
         m.on_frame(ServerFrame::InviteReceived {

@@ -1,9 +1,16 @@
 //! What every natter service needs, written once: typed configuration
 //! ([`config`]), logging ([`telemetry`]), connections to Postgres
 //! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
-//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP ([`http_error`]), `/healthz` and
-//! `/readyz` ([`health`]), signals ([`shutdown`]) and the one shutdown
-//! sequence with its supervised background tasks ([`lifecycle`]).
+//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP
+//! ([`http_error`]), `/healthz` and `/readyz` ([`health`]), signals
+//! ([`shutdown`]) and the one shutdown sequence with its supervised
+//! background tasks ([`lifecycle`]).
+//!
+//! It also owns the contracts that more than one service reads or writes,
+//! so that each has one definition: the outbox row format and its relay
+//! ([`outbox`]: auth and message write it, message runs the relay) and the
+//! Redis presence schema ([`presence`]: the gateway writes, push and
+//! message read).
 
 pub mod cache;
 pub mod config;
@@ -13,6 +20,8 @@ pub mod http_error;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
+pub mod outbox;
+pub mod presence;
 pub mod random;
 pub mod shutdown;
 pub mod telemetry;

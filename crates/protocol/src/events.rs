@@ -3,9 +3,13 @@
 //! (auth → gateways).
 
 use crate::rpc::SocketRef;
-use crate::{ChannelId, SessionId, UserId, time_format};
+use crate::{ChannelId, Seq, SessionId, SocketId, UserId, time_format};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+/// NATS header of an event in the dead-letter stream: why push gave up on
+/// it (one line, at most 512 characters).
+pub const DLQ_REASON_HEADER: &str = "Natter-Dlq-Reason";
 
 /// A durable domain event on the events stream, written through the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
@@ -17,7 +21,7 @@ pub enum Event {
     MessageStored {
         channel_id: ChannelId,
         title: String,
-        seq: i64,
+        seq: Seq,
         user_id: UserId,
         username: String,
         content: String,
@@ -84,7 +88,7 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadTarget {
     /// Their sockets on this gateway.
-    pub sockets: Vec<u64>,
+    pub sockets: Vec<SocketId>,
     /// `last_seq − last_read_seq` for them.
     pub unread: i64,
 }
@@ -97,7 +101,7 @@ pub enum Delivery {
     /// by push, shared by every recipient.
     Frame {
         /// Local socket ids.
-        sockets: Vec<u64>,
+        sockets: Vec<SocketId>,
         /// The JSON text of a server frame.
         frame: String,
     },
@@ -108,7 +112,7 @@ pub enum Delivery {
         /// Its title.
         title: String,
         /// Its newest seq.
-        last_seq: i64,
+        last_seq: Seq,
         /// Who gets what.
         targets: Vec<UnreadTarget>,
     },
@@ -118,7 +122,7 @@ pub enum Delivery {
         /// The channel.
         channel_id: ChannelId,
         /// Local socket ids of the former member.
-        sockets: Vec<u64>,
+        sockets: Vec<SocketId>,
     },
 }
 
@@ -160,14 +164,14 @@ mod tests {
     fn every_event_kind_is_its_serde_kind() {
         let origin = SocketRef {
             gateway_id: "g".into(),
-            socket_id: 1,
+            socket_id: SocketId(1),
         };
         let (channel_id, user_id) = (ChannelId(1), UserId(2));
         let samples = [
             Event::MessageStored {
                 channel_id,
                 title: "t".into(),
-                seq: 1,
+                seq: Seq(1),
                 user_id,
                 username: "u".into(),
                 content: "c".into(),
@@ -216,19 +220,33 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_name_sockets_by_bare_numbers() {
+        let d = Delivery::LeaveChannel {
+            channel_id: ChannelId(3),
+            sockets: vec![SocketId(9), SocketId(10)],
+        };
+        let v = serde_json::to_value(&d).expect("serialize");
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"leave_channel","channel_id":3,"sockets":[9,10]})
+        );
+        assert_eq!(serde_json::from_value::<Delivery>(v).expect("decode"), d);
+    }
+
+    #[test]
     fn delivery_batches_round_trip() {
         let b = DeliveryBatch {
             items: vec![
                 Delivery::Frame {
-                    sockets: vec![1, 2],
+                    sockets: vec![SocketId(1), SocketId(2)],
                     frame: "{}".into(),
                 },
                 Delivery::Unread {
                     channel_id: ChannelId(1),
                     title: "t".into(),
-                    last_seq: 3,
+                    last_seq: Seq(3),
                     targets: vec![UnreadTarget {
-                        sockets: vec![5],
+                        sockets: vec![SocketId(5)],
                         unread: 2,
                     }],
                 },

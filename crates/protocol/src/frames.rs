@@ -8,7 +8,7 @@
 
 use crate::error::{ErrorBody, ErrorCode};
 use crate::limits;
-use crate::{ChannelId, time_format};
+use crate::{ChannelId, Seq, time_format};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -110,15 +110,15 @@ pub enum Request {
     FetchMessages {
         channel_id: ChannelId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        after_seq: Option<i64>,
+        after_seq: Option<Seq>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        before_seq: Option<i64>,
+        before_seq: Option<Seq>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<i64>,
     },
     Read {
         channel_id: ChannelId,
-        seq: i64,
+        seq: Seq,
     },
     Typing {
         channel_id: ChannelId,
@@ -188,12 +188,14 @@ impl Request {
                 {
                     return Err(invalid("limit must be 1 to 100".into()));
                 }
-                if after_seq.is_some_and(|s| s < 0) || before_seq.is_some_and(|s| s < 0) {
+                if after_seq.is_some_and(|s| s < Seq::ZERO)
+                    || before_seq.is_some_and(|s| s < Seq::ZERO)
+                {
                     return Err(invalid("after_seq and before_seq must be >= 0".into()));
                 }
                 Ok(())
             }
-            Self::Read { seq, .. } if *seq < 0 => Err(invalid("seq must be >= 0".into())),
+            Self::Read { seq, .. } if *seq < Seq::ZERO => Err(invalid("seq must be >= 0".into())),
             _ => Ok(()),
         }
     }
@@ -339,7 +341,7 @@ pub enum ServerFrame {
     Unread {
         channel_id: ChannelId,
         title: String,
-        last_seq: i64,
+        last_seq: Seq,
         unread: i64,
     },
     InviteReceived {
@@ -401,7 +403,7 @@ pub struct MessageView {
     /// The channel.
     pub channel_id: ChannelId,
     /// Its per-channel sequence number.
-    pub seq: i64,
+    pub seq: Seq,
     /// The writer; null once they have unregistered.
     pub username: Option<String>,
     /// The text.
@@ -414,7 +416,7 @@ pub struct MessageView {
 /// Typed `result` bodies of replies (docs/protocol.md §2.1).
 pub mod results {
     use super::{ConnectionStatus, OffsetDateTime, time_format};
-    use crate::ChannelId;
+    use crate::{ChannelId, Seq};
     use serde::{Deserialize, Serialize};
 
     /// `{}`.
@@ -486,9 +488,9 @@ pub mod results {
         /// Its member count.
         pub head_count: i32,
         /// Its newest seq (0 when empty).
-        pub last_seq: i64,
+        pub last_seq: Seq,
         /// The caller's read pointer.
-        pub last_read_seq: i64,
+        pub last_read_seq: Seq,
     }
 
     /// `fetch_channels`.
@@ -506,9 +508,9 @@ pub mod results {
         /// Its title.
         pub title: String,
         /// The caller's read pointer.
-        pub last_read_seq: i64,
+        pub last_read_seq: Seq,
         /// Its newest seq.
-        pub last_seq: i64,
+        pub last_seq: Seq,
     }
 
     /// `quit`.
@@ -524,7 +526,7 @@ pub mod results {
         /// The channel.
         pub channel_id: ChannelId,
         /// The message's seq.
-        pub seq: i64,
+        pub seq: Seq,
         /// When it was stored.
         #[serde(with = "time_format::rfc3339_micros")]
         pub sent_at: OffsetDateTime,
@@ -534,7 +536,7 @@ pub mod results {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct MessageEntry {
         /// Its seq.
-        pub seq: i64,
+        pub seq: Seq,
         /// The writer; null once they have unregistered.
         pub username: Option<String>,
         /// The text.
@@ -640,6 +642,40 @@ mod tests {
     }
 
     #[test]
+    fn seqs_travel_as_bare_numbers_and_negative_ones_are_refused() {
+        for (text, request) in [
+            (
+                r#"{"id":1,"type":"read","channel_id":2,"seq":7}"#,
+                Request::Read {
+                    channel_id: ChannelId(2),
+                    seq: Seq(7),
+                },
+            ),
+            (
+                r#"{"id":1,"type":"fetch_messages","channel_id":2,"before_seq":3,"limit":10}"#,
+                Request::FetchMessages {
+                    channel_id: ChannelId(2),
+                    after_seq: None,
+                    before_seq: Some(Seq(3)),
+                    limit: Some(10),
+                },
+            ),
+        ] {
+            let frame = ClientFrame::decode(text).expect("valid");
+            assert_eq!(frame.request, request);
+            let back = serde_json::to_value(&frame).expect("serialize");
+            let orig: serde_json::Value = serde_json::from_str(text).expect("json");
+            assert_eq!(back, orig);
+        }
+        for text in [
+            r#"{"id":3,"type":"read","channel_id":2,"seq":-1}"#,
+            r#"{"id":3,"type":"fetch_messages","channel_id":2,"after_seq":-1}"#,
+        ] {
+            assert_eq!(ClientFrame::decode(text).expect_err(text).id, Some(3));
+        }
+    }
+
+    #[test]
     fn bad_frames_are_invalid_requests_with_the_id_when_readable() {
         let cases = [
             ("not json", None),
@@ -741,7 +777,7 @@ mod tests {
             (
                 ServerFrame::Message(MessageView {
                     channel_id: ChannelId(1),
-                    seq: 2,
+                    seq: Seq(2),
                     username: None,
                     content: "c".into(),
                     sent_at: t,
@@ -753,7 +789,7 @@ mod tests {
                 ServerFrame::Unread {
                     channel_id: ChannelId(1),
                     title: "t".into(),
-                    last_seq: 9,
+                    last_seq: Seq(9),
                     unread: 4,
                 },
                 json!({"type":"unread","channel_id":1,"title":"t","last_seq":9,"unread":4}),

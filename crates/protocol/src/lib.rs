@@ -1,13 +1,16 @@
 //! natter's wire protocol — the only definition of it.
 //!
 //! Everything that crosses a process boundary is typed here: the auth HTTP
-//! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]), the
-//! gateway⇄message RPC envelope ([`rpc`]), the JetStream events and gateway
-//! deliveries ([`events`]) and the NATS subject/stream names ([`subjects`]).
-//! Pure types and serde: no I/O, so services and the client share it freely.
-//! `docs/protocol.md` is the contract these types encode; the JSON
-//! round-trip tests beside each module pin the wire shape.
+//! bodies ([`http`]), the client⇄gateway WebSocket frames ([`frames`]) and
+//! close codes ([`close`]), the gateway⇄message RPC envelope ([`rpc`]), the
+//! JetStream events and gateway deliveries ([`events`]) and the NATS
+//! subject/stream names ([`subjects`]); a username is parsed into a
+//! [`Username`] at the edge. Pure types and serde: no I/O, so services and
+//! the client share it freely. `docs/protocol.md` is the contract these
+//! types encode; the JSON round-trip tests beside each module pin the wire
+//! shape.
 
+pub mod close;
 pub mod error;
 pub mod events;
 pub mod frames;
@@ -17,6 +20,8 @@ pub mod limits;
 pub mod rpc;
 pub mod subjects;
 pub mod time_format;
+pub mod username;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{ChannelId, SessionId, UserId};
+pub use ids::{ChannelId, Seq, SessionId, SocketId, UserId};
+pub use username::Username;

@@ -15,7 +15,7 @@ pub const TITLE_CHARS: std::ops::RangeInclusive<usize> = 1..=100;
 pub const FETCH_LIMIT: std::ops::RangeInclusive<i64> = 1..=100;
 /// `fetch_messages` page size when none is given.
 pub const FETCH_LIMIT_DEFAULT: i64 = 50;
-/// Username length in chars (`[a-z0-9_.-]`).
+/// Username length in chars (`[a-z0-9_.-]`; see [`crate::Username`]).
 pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
 /// Password length in chars.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
@@ -23,24 +23,6 @@ pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
 pub const LOGIN_MAX_FAILURES: i64 = 5;
 /// The login rate limit's window.
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
-
-/// Checks a username against docs/protocol.md §1: 3–32 of `[a-z0-9_.-]`, no folding.
-///
-/// # Errors
-/// A human message naming the field.
-pub fn check_username(name: &str) -> Result<(), String> {
-    let len = name.chars().count();
-    if !USERNAME_CHARS.contains(&len) {
-        return Err("username must be 3 to 32 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err("username may contain only a-z, 0-9, '_', '.' and '-'".into());
-    }
-    Ok(())
-}
 
 /// Checks a password's length (8–128 chars).
 ///
@@ -77,16 +59,6 @@ pub fn check_chars(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usernames_follow_the_protocol() {
-        for ok in ["abc", "a.b-c_9", &"x".repeat(32)] {
-            assert!(check_username(ok).is_ok(), "{ok}");
-        }
-        for bad in ["ab", "Abc", "ab c", "héllo", &"x".repeat(33), ""] {
-            assert!(check_username(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn passwords_are_counted_in_chars() {

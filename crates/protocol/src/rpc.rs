@@ -6,7 +6,7 @@
 
 use crate::error::ErrorBody;
 use crate::frames::Request;
-use crate::{SessionId, UserId};
+use crate::{SessionId, SocketId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one socket across the whole system.
@@ -15,7 +15,7 @@ pub struct SocketRef {
     /// The gateway holding it (`NATTER_GATEWAY_ID`).
     pub gateway_id: String,
     /// Unique within that gateway.
-    pub socket_id: u64,
+    pub socket_id: SocketId,
 }
 
 /// Who sends a forwarded request; filled in by the gateway from the token.
@@ -71,5 +71,25 @@ impl From<Result<serde_json::Value, ErrorBody>> for RpcReply {
             Ok(v) => Self::Ok(v),
             Err(e) => Self::Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_socket_ref_carries_its_socket_id_as_a_number() {
+        let socket = SocketRef {
+            gateway_id: "gw-a".into(),
+            socket_id: SocketId(42),
+        };
+        let value = serde_json::to_value(&socket).expect("serialize");
+        assert_eq!(value, json!({"gateway_id": "gw-a", "socket_id": 42}));
+        assert_eq!(
+            serde_json::from_value::<SocketRef>(value).expect("decode"),
+            socket
+        );
     }
 }

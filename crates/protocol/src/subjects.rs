@@ -1,9 +1,9 @@
 //! Names shared by services: NATS subjects, JetStream streams and
-//! consumers, Redis keys. Everything hangs off a [`Namespace`]
+//! consumers, and the Redis key prefix. Everything hangs off a [`Namespace`]
 //! (`NATTER_NAMESPACE`) so that parallel tests, or two deployments on one
 //! NATS/Redis, never see each other.
 
-use crate::{ChannelId, UserId};
+use crate::ChannelId;
 
 /// A sanitized namespace: lowercase `[a-z0-9_-]`, never empty.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -144,37 +144,13 @@ impl Namespace {
         format!("{}.membership", self.0)
     }
 
-    /// Redis hash of a user's live sockets: field `<gateway>:<socket>`,
-    /// value the entered channel id or empty.
-    #[must_use]
-    pub fn presence_key(&self, user: UserId) -> String {
-        format!("{}:presence:{user}", self.0)
-    }
-
-    /// Redis liveness key of a gateway, refreshed on its heartbeat.
-    #[must_use]
-    pub fn gateway_alive_key(&self, gateway_id: &str) -> String {
-        format!("{}:gw:{gateway_id}", self.0)
-    }
-
-    /// Redis key prefix of everything in this namespace (tests delete it).
+    /// Redis key prefix of everything in this namespace (the keys
+    /// themselves are named by `natter_platform::presence`; tests delete
+    /// the prefix).
     #[must_use]
     pub fn redis_prefix(&self) -> String {
         format!("{}:", self.0)
     }
-}
-
-/// A presence field: `<gateway_id>:<socket_id>`.
-#[must_use]
-pub fn presence_field(gateway_id: &str, socket_id: u64) -> String {
-    format!("{gateway_id}:{socket_id}")
-}
-
-/// Splits a presence field back; `None` for a malformed one.
-#[must_use]
-pub fn parse_presence_field(field: &str) -> Option<(&str, u64)> {
-    let (gw, socket) = field.rsplit_once(':')?;
-    Some((gw, socket.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -187,17 +163,10 @@ mod tests {
         assert_eq!(ns.as_str(), "test_1_x");
         assert_eq!(ns.events_stream(), "TEST_1_X_EVENTS");
         assert_eq!(ns.gateway_subject("g-1"), "test_1_x.gw.g-1");
-        assert_eq!(ns.presence_key(UserId(3)), "test_1_x:presence:3");
+        assert_eq!(ns.redis_prefix(), "test_1_x:");
         assert_eq!(Namespace::new("natter").events_stream(), "NATTER_EVENTS");
         assert_eq!(ns.typing_subject(ChannelId(7)), "test_1_x.eph.typing.7");
         assert_eq!(ns.typing_wildcard(), "test_1_x.eph.typing.>");
         assert!(!ns.typing_wildcard().starts_with(&ns.event_subject("")));
-    }
-
-    #[test]
-    fn presence_fields_round_trip() {
-        let f = presence_field("gw-a", 42);
-        assert_eq!(parse_presence_field(&f), Some(("gw-a", 42)));
-        assert_eq!(parse_presence_field("nope"), None);
     }
 }

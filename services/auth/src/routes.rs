@@ -9,10 +9,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use natter_platform::http_error::JsonBody;
 use natter_platform::metrics;
-use natter_protocol::ErrorCode;
 use natter_protocol::http::{Credentials, TokenResponse, UserView, paths};
 use natter_protocol::limits;
 use natter_protocol::rpc::{RpcReply, UnregisterRequest};
+use natter_protocol::{ErrorCode, Username};
 use std::time::Duration;
 
 /// How long unregister waits for the message service.
@@ -33,7 +33,8 @@ async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<UserView>), AuthError> {
-    limits::check_username(&body.username).map_err(AuthError::InvalidRequest)?;
+    let username =
+        Username::parse(body.username).map_err(|e| AuthError::InvalidRequest(e.to_string()))?;
     limits::check_password(&body.password).map_err(AuthError::InvalidRequest)?;
     // NUL is refused in every client string (Postgres cannot store it in
     // text); the username check above already excludes it, and login
@@ -44,7 +45,7 @@ async fn register(
         ));
     }
     let hash = state.passwords.hash(body.password).await?;
-    let user = store::insert_user(&state.pool, &body.username, &hash).await?;
+    let user = store::insert_user(&state.pool, &username, &hash).await?;
     tracing::info!(user_id = %user.user_id, "registered");
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -62,19 +63,19 @@ async fn login(
     // No user can have this name, so there is nothing to protect and no
     // row to store (junk names must not grow the table); the dummy
     // verification keeps the answer as slow as any other failure.
-    if limits::check_username(&body.username).is_err() {
+    let Ok(username) = Username::parse(body.username) else {
         state.passwords.verify(body.password, None).await;
         logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
-    }
-    let attempt = match store::begin_login(&state.pool, &body.username).await? {
+    };
+    let attempt = match store::begin_login(&state.pool, &username).await? {
         store::LoginGate::Blocked { retry_after } => {
             logins.add(1, &metrics::attr("outcome", "rate_limited"));
             return Err(AuthError::RateLimited(retry_after));
         }
         store::LoginGate::Open(attempt) => attempt,
     };
-    let user = store::find_login(&state.pool, &body.username).await?;
+    let user = store::find_login(&state.pool, &username).await?;
     // A password register would refuse matches no stored hash: verify it
     // against the dummy, which never matches, in the same time.
     let possible = limits::check_password(&body.password).is_ok() && !body.password.contains('\0');
@@ -88,7 +89,7 @@ async fn login(
         logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
     };
-    store::login_succeeded(&state.pool, &body.username, attempt).await?;
+    store::login_succeeded(&state.pool, &username, attempt).await?;
     logins.add(1, &metrics::attr("outcome", "success"));
     let session = store::create_session(&state.pool, user.user_id, state.keys.ttl_secs()).await?;
     let token = state

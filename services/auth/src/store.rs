@@ -2,11 +2,12 @@
 //! username is a 409 decided by the unique index, never by a racy check.
 
 use crate::error::AuthError;
+use natter_platform::outbox;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::http::UserView;
 use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{SessionId, UserId};
+use natter_protocol::{SessionId, UserId, Username};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
@@ -14,13 +15,13 @@ use time::OffsetDateTime;
 #[tracing::instrument(skip_all)]
 pub(crate) async fn insert_user(
     pool: &PgPool,
-    username: &str,
+    username: &Username,
     password_hash: &str,
 ) -> Result<UserView, AuthError> {
     let result: Result<(i64,), sqlx::Error> = sqlx::query_as(
         "INSERT INTO users (username, password_hash, invite_code) VALUES ($1, $2, $3) RETURNING id",
     )
-    .bind(username)
+    .bind(username.as_str())
     .bind(password_hash)
     .bind(natter_platform::random::invite_code())
     .fetch_one(pool)
@@ -28,7 +29,7 @@ pub(crate) async fn insert_user(
     match result {
         Ok((id,)) => Ok(UserView {
             user_id: UserId(id),
-            username: username.to_owned(),
+            username: username.to_string(),
         }),
         Err(e) if constraint(&e) == Some("users_username_live_key") => {
             Err(AuthError::UsernameTaken)
@@ -45,12 +46,12 @@ fn constraint(e: &sqlx::Error) -> Option<&str> {
 #[tracing::instrument(skip_all)]
 pub(crate) async fn find_login(
     pool: &PgPool,
-    username: &str,
+    username: &Username,
 ) -> Result<Option<(UserView, String)>, AuthError> {
     let row: Option<(i64, String, String)> = sqlx::query_as(
         "SELECT id, username, password_hash FROM users WHERE username = $1 AND deleted_at IS NULL",
     )
-    .bind(username)
+    .bind(username.as_str())
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(id, username, hash)| {
@@ -81,10 +82,13 @@ pub(crate) enum LoginGate {
 /// here within the window. Failures of this name older than the window
 /// are forgotten on the way.
 #[tracing::instrument(skip_all)]
-pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGate, AuthError> {
+pub(crate) async fn begin_login(
+    pool: &PgPool,
+    username: &Username,
+) -> Result<LoginGate, AuthError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(username)
+        .bind(username.as_str())
         .execute(&mut *tx)
         .await?;
     let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
@@ -94,7 +98,7 @@ pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGa
                WHERE username = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2) \
                ORDER BY failed_at DESC LIMIT $3) recent",
     )
-    .bind(username)
+    .bind(username.as_str())
     .bind(window_secs())
     .bind(LOGIN_MAX_FAILURES)
     .fetch_one(&mut *tx)
@@ -109,7 +113,7 @@ pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGa
                       WHERE username = $1 AND failed_at <= clock_timestamp() - make_interval(secs => $2)) \
          INSERT INTO login_failures (username) VALUES ($1) RETURNING failed_at",
     )
-    .bind(username)
+    .bind(username.as_str())
     .bind(window_secs())
     .fetch_one(&mut *tx)
     .await?;
@@ -124,14 +128,14 @@ pub(crate) async fn begin_login(pool: &PgPool, username: &str) -> Result<LoginGa
 #[tracing::instrument(skip_all)]
 pub(crate) async fn login_succeeded(
     pool: &PgPool,
-    username: &str,
+    username: &Username,
     attempt: OffsetDateTime,
 ) -> Result<(), AuthError> {
     sqlx::query(
         "DELETE FROM login_failures WHERE ctid = \
            (SELECT ctid FROM login_failures WHERE username = $1 AND failed_at = $2 LIMIT 1)",
     )
-    .bind(username)
+    .bind(username.as_str())
     .bind(attempt)
     .execute(pool)
     .await?;
@@ -210,17 +214,11 @@ pub(crate) async fn revoke_session(
             .await?
             .rows_affected();
     if revoked > 0 {
-        let payload = serde_json::to_vec(&SessionRevoked {
+        let revoked = SessionRevoked {
             session_id: session,
             user_id: user,
-        })
-        .map_err(|e| AuthError::Internal(e.into()))?;
-        sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
-            .bind(uuid::Uuid::now_v7())
-            .bind(ns.session_revoked_subject())
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
+        };
+        outbox::session_revoked(&mut tx, ns, &revoked).await?;
     }
     tx.commit().await?;
     Ok(())

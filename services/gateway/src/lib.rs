@@ -7,12 +7,11 @@
 //!
 //! Reading order: [`Gateway`] wires it; `upgrade` authenticates; `socket`
 //! is the per-socket loop; `forward` talks to message; `registry` holds
-//! the sockets; `deliveries`, `revocations` and `presence` connect it to
-//! push, auth and Redis.
+//! the sockets; `deliveries` and `revocations` connect it to push and
+//! auth; presence is written through `natter_platform::presence`.
 
 mod deliveries;
 mod forward;
-mod presence;
 mod registry;
 mod revocations;
 mod socket;
@@ -24,8 +23,10 @@ use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
+use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, cache, http_error, nats};
+use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
 use natter_protocol::subjects::Namespace;
@@ -63,7 +64,7 @@ pub(crate) struct Shared {
     /// Sessions known to be revoked.
     pub revoked: Arc<revocations::Revoked>,
     /// Presence writes.
-    pub presence: presence::Presence,
+    pub presence: PresenceWriter,
     /// Limits and timings.
     pub settings: Settings,
     /// Draining once shutdown begins: new sockets are refused with 503.
@@ -119,7 +120,7 @@ impl Runnable for Gateway {
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
-            presence: presence::Presence::new(redis.clone(), ns.clone(), gateway_id.clone()),
+            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone()),
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
@@ -225,7 +226,7 @@ async fn drain(shared: &Shared) {
         .to_json(),
     );
     let closed = shared.registry.close_all(&registry::CloseRequest {
-        code: 1012,
+        code: close::SERVICE_RESTART,
         reason: "server restarting",
         last_frame: Some(frame),
         drain: true,

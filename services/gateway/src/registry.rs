@@ -9,7 +9,8 @@
 //! across `.await`.
 
 use axum::extract::ws::Utf8Bytes;
-use natter_protocol::{ChannelId, SessionId, UserId};
+use natter_platform::presence::{LocalSocket, LocalSockets};
+use natter_protocol::{ChannelId, SessionId, SocketId, UserId, close};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -144,7 +145,7 @@ impl Control {
 
 /// The slow-consumer close: the queue is full.
 pub(crate) const SLOW_CONSUMER: CloseRequest = CloseRequest {
-    code: 1013,
+    code: close::TRY_AGAIN_LATER,
     reason: "slow consumer",
     last_frame: None,
     drain: false,
@@ -158,8 +159,8 @@ pub(crate) struct Registry {
     /// its crashed predecessor left in Redis presence, or deliveries meant
     /// for an old socket would reach a new one.
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<u64, Arc<Control>>>,
-    sessions: Mutex<HashMap<SessionId, Vec<u64>>>,
+    sockets: Mutex<HashMap<SocketId, Arc<Control>>>,
+    sessions: Mutex<HashMap<SessionId, Vec<SocketId>>>,
     /// Set when the gateway drains: sockets registered later are closed at
     /// once with the same request.
     closing: Mutex<Option<CloseRequest>>,
@@ -194,7 +195,7 @@ impl Registry {
     }
 
     /// Whether a socket is still registered.
-    pub(crate) fn contains(&self, id: u64) -> bool {
+    pub(crate) fn contains(&self, id: SocketId) -> bool {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -208,8 +209,8 @@ impl Registry {
         user_id: UserId,
         session_id: SessionId,
         queue: usize,
-    ) -> (u64, Arc<Control>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    ) -> (SocketId, Arc<Control>) {
+        let id = SocketId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let control = Arc::new(Control::new(user_id, queue));
         self.sockets
             .lock()
@@ -233,7 +234,7 @@ impl Registry {
     }
 
     /// Forgets a socket.
-    pub(crate) fn remove(&self, id: u64, session_id: SessionId) {
+    pub(crate) fn remove(&self, id: SocketId, session_id: SessionId) {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -249,7 +250,7 @@ impl Registry {
 
     /// Queues `item` for each socket in `ids` that is still here; a full
     /// queue closes that socket as a slow consumer, without waiting.
-    pub(crate) fn send(&self, ids: &[u64], item: &Outbound) -> usize {
+    pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> usize {
         let controls: Vec<Arc<Control>> = {
             let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
             ids.iter()
@@ -282,13 +283,31 @@ impl Registry {
     }
 
     /// Every socket: id and control.
-    pub(crate) fn all(&self) -> Vec<(u64, Arc<Control>)> {
+    pub(crate) fn all(&self) -> Vec<(SocketId, Arc<Control>)> {
         self.sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(id, c)| (*id, c.clone()))
             .collect()
+    }
+}
+
+/// What the presence heartbeat re-registers.
+impl LocalSockets for Registry {
+    fn snapshot(&self) -> Vec<LocalSocket> {
+        self.all()
+            .into_iter()
+            .map(|(socket, control)| LocalSocket {
+                user: control.user_id,
+                socket,
+                entered: control.entered(),
+            })
+            .collect()
+    }
+
+    fn holds(&self, socket: SocketId) -> bool {
+        self.contains(socket)
     }
 }
 
@@ -309,7 +328,7 @@ mod tests {
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 0);
-        assert_eq!(control.closed().await.code, 1013);
+        assert_eq!(control.closed().await.code, close::TRY_AGAIN_LATER);
     }
 
     #[test]
@@ -342,7 +361,7 @@ mod tests {
         let registry = Registry::default();
         let (user, session) = ids();
         let drain = CloseRequest {
-            code: 1012,
+            code: close::SERVICE_RESTART,
             reason: "draining",
             last_frame: None,
             drain: true,
@@ -350,15 +369,15 @@ mod tests {
         let (_, before) = registry.register(user, session, 4);
         assert_eq!(registry.close_all(&drain), 1);
         let (_, after) = registry.register(user, session, 4);
-        assert_eq!(before.closed().await.code, 1012);
-        assert_eq!(after.closed().await.code, 1012);
+        assert_eq!(before.closed().await.code, close::SERVICE_RESTART);
+        assert_eq!(after.closed().await.code, close::SERVICE_RESTART);
     }
 
     #[test]
     fn socket_ids_start_from_the_seed_so_restarts_do_not_reuse_them() {
         let (user, session) = ids();
         let first = Registry::new(1_000).register(user, session, 1).0;
-        assert_eq!(first, 1_001);
+        assert_eq!(first, SocketId(1_001));
         let a = Registry::default().register(user, session, 1).0;
         let b = Registry::default().register(user, session, 1).0;
         assert_ne!(a, b);
@@ -369,12 +388,12 @@ mod tests {
         let control = Control::new(UserId(1), 1);
         control.close(SLOW_CONSUMER);
         control.close(CloseRequest {
-            code: 1008,
+            code: close::POLICY_VIOLATION,
             reason: "x",
             last_frame: None,
             drain: true,
         });
         let slot = control.close.lock().expect("lock").clone().expect("set");
-        assert_eq!(slot.code, 1013);
+        assert_eq!(slot.code, close::TRY_AGAIN_LATER);
     }
 }

@@ -8,10 +8,10 @@ use crate::registry::{CloseRequest, Registry};
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
-use natter_protocol::SessionId;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
+use natter_protocol::{SessionId, close};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -53,12 +53,13 @@ impl Revoked {
     }
 }
 
-/// Closes every socket of a revoked session with `session_revoked`, 1008.
+/// Closes every socket of a revoked session: `session_revoked`, then
+/// [`close::POLICY_VIOLATION`].
 pub(crate) fn close_session(registry: &Registry, session: SessionId) {
     let frame = Utf8Bytes::from(ServerFrame::SessionRevoked.to_json());
     for control in registry.session(session) {
         control.close(CloseRequest {
-            code: 1008,
+            code: close::POLICY_VIOLATION,
             reason: "session revoked",
             last_frame: Some(frame.clone()),
             drain: true,

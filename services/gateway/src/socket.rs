@@ -13,7 +13,7 @@ use natter_platform::metrics;
 use natter_platform::token::Claims;
 use natter_protocol::frames::{ClientFrame, Request, ServerFrame};
 use natter_protocol::rpc::{Caller, SocketRef};
-use natter_protocol::{ChannelId, ErrorBody, ErrorCode};
+use natter_protocol::{ChannelId, ErrorBody, ErrorCode, close};
 use opentelemetry::KeyValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -209,7 +209,7 @@ impl Socket {
                 }
                 () = tokio::time::sleep_until(next_ping) => {
                     if self.last_seen.elapsed() >= idle {
-                        return End::Close(1001, "idle timeout");
+                        return End::Close(close::GOING_AWAY, "idle timeout");
                     }
                     if let Err(end) = self.write(Message::Ping(bytes::Bytes::new())).await {
                         return end;
@@ -229,7 +229,7 @@ impl Socket {
                     .downcast_ref::<tungstenite::Error>()
                     .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
                 return Err(if too_big {
-                    End::Close(1009, "frame too large")
+                    End::Close(close::MESSAGE_TOO_BIG, "frame too large")
                 } else {
                     End::Gone
                 });

@@ -133,7 +133,7 @@ async fn fetch_connections(
 ) -> Result<serde_json::Value, DomainError> {
     let partners = connections::list(&state.pool, caller.user_id, filter).await?;
     let ids: Vec<_> = partners.iter().map(|(id, _)| *id).collect();
-    let online = crate::presence::online(&state.redis, &state.ns, &ids).await?;
+    let online = state.presence.online(&ids).await?;
     let status = match filter {
         ConnectionFilter::Accepted => ConnectionStatus::Accepted,
         ConnectionFilter::Pending => ConnectionStatus::Pending,

@@ -3,18 +3,17 @@
 //! It answers the gateway's forwarded requests and auth's unregister over
 //! NATS request/reply (queue group, so instances share the load), keeps
 //! every durable fact in Postgres, and announces state changes through the
-//! outbox, which [`relay`] publishes to JetStream.
+//! outbox (`natter_platform::outbox`), whose relay it runs to publish them
+//! to JetStream.
 //!
 //! Reading order: [`Message`] wires it; `rpc` receives requests;
 //! `handlers` applies the rules of each request; `writer` batches
-//! `write_message` into shared transactions; `presence` answers the
-//! `online` flag from Redis; [`relay`] publishes the outbox; `store` is
-//! the SQL; `error` maps domain failures to error codes.
+//! `write_message` into shared transactions; `store` is the SQL; `error`
+//! maps domain failures to error codes. The `online` flag of
+//! `fetch_connections` is read through `natter_platform::presence`.
 
 mod error;
 mod handlers;
-mod presence;
-pub mod relay;
 mod rpc;
 mod store;
 mod writer;
@@ -22,6 +21,8 @@ mod writer;
 use anyhow::Context;
 use natter_platform::health::Dependencies;
 use natter_platform::lifecycle::{Lifecycle, Runnable};
+use natter_platform::outbox;
+use natter_platform::presence::PresenceReader;
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub(crate) struct AppState {
     /// Names of subjects.
     pub ns: natter_protocol::subjects::Namespace,
     /// Presence, for the `online` flag of `fetch_connections`.
-    pub redis: redis::aio::ConnectionManager,
+    pub presence: PresenceReader,
     /// The domain's configured limits.
     pub limits: Limits,
     /// Queues `write_message` requests for the batching writer.
@@ -92,8 +93,8 @@ impl Runnable for Message {
             state: AppState {
                 pool,
                 nats: client,
+                presence: PresenceReader::new(redis, ns.clone()),
                 ns,
-                redis,
                 limits: Limits {
                     connection_limit: config.connection_limit,
                     head_limit: config.head_limit,
@@ -125,7 +126,7 @@ impl Runnable for Message {
         lifecycle.serve_health(self.health_listener, self.deps);
         lifecycle.spawn(
             "outbox relay",
-            relay::run(
+            outbox::relay::run(
                 self.state.pool.clone(),
                 self.js.clone(),
                 lifecycle.background(),

@@ -198,7 +198,7 @@ mod tests {
             username: format!("user{user}"),
             origin: SocketRef {
                 gateway_id: "gw".into(),
-                socket_id: 1,
+                socket_id: natter_protocol::SocketId(1),
             },
             channel_id: ChannelId(channel),
             client_msg_id: key.into(),
@@ -228,7 +228,7 @@ mod tests {
         }
         let seqs: Vec<Option<i64>> = results
             .iter()
-            .map(|r| r.as_ref().ok().map(|w| w.seq))
+            .map(|r| r.as_ref().ok().map(|w| w.seq.0))
             .collect();
         assert_eq!(seqs, [Some(1), None, Some(2), Some(1)]);
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")

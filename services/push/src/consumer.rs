@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use natter_platform::lifecycle::Supervisor;
 use natter_platform::telemetry::propagation;
-use natter_protocol::events::Event;
+use natter_protocol::events::{DLQ_REASON_HEADER, Event};
 use natter_protocol::subjects::Namespace;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -51,8 +51,6 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const PULL_RETRY: Duration = Duration::from_millis(500);
 /// A quick second try, for a blip, before giving the event back.
 const QUICK_RETRY: Duration = Duration::from_millis(100);
-/// Header naming why an event was dead-lettered.
-pub const DLQ_REASON_HEADER: &str = "Natter-Dlq-Reason";
 
 /// Creates push's durable consumer on the events stream if it does not
 /// exist (every instance shares it). Only JetStream 2.9 features.

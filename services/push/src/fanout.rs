@@ -1,13 +1,13 @@
-//! Handling one event: gather what [`crate::router`] needs (members,
-//! presence, read positions), route, publish one message per gateway, and
-//! keep the membership caches of every instance honest. Typing notices
+//! Handling one event: gather what [`crate::recipients`] needs (members,
+//! presence, read positions), work out its deliveries, publish one message
+//! per gateway, and keep the membership caches of every instance honest. Typing notices
 //! arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
-use crate::presence::PresenceStore;
-use crate::router;
+use crate::recipients;
 use anyhow::Context;
 use futures::StreamExt;
+use natter_platform::presence::PresenceReader;
 use natter_platform::telemetry::propagation;
 use natter_protocol::ChannelId;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event};
@@ -29,7 +29,7 @@ pub struct Fanout {
     /// Channel members (cached).
     pub membership: Membership,
     /// Live sockets.
-    pub presence: PresenceStore,
+    pub presence: PresenceReader,
 }
 
 impl Fanout {
@@ -43,17 +43,17 @@ impl Fanout {
     /// When Postgres, Redis or NATS fails; the event is then retried.
     #[tracing::instrument(level = "debug", skip_all, fields(kind = event.kind()))]
     pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        if let Some(channel) = router::membership_change(event) {
+        if let Some(channel) = recipients::membership_change(event) {
             self.membership.invalidate(channel);
             self.broadcast_invalidation(channel).await?;
         }
-        let members = match router::channel_of_recipients(event) {
+        let members = match recipients::channel_of(event) {
             Some(channel) => Some(self.membership.members(channel).await?),
             None => None,
         };
-        let audience = router::audience(event, members.as_ref().map_or(&[], |m| &m.users));
-        let presence = self.presence.lookup(&audience).await?;
-        let unread_users = router::unread_recipients(event, &presence);
+        let audience = recipients::audience(event, members.as_ref().map_or(&[], |m| &m.users));
+        let live = self.presence.live_sockets(&audience).await?;
+        let unread_users = recipients::unread_users(event, &live);
         let last_read = match event {
             Event::MessageStored { channel_id, .. } if !unread_users.is_empty() => {
                 self.membership
@@ -66,7 +66,7 @@ impl Fanout {
         let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
         let kind = event.kind();
         let metrics = natter_platform::metrics::get();
-        for out in router::route(event, &presence, &last_read) {
+        for out in recipients::deliveries(event, &live, &last_read) {
             metrics.deliveries.add(
                 sockets_in(&out.batch),
                 &natter_platform::metrics::attr("type", kind),

@@ -9,16 +9,15 @@
 //! served on `NATTER_PUSH_ADDR`.
 //!
 //! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
-//! settles events; `fanout` handles one event; [`router`] is the pure
-//! decision of who gets what; `membership` and `presence` are the
-//! lookups it needs.
+//! settles events; `fanout` handles one event; [`recipients`] is the
+//! pure decision of who gets what; `membership` and
+//! `natter_platform::presence` are the lookups it needs.
 
 pub mod consumer;
 mod fanout;
 mod membership;
-mod presence;
+pub mod recipients;
 mod replay;
-pub mod router;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -26,8 +25,8 @@ use fanout::Fanout;
 use membership::Membership;
 use natter_platform::health::Dependencies;
 use natter_platform::lifecycle::{Lifecycle, Runnable};
+use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
-use presence::PresenceStore;
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -77,7 +76,8 @@ impl Runnable for Push {
             fanout: Fanout {
                 nats: client.clone(),
                 membership: Membership::new(pool.clone()),
-                presence: PresenceStore::new(redis.clone(), ns.clone()),
+                presence: PresenceReader::new(redis.clone(), ns.clone())
+                    .caching_liveness(LIVENESS_CACHE),
                 ns,
             },
             js,

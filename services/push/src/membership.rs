@@ -12,7 +12,7 @@
 //! `read`, and only the few members who get an `unread` need theirs.
 
 use anyhow::Context;
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, Seq, UserId};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,7 +102,7 @@ impl Membership {
         &self,
         channel: ChannelId,
         users: &[UserId],
-    ) -> anyhow::Result<HashMap<UserId, i64>> {
+    ) -> anyhow::Result<HashMap<UserId, Seq>> {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
@@ -118,7 +118,7 @@ impl Membership {
         .context("reading last_read_seq")?;
         Ok(rows
             .into_iter()
-            .map(|(user, read)| (UserId(user), read))
+            .map(|(user, read)| (UserId(user), Seq(read)))
             .collect())
     }
 

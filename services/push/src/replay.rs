@@ -11,10 +11,10 @@
 
 use crate::fanout::Fanout;
 use crate::membership::Membership;
-use crate::presence::PresenceStore;
 use anyhow::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
+use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
 use natter_protocol::events::Event;
 use std::time::Duration;
@@ -63,7 +63,7 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
     let fanout = Fanout {
         nats: client.clone(),
         membership: Membership::new(pool),
-        presence: PresenceStore::new(redis, ns.clone()),
+        presence: PresenceReader::new(redis, ns.clone()).caching_liveness(LIVENESS_CACHE),
         ns,
     };
     if last == 0 || matches!(from, ReplayFrom::Sequence(s) if s > last) {

@@ -1,4 +1,5 @@
 use crate::support::{GatewayApp, connect_user};
+use natter_protocol::close;
 use serde_json::json;
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ async fn a_frame_over_64_kib_closes_the_socket_with_1009() {
     ))
     .await;
     let closed = ws.closed_within(Duration::from_secs(5)).await;
-    assert_eq!(closed.code, 1009);
+    assert_eq!(closed.code, close::MESSAGE_TOO_BIG);
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
 use crate::support::{GatewayApp, connect, connect_user, token, user_id, ws_url};
+use natter_platform::presence::PresenceReader;
+use natter_protocol::{UserId, close};
 use natter_testkit::ws;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -17,37 +19,43 @@ async fn an_upgrade_without_a_valid_token_is_refused_with_401() {
     }
 }
 
+/// Presence as push and message read it.
+async fn reader(app: &GatewayApp) -> PresenceReader {
+    let redis = natter_platform::cache::connect(&app.config.redis_url)
+        .await
+        .expect("redis");
+    PresenceReader::new(redis, app.config.namespace())
+}
+
+/// Waits until `user` has `n` live sockets.
+async fn live_sockets_become(reader: &PresenceReader, user: UserId, n: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let live = reader.live_sockets(&[user]).await.expect("presence");
+        if live.get(&user).map_or(0, Vec::len) == n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user} has {live:?}, not {n} live sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_socket_is_recorded_in_redis_presence_until_it_closes() {
     let app = GatewayApp::spawn().await;
     let (_, ws) = connect_user(&app, "alice").await;
-    let ns = app.config.namespace();
-    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let key = ns.presence_key(user_id("alice"));
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .expect("hgetall");
-    assert_eq!(fields.len(), 1, "{fields:?}");
+    let alice = user_id("alice");
+    let reader = reader(&app).await;
+    let live = reader.live_sockets(&[alice]).await.expect("presence");
+    let sockets = live.get(&alice).cloned().unwrap_or_default();
+    assert_eq!(sockets.len(), 1, "{live:?}");
+    assert_eq!(sockets[0].gateway, app.config.gateway_id());
+    assert_eq!(sockets[0].entered, None);
     ws.close().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n: usize = redis::cmd("HLEN")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .expect("hlen");
-        if n == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "presence not cleared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    live_sockets_become(&reader, alice, 0, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -57,7 +65,10 @@ async fn shutdown_sends_reconnect_and_closes_with_1012() {
     app.stop_service().await;
     let push = ws.push("reconnect").await;
     assert!(push["reason"].is_string());
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1012);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::SERVICE_RESTART
+    );
 }
 
 #[tokio::test]
@@ -72,7 +83,10 @@ async fn a_silent_socket_is_closed_with_1001() {
     // while it is read, so not reading keeps it silent.
     let mut ws = connect(&app, &token).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1001);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::GOING_AWAY
+    );
 }
 
 #[tokio::test]
@@ -97,21 +111,8 @@ async fn presence_lost_in_redis_is_registered_again_by_the_heartbeat() {
         .query_async(&mut redis)
         .await
         .expect("del");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let back: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}presence:*", ns.redis_prefix()))
-            .query_async(&mut redis)
-            .await
-            .expect("keys");
-        if back.len() == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "presence was not restored"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reader = reader(&app).await;
+    let alice = user_id("alice");
+    live_sockets_become(&reader, alice, 1, Duration::from_secs(15)).await;
     assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
 }

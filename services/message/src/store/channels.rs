@@ -7,11 +7,12 @@
 //! lock, so it cannot race an unregister (which locks channels, then users).
 
 use crate::error::DomainError;
-use crate::store::{outbox, retrying};
+use crate::store::retrying;
+use natter_platform::outbox;
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{ChannelCreated, ChannelEntry};
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, ErrorCode, UserId};
+use natter_protocol::{ChannelId, ErrorCode, Seq, UserId};
 use sqlx::{PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
 
@@ -20,8 +21,8 @@ use std::collections::{HashMap, HashSet};
 pub(crate) struct Membership {
     pub title: String,
     pub invite_code: String,
-    pub last_seq: i64,
-    pub last_read_seq: i64,
+    pub last_seq: Seq,
+    pub last_read_seq: Seq,
 }
 
 /// The caller's view of a channel they belong to: `not_found` when it does
@@ -47,8 +48,8 @@ pub(crate) async fn membership(
     Ok(Membership {
         title,
         invite_code,
-        last_seq,
-        last_read_seq,
+        last_seq: Seq(last_seq),
+        last_read_seq: Seq(last_read_seq),
     })
 }
 
@@ -330,8 +331,8 @@ pub(crate) async fn list(pool: &PgPool, user: UserId) -> Result<Vec<ChannelEntry
                 channel_id: ChannelId(id),
                 title,
                 head_count,
-                last_seq,
-                last_read_seq,
+                last_seq: Seq(last_seq),
+                last_read_seq: Seq(last_read_seq),
             },
         )
         .collect())
@@ -344,7 +345,7 @@ pub(crate) async fn mark_read(
     pool: &PgPool,
     channel: ChannelId,
     user: UserId,
-    seq: i64,
+    seq: Seq,
 ) -> Result<(), DomainError> {
     let member = membership(pool, channel, user).await?;
     if seq > member.last_seq {
@@ -362,7 +363,7 @@ pub(crate) async fn mark_read(
     )
     .bind(channel.0)
     .bind(user.0)
-    .bind(seq)
+    .bind(seq.0)
     .execute(pool)
     .await?;
     Ok(())

@@ -10,7 +10,8 @@
 
 use crate::Limits;
 use crate::error::DomainError;
-use crate::store::{outbox, retrying};
+use crate::store::retrying;
+use natter_platform::outbox;
 use natter_protocol::events::Event;
 use natter_protocol::frames::{ConnectionFilter, ConnectionStatus, results::ConnectionChange};
 use natter_protocol::subjects::Namespace;

@@ -9,11 +9,12 @@
 
 use crate::error::DomainError;
 use crate::store::channels::{membership, not_found, not_joined};
+use natter_platform::outbox::{self, OutboxRow};
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, Seq, UserId};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
@@ -91,7 +92,7 @@ pub(crate) async fn write_batch(
         if let Some(&i) = first_of.get(&(user, key.as_str())) {
             outcome[i] = Some(Outcome::Written(Written {
                 channel_id: ChannelId(channel),
-                seq,
+                seq: Seq(seq),
                 sent_at,
             }));
         }
@@ -232,10 +233,7 @@ async fn insert_accepted(
     .collect();
 
     let mut read_to: HashMap<(i64, i64), i64> = HashMap::new();
-    let mut msg_ids = Vec::with_capacity(accepted.len());
-    let mut subjects = Vec::with_capacity(accepted.len());
-    let mut payloads = Vec::with_capacity(accepted.len());
-    let mut headers = Vec::with_capacity(accepted.len());
+    let mut events = Vec::with_capacity(accepted.len());
     for (&i, &seq) in accepted.iter().zip(&seqs) {
         let r = &batch[i];
         let sent_at = sent.get(&(r.channel_id.0, seq)).copied().ok_or_else(|| {
@@ -246,20 +244,17 @@ async fn insert_accepted(
         let event = Event::MessageStored {
             channel_id: r.channel_id,
             title: titles.get(&r.channel_id.0).cloned().unwrap_or_default(),
-            seq,
+            seq: Seq(seq),
             user_id: r.user_id,
             username: r.username.clone(),
             content: r.content.clone(),
             sent_at,
             origin: r.origin.clone(),
         };
-        msg_ids.push(uuid::Uuid::now_v7());
-        subjects.push(ns.event_subject(&event.subject_suffix()));
-        payloads.push(serde_json::to_vec(&event).map_err(anyhow::Error::from)?);
-        headers.push(crate::store::outbox::trace_headers(r.traceparent.clone()));
+        events.push(OutboxRow::event(ns, &event, r.traceparent.clone())?);
         outcome[i] = Some(Outcome::Written(Written {
             channel_id: r.channel_id,
-            seq,
+            seq: Seq(seq),
             sent_at,
         }));
     }
@@ -276,16 +271,7 @@ async fn insert_accepted(
     .bind(&read_seqs)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload, headers) \
-         SELECT i, s, p, h::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS x(i, s, p, h)",
-    )
-    .bind(&msg_ids)
-    .bind(&subjects)
-    .bind(&payloads)
-    .bind(&headers)
-    .execute(&mut *tx)
-    .await?;
+    outbox::insert(tx, &events).await?;
     Ok(())
 }
 
@@ -293,9 +279,9 @@ async fn insert_accepted(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Page {
     /// The oldest `limit` after this seq (gap filling).
-    After(i64),
+    After(Seq),
     /// The newest `limit` before this seq, or the newest of all.
-    Before(Option<i64>),
+    Before(Option<Seq>),
 }
 
 /// The oldest page after a seq.
@@ -319,8 +305,8 @@ pub(crate) async fn fetch(
 ) -> Result<Vec<MessageEntry>, DomainError> {
     membership(pool, channel, user).await?;
     let (sql, bound, newest_first) = match page {
-        Page::After(after) => (AFTER, after, false),
-        Page::Before(before) => (BEFORE, before.unwrap_or(i64::MAX), true),
+        Page::After(after) => (AFTER, after.0, false),
+        Page::Before(before) => (BEFORE, before.map_or(i64::MAX, |s| s.0), true),
     };
     let mut rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
         .bind(channel.0)
@@ -334,7 +320,7 @@ pub(crate) async fn fetch(
     Ok(rows
         .into_iter()
         .map(|(seq, username, content, sent_at)| MessageEntry {
-            seq,
+            seq: Seq(seq),
             username,
             content,
             sent_at,

@@ -7,7 +7,6 @@
 pub(crate) mod channels;
 pub(crate) mod connections;
 pub(crate) mod messages;
-pub(crate) mod outbox;
 pub(crate) mod users;
 
 use crate::error::DomainError;

@@ -1,7 +1,7 @@
 //! Users as the domain sees them: their invite code, and unregistering.
 
 use crate::error::DomainError;
-use crate::store::outbox;
+use natter_platform::outbox;
 use natter_protocol::events::{Event, SessionRevoked};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, ErrorCode, SessionId, UserId};

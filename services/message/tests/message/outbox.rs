@@ -3,27 +3,26 @@
 //! published.
 
 use natter_message::Message;
+use natter_platform::outbox::{self, OutboxRow};
 use natter_protocol::events::Event;
 use natter_protocol::{ChannelId, UserId};
 use natter_testkit::TestService;
 use std::time::{Duration, Instant};
 
-async fn insert_row(app: &TestService<Message>, msg_id: uuid::Uuid, event: &Event) {
-    let ns = app.config.namespace();
-    sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(msg_id)
-        .bind(ns.event_subject(&event.subject_suffix()))
-        .bind(serde_json::to_vec(event).expect("serialize"))
-        .execute(&app.pool)
-        .await
-        .expect("outbox row");
-}
-
-fn joined(n: i64) -> Event {
-    Event::MemberJoined {
+/// A row announcing that user `n` joined channel 1.
+fn joined(app: &TestService<Message>, n: i64) -> OutboxRow {
+    let event = Event::MemberJoined {
         channel_id: ChannelId(1),
         user_id: UserId(n),
-    }
+    };
+    OutboxRow::event(&app.config.namespace(), &event, None).expect("encoded")
+}
+
+async fn insert_row(app: &TestService<Message>, row: &OutboxRow) {
+    let mut conn = app.pool.acquire().await.expect("connection");
+    outbox::insert(&mut conn, std::slice::from_ref(row))
+        .await
+        .expect("outbox row");
 }
 
 async fn stream(app: &TestService<Message>) -> async_nats::jetstream::stream::Stream {
@@ -59,12 +58,12 @@ async fn drained(app: &TestService<Message>) {
 #[tokio::test]
 async fn rows_committed_while_the_service_is_down_are_published_once_after_restart() {
     let mut app = TestService::<Message>::spawn().await;
-    insert_row(&app, uuid::Uuid::now_v7(), &joined(1)).await;
+    insert_row(&app, &joined(&app, 1)).await;
     drained(&app).await;
     assert_eq!(stored_events(&app).await, 1);
     app.stop_service().await;
     for n in 2..=4 {
-        insert_row(&app, uuid::Uuid::now_v7(), &joined(n)).await;
+        insert_row(&app, &joined(&app, n)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(outbox_rows(&app).await, 3, "nothing publishes while down");
@@ -81,10 +80,10 @@ async fn publishing_the_same_row_twice_stores_one_event() {
         .await
         .expect("nats");
     let js = async_nats::jetstream::new(nats);
-    let msg_id = uuid::Uuid::now_v7();
+    let row = joined(&app, 7);
     for _ in 0..2 {
-        insert_row(&app, msg_id, &joined(7)).await;
-        let published = natter_message::relay::publish_batch(&app.pool, &js)
+        insert_row(&app, &row).await;
+        let published = outbox::relay::publish_batch(&app.pool, &js)
             .await
             .expect("published");
         assert_eq!(published, 1);
@@ -114,7 +113,7 @@ async fn a_relay_whose_lock_connection_dies_stops_being_active() {
     let config = natter_testkit::test_config(&db.url);
     let nats = async_nats::connect(&config.nats_url).await.expect("nats");
     let stop = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(natter_message::relay::run(
+    let relay = tokio::spawn(outbox::relay::run(
         pool.clone(),
         async_nats::jetstream::new(nats),
         stop.clone(),

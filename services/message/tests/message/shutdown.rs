@@ -5,7 +5,7 @@ use natter_message::Message;
 use natter_platform::lifecycle;
 use natter_protocol::frames::Request;
 use natter_protocol::rpc::{Caller, RpcReply, RpcRequest, SocketRef};
-use natter_protocol::{SessionId, UserId};
+use natter_protocol::{SessionId, SocketId, UserId};
 use natter_testkit::Sandbox;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ async fn readyz_says_draining_while_a_request_in_flight_is_finished() {
             session_id: SessionId(uuid::Uuid::new_v4()),
             socket: SocketRef {
                 gateway_id: "gw".into(),
-                socket_id: 1,
+                socket_id: SocketId(1),
             },
         },
         request: Request::FetchUserInviteCode,

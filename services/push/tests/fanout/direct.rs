@@ -2,6 +2,7 @@
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
 use natter_protocol::events::{Delivery, Event, UnreadTarget};
+use natter_protocol::{Seq, SocketId};
 use serde_json::json;
 use std::time::Duration;
 
@@ -59,14 +60,14 @@ async fn a_message_goes_to_entered_sockets_on_every_gateway_and_unread_to_the_ot
     assert_eq!(
         unreads(&on_a),
         vec![UnreadTarget {
-            sockets: vec![20],
+            sockets: vec![SocketId(20)],
             unread: 3
         }]
     );
     assert_eq!(
         unreads(&on_b),
         vec![UnreadTarget {
-            sockets: vec![21],
+            sockets: vec![SocketId(21)],
             unread: 3
         }]
     );
@@ -76,7 +77,7 @@ async fn a_message_goes_to_entered_sockets_on_every_gateway_and_unread_to_the_ot
     else {
         panic!("an unread delivery on gw-b");
     };
-    assert_eq!((title.as_str(), *last_seq), ("general", 4));
+    assert_eq!((title.as_str(), *last_seq), ("general", Seq(4)));
     a.expect_nothing().await;
     b.expect_nothing().await;
     h.app.stop().await;
@@ -255,7 +256,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     assert_eq!(
         unreads(&second),
         vec![UnreadTarget {
-            sockets: vec![3],
+            sockets: vec![SocketId(3)],
             unread: 2
         }]
     );
@@ -270,7 +271,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
         a.next().await.items,
         vec![Delivery::LeaveChannel {
             channel_id: channel,
-            sockets: vec![2]
+            sockets: vec![SocketId(2)]
         }]
     );
     h.publish(&message(channel, 3, alice, origin("gw-x", 1)))
@@ -283,7 +284,7 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     assert_eq!(
         unreads(&third),
         vec![UnreadTarget {
-            sockets: vec![3],
+            sockets: vec![SocketId(3)],
             unread: 3
         }]
     );
@@ -330,7 +331,7 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     assert_eq!(dead.payload.as_ref(), b"{not an event");
     assert!(
         dead.headers
-            .get(natter_push::consumer::DLQ_REASON_HEADER)
+            .get(natter_protocol::events::DLQ_REASON_HEADER)
             .is_some_and(|r| r.as_str().contains("undecodable")),
         "the reason travels with it"
     );

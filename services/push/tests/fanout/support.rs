@@ -3,10 +3,11 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use natter_platform::presence::{self, PresenceWriter};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
-use natter_protocol::subjects::{Namespace, presence_field};
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::subjects::Namespace;
+use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use natter_push::Push;
 use natter_testkit::TestService;
 use redis::aio::ConnectionManager;
@@ -109,11 +110,17 @@ impl Harness {
         .expect("update last_read_seq");
     }
 
-    /// Marks a gateway alive, as its heartbeat would.
+    /// Presence writes as `gateway` makes them.
+    fn gateway(&self, gateway: &str) -> PresenceWriter {
+        PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+    }
+
+    /// Marks a gateway alive, as its heartbeat would, for longer than any
+    /// test runs (there is no heartbeat here to refresh it).
     pub async fn gateway_alive(&self, gateway: &str) {
         let mut conn = self.redis.clone();
         let () = redis::cmd("SET")
-            .arg(self.ns.gateway_alive_key(gateway))
+            .arg(presence::gateway_key(&self.ns, gateway))
             .arg("1")
             .arg("EX")
             .arg(60)
@@ -131,20 +138,15 @@ impl Harness {
         socket: u64,
         entered: Option<ChannelId>,
     ) {
-        let mut conn = self.redis.clone();
-        let () = redis::cmd("HSET")
-            .arg(self.ns.presence_key(user))
-            .arg(presence_field(gateway, socket))
-            .arg(entered.map(|c| c.0.to_string()).unwrap_or_default())
-            .query_async(&mut conn)
-            .await
-            .expect("set presence");
+        self.gateway(gateway)
+            .set(user, SocketId(socket), entered)
+            .await;
     }
 
     pub async fn presence_fields(&self, user: UserId) -> Vec<String> {
         let mut conn = self.redis.clone();
         redis::cmd("HKEYS")
-            .arg(self.ns.presence_key(user))
+            .arg(presence::user_key(&self.ns, user))
             .query_async(&mut conn)
             .await
             .expect("read presence")
@@ -223,7 +225,7 @@ pub fn frames(batch: &DeliveryBatch) -> Vec<(Vec<u64>, Value)> {
         .iter()
         .filter_map(|d| match d {
             Delivery::Frame { sockets, frame } => Some((
-                sockets.clone(),
+                sockets.iter().map(|s| s.0).collect(),
                 serde_json::from_str(frame).expect("frame is JSON"),
             )),
             _ => None,
@@ -246,7 +248,7 @@ pub fn unreads(batch: &DeliveryBatch) -> Vec<UnreadTarget> {
 pub fn origin(gateway: &str, socket_id: u64) -> SocketRef {
     SocketRef {
         gateway_id: gateway.into(),
-        socket_id,
+        socket_id: SocketId(socket_id),
     }
 }
 
@@ -254,7 +256,7 @@ pub fn message(channel: ChannelId, seq: i64, writer: UserId, from: SocketRef) ->
     Event::MessageStored {
         channel_id: channel,
         title: "general".into(),
-        seq,
+        seq: Seq(seq),
         user_id: writer,
         username: "alice".into(),
         content: format!("message {seq}"),

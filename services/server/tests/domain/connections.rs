@@ -3,6 +3,8 @@
 //! `fetch_connections` with its `online` flag.
 
 use crate::support::{User, accepted_pairs, connect, connection_count, rpc_user, user};
+use natter_platform::presence::{self, PresenceWriter};
+use natter_protocol::{SocketId, UserId};
 use natter_server::testing::TestApp;
 use serde_json::{Value, json};
 
@@ -297,27 +299,22 @@ async fn online_means_a_socket_on_a_live_gateway() {
     let mut carol = rpc_user(&app, "carol", "gw-test", 3).await;
     connect(&mut bob, &mut alice).await;
     connect(&mut carol, &mut alice).await;
-    let redis = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
+    let redis = natter_platform::cache::connect(&app.config.redis_url)
         .await
         .expect("redis");
     // bob has a socket on a live gateway; carol only on a dead one.
-    let _: () = redis::pipe()
-        .hset(
-            ns.presence_key(natter_protocol::UserId(bob.id)),
-            "gw-live:7",
-            "",
-        )
-        .hset(
-            ns.presence_key(natter_protocol::UserId(carol.id)),
-            "gw-dead:8",
-            "",
-        )
-        .set(ns.gateway_alive_key("gw-live"), "1")
-        .query_async(&mut conn)
+    PresenceWriter::new(redis.clone(), ns.clone(), "gw-live".into())
+        .set(UserId(bob.id), SocketId(7), None)
+        .await;
+    PresenceWriter::new(redis.clone(), ns.clone(), "gw-dead".into())
+        .set(UserId(carol.id), SocketId(8), None)
+        .await;
+    let _: () = redis::cmd("SET")
+        .arg(presence::gateway_key(&ns, "gw-live"))
+        .arg("1")
+        .query_async(&mut redis.clone())
         .await
-        .expect("presence written");
+        .expect("gw-live is alive");
     let list = alice
         .ok("fetch_connections", json!({"status": "accepted"}))
         .await;

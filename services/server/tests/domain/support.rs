@@ -3,7 +3,7 @@
 //! the usual setups (a connection, a channel).
 
 use natter_protocol::rpc::{Caller, RpcReply, RpcRequest, SocketRef};
-use natter_protocol::{SessionId, UserId};
+use natter_protocol::{SessionId, SocketId, UserId};
 use natter_server::testing::{ErrorFrame, TestApp, WsClient};
 use serde_json::{Value, json};
 
@@ -153,7 +153,7 @@ pub async fn rpc_user(app: &TestApp, name: &str, gateway_id: &str, socket_id: u6
             subject: app.config.namespace().rpc_message(),
             socket: SocketRef {
                 gateway_id: gateway_id.to_owned(),
-                socket_id,
+                socket_id: SocketId(socket_id),
             },
         },
     }

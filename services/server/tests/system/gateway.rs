@@ -1,5 +1,6 @@
 //! The gateway with auth's revocations and the message service behind it.
 
+use natter_protocol::close;
 use natter_protocol::http::paths;
 use natter_server::Service;
 use natter_server::testing::{TestApp, ws};
@@ -39,7 +40,7 @@ async fn logout_closes_the_sessions_sockets_and_the_token_cannot_reconnect() {
         socket.push("session_revoked").await;
         assert_eq!(
             socket.closed_within(Duration::from_secs(5)).await.code,
-            1008
+            close::POLICY_VIOLATION
         );
     }
     let refusal = ws::connect(&app.ws_url(), Some(&token))
@@ -57,7 +58,10 @@ async fn unregister_closes_every_socket_of_the_user() {
     let r = app.post(paths::UNREGISTER, &json!({}), Some(&token)).await;
     assert_eq!(r.status(), 204);
     ws.push("session_revoked").await;
-    assert_eq!(ws.closed_within(Duration::from_secs(5)).await.code, 1008);
+    assert_eq!(
+        ws.closed_within(Duration::from_secs(5)).await.code,
+        close::POLICY_VIOLATION
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Event → per-gateway delivery batches: who gets which push
-//! (docs/protocol.md §2.3), decided from the channel's members, the
+//! Who gets which push (docs/protocol.md §2.3): an event becomes
+//! per-gateway delivery batches, decided from the channel's members, the
 //! recipients' live sockets and, for `unread`, their read positions. Pure
 //! logic, no I/O: the orchestration in `crate::fanout` gathers the inputs
 //! and publishes the output, so every rule here is unit-tested without a
@@ -9,25 +9,12 @@
 //! gateway's batch; only `unread` differs per user, so its batch carries
 //! each user's count and the gateway renders it.
 
+use natter_platform::presence::{LiveSocket, LiveSockets};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::frames::{MessageView, ServerFrame};
 use natter_protocol::rpc::SocketRef;
-use natter_protocol::{ChannelId, UserId};
+use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use std::collections::{BTreeMap, HashMap};
-
-/// One live socket of a user, as presence reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Socket {
-    /// The gateway holding it.
-    pub gateway: String,
-    /// Its id on that gateway.
-    pub socket: u64,
-    /// The channel it has entered, if any.
-    pub entered: Option<ChannelId>,
-}
-
-/// Live sockets by user; users with none are absent.
-pub type Presence = HashMap<UserId, Vec<Socket>>;
 
 /// What one gateway receives for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +28,7 @@ pub struct GatewayBatch {
 /// The channel whose members decide an event's recipients, for the events
 /// that go to "sockets that have entered" or to members.
 #[must_use]
-pub fn channel_of_recipients(event: &Event) -> Option<ChannelId> {
+pub fn channel_of(event: &Event) -> Option<ChannelId> {
     match event {
         Event::MessageStored { channel_id, .. } | Event::Typing { channel_id, .. } => {
             Some(*channel_id)
@@ -63,7 +50,7 @@ pub fn membership_change(event: &Event) -> Option<ChannelId> {
 }
 
 /// Whose presence the event needs; `members` are the channel's members
-/// when [`channel_of_recipients`] names one (ignored otherwise).
+/// when [`channel_of`] names one (ignored otherwise).
 #[must_use]
 pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
     match event {
@@ -81,7 +68,7 @@ pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
 /// their sockets in the channel, not the writer — so only their read
 /// positions are fetched. Sorted, for a stable query.
 #[must_use]
-pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
+pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
     let Event::MessageStored {
         channel_id,
         user_id: writer,
@@ -90,7 +77,7 @@ pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
     else {
         return Vec::new();
     };
-    let mut users: Vec<UserId> = presence
+    let mut users: Vec<UserId> = live
         .iter()
         .filter(|(user, sockets)| {
             *user != writer
@@ -103,15 +90,15 @@ pub fn unread_recipients(event: &Event, presence: &Presence) -> Vec<UserId> {
     users
 }
 
-/// The batches for one event, one per gateway that has a recipient, ordered
-/// by gateway id. `last_read` holds the read positions of
-/// [`unread_recipients`]; a user missing from it (no longer a member) gets
-/// no `unread`.
+/// The deliveries for one event: one batch per gateway that has a
+/// recipient, ordered by gateway id. `last_read` holds the read positions
+/// of [`unread_users`]; a user missing from it (no longer a member) gets no
+/// `unread`.
 #[must_use]
-pub fn route(
+pub fn deliveries(
     event: &Event,
-    presence: &Presence,
-    last_read: &HashMap<UserId, i64>,
+    live: &LiveSockets,
+    last_read: &HashMap<UserId, Seq>,
 ) -> Vec<GatewayBatch> {
     let mut out = Batches::default();
     match event {
@@ -132,20 +119,19 @@ pub fn route(
                 content: content.clone(),
                 sent_at: *sent_at,
             });
-            let entered = sockets_where(presence, |_, s| {
+            let entered = sockets_where(live, |_, s| {
                 s.entered == Some(*channel_id) && !is_origin(s, origin)
             });
             out.frame(&frame, entered);
-            for user in unread_recipients(event, presence) {
-                let (Some(read), Some(sockets)) = (last_read.get(&user), presence.get(&user))
-                else {
+            for user in unread_users(event, live) {
+                let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(&user)) else {
                     continue;
                 };
                 out.unread(
                     *channel_id,
                     title,
                     *seq,
-                    (*seq - read).max(0),
+                    seq.count_after(*read),
                     by_gateway(sockets.iter()),
                 );
             }
@@ -160,7 +146,7 @@ pub fn route(
                 channel_id: *channel_id,
                 username: username.clone(),
             };
-            let entered = sockets_where(presence, |user, s| {
+            let entered = sockets_where(live, |user, s| {
                 user != *user_id && s.entered == Some(*channel_id)
             });
             out.frame(&frame, entered);
@@ -169,13 +155,13 @@ pub fn route(
             let frame = ServerFrame::InviteReceived {
                 username: from_username.clone(),
             };
-            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+            out.frame(&frame, sockets_where(live, |user, _| user == *to));
         }
         Event::InviteAccepted { to, from_username } => {
             let frame = ServerFrame::InviteAccepted {
                 username: from_username.clone(),
             };
-            out.frame(&frame, sockets_where(presence, |user, _| user == *to));
+            out.frame(&frame, sockets_where(live, |user, _| user == *to));
         }
         Event::ChannelCreated {
             channel_id,
@@ -189,16 +175,14 @@ pub fn route(
             };
             out.frame(
                 &frame,
-                sockets_where(presence, |user, _| {
-                    user != *creator && members.contains(&user)
-                }),
+                sockets_where(live, |user, _| user != *creator && members.contains(&user)),
             );
         }
         Event::MemberLeft {
             channel_id,
             user_id,
         } => {
-            for (gateway, sockets) in sockets_where(presence, |user, _| user == *user_id) {
+            for (gateway, sockets) in sockets_where(live, |user, _| user == *user_id) {
                 out.push(
                     gateway,
                     Delivery::LeaveChannel {
@@ -213,24 +197,26 @@ pub fn route(
     out.finish()
 }
 
-fn is_origin(socket: &Socket, origin: &SocketRef) -> bool {
+fn is_origin(socket: &LiveSocket, origin: &SocketRef) -> bool {
     socket.socket == origin.socket_id && socket.gateway == origin.gateway_id
 }
 
 /// Socket ids by gateway of every socket that `keep` accepts, sorted.
 fn sockets_where(
-    presence: &Presence,
-    keep: impl Fn(UserId, &Socket) -> bool,
-) -> BTreeMap<String, Vec<u64>> {
+    live: &LiveSockets,
+    keep: impl Fn(UserId, &LiveSocket) -> bool,
+) -> BTreeMap<String, Vec<SocketId>> {
     let keep = &keep;
-    let chosen = presence
+    let chosen = live
         .iter()
         .flat_map(|(user, sockets)| sockets.iter().filter(move |s| keep(*user, s)));
     by_gateway(chosen)
 }
 
-fn by_gateway<'a>(sockets: impl Iterator<Item = &'a Socket>) -> BTreeMap<String, Vec<u64>> {
-    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+fn by_gateway<'a>(
+    sockets: impl Iterator<Item = &'a LiveSocket>,
+) -> BTreeMap<String, Vec<SocketId>> {
+    let mut map: BTreeMap<String, Vec<SocketId>> = BTreeMap::new();
     for s in sockets {
         map.entry(s.gateway.clone()).or_default().push(s.socket);
     }
@@ -252,7 +238,7 @@ impl Batches {
 
     /// Serializes `frame` once (only when someone gets it) and shares the
     /// text with every gateway.
-    fn frame(&mut self, frame: &ServerFrame, targets: BTreeMap<String, Vec<u64>>) {
+    fn frame(&mut self, frame: &ServerFrame, targets: BTreeMap<String, Vec<SocketId>>) {
         if targets.is_empty() {
             return;
         }
@@ -274,9 +260,9 @@ impl Batches {
         &mut self,
         channel_id: ChannelId,
         title: &str,
-        last_seq: i64,
+        last_seq: Seq,
         unread: i64,
-        sockets: BTreeMap<String, Vec<u64>>,
+        sockets: BTreeMap<String, Vec<SocketId>>,
     ) {
         for (gateway, sockets) in sockets {
             let items = self.0.entry(gateway).or_default();
@@ -322,10 +308,10 @@ mod tests {
     const CAROL: UserId = UserId(3);
     const DAVE: UserId = UserId(4);
 
-    fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> Socket {
-        Socket {
+    fn socket(gateway: &str, socket: u64, entered: Option<ChannelId>) -> LiveSocket {
+        LiveSocket {
             gateway: gateway.into(),
-            socket,
+            socket: SocketId(socket),
             entered,
         }
     }
@@ -333,7 +319,7 @@ mod tests {
     fn origin(gateway: &str, socket_id: u64) -> SocketRef {
         SocketRef {
             gateway_id: gateway.into(),
-            socket_id,
+            socket_id: SocketId(socket_id),
         }
     }
 
@@ -341,7 +327,7 @@ mod tests {
         Event::MessageStored {
             channel_id: CHANNEL,
             title: "general".into(),
-            seq,
+            seq: Seq(seq),
             user_id: writer,
             username: "alice".into(),
             content: "hi".into(),
@@ -353,7 +339,7 @@ mod tests {
     /// Alice writes from a-1 (entered) and has a-2 entered too; Bob has
     /// entered on gateway b; Carol is online elsewhere on both gateways;
     /// Dave is in another channel.
-    fn busy_channel() -> Presence {
+    fn busy_channel() -> LiveSockets {
         HashMap::from([
             (
                 ALICE,
@@ -372,7 +358,7 @@ mod tests {
             .iter()
             .filter_map(|d| match d {
                 Delivery::Frame { sockets, frame } => Some((
-                    sockets.clone(),
+                    sockets.iter().map(|s| s.0).collect(),
                     serde_json::from_str(frame).expect("frame is JSON"),
                 )),
                 _ => None,
@@ -395,9 +381,9 @@ mod tests {
     #[test]
     fn a_message_reaches_every_entered_socket_but_the_one_that_wrote_it() {
         let event = stored(5, ALICE, origin("a", 1));
-        let presence = busy_channel();
-        let last_read = HashMap::from([(CAROL, 2), (DAVE, 5)]);
-        let batches = route(&event, &presence, &last_read);
+        let live = busy_channel();
+        let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(5))]);
+        let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(batches.len(), 2, "one batch per gateway");
         assert_eq!(batches[0].gateway, "a");
@@ -413,15 +399,15 @@ mod tests {
     #[test]
     fn members_who_have_not_entered_get_their_own_unread_count() {
         let event = stored(5, ALICE, origin("a", 1));
-        let presence = busy_channel();
-        assert_eq!(unread_recipients(&event, &presence), vec![CAROL, DAVE]);
-        let last_read = HashMap::from([(CAROL, 2), (DAVE, 4)]);
-        let batches = route(&event, &presence, &last_read);
+        let live = busy_channel();
+        assert_eq!(unread_users(&event, &live), vec![CAROL, DAVE]);
+        let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(4))]);
+        let batches = deliveries(&event, &live, &last_read);
 
         assert_eq!(
             unreads(&batches[0]),
             vec![UnreadTarget {
-                sockets: vec![3],
+                sockets: vec![SocketId(3)],
                 unread: 3
             }]
         );
@@ -431,11 +417,11 @@ mod tests {
             on_b,
             vec![
                 UnreadTarget {
-                    sockets: vec![11],
+                    sockets: vec![SocketId(11)],
                     unread: 3
                 },
                 UnreadTarget {
-                    sockets: vec![12],
+                    sockets: vec![SocketId(12)],
                     unread: 1
                 },
             ]
@@ -451,25 +437,25 @@ mod tests {
         };
         assert_eq!(
             (*channel_id, title.as_str(), *last_seq),
-            (CHANNEL, "general", 5)
+            (CHANNEL, "general", Seq(5))
         );
     }
 
     #[test]
     fn the_writer_never_gets_an_unread_even_from_sockets_outside_the_channel() {
-        let presence = HashMap::from([
+        let live = HashMap::from([
             (ALICE, vec![socket("a", 1, None), socket("a", 2, None)]),
             (BOB, vec![socket("a", 3, None)]),
         ]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert_eq!(unread_recipients(&event, &presence), vec![BOB]);
-        let batches = route(&event, &presence, &HashMap::from([(BOB, 0)]));
+        assert_eq!(unread_users(&event, &live), vec![BOB]);
+        let batches = deliveries(&event, &live, &HashMap::from([(BOB, Seq(0))]));
         assert_eq!(batches.len(), 1);
         assert!(frames(&batches[0]).is_empty(), "nobody has entered");
         assert_eq!(
             unreads(&batches[0]),
             vec![UnreadTarget {
-                sockets: vec![3],
+                sockets: vec![SocketId(3)],
                 unread: 3
             }]
         );
@@ -477,13 +463,13 @@ mod tests {
 
     #[test]
     fn a_member_with_one_socket_in_the_channel_gets_no_unread() {
-        let presence = HashMap::from([(
+        let live = HashMap::from([(
             BOB,
             vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
         )]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert!(unread_recipients(&event, &presence).is_empty());
-        let batches = route(&event, &presence, &HashMap::new());
+        assert!(unread_users(&event, &live).is_empty());
+        let batches = deliveries(&event, &live, &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert!(unreads(&batches[0]).is_empty());
@@ -491,29 +477,25 @@ mod tests {
 
     #[test]
     fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
-        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = route(
-            &stored(3, ALICE, origin("a", 1)),
-            &presence,
-            &HashMap::new(),
-        );
+        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let batches = deliveries(&stored(3, ALICE, origin("a", 1)), &live, &HashMap::new());
         assert!(batches.is_empty());
     }
 
     #[test]
     fn a_read_position_ahead_of_the_event_counts_zero_unread() {
-        let presence = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = route(
+        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
-            &presence,
-            &HashMap::from([(BOB, 9)]),
+            &live,
+            &HashMap::from([(BOB, Seq(9))]),
         );
         assert_eq!(unreads(&batches[0])[0].unread, 0);
     }
 
     #[test]
     fn the_message_frame_is_serialized_once_and_shared_by_gateways() {
-        let batches = route(
+        let batches = deliveries(
             &stored(5, ALICE, origin("a", 1)),
             &busy_channel(),
             &HashMap::new(),
@@ -538,7 +520,7 @@ mod tests {
             username: "alice".into(),
             origin: origin("a", 1),
         };
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert_eq!(
@@ -548,7 +530,7 @@ mod tests {
                 json!({"type": "typing", "channel_id": 7, "username": "alice"})
             )]
         );
-        assert!(unread_recipients(&event, &busy_channel()).is_empty());
+        assert!(unread_users(&event, &busy_channel()).is_empty());
     }
 
     #[test]
@@ -558,7 +540,7 @@ mod tests {
             from_username: "alice".into(),
         };
         assert_eq!(audience(&event, &[]), vec![CAROL]);
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         let expected = json!({"type": "invite_received", "username": "alice"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
@@ -567,7 +549,7 @@ mod tests {
             to: BOB,
             from_username: "carol".into(),
         };
-        let batches = route(&accepted, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&accepted, &busy_channel(), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(
             frames(&batches[0]),
@@ -588,7 +570,7 @@ mod tests {
         };
         assert_eq!(audience(&event, &[]), vec![BOB, CAROL]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         let expected = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![10, 11], expected)]);
@@ -602,7 +584,7 @@ mod tests {
         };
         assert_eq!(audience(&event, &[]), vec![ALICE]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let batches = route(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
         assert_eq!(
             batches,
             vec![GatewayBatch {
@@ -610,7 +592,7 @@ mod tests {
                 batch: DeliveryBatch {
                     items: vec![Delivery::LeaveChannel {
                         channel_id: CHANNEL,
-                        sockets: vec![1, 2]
+                        sockets: vec![SocketId(1), SocketId(2)]
                     }]
                 }
             }]
@@ -625,27 +607,27 @@ mod tests {
         };
         assert!(audience(&event, &[ALICE, BOB]).is_empty());
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        assert_eq!(channel_of_recipients(&event), None);
-        assert!(route(&event, &busy_channel(), &HashMap::new()).is_empty());
+        assert_eq!(channel_of(&event), None);
+        assert!(deliveries(&event, &busy_channel(), &HashMap::new()).is_empty());
     }
 
     #[test]
     fn channel_events_need_the_members_and_user_events_do_not() {
         let event = stored(1, ALICE, origin("a", 1));
-        assert_eq!(channel_of_recipients(&event), Some(CHANNEL));
+        assert_eq!(channel_of(&event), Some(CHANNEL));
         assert_eq!(audience(&event, &[ALICE, BOB]), vec![ALICE, BOB]);
         let invite = Event::InviteReceived {
             to: BOB,
             from_username: "alice".into(),
         };
-        assert_eq!(channel_of_recipients(&invite), None);
+        assert_eq!(channel_of(&invite), None);
         assert_eq!(membership_change(&invite), None);
     }
 
     #[test]
     fn nobody_online_means_no_batch() {
         assert!(
-            route(
+            deliveries(
                 &stored(1, ALICE, origin("a", 1)),
                 &HashMap::new(),
                 &HashMap::new()

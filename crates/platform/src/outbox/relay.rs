@@ -1,15 +1,17 @@
 //! The outbox relay: publishes outbox rows to JetStream and deletes them.
+//! Every message instance runs one.
 //!
 //! One relay per database publishes (it holds a Postgres advisory lock,
 //! whose connection it checks every round; other instances wait as
 //! standbys), in id order so a channel's events keep their seq order,
-//! pipelined (all publishes of a batch in flight, acks
-//! awaited together) and stopping at the first failure. Each publish carries
+//! pipelined (all publishes of a batch in flight, acks awaited together)
+//! and stopping at the first failure. Each publish carries
 //! `Nats-Msg-Id` = the row's `msg_id`, so a crash between publish and delete
 //! republishes a row that JetStream then drops as a duplicate. It wakes on
 //! `LISTEN natter_outbox` (a trigger notifies on insert), with a slow timer
 //! only as a safety net.
 
+use super::nats_headers;
 use anyhow::Context;
 use async_nats::jetstream;
 use futures::future::join_all;
@@ -22,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 1000;
 /// Advisory lock key: "natter outbox relay".
 const LOCK_KEY: i64 = 0x6e61_7474_6572_0001;
+/// What the outbox's insert trigger notifies (migrations/0001).
+const NOTIFY_CHANNEL: &str = "natter_outbox";
 /// Safety-net poll when no notification arrives.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Back-off after a failure (NATS or Postgres).
@@ -54,7 +58,7 @@ async fn run_once(
     }
     tracing::info!("outbox relay is active");
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("natter_outbox").await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
     loop {
         // The lock lives only as long as its connection. If that one alone
         // died, another relay may hold the lock by now: stop publishing and
@@ -101,9 +105,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
-        natter_platform::metrics::get()
-            .outbox_backlog
-            .record(0, &[]);
+        crate::metrics::get().outbox_backlog.record(0, &[]);
         return Ok(0);
     }
     let mut pending = Vec::with_capacity(rows.len());
@@ -132,22 +134,8 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             .execute(pool)
             .await?;
     }
-    natter_platform::metrics::get()
+    crate::metrics::get()
         .outbox_backlog
         .record((rows.len() - done) as u64, &[]);
     Ok(done)
-}
-
-/// The stored `headers` JSON object (string values: the trace context) as
-/// NATS headers; anything else in it is ignored.
-fn nats_headers(json: &str) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(json) {
-        for (name, value) in map {
-            if let Some(value) = value.as_str() {
-                headers.insert(name.as_str(), value);
-            }
-        }
-    }
-    headers
 }

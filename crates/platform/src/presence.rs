@@ -1,0 +1,497 @@
+//! Presence: which sockets each user has, on which gateway, in which
+//! channel. The Redis schema lives here and nowhere else; the gateway
+//! writes through [`PresenceWriter`], push and message read through
+//! [`PresenceReader`].
+//!
+//! Keys (all under the namespace, see [`user_key`] and [`gateway_key`]):
+//! - `<ns>:presence:<user>`, a hash: one field `<gateway>:<socket>` per
+//!   live socket, valued by the entered channel id (decimal) or `""`;
+//! - `<ns>:gw:<gateway>`, the gateway's liveness key, set with a
+//!   [`GATEWAY_TTL`] and refreshed every [`HEARTBEAT`].
+//!
+//! Liveness rule: Redis 7.0 has no per-field TTL, so a crashed gateway's
+//! fields stay behind; an entry counts only while its gateway's liveness
+//! key exists, and readers delete the fields of dead gateways they come
+//! across. Nothing here is the only copy of anything: if Redis loses it
+//! (flush, failover), the heartbeat finds its liveness key missing and
+//! registers every local socket again. A write that fails in a Redis blip
+//! is repaired by the next heartbeat the same way.
+
+use anyhow::Context;
+use natter_protocol::subjects::Namespace;
+use natter_protocol::{ChannelId, SocketId, UserId};
+use redis::aio::ConnectionManager;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often a gateway refreshes its liveness key.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Liveness key TTL: a few missed heartbeats and the gateway counts as gone.
+pub const GATEWAY_TTL: Duration = Duration::from_secs(20);
+/// How long push trusts a liveness answer: the check then costs a round
+/// trip per second, not one per event.
+pub const LIVENESS_CACHE: Duration = Duration::from_millis(1500);
+
+/// The hash of `user`'s live sockets.
+#[must_use]
+pub fn user_key(ns: &Namespace, user: UserId) -> String {
+    format!("{}presence:{user}", ns.redis_prefix())
+}
+
+/// The liveness key of `gateway`.
+#[must_use]
+pub fn gateway_key(ns: &Namespace, gateway: &str) -> String {
+    format!("{}gw:{gateway}", ns.redis_prefix())
+}
+
+/// The field of one socket in its user's hash: `<gateway>:<socket>`.
+#[must_use]
+pub fn socket_field(gateway: &str, socket: SocketId) -> String {
+    format!("{gateway}:{socket}")
+}
+
+/// Splits a field back into gateway and socket; `None` when it is
+/// malformed or names a gateway that could not be a NATS subject token
+/// (push publishes to `<ns>.gw.<gateway>`).
+#[must_use]
+pub fn parse_socket_field(field: &str) -> Option<(&str, SocketId)> {
+    let (gateway, socket) = field.rsplit_once(':')?;
+    let valid = !gateway.is_empty()
+        && gateway
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    valid.then_some((gateway, SocketId(socket.parse().ok()?)))
+}
+
+/// A field's value: the entered channel, or `""` for none.
+fn entered_value(entered: Option<ChannelId>) -> String {
+    entered.map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// Reads a field's value; an unreadable one counts as "not entered".
+fn parse_entered(value: &str) -> Option<ChannelId> {
+    value.parse().ok().map(ChannelId)
+}
+
+/// One live socket of a user, as presence reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSocket {
+    /// The gateway holding it.
+    pub gateway: String,
+    /// Its id on that gateway.
+    pub socket: SocketId,
+    /// The channel it has entered, if any.
+    pub entered: Option<ChannelId>,
+}
+
+/// Live sockets by user; users with none are absent.
+pub type LiveSockets = HashMap<UserId, Vec<LiveSocket>>;
+
+/// One socket a gateway holds, as its heartbeat re-registers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSocket {
+    /// Its user.
+    pub user: UserId,
+    /// Its id on this gateway.
+    pub socket: SocketId,
+    /// The channel it has entered, if any.
+    pub entered: Option<ChannelId>,
+}
+
+/// What a gateway's heartbeat needs to know of the sockets it holds.
+pub trait LocalSockets: Send + Sync + 'static {
+    /// Every socket held now.
+    fn snapshot(&self) -> Vec<LocalSocket>;
+    /// Whether `socket` is still held.
+    fn holds(&self, socket: SocketId) -> bool;
+}
+
+/// One gateway's presence writes and heartbeat; cheap to clone.
+#[derive(Clone)]
+pub struct PresenceWriter {
+    redis: ConnectionManager,
+    ns: Namespace,
+    gateway: String,
+    /// A write failed: re-register every socket on the next heartbeat.
+    dirty: Arc<AtomicBool>,
+    /// Removals that failed, retried on the next heartbeat.
+    stale: Arc<Mutex<Vec<(UserId, SocketId)>>>,
+}
+
+impl PresenceWriter {
+    /// Writes for gateway `gateway`.
+    #[must_use]
+    pub fn new(redis: ConnectionManager, ns: Namespace, gateway: String) -> Self {
+        Self {
+            redis,
+            ns,
+            gateway,
+            dirty: Arc::default(),
+            stale: Arc::default(),
+        }
+    }
+
+    /// Records a socket and what it has entered. A failure is logged and
+    /// left to the next heartbeat to repair.
+    pub async fn set(&self, user: UserId, socket: SocketId, entered: Option<ChannelId>) {
+        let mut conn = self.redis.clone();
+        let result: redis::RedisResult<()> = redis::cmd("HSET")
+            .arg(user_key(&self.ns, user))
+            .arg(socket_field(&self.gateway, socket))
+            .arg(entered_value(entered))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            self.dirty.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e, "presence update failed; the heartbeat will repair it");
+        }
+    }
+
+    /// Forgets a socket; a failed removal is retried by the heartbeat.
+    pub async fn remove(&self, user: UserId, socket: SocketId) {
+        if let Err(e) = self.remove_all(&[(user, socket)]).await {
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((user, socket));
+            tracing::warn!(error = %e, "presence removal failed; the heartbeat will retry it");
+        }
+    }
+
+    async fn remove_all(&self, sockets: &[(UserId, SocketId)]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (user, socket) in sockets {
+            pipe.cmd("HDEL")
+                .arg(user_key(&self.ns, *user))
+                .arg(socket_field(&self.gateway, *socket))
+                .ignore();
+        }
+        let mut conn = self.redis.clone();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// Refreshes the liveness key; returns whether it had expired or been
+    /// lost (then every local socket must be registered again).
+    async fn beat(&self) -> redis::RedisResult<bool> {
+        let mut conn = self.redis.clone();
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(gateway_key(&self.ns, &self.gateway))
+            .arg("1")
+            .arg("EX")
+            .arg(GATEWAY_TTL.as_secs())
+            .arg("GET")
+            .query_async(&mut conn)
+            .await?;
+        Ok(previous.is_none())
+    }
+
+    /// Registers every local socket again, pipelined; a socket that closed
+    /// meanwhile is removed again, so no stale entry is written back.
+    async fn register_all(&self, local: &impl LocalSockets) -> redis::RedisResult<()> {
+        let sockets = local.snapshot();
+        let mut pipe = redis::pipe();
+        for s in &sockets {
+            pipe.cmd("HSET")
+                .arg(user_key(&self.ns, s.user))
+                .arg(socket_field(&self.gateway, s.socket))
+                .arg(entered_value(s.entered))
+                .ignore();
+        }
+        let mut conn = self.redis.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        let gone: Vec<(UserId, SocketId)> = sockets
+            .iter()
+            .filter(|s| !local.holds(s.socket))
+            .map(|s| (s.user, s.socket))
+            .collect();
+        if gone.is_empty() {
+            Ok(())
+        } else {
+            self.remove_all(&gone).await
+        }
+    }
+
+    /// Repairs what failed since the last heartbeat.
+    async fn repair(&self, local: &impl LocalSockets, lost: bool) {
+        if lost || self.dirty.swap(false, Ordering::Relaxed) {
+            if lost {
+                tracing::warn!("gateway liveness key was lost; re-registering sockets");
+            }
+            if let Err(e) = self.register_all(local).await {
+                self.dirty.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "re-registering presence failed");
+            }
+        }
+        let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(PoisonError::into_inner));
+        if !stale.is_empty() && self.remove_all(&stale).await.is_err() {
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(stale);
+        }
+    }
+
+    /// Marks the gateway alive now (before it serves), then keeps it alive
+    /// every [`HEARTBEAT`] until `shutdown`, repairing what failed.
+    ///
+    /// # Errors
+    /// When the first beat fails: a gateway Redis cannot see must not serve.
+    pub async fn start_heartbeat<L: LocalSockets>(
+        self,
+        local: Arc<L>,
+        shutdown: CancellationToken,
+    ) -> redis::RedisResult<tokio::task::JoinHandle<()>> {
+        self.beat().await?;
+        Ok(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                match self.beat().await {
+                    Ok(lost) => self.repair(local.as_ref(), lost).await,
+                    Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+                }
+            }
+        }))
+    }
+
+    /// Deletes the liveness key: readers drop this gateway's entries at
+    /// once.
+    pub async fn retire(&self) {
+        let mut conn = self.redis.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(gateway_key(&self.ns, &self.gateway))
+            .query_async(&mut conn)
+            .await;
+    }
+}
+
+/// One field of a presence hash, parsed.
+struct Entry {
+    user: UserId,
+    field: String,
+    socket: LiveSocket,
+}
+
+impl Entry {
+    fn parse(user: UserId, field: String, value: &str) -> Option<Self> {
+        let (gateway, socket) = parse_socket_field(&field)?;
+        let socket = LiveSocket {
+            gateway: gateway.to_owned(),
+            socket,
+            entered: parse_entered(value),
+        };
+        Some(Self {
+            user,
+            field,
+            socket,
+        })
+    }
+}
+
+/// Presence lookups; cheap to clone (clones share the liveness cache).
+#[derive(Clone)]
+pub struct PresenceReader {
+    redis: ConnectionManager,
+    ns: Namespace,
+    /// How long a liveness answer is reused; zero asks every time.
+    cache_for: Duration,
+    /// Gateway id → (alive, when asked).
+    liveness: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+}
+
+impl PresenceReader {
+    /// Lookups that ask Redis about every gateway's liveness each time.
+    #[must_use]
+    pub fn new(redis: ConnectionManager, ns: Namespace) -> Self {
+        Self {
+            redis,
+            ns,
+            cache_for: Duration::ZERO,
+            liveness: Arc::default(),
+        }
+    }
+
+    /// Reuses each gateway's liveness answer for `ttl` (push: see
+    /// [`LIVENESS_CACHE`]): a gateway that dies then still counts as alive
+    /// for up to `ttl`, and what is sent to it meanwhile is lost with it.
+    #[must_use]
+    pub fn caching_liveness(mut self, ttl: Duration) -> Self {
+        self.cache_for = ttl;
+        self
+    }
+
+    /// The live sockets of `users`: every hash in one pipelined round
+    /// trip, then the liveness of the gateways they name (those not in the
+    /// cache) in another. Fields of dead gateways found on the way are
+    /// deleted.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    pub async fn live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
+        if users.is_empty() {
+            return Ok(LiveSockets::new());
+        }
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("HGETALL").arg(user_key(&self.ns, *user));
+        }
+        let mut conn = self.redis.clone();
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .context("reading presence")?;
+        let entries: Vec<Entry> = users
+            .iter()
+            .zip(hashes)
+            .flat_map(|(user, hash)| {
+                hash.into_iter()
+                    .filter_map(move |(field, value)| Entry::parse(*user, field, &value))
+            })
+            .collect();
+        let alive = self
+            .alive(entries.iter().map(|e| e.socket.gateway.as_str()))
+            .await?;
+        let (live, dead): (Vec<Entry>, Vec<Entry>) = entries
+            .into_iter()
+            .partition(|e| alive.get(&e.socket.gateway).copied().unwrap_or(false));
+        if !dead.is_empty() {
+            self.clean(&dead).await;
+        }
+        let mut sockets = LiveSockets::new();
+        for e in live {
+            sockets.entry(e.user).or_default().push(e.socket);
+        }
+        Ok(sockets)
+    }
+
+    /// The subset of `users` with at least one live socket.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn online(&self, users: &[UserId]) -> anyhow::Result<HashSet<UserId>> {
+        Ok(self.live_sockets(users).await?.into_keys().collect())
+    }
+
+    /// Whether each gateway is alive: cached answers, and one pipelined
+    /// `EXISTS` round trip for the gateways not asked about lately.
+    async fn alive<'a>(
+        &self,
+        gateways: impl Iterator<Item = &'a str>,
+    ) -> anyhow::Result<HashMap<String, bool>> {
+        let mut known = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let cache = self.liveness.lock().unwrap_or_else(PoisonError::into_inner);
+            for gw in gateways {
+                if known.contains_key(gw) || unknown.iter().any(|u| u == gw) {
+                    continue;
+                }
+                match cache.get(gw) {
+                    Some((alive, at)) if at.elapsed() < self.cache_for => {
+                        known.insert(gw.to_owned(), *alive);
+                    }
+                    _ => unknown.push(gw.to_owned()),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(known);
+        }
+        let mut pipe = redis::pipe();
+        for gw in &unknown {
+            pipe.cmd("EXISTS").arg(gateway_key(&self.ns, gw));
+        }
+        let mut conn = self.redis.clone();
+        let answers: Vec<bool> = pipe
+            .query_async(&mut conn)
+            .await
+            .context("checking gateway liveness")?;
+        let now = Instant::now();
+        let mut cache = self.liveness.lock().unwrap_or_else(PoisonError::into_inner);
+        for (gw, alive) in unknown.into_iter().zip(answers) {
+            if !self.cache_for.is_zero() {
+                cache.insert(gw.clone(), (alive, now));
+            }
+            known.insert(gw, alive);
+        }
+        Ok(known)
+    }
+
+    /// Deletes fields of dead gateways. Best effort: a failure only means
+    /// they are skipped again next time.
+    async fn clean(&self, dead: &[Entry]) {
+        let mut pipe = redis::pipe();
+        for e in dead {
+            pipe.cmd("HDEL")
+                .arg(user_key(&self.ns, e.user))
+                .arg(&e.field)
+                .ignore();
+        }
+        let mut conn = self.redis.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "cleaning stale presence failed");
+        } else {
+            tracing::debug!(fields = dead.len(), "cleaned presence of dead gateways");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_namespace() {
+        let ns = Namespace::new("Test.1");
+        assert_eq!(user_key(&ns, UserId(3)), "test_1:presence:3");
+        assert_eq!(gateway_key(&ns, "gw-a"), "test_1:gw:gw-a");
+        assert!(user_key(&ns, UserId(3)).starts_with(&ns.redis_prefix()));
+    }
+
+    #[test]
+    fn socket_fields_round_trip() {
+        let field = socket_field("gw-a", SocketId(42));
+        assert_eq!(field, "gw-a:42");
+        assert_eq!(parse_socket_field(&field), Some(("gw-a", SocketId(42))));
+    }
+
+    #[test]
+    fn malformed_fields_and_unsafe_gateway_ids_are_refused() {
+        for bad in ["no-socket", "gw:x", "gw.evil.>:1", ":1", "gw:-1"] {
+            assert_eq!(parse_socket_field(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_name_the_entered_channel_or_none() {
+        assert_eq!(entered_value(Some(ChannelId(7))), "7");
+        assert_eq!(entered_value(None), "");
+        assert_eq!(parse_entered("7"), Some(ChannelId(7)));
+        assert_eq!(parse_entered(""), None);
+        assert_eq!(parse_entered("garbage"), None);
+    }
+
+    #[test]
+    fn an_entry_is_a_live_socket_of_its_user() {
+        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7").expect("valid");
+        assert_eq!(entry.user, UserId(1));
+        assert_eq!(entry.field, "gw-a:42");
+        assert_eq!(
+            entry.socket,
+            LiveSocket {
+                gateway: "gw-a".into(),
+                socket: SocketId(42),
+                entered: Some(ChannelId(7)),
+            }
+        );
+        assert!(Entry::parse(UserId(1), "gw.x:1".into(), "").is_none());
+    }
+}
