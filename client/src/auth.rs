@@ -3,8 +3,36 @@
 
 use crate::render::describe_error;
 use natter_protocol::ErrorBody;
-use natter_protocol::http::{Credentials, TokenResponse, UserView, paths};
+use natter_protocol::http::{Credentials, UserView, paths};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+/// A login's answer (docs/protocol.md §1). Read leniently: a server
+/// without §2.7 sends no `refresh_token`, and the client then logs in
+/// again when the token expires, as the protocol allows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Granted {
+    /// The bearer token.
+    pub token: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// Exchanged at `POST /refresh` for the next pair (§2.7).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// Why a refresh got no new tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshError {
+    /// The refresh token is unknown, expired, rotated or revoked (401), or
+    /// the server has no refresh (404): only a new login helps.
+    Refused,
+    /// The auth service could not be asked; the token may still be good.
+    Unreachable(String),
+}
+
+/// `POST /refresh` (docs/protocol.md §2.7).
+const REFRESH_PATH: &str = "/api/v1/auth/refresh";
 
 /// A client of one auth service.
 #[derive(Debug, Clone)]
@@ -45,12 +73,29 @@ impl AuthClient {
     ///
     /// # Errors
     /// One readable line.
-    pub async fn login(&self, username: &str, password: &str) -> Result<TokenResponse, String> {
+    pub async fn login(&self, username: &str, password: &str) -> Result<Granted, String> {
         let body = credentials(username, password);
         let response = self
             .send(self.http.post(self.url(paths::LOGIN)).json(&body))
             .await?;
         read_json(response).await
+    }
+
+    /// `POST /refresh`: the next token pair.
+    ///
+    /// # Errors
+    /// [`RefreshError::Refused`] when only a new login helps.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Granted, RefreshError> {
+        let body = serde_json::json!({ "refresh_token": refresh_token });
+        let response = self
+            .send(self.http.post(self.url(REFRESH_PATH)).json(&body))
+            .await
+            .map_err(RefreshError::Unreachable)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::NOT_FOUND {
+            return Err(RefreshError::Refused);
+        }
+        read_json(response).await.map_err(RefreshError::Unreachable)
     }
 
     /// `POST /logout`.

@@ -1,7 +1,7 @@
 //! Command-line arguments and the server addresses they resolve to
 //! (README "Configuration").
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// The default auth address: `natter-server all` on this machine.
@@ -17,17 +17,24 @@ pub const DEFAULT_WS_URL: &str = "ws://127.0.0.1:8090/ws/v1/message";
     about = "natter's terminal client: chat with your connections in channels",
     after_help = "Without -c and with a terminal on stdin, natter starts an interactive \
                   prompt (type /help there). Otherwise it runs the -c commands, or the \
-                  lines of stdin, one event per output line, and exits non-zero if a \
-                  command failed."
+                  lines of stdin, one event per output line (errors on stderr), and stops \
+                  with a non-zero exit at the first command that fails. A password is \
+                  asked for without echo, or read from NATTER_PASSWORD (or the next line \
+                  of stdin) in a script. The login is saved and resumed at the next start \
+                  until /logout."
 )]
 pub struct Args {
+    /// Not a chat: print something and exit
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+
     /// One host behind an ingress that routes /api/ and /ws/ (sets both
     /// addresses, overriding the two below; e.g. https://natter.example.com)
     #[expect(
         rustdoc::bare_urls,
         reason = "clap prints this comment verbatim as --help, where a bare URL reads best"
     )]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "NATTER_SERVER")]
     pub server: Option<String>,
 
     /// Base address of the auth service
@@ -42,9 +49,27 @@ pub struct Args {
     #[arg(short = 'c', long = "command", value_name = "COMMAND")]
     pub commands: Vec<String>,
 
+    /// In a script, go on after a command fails (the exit is still non-zero)
+    #[arg(long)]
+    pub keep_going: bool,
+
     /// History file of the interactive prompt [default: ~/.local/share/natter/history]
     #[arg(long, value_name = "PATH", env = "NATTER_HISTORY_FILE")]
     pub history_file: Option<PathBuf>,
+
+    /// Where the login is saved, readable only by you [default: ~/.config/natter/session.json]
+    #[arg(long, value_name = "PATH", env = "NATTER_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+}
+
+/// What `natter <subcommand>` does instead of chatting.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Sub {
+    /// Print a completion script for your shell (e.g. `natter completions bash > ~/.local/share/bash-completion/completions/natter`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where the services are.
@@ -158,6 +183,18 @@ mod tests {
             Endpoints::from_args(&args),
             Endpoints::behind_ingress("http://x")
         );
+    }
+
+    #[test]
+    fn completions_name_a_shell() {
+        let args = Args::parse_from(["natter", "completions", "zsh"]);
+        assert!(matches!(
+            args.command,
+            Some(Sub::Completions {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+        assert!(Args::try_parse_from(["natter", "completions", "cmd"]).is_err());
     }
 
     #[test]

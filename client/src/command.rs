@@ -1,35 +1,58 @@
 //! Command lines → [`Command`]s. Pure: the REPL, the script mode and the
 //! completer all read the one table [`COMMANDS`], so help, usage lines and
 //! completion can never disagree with the parser.
+//!
+//! Command names are case-insensitive (`/Enter` is `/enter`), an unknown one
+//! gets the nearest known name as a suggestion, and a line starting with
+//! `//` is a message that starts with `/`.
 
 use natter_protocol::ChannelId;
 use std::fmt;
 
+/// A channel as the user names it: by id, or by title when that is unique
+/// among their channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRef {
+    /// `/enter 3`.
+    Id(ChannelId),
+    /// `/enter general` (or `/enter "weekend plans"`).
+    Title(String),
+}
+
+impl ChannelRef {
+    fn parse(word: &str) -> Self {
+        word.parse::<i64>().map_or_else(
+            |_| Self::Title(word.to_owned()),
+            |id| Self::Id(ChannelId(id)),
+        )
+    }
+}
+
 /// One thing the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `/register <username> <password>`.
+    /// `/register <username> [<password>]`.
     Register {
         /// The new user's name.
         username: String,
-        /// Their password.
-        password: String,
+        /// Their password; asked for (hidden) when not given.
+        password: Option<String>,
     },
     /// `/unregister`.
     Unregister,
-    /// `/login <username> <password>`.
+    /// `/login <username> [<password>]`.
     Login {
         /// Who.
         username: String,
-        /// Their password.
-        password: String,
+        /// Their password; asked for (hidden) when not given.
+        password: Option<String>,
     },
     /// `/logout`.
     Logout,
     /// `/invite-code user`.
     UserInviteCode,
-    /// `/invite-code channel <channelId>`.
-    ChannelInviteCode(ChannelId),
+    /// `/invite-code channel <channel>`.
+    ChannelInviteCode(ChannelRef),
     /// `/invite <inviteCode>`.
     Invite(String),
     /// `/accept <username>`.
@@ -53,15 +76,20 @@ pub enum Command {
     },
     /// `/join <inviteCode>`.
     Join(String),
-    /// `/enter <channelId>`.
-    Enter(ChannelId),
+    /// `/enter <channel>`.
+    Enter(ChannelRef),
+    /// `/more`: the next page of unread messages.
+    More,
+    /// `/members [<channel>]` (the entered channel by default).
+    Members(Option<ChannelRef>),
     /// `/leave`.
     Leave,
-    /// `/quit <channelId>`.
-    Quit(ChannelId),
+    /// `/quit <channel>` or `/part [<channel>]`: stop being a member (the
+    /// entered channel by default). `/quit` alone is [`Command::Exit`].
+    Quit(Option<ChannelRef>),
     /// `/clear`.
     Clear,
-    /// `/exit`.
+    /// `/exit`, or `/quit` alone.
     Exit,
     /// `/help [command]`.
     Help(Option<String>),
@@ -71,7 +99,8 @@ pub enum Command {
     Read,
     /// `/whoami`.
     Whoami,
-    /// A line not starting with `/`: a message to the entered channel.
+    /// A line not starting with `/` (or starting with `//`, one of which
+    /// is dropped): a message to the entered channel.
     Say(String),
 }
 
@@ -102,13 +131,13 @@ impl Spec {
 pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "/register",
-        args: "<username> <password>",
-        summary: "create an account",
+        args: "<username>",
+        summary: "create an account (asks for a password)",
     },
     Spec {
         name: "/login",
-        args: "<username> <password>",
-        summary: "log in and go online",
+        args: "<username>",
+        summary: "log in and go online (asks for the password)",
     },
     Spec {
         name: "/logout",
@@ -118,7 +147,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "/unregister",
         args: "",
-        summary: "delete your account",
+        summary: "delete your account (asks for the password again)",
     },
     Spec {
         name: "/whoami",
@@ -127,7 +156,7 @@ pub const COMMANDS: &[Spec] = &[
     },
     Spec {
         name: "/invite-code",
-        args: "user | channel <channelId>",
+        args: "user | channel <channel>",
         summary: "show your invite code, or a channel's",
     },
     Spec {
@@ -177,8 +206,18 @@ pub const COMMANDS: &[Spec] = &[
     },
     Spec {
         name: "/enter",
-        args: "<channelId>",
-        summary: "enter a channel: its last messages, then live ones",
+        args: "<channel>",
+        summary: "enter a channel (id or title): from its first unread message, then live",
+    },
+    Spec {
+        name: "/more",
+        args: "",
+        summary: "show the next page of unread messages",
+    },
+    Spec {
+        name: "/members",
+        args: "[<channel>]",
+        summary: "list a channel's members and who is online",
     },
     Spec {
         name: "/leave",
@@ -186,9 +225,14 @@ pub const COMMANDS: &[Spec] = &[
         summary: "leave the channel you are in (stay a member)",
     },
     Spec {
+        name: "/part",
+        args: "[<channel>]",
+        summary: "stop being a member of a channel (asks first)",
+    },
+    Spec {
         name: "/quit",
-        args: "<channelId>",
-        summary: "stop being a member of a channel",
+        args: "[<channel>]",
+        summary: "alone: close the client; with a channel: as /part",
     },
     Spec {
         name: "/history",
@@ -213,17 +257,57 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "/exit",
         args: "",
-        summary: "close the client",
+        summary: "close the client (staying logged in)",
     },
 ];
 
-/// Looks a command up by name, with or without its slash.
+/// Looks a command up by name, with or without its slash, in any case.
 #[must_use]
 pub fn spec(name: &str) -> Option<&'static Spec> {
     let name = name.trim();
+    let bare = name.strip_prefix('/').unwrap_or(name);
     COMMANDS
         .iter()
-        .find(|s| s.name == name || s.name.strip_prefix('/') == Some(name))
+        .find(|s| s.name[1..].eq_ignore_ascii_case(bare))
+}
+
+/// The known command nearest to `name`, when one is near enough to be
+/// what was meant (a typo or two, or a unique prefix).
+#[must_use]
+pub fn suggest(name: &str) -> Option<&'static str> {
+    let bare = name.trim().trim_start_matches('/').to_ascii_lowercase();
+    if bare.is_empty() {
+        return None;
+    }
+    let prefixed: Vec<&Spec> = COMMANDS
+        .iter()
+        .filter(|s| s.name[1..].starts_with(&bare))
+        .collect();
+    if let [only] = prefixed.as_slice() {
+        return Some(only.name);
+    }
+    COMMANDS
+        .iter()
+        .map(|s| (edit_distance(&bare, &s.name[1..]), s.name))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+/// Levenshtein distance, by chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Why a line is not a command.
@@ -231,8 +315,8 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 pub enum ParseError {
     /// The command exists; its arguments are wrong.
     Usage(&'static Spec),
-    /// No such command.
-    Unknown(String),
+    /// No such command; the nearest known one, if any is near.
+    Unknown(String, Option<&'static str>),
     /// A quote was opened and never closed.
     UnclosedQuote,
 }
@@ -241,7 +325,11 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(spec) => f.write_str(&spec.usage()),
-            Self::Unknown(name) => write!(f, "unknown command {name}; /help lists them"),
+            Self::Unknown(name, Some(near)) => write!(
+                f,
+                "unknown command {name}; did you mean {near}? (// sends a message starting with /)"
+            ),
+            Self::Unknown(name, None) => write!(f, "unknown command {name}; /help lists them"),
             Self::UnclosedQuote => f.write_str("a quote is not closed"),
         }
     }
@@ -259,6 +347,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     if trimmed.is_empty() {
         return Ok(None);
     }
+    if let Some(message) = trimmed.strip_prefix("//") {
+        return Ok(Some(Command::Say(format!("/{message}"))));
+    }
     if !trimmed.starts_with('/') {
         return Ok(Some(Command::Say(trimmed.to_owned())));
     }
@@ -267,7 +358,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         Some((name, args)) => (name.as_str(), args),
         None => return Ok(None),
     };
-    let spec = spec(name).ok_or_else(|| ParseError::Unknown(name.to_owned()))?;
+    let spec = spec(name).ok_or_else(|| ParseError::Unknown(name.to_owned(), suggest(name)))?;
     let usage = || ParseError::Usage(spec);
     let one = || match args {
         [a] => Ok(a.clone()),
@@ -280,13 +371,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             Err(usage())
         }
     };
-    let channel = |arg: &str| arg.parse::<i64>().map(ChannelId).map_err(|_| usage());
+    let optional_channel = || match args {
+        [] => Ok(None),
+        [c] => Ok(Some(ChannelRef::parse(c))),
+        _ => Err(usage()),
+    };
     let command = match spec.name {
         "/register" | "/login" => {
-            let [username, password] = args else {
-                return Err(usage());
+            let (username, password) = match args {
+                [username] => (username.clone(), None),
+                [username, password] => (username.clone(), Some(password.clone())),
+                _ => return Err(usage()),
             };
-            let (username, password) = (username.clone(), password.clone());
             if spec.name == "/register" {
                 Command::Register { username, password }
             } else {
@@ -297,8 +393,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "/logout" => none(Command::Logout)?,
         "/whoami" => none(Command::Whoami)?,
         "/invite-code" => match args {
-            [kind] if kind == "user" => Command::UserInviteCode,
-            [kind, id] if kind == "channel" => Command::ChannelInviteCode(channel(id)?),
+            [kind] if kind.eq_ignore_ascii_case("user") => Command::UserInviteCode,
+            [kind, c] if kind.eq_ignore_ascii_case("channel") => {
+                Command::ChannelInviteCode(ChannelRef::parse(c))
+            }
             _ => return Err(usage()),
         },
         "/invite" => Command::Invite(one()?),
@@ -316,9 +414,15 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             _ => return Err(usage()),
         },
         "/join" => Command::Join(one()?),
-        "/enter" => Command::Enter(channel(&one()?)?),
+        "/enter" => Command::Enter(ChannelRef::parse(&one()?)),
+        "/more" => none(Command::More)?,
+        "/members" => Command::Members(optional_channel()?),
         "/leave" => none(Command::Leave)?,
-        "/quit" => Command::Quit(channel(&one()?)?),
+        "/part" => Command::Quit(optional_channel()?),
+        "/quit" => match optional_channel()? {
+            None => Command::Exit,
+            channel => Command::Quit(channel),
+        },
         "/history" => match args {
             [] => Command::History(None),
             [n] => match n.parse::<i64>() {
@@ -380,7 +484,8 @@ fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
 pub fn history_entry(line: &str) -> String {
     let trimmed = line.trim_start();
     let mut words = trimmed.split_whitespace();
-    match words.next() {
+    let name = words.next().map(str::to_ascii_lowercase);
+    match name.as_deref() {
         Some(name @ ("/register" | "/login")) => match words.next() {
             Some(user) => format!("{name} {user}"),
             None => name.to_owned(),
@@ -404,12 +509,20 @@ mod tests {
     #[test]
     fn every_command_parses_with_its_arguments() {
         let s = String::from;
+        let id = |n| ChannelRef::Id(ChannelId(n));
         let cases = [
             (
                 "/register alice secret12",
                 Command::Register {
                     username: s("alice"),
-                    password: s("secret12"),
+                    password: Some(s("secret12")),
+                },
+            ),
+            (
+                "/register alice",
+                Command::Register {
+                    username: s("alice"),
+                    password: None,
                 },
             ),
             ("/unregister", Command::Unregister),
@@ -417,14 +530,22 @@ mod tests {
                 "/login alice secret12",
                 Command::Login {
                     username: s("alice"),
-                    password: s("secret12"),
+                    password: Some(s("secret12")),
+                },
+            ),
+            (
+                "/login alice",
+                Command::Login {
+                    username: s("alice"),
+                    password: None,
                 },
             ),
             ("/logout", Command::Logout),
             ("/invite-code user", Command::UserInviteCode),
+            ("/invite-code channel 7", Command::ChannelInviteCode(id(7))),
             (
-                "/invite-code channel 7",
-                Command::ChannelInviteCode(ChannelId(7)),
+                "/invite-code channel general",
+                Command::ChannelInviteCode(ChannelRef::Title(s("general"))),
             ),
             ("/invite AbC-123_x", Command::Invite(s("AbC-123_x"))),
             ("/accept bob", Command::Accept(s("bob"))),
@@ -448,9 +569,22 @@ mod tests {
                 },
             ),
             ("/join XyZ", Command::Join(s("XyZ"))),
-            ("/enter 3", Command::Enter(ChannelId(3))),
+            ("/enter 3", Command::Enter(id(3))),
+            (
+                "/enter \"weekend plans\"",
+                Command::Enter(ChannelRef::Title(s("weekend plans"))),
+            ),
+            ("/more", Command::More),
+            ("/members", Command::Members(None)),
+            ("/members 3", Command::Members(Some(id(3)))),
             ("/leave", Command::Leave),
-            ("/quit 3", Command::Quit(ChannelId(3))),
+            ("/quit 3", Command::Quit(Some(id(3)))),
+            ("/part", Command::Quit(None)),
+            (
+                "/part general",
+                Command::Quit(Some(ChannelRef::Title(s("general")))),
+            ),
+            ("/quit", Command::Exit),
             ("/clear", Command::Clear),
             ("/exit", Command::Exit),
             ("/help", Command::Help(None)),
@@ -460,6 +594,7 @@ mod tests {
             ("/read", Command::Read),
             ("/whoami", Command::Whoami),
             ("  hello there  ", Command::Say(s("hello there"))),
+            ("line one\nline two", Command::Say(s("line one\nline two"))),
         ];
         for (line, expected) in cases {
             assert_eq!(ok(line), expected, "{line}");
@@ -467,28 +602,37 @@ mod tests {
     }
 
     #[test]
+    fn command_names_ignore_case() {
+        assert_eq!(ok("/ENTER 3"), Command::Enter(ChannelRef::Id(ChannelId(3))));
+        assert_eq!(ok("/Channels"), Command::Channels);
+        assert_eq!(spec("LOGIN"), spec("/login"));
+    }
+
+    #[test]
+    fn a_double_slash_sends_a_message_starting_with_a_slash() {
+        assert_eq!(ok("//shrug"), Command::Say("/shrug".into()));
+        assert_eq!(ok("//"), Command::Say("/".into()));
+    }
+
+    #[test]
     fn wrong_argument_counts_give_the_usage_line() {
         let cases = [
-            ("/register alice", "usage: /register <username> <password>"),
-            ("/register a b c", "usage: /register <username> <password>"),
-            ("/login", "usage: /login <username> <password>"),
+            ("/register", "usage: /register <username>"),
+            ("/register a b c", "usage: /register <username>"),
+            ("/login", "usage: /login <username>"),
             ("/logout now", "usage: /logout"),
             ("/unregister me", "usage: /unregister"),
             (
                 "/invite-code",
-                "usage: /invite-code user | channel <channelId>",
+                "usage: /invite-code user | channel <channel>",
             ),
             (
                 "/invite-code channel",
-                "usage: /invite-code user | channel <channelId>",
-            ),
-            (
-                "/invite-code channel x",
-                "usage: /invite-code user | channel <channelId>",
+                "usage: /invite-code user | channel <channel>",
             ),
             (
                 "/invite-code group 1",
-                "usage: /invite-code user | channel <channelId>",
+                "usage: /invite-code user | channel <channel>",
             ),
             ("/invite", "usage: /invite <inviteCode>"),
             ("/accept", "usage: /accept <username>"),
@@ -506,10 +650,13 @@ mod tests {
                 "usage: /create <title> <username1> [<username2> …]",
             ),
             ("/join", "usage: /join <inviteCode>"),
-            ("/enter", "usage: /enter <channelId>"),
-            ("/enter general", "usage: /enter <channelId>"),
+            ("/enter", "usage: /enter <channel>"),
+            ("/enter a b", "usage: /enter <channel>"),
+            ("/more 2", "usage: /more"),
+            ("/members a b", "usage: /members [<channel>]"),
             ("/leave 1", "usage: /leave"),
-            ("/quit", "usage: /quit <channelId>"),
+            ("/part a b", "usage: /part [<channel>]"),
+            ("/quit a b", "usage: /quit [<channel>]"),
             ("/clear x", "usage: /clear"),
             ("/exit x", "usage: /exit"),
             ("/help a b", "usage: /help [command]"),
@@ -524,7 +671,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_commands_point_to_help() {
+    fn unknown_commands_suggest_the_nearest_or_point_to_help() {
+        assert_eq!(
+            usage_of("/entr 3"),
+            "unknown command /entr; did you mean /enter? (// sends a message starting with /)"
+        );
+        assert_eq!(suggest("/chanels"), Some("/channels"));
+        assert_eq!(suggest("/memb"), Some("/members"));
+        assert_eq!(suggest("/shrug"), None);
         assert_eq!(
             usage_of("/dance"),
             "unknown command /dance; /help lists them"
@@ -553,6 +707,7 @@ mod tests {
     #[test]
     fn history_never_keeps_passwords() {
         assert_eq!(history_entry("/login alice hunter22"), "/login alice");
+        assert_eq!(history_entry("/LOGIN alice hunter22"), "/login alice");
         assert_eq!(history_entry("  /register bob pw123456"), "/register bob");
         assert_eq!(history_entry("/login"), "/login");
         assert_eq!(history_entry("/enter 3"), "/enter 3");

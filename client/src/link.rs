@@ -8,18 +8,22 @@
 //! socket drops (or the gateway says `reconnect`) reconnects with backoff;
 //! the machine then re-enters the channel the user was in and fills the
 //! gap by the last seq seen — so nothing is lost and nothing shows twice
-//! (docs/protocol.md §2.3).
+//! (docs/protocol.md §2.3). A token refused at reconnect is renewed by the
+//! [`Keeper`] (§2.7); only a session that cannot be renewed ends the link.
+//! It also flushes the machine's read acks on a short timer.
 
 pub mod machine;
 
+use crate::keeper::{Ended, Keeper};
 use crate::render::{Event, describe_error};
 use crate::state::SharedView;
 use futures::{SinkExt, StreamExt};
 use machine::{Ask, Flow, Machine, SocketEnd};
-use natter_protocol::frames::results::{Entered, MessageEntry};
+use natter_protocol::frames::results::{Entered, MessageEntry, Written};
 use natter_protocol::frames::{Request, ServerFrame};
 use natter_protocol::{ChannelId, ErrorCode};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +39,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(25);
 /// How long opening a socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read acks wait this long, so a burst of messages costs one `read`.
+const ACK_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a request got no result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +85,38 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// The last page of a channel, as `/enter` shows it.
+/// What happened to a written message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Stored: its seq and time.
+    Sent(Written),
+    /// The link is down: it waits and is sent when the link is back.
+    Queued,
+}
+
+/// A channel as `/enter` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnterOutcome {
     /// The `enter` reply.
     pub entered: Entered,
-    /// Its newest messages, ascending.
+    /// From a little before the first unread message on, or (nothing
+    /// unread) the newest page; ascending.
     pub messages: Vec<MessageEntry>,
+    /// Unread messages after these, for `/more`.
+    pub more_unread: i64,
+}
+
+/// Tells the link the user is typing; cheap to clone, for the prompt.
+#[derive(Debug, Clone)]
+pub struct TypingHandle(mpsc::UnboundedSender<Ask>);
+
+impl TypingHandle {
+    /// The user changed the message being composed.
+    pub fn typing(&self) {
+        let _ = self.0.send(Ask::Typing {
+            at: std::time::Instant::now(),
+        });
+    }
 }
 
 /// The handle the session keeps: requests go in, answers come back.
@@ -97,21 +128,35 @@ pub struct Link {
 }
 
 impl Link {
-    /// Opens the socket with `token` and starts the task that owns it.
+    /// Opens the socket with the keeper's token (renewed once if refused)
+    /// and starts the task that owns it.
     ///
     /// # Errors
     /// When the first socket cannot be opened.
     pub async fn open(
         ws_url: &str,
-        token: &str,
+        keeper: Arc<Keeper>,
         events: mpsc::UnboundedSender<Event>,
         view: SharedView,
     ) -> Result<Self, ConnectError> {
-        let socket = connect(ws_url, token).await?;
+        let token = keeper.token().await.map_err(|e| match e {
+            Ended::Unreachable(why) => ConnectError::Other(why),
+            Ended::Expired | Ended::Revoked => ConnectError::Unauthorized,
+        })?;
+        let socket = match connect(ws_url, &token).await {
+            Err(ConnectError::Unauthorized) => {
+                let renewed = keeper.renew(&token).await.map_err(|e| match e {
+                    Ended::Unreachable(why) => ConnectError::Other(why),
+                    Ended::Expired | Ended::Revoked => ConnectError::Unauthorized,
+                })?;
+                connect(ws_url, &renewed).await?
+            }
+            other => other?,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
             ws_url: ws_url.to_owned(),
-            token: token.to_owned(),
+            keeper,
             events,
             rx,
             machine: Machine::new(view),
@@ -120,10 +165,16 @@ impl Link {
         Ok(Self { tx, task })
     }
 
-    /// Whether the task still runs (it stops when the session is revoked).
+    /// Whether the task still runs (it stops when the session ends).
     #[must_use]
     pub fn is_alive(&self) -> bool {
         !self.task.is_finished()
+    }
+
+    /// A handle the prompt uses to say the user is typing.
+    #[must_use]
+    pub fn typing_handle(&self) -> TypingHandle {
+        TypingHandle(self.tx.clone())
     }
 
     /// Sends `request` and waits for its answer.
@@ -153,7 +204,29 @@ impl Link {
         })
     }
 
-    /// Enters a channel and fetches its last `page` messages; live ones
+    /// Writes a message; while the link is down it is queued and sent
+    /// when it is back (with the same `client_msg_id`, so at most once).
+    ///
+    /// # Errors
+    /// The server's refusal, or a link that has ended for good.
+    pub async fn write(
+        &self,
+        channel_id: ChannelId,
+        content: String,
+    ) -> Result<WriteOutcome, CallError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Ask::Write {
+                channel_id,
+                client_msg_id: uuid::Uuid::new_v4().to_string(),
+                content,
+                reply,
+            })
+            .map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?
+    }
+
+    /// Enters a channel and fetches what `/enter` shows; live messages
     /// follow as events, none shown twice.
     ///
     /// # Errors
@@ -170,7 +243,18 @@ impl Link {
         answer.await.map_err(|_| ended())?
     }
 
-    /// Closes the socket and waits for the task to end.
+    /// The next page of unread messages `/enter` did not show.
+    ///
+    /// # Errors
+    /// The server's error, or a lost link.
+    pub async fn more(&self) -> Result<Vec<MessageEntry>, CallError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Ask::More { reply }).map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?
+    }
+
+    /// Acknowledges what was shown, closes the socket and waits for the
+    /// task to end.
     pub async fn close(self) {
         drop(self.tx);
         let _ = self.task.await;
@@ -257,7 +341,7 @@ enum Read {
 
 struct Task {
     ws_url: String,
-    token: String,
+    keeper: Arc<Keeper>,
     events: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Ask>,
     machine: Machine,
@@ -277,7 +361,8 @@ impl Task {
     }
 
     /// Reconnects with backoff until it works; requests meanwhile fail at
-    /// once. `None` when the session closed the handle or was revoked.
+    /// once (writes are queued). A refused token is renewed once per try.
+    /// `None` when the session closed the handle or has ended.
     async fn reconnect(&mut self, mut why: String) -> Option<Socket> {
         let mut backoff = Backoff::new();
         loop {
@@ -289,22 +374,42 @@ impl Task {
             if !self.wait_refusing(delay).await {
                 return None;
             }
-            match connect(&self.ws_url, &self.token).await {
-                Ok(socket) => {
-                    self.emit(Event::Reconnected);
-                    return Some(socket);
+            let token = self.keeper.current().await;
+            let refused = match connect(&self.ws_url, &token).await {
+                Ok(socket) => return Some(self.back(socket)),
+                Err(ConnectError::Unauthorized) => token,
+                Err(ConnectError::Other(e)) => {
+                    why = e;
+                    continue;
                 }
-                Err(ConnectError::Unauthorized) => {
-                    self.emit(Event::SessionRevoked);
+            };
+            match self.keeper.renew(&refused).await {
+                Ok(token) => match connect(&self.ws_url, &token).await {
+                    Ok(socket) => return Some(self.back(socket)),
+                    Err(e) => why = e.to_string(),
+                },
+                Err(Ended::Unreachable(e)) => why = e,
+                Err(ended) => {
+                    self.machine.abandon();
+                    self.forward_events();
+                    self.emit(if ended == Ended::Expired {
+                        Event::SessionExpired
+                    } else {
+                        Event::SessionRevoked
+                    });
                     return None;
                 }
-                Err(ConnectError::Other(e)) => why = e,
             }
         }
     }
 
-    /// Sleeps for `delay`, answering requests with "not connected". False
-    /// when the session closed the handle meanwhile.
+    fn back(&self, socket: Socket) -> Socket {
+        self.emit(Event::Reconnected);
+        socket
+    }
+
+    /// Sleeps for `delay`, answering requests with "not connected" (and
+    /// queueing writes). False when the session closed the handle meanwhile.
     async fn wait_refusing(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
         loop {
@@ -312,7 +417,10 @@ impl Task {
                 () = sleep_until(until) => return true,
                 ask = self.rx.recv() => match ask {
                     None => return false,
-                    Some(ask) => self.machine.ask(ask),
+                    Some(ask) => {
+                        self.machine.ask(ask);
+                        self.forward_events();
+                    }
                 },
             }
         }
@@ -328,10 +436,13 @@ impl Task {
             return self.lost(&SocketEnd::Failed(e));
         }
         let mut idle_until = Instant::now() + KEEP_ALIVE_EVERY;
+        let mut ack_at: Option<Instant> = None;
         loop {
             let flow = tokio::select! {
                 ask = self.rx.recv() => {
                     let Some(ask) = ask else {
+                        self.machine.flush_acks();
+                        let _ = self.flush(&mut socket).await;
                         let _ = socket.close(None).await;
                         return End::Stopped;
                     };
@@ -344,6 +455,11 @@ impl Task {
                     self.machine.keep_alive();
                     Flow::Continue
                 }
+                () = sleep_until(ack_at.unwrap_or(idle_until)), if ack_at.is_some() => {
+                    ack_at = None;
+                    self.machine.flush_acks();
+                    Flow::Continue
+                }
                 frame = socket.next() => match read(frame) {
                     Read::Frame(frame) => self.machine.on_frame(frame),
                     Read::Skip => Flow::Continue,
@@ -353,6 +469,9 @@ impl Task {
             if flow == Flow::Revoked {
                 self.forward_events();
                 return End::Revoked;
+            }
+            if self.machine.ack_due() && ack_at.is_none() {
+                ack_at = Some(Instant::now() + ACK_DELAY);
             }
             if let Err(e) = self.flush(&mut socket).await {
                 return self.lost(&SocketEnd::Failed(e));

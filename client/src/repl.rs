@@ -1,12 +1,20 @@
 //! The interactive prompt: reedline with a history file (passwords
-//! stripped), tab completion of commands, usernames and channel ids, usage
-//! hints, a prompt showing who and where you are (`alice@general › `), and
-//! pushes printed above the line being typed (reedline's external printer).
+//! stripped), tab completion of commands, usernames and channels (one Tab
+//! completes a single candidate; channels show their titles), usage hints,
+//! a prompt showing who and where you are and what is new elsewhere
+//! (`alice@general · ops 3 › `), who is typing on its right, and pushes
+//! printed above the line being typed (reedline's external printer).
+//!
+//! Quiet by design: news of another channel prints one line, then only
+//! updates the prompt's count; typing shows in the prompt, not as lines; a
+//! message you send replaces its echoed input line. Pastes arrive whole
+//! (bracketed paste): a multi-line paste is one message.
 
 use crate::command::{COMMANDS, history_entry, spec};
-use crate::render::{Event, Palette, render};
-use crate::session::{Action, Session};
+use crate::render::{Event, Look, render};
+use crate::session::{Action, Output, Question, Session, TypingSlot};
 use crate::state::{SharedView, View};
+use crate::terminal;
 use owo_colors::OwoColorize;
 use reedline::{
     Color, ColumnarMenu, Completer, CompletionResult, DefaultHinter, Emacs, ExternalPrinter,
@@ -17,15 +25,21 @@ use reedline::{
 };
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 /// Lines kept in the history file.
 const HISTORY_SIZE: usize = 1000;
+/// "bob is typing" shows this long after bob's last `typing`.
+const TYPING_SHOWN: Duration = Duration::from_secs(6);
+/// The prompt names this many channels with news, then "+n".
+const ACTIVITY_SHOWN: usize = 3;
+/// What reedline puts before the second and later lines of an input.
+const CONTINUATION: &str = "… ";
 
-/// Runs the prompt until `/exit` or Ctrl-D. The session's commands run on
-/// `runtime`; the prompt blocks this thread.
+/// Runs the prompt until `/exit`, `/quit` or Ctrl-D. The session's
+/// commands run on `runtime`; the prompt blocks this thread.
 ///
 /// # Errors
 /// When the terminal cannot be used.
@@ -36,14 +50,27 @@ pub fn run(
     history_file: Option<PathBuf>,
     color: bool,
 ) -> anyhow::Result<()> {
-    let palette = Palette::new(color);
+    let look = Look::terminal(color);
     let view = session.view();
     let printer = ExternalPrinter::<String>::new(256);
-    forward_events(events, printer.sender(), palette);
+    let sender = printer.sender();
+    let mut editor = build_editor(&view, session.typing_slot(), history_file, color)?
+        .with_external_printer(printer);
+    // reedline does not export the signal's type, hence closures.
+    let repaint = editor.repaint_signal();
+    let again = repaint.clone();
+    forward_events(events, sender, look, view.clone(), move || {
+        repaint.request_repaint();
+    });
+    expire_typing(view.clone(), move || again.request_repaint());
 
-    let mut editor = build_editor(&view, history_file, color)?.with_external_printer(printer);
-    let prompt = ChatPrompt { view };
-    println!("natter — type /help for commands, /exit to quit");
+    let prompt = ChatPrompt { view: view.clone() };
+    println!("natter — type /help for commands, /quit to close");
+    let resumed = runtime.block_on(session.resume());
+    if show(runtime, &mut session, resumed, &look) == Action::Exit {
+        runtime.block_on(session.close());
+        return Ok(());
+    }
     loop {
         let line = match editor.read_line(&prompt)? {
             Signal::Success(line) => line,
@@ -51,31 +78,93 @@ pub fn run(
             Signal::CtrlD | Signal::ExternalBreak(_) => break,
             _ => continue,
         };
+        let echoed = if is_message(&line) {
+            let before = format!("{}{}", prompt_text(&view.snapshot()), INDICATOR);
+            terminal::rows_of(&before, CONTINUATION, &line, terminal::columns())
+        } else {
+            0
+        };
         let output = runtime.block_on(session.run_line(&line));
-        for event in &output.events {
-            println!("{}", render(event, &palette));
+        if output
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Message { .. } | Event::Pending { .. }))
+        {
+            // The message is shown as sent; its echoed input would be the
+            // same words twice.
+            terminal::erase_rows_above(echoed);
         }
-        match output.action {
-            Action::Continue => {}
+        match show(runtime, &mut session, output, &look) {
             Action::Clear => editor.clear_screen()?,
             Action::Exit => break,
+            Action::Continue | Action::Ask(_) => {}
         }
     }
     runtime.block_on(session.close());
     Ok(())
 }
 
+/// Prints an output, asking its questions (hidden for a password) until
+/// the session has no more; the last action.
+fn show(runtime: &Runtime, session: &mut Session, mut output: Output, look: &Look) -> Action {
+    loop {
+        for event in &output.events {
+            println!("{}", render(event, look));
+        }
+        let Action::Ask(question) = output.action else {
+            return output.action;
+        };
+        let reply = match question {
+            Question::Secret(prompt) => terminal::read_secret(&prompt),
+            Question::Confirm(question) => terminal::read_answer(&question),
+        };
+        output = runtime.block_on(session.answer(reply));
+    }
+}
+
+/// Whether a submitted line is a message (not a command).
+fn is_message(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    !trimmed.is_empty() && (!trimmed.starts_with('/') || trimmed.starts_with("//"))
+}
+
 /// Pushes go to the external printer from their own thread: its channel
-/// is a blocking one, and reedline drains it while the user types.
+/// is a blocking one, and reedline drains it while the user types. News
+/// that only changes a count, and typing, repaint the prompt instead.
 fn forward_events(
     mut events: mpsc::UnboundedReceiver<Event>,
     sender: std::sync::mpsc::SyncSender<String>,
-    palette: Palette,
+    look: Look,
+    view: SharedView,
+    repaint: impl Fn() + Send + 'static,
 ) {
     std::thread::spawn(move || {
         while let Some(event) = events.blocking_recv() {
-            if sender.send(render(&event, &palette)).is_err() {
-                break;
+            match &event {
+                Event::Unread { first: false, .. } => repaint(),
+                Event::Typing { username, .. } => {
+                    view.note_typing(username, Instant::now() + TYPING_SHOWN);
+                    repaint();
+                }
+                _ => {
+                    if sender.send(render(&event, &look)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Repaints the prompt while someone is shown typing, so the notice goes
+/// when it is stale.
+fn expire_typing(view: SharedView, repaint: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if !view.snapshot().typing.is_empty() {
+                view.drop_stale_typing(Instant::now());
+                repaint();
             }
         }
     });
@@ -83,6 +172,7 @@ fn forward_events(
 
 fn build_editor(
     view: &SharedView,
+    typing: TypingSlot,
     history_file: Option<PathBuf>,
     color: bool,
 ) -> anyhow::Result<Reedline> {
@@ -104,20 +194,59 @@ fn build_editor(
         .with_history(Box::new(RedactingHistory(history)))
         .with_completer(Box::new(ChatCompleter { view: view.clone() }))
         .with_menu(ReedlineMenu::EngineCompleter(Box::new(menu)))
-        .with_hinter(Box::new(UsageHinter::default()))
+        .with_quick_completions(true)
+        .with_partial_completions(true)
+        .with_hinter(Box::new(UsageHinter {
+            typing,
+            ..UsageHinter::default()
+        }))
         .with_edit_mode(Box::new(Emacs::new(keybindings)))
         .with_ansi_colors(color)
+        .use_bracketed_paste(true)
         .with_poll_interval(Duration::from_millis(50)))
 }
 
-/// `alice@general › `, `alice › ` or `natter › `.
+/// What follows the prompt's text.
+const INDICATOR: &str = " › ";
+
+/// `alice@general`, `alice` or `natter`, then news of other channels:
+/// `alice@general · ops 3 · dev 1`.
 #[must_use]
 pub fn prompt_text(view: &View) -> String {
-    match (&view.username, &view.channel) {
-        (Some(user), Some((_, title))) => format!("{user}@{title}"),
+    let clean = crate::sanitize::line;
+    let mut text = match (&view.username, &view.channel) {
+        (Some(user), Some((_, title))) => format!("{user}@{}", clean(title)),
         (Some(user), None) => user.clone(),
         (None, _) => "natter".into(),
+    };
+    for (title, unread) in view.activity.values().take(ACTIVITY_SHOWN) {
+        text.push_str(&format!(" · {} {unread}", clean(title)));
     }
+    if view.activity.len() > ACTIVITY_SHOWN {
+        text.push_str(&format!(" · +{}", view.activity.len() - ACTIVITY_SHOWN));
+    }
+    text
+}
+
+/// The prompt's right side: who is typing, and messages waiting to be sent.
+#[must_use]
+pub fn prompt_right(view: &View, now: Instant) -> String {
+    let typing: Vec<String> = view
+        .typing
+        .iter()
+        .filter(|(_, until)| **until > now)
+        .map(|(name, _)| crate::sanitize::line(name))
+        .collect();
+    let mut parts = Vec::new();
+    match typing.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("{one} is typing…")),
+        many => parts.push(format!("{} are typing…", many.join(", "))),
+    }
+    if view.queued > 0 {
+        parts.push(format!("{} pending", view.queued));
+    }
+    parts.join("  ")
 }
 
 struct ChatPrompt {
@@ -130,15 +259,15 @@ impl Prompt for ChatPrompt {
     }
 
     fn render_prompt_right(&self) -> Cow<'_, str> {
-        Cow::Borrowed("")
+        Cow::Owned(prompt_right(&self.view.snapshot(), Instant::now()))
     }
 
     fn render_prompt_indicator(&self, _mode: PromptEditMode) -> Cow<'_, str> {
-        Cow::Borrowed(" › ")
+        Cow::Borrowed(INDICATOR)
     }
 
     fn render_prompt_multiline_indicator(&self) -> Cow<'_, str> {
-        Cow::Borrowed("… ")
+        Cow::Borrowed(CONTINUATION)
     }
 
     fn render_prompt_history_search_indicator(&self, search: PromptHistorySearch) -> Cow<'_, str> {
@@ -154,10 +283,21 @@ impl Prompt for ChatPrompt {
     }
 }
 
+/// One completion: the text to insert and what to show beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Inserted into the line.
+    pub value: String,
+    /// Shown beside it (a command's summary, a channel's title).
+    pub description: Option<String>,
+}
+
 /// What can follow the text before the cursor: command names, then
-/// usernames or channel ids the client has seen, by the command's argument.
+/// usernames or channels the client has seen, by the command's argument.
+/// A channel is offered by id with its title beside it, or by title when
+/// the word typed so far is one.
 #[must_use]
-pub fn completions(view: &View, before_cursor: &str) -> Vec<String> {
+pub fn completions(view: &View, before_cursor: &str) -> Vec<Candidate> {
     let words: Vec<&str> = before_cursor.split_whitespace().collect();
     let typing_new_word = before_cursor.ends_with(char::is_whitespace) || words.is_empty();
     let partial = if typing_new_word {
@@ -170,21 +310,69 @@ pub fn completions(view: &View, before_cursor: &str) -> Vec<String> {
     } else {
         words.len() - 1
     };
-    let candidates: Vec<String> = match (position, words.first().copied()) {
-        (0, _) => COMMANDS.iter().map(|s| s.name.to_owned()).collect(),
-        (1, Some("/accept" | "/reject" | "/disconnect")) => view.users.iter().cloned().collect(),
-        (_, Some("/create")) => view.users.iter().cloned().collect(),
-        (1, Some("/enter" | "/quit")) => view.channels.iter().map(ToString::to_string).collect(),
-        (1, Some("/invite-code")) => vec!["user".into(), "channel".into()],
-        (2, Some("/invite-code")) if words.get(1) == Some(&"channel") => {
-            view.channels.iter().map(ToString::to_string).collect()
-        }
-        (1, Some("/help")) => COMMANDS.iter().map(|s| s.name[1..].to_owned()).collect(),
+    let command = words
+        .first()
+        .and_then(|w| spec(w))
+        .map(|s| s.name)
+        .unwrap_or_default();
+    let plain = |v: String| Candidate {
+        value: v,
+        description: None,
+    };
+    let users = || view.users.iter().cloned().map(plain).collect::<Vec<_>>();
+    let channels = || channel_candidates(view, partial);
+    let candidates: Vec<Candidate> = match (position, command) {
+        (0, _) => COMMANDS
+            .iter()
+            .map(|s| Candidate {
+                value: s.name.to_owned(),
+                description: Some(s.summary.to_owned()),
+            })
+            .collect(),
+        (1, "/accept" | "/reject" | "/disconnect") | (2.., "/create") => users(),
+        (1, "/enter" | "/quit" | "/part" | "/members") => channels(),
+        (1, "/invite-code") => vec![plain("user".into()), plain("channel".into())],
+        (2, "/invite-code") if words.get(1) == Some(&"channel") => channels(),
+        (1, "/help") => COMMANDS
+            .iter()
+            .map(|s| plain(s.name[1..].to_owned()))
+            .collect(),
         _ => Vec::new(),
     };
+    let lower = partial.to_lowercase();
     candidates
         .into_iter()
-        .filter(|c| c.starts_with(partial) && c != partial)
+        .filter(|c| {
+            let value = c.value.trim_start_matches('"').to_lowercase();
+            value.starts_with(lower.trim_start_matches('"')) && c.value != partial
+        })
+        .collect()
+}
+
+/// Channels by id (titled), or by title when `partial` is not a number.
+fn channel_candidates(view: &View, partial: &str) -> Vec<Candidate> {
+    let by_title = !partial.is_empty() && partial.parse::<i64>().is_err();
+    view.channels
+        .iter()
+        .filter_map(|(id, title)| {
+            if by_title {
+                let title = title.as_ref()?;
+                let value = if title.contains(char::is_whitespace) {
+                    format!("\"{title}\"")
+                } else {
+                    title.clone()
+                };
+                Some(Candidate {
+                    value: crate::sanitize::line(&value),
+                    description: Some(format!("channel {id}")),
+                })
+            } else {
+                Some(Candidate {
+                    value: id.to_string(),
+                    description: title.as_deref().map(crate::sanitize::line),
+                })
+            }
+        })
         .collect()
 }
 
@@ -200,9 +388,9 @@ impl Completer for ChatCompleter {
         });
         let suggestions: Vec<Suggestion> = completions(&self.view.snapshot(), before)
             .into_iter()
-            .map(|value| Suggestion {
-                description: spec(&value).map(|s| s.summary.to_owned()),
-                value,
+            .map(|c| Suggestion {
+                description: c.description,
+                value: c.value,
                 span: Span::new(start, pos),
                 append_whitespace: true,
                 ..Suggestion::default()
@@ -247,10 +435,15 @@ pub fn usage_hint(line: &str) -> (String, String) {
     (rest.to_owned(), args)
 }
 
+/// Hints the usage of the command being typed — and, since it sees every
+/// change of the line, tells the link the user is composing a message
+/// (the link sends at most one `typing` per few seconds).
 #[derive(Default)]
 struct UsageHinter {
     completion: String,
     fallback: Option<DefaultHinter>,
+    typing: TypingSlot,
+    last_line: String,
 }
 
 impl Hinter for UsageHinter {
@@ -262,6 +455,12 @@ impl Hinter for UsageHinter {
         use_ansi_coloring: bool,
         cwd: &str,
     ) -> String {
+        if line != self.last_line {
+            if is_message(line) {
+                self.typing.typing();
+            }
+            line.clone_into(&mut self.last_line);
+        }
         let (rest, args) = if pos == line.len() {
             usage_hint(line)
         } else {
@@ -346,22 +545,44 @@ impl History for RedactingHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_protocol::{ChannelId, Seq};
+    use natter_protocol::ChannelId;
 
     fn view() -> View {
         View {
             username: Some("alice".into()),
             channel: Some((ChannelId(3), "general".into())),
-            last_seen: Seq::ZERO,
             users: ["bob".to_owned(), "carol".to_owned()].into(),
-            channels: [ChannelId(3), ChannelId(12)].into(),
+            channels: [
+                (ChannelId(3), Some("general".to_owned())),
+                (ChannelId(12), Some("weekend plans".to_owned())),
+            ]
+            .into(),
+            ..View::default()
         }
     }
 
+    fn values(v: &View, before: &str) -> Vec<String> {
+        completions(v, before)
+            .into_iter()
+            .map(|c| c.value)
+            .collect()
+    }
+
     #[test]
-    fn the_prompt_shows_who_and_where() {
+    fn the_prompt_shows_who_where_and_what_is_new_elsewhere() {
         let mut v = view();
         assert_eq!(prompt_text(&v), "alice@general");
+        v.activity
+            .insert(ChannelId(12), ("weekend plans".into(), 4));
+        assert_eq!(prompt_text(&v), "alice@general · weekend plans 4");
+        for id in 20..24 {
+            v.activity.insert(ChannelId(id), (format!("c{id}"), 1));
+        }
+        assert_eq!(
+            prompt_text(&v),
+            "alice@general · weekend plans 4 · c20 1 · c21 1 · +2"
+        );
+        v.activity.clear();
         v.channel = None;
         assert_eq!(prompt_text(&v), "alice");
         v.username = None;
@@ -369,26 +590,70 @@ mod tests {
     }
 
     #[test]
+    fn the_right_of_the_prompt_says_who_is_typing_and_what_waits() {
+        let now = Instant::now();
+        let mut v = view();
+        assert_eq!(prompt_right(&v, now), "");
+        v.typing.insert("bob".into(), now + Duration::from_secs(3));
+        v.typing.insert("old".into(), now);
+        assert_eq!(prompt_right(&v, now), "bob is typing…");
+        v.typing
+            .insert("carol".into(), now + Duration::from_secs(3));
+        v.queued = 2;
+        assert_eq!(prompt_right(&v, now), "bob, carol are typing…  2 pending");
+    }
+
+    #[test]
     fn completion_offers_commands_then_their_arguments() {
         let v = view();
-        assert_eq!(completions(&v, "/ac"), ["/accept"]);
+        assert_eq!(values(&v, "/ac"), ["/accept"]);
+        assert_eq!(values(&v, "/AC"), ["/accept"], "any case");
         assert!(completions(&v, "/").len() == COMMANDS.len());
-        assert_eq!(completions(&v, "/accept "), ["bob", "carol"]);
-        assert_eq!(completions(&v, "/reject c"), ["carol"]);
-        assert_eq!(completions(&v, "/enter 1"), ["12"]);
-        assert_eq!(completions(&v, "/quit "), ["3", "12"]);
-        assert_eq!(completions(&v, "/invite-code ch"), ["channel"]);
-        assert_eq!(completions(&v, "/invite-code channel "), ["3", "12"]);
-        assert_eq!(completions(&v, "/create t bob "), ["bob", "carol"]);
-        assert_eq!(completions(&v, "/help ent"), ["enter"]);
+        assert_eq!(values(&v, "/accept "), ["bob", "carol"]);
+        assert_eq!(values(&v, "/reject c"), ["carol"]);
+        assert_eq!(values(&v, "/enter 1"), ["12"]);
+        assert_eq!(values(&v, "/quit "), ["3", "12"]);
+        assert_eq!(values(&v, "/part "), ["3", "12"]);
+        assert_eq!(values(&v, "/invite-code ch"), ["channel"]);
+        assert_eq!(values(&v, "/invite-code channel "), ["3", "12"]);
+        assert_eq!(values(&v, "/create t bob "), ["bob", "carol"]);
+        assert_eq!(values(&v, "/help ent"), ["enter"]);
         assert!(completions(&v, "hello wor").is_empty());
     }
 
     #[test]
+    fn channels_complete_with_their_titles() {
+        let v = view();
+        assert_eq!(
+            completions(&v, "/enter "),
+            [
+                Candidate {
+                    value: "3".into(),
+                    description: Some("general".into())
+                },
+                Candidate {
+                    value: "12".into(),
+                    description: Some("weekend plans".into())
+                },
+            ]
+        );
+        assert_eq!(values(&v, "/enter gen"), ["general"]);
+        assert_eq!(values(&v, "/members wee"), ["\"weekend plans\""]);
+    }
+
+    #[test]
+    fn a_message_line_is_told_from_a_command() {
+        assert!(is_message("hello"));
+        assert!(is_message("//shrug"));
+        assert!(!is_message("/enter 3"));
+        assert!(!is_message("   "));
+    }
+
+    #[test]
     fn hints_finish_the_command_and_show_its_arguments() {
-        assert_eq!(usage_hint("/ent"), ("er".into(), " <channelId>".into()));
-        assert_eq!(usage_hint("/enter"), (String::new(), " <channelId>".into()));
-        assert_eq!(usage_hint("/enter "), (String::new(), "<channelId>".into()));
+        assert_eq!(usage_hint("/ent"), ("er".into(), " <channel>".into()));
+        assert_eq!(usage_hint("/enter"), (String::new(), " <channel>".into()));
+        assert_eq!(usage_hint("/enter "), (String::new(), "<channel>".into()));
         assert_eq!(usage_hint("/lea"), ("ve".into(), String::new()));
         assert_eq!(usage_hint("/enter 3"), (String::new(), String::new()));
         assert_eq!(usage_hint("/in"), (String::new(), String::new()));

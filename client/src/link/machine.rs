@@ -6,6 +6,16 @@
 //! (docs/protocol.md §2.3): live messages are shown in seq order, a gap is
 //! fetched (`after_seq`, page by page) while later pushes are held back,
 //! and after a reconnect the channel is re-entered and the gap filled.
+//! It also decides what the user's presence tells the server:
+//!
+//! - **read acks**: what is shown inside a channel is acknowledged with
+//!   `read`, batched — the shell calls [`Machine::flush_acks`] on a timer
+//!   when [`Machine::ack_due`], and the machine flushes before leaving a
+//!   channel — never one request per message;
+//! - **typing**: at most one `typing` per [`TYPING_EVERY`] while composing;
+//! - **the outbox**: a message written while the link is down is queued and
+//!   sent when it is back, with the `client_msg_id` it was given, so a
+//!   write whose answer was lost is stored once (§2.2).
 //!
 //! The shell in [`crate::link`] owns the socket, the timers and the
 //! reconnect loop; it feeds what happened in ([`Machine::connected`],
@@ -14,19 +24,24 @@
 //! ([`Machine::take_frames`], [`Machine::take_events`]). So every rule here
 //! is unit-tested without a server, as the push router is.
 
-use super::{CallError, EnterOutcome};
+use super::{CallError, EnterOutcome, WriteOutcome};
 use crate::render::{Event, describe_error};
 use crate::seq::{SeqTracker, Verdict};
 use crate::state::SharedView;
-use natter_protocol::frames::results::{Entered, Messages, Written};
+use natter_protocol::frames::results::{Entered, MessageEntry, Messages, Written};
 use natter_protocol::frames::{ClientFrame, MessageView, Request, ServerFrame};
 use natter_protocol::{ChannelId, ErrorCode, Seq};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Page size of gap filling (the protocol's maximum).
+/// Page size of gap filling and of unread pages (the protocol's maximum).
 pub const FILL_PAGE: i64 = 100;
+/// Read messages shown before the first unread one, for context.
+pub const CONTEXT: i64 = 3;
+/// At most one `typing` per this long while composing.
+pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 /// What the user asks of the link; the answer goes back on `reply`.
 #[derive(Debug)]
@@ -38,14 +53,36 @@ pub enum Ask {
         /// Where its result goes.
         reply: oneshot::Sender<Result<Value, CallError>>,
     },
-    /// Enter a channel and fetch its last `page` messages.
+    /// Write a message: sent now, or queued while the link is down.
+    Write {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Its idempotency key, kept across retries.
+        client_msg_id: String,
+        /// The text.
+        content: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<WriteOutcome, CallError>>,
+    },
+    /// Enter a channel: from its first unread message when it has any,
+    /// else its last `page` messages.
     Enter {
         /// The channel.
         channel_id: ChannelId,
-        /// How many messages of history.
+        /// How many messages of history when nothing is unread.
         page: i64,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<EnterOutcome, CallError>>,
+    },
+    /// The next page of the unread messages `/enter` did not show.
+    More {
+        /// Where the page goes; empty when nothing is left.
+        reply: oneshot::Sender<Result<Vec<MessageEntry>, CallError>>,
+    },
+    /// The user is composing a message at `at`.
+    Typing {
+        /// When.
+        at: Instant,
     },
 }
 
@@ -82,9 +119,30 @@ enum Pending {
         entered: Entered,
         reply: oneshot::Sender<Result<EnterOutcome, CallError>>,
     },
+    More {
+        channel_id: ChannelId,
+        reply: oneshot::Sender<Result<Vec<MessageEntry>, CallError>>,
+    },
+    /// A write of the outbox, by its `client_msg_id`.
+    Write(String),
     ReEnter,
     Fill,
-    KeepAlive,
+    /// `keep_alive`, `read`, `typing`: nothing waits for the answer.
+    Quiet,
+}
+
+/// A message on its way: in the outbox until the server has stored it.
+#[derive(Debug)]
+struct Outgoing {
+    channel_id: ChannelId,
+    client_msg_id: String,
+    content: String,
+    /// Sent on the current socket, not yet answered.
+    in_flight: bool,
+    /// `unavailable` once already: the next one is reported.
+    retried: bool,
+    /// The writer still waits for the answer; `None` once told "queued".
+    reply: Option<oneshot::Sender<Result<WriteOutcome, CallError>>>,
 }
 
 /// The channel the user is in.
@@ -95,6 +153,25 @@ struct Current {
     tracker: SeqTracker,
     /// Pushes held back while history or a gap is being fetched.
     held: Option<BTreeMap<Seq, MessageView>>,
+    /// The highest seq shown (or written) here.
+    shown: Seq,
+    /// The highest seq acknowledged with `read` (or moved by the server).
+    acked: Seq,
+    /// Unread messages `/enter` has not shown yet, first and last seq.
+    unshown: Option<(Seq, Seq)>,
+    /// When the last `typing` went out.
+    typed_at: Option<Instant>,
+}
+
+impl Current {
+    /// What may be acknowledged: everything shown, but never past unread
+    /// messages still waiting for `/more`.
+    fn ack_target(&self) -> Seq {
+        match self.unshown {
+            Some((first, _)) => self.shown.min(Seq(first.0 - 1)),
+            None => self.shown,
+        }
+    }
 }
 
 /// The link's state across sockets: what is asked, where the user is, and
@@ -109,6 +186,7 @@ pub struct Machine {
     /// A user `enter` in flight, with the pushes of that channel meanwhile.
     entering: Option<(ChannelId, BTreeMap<Seq, MessageView>)>,
     current: Option<Current>,
+    outbox: VecDeque<Outgoing>,
     /// The server announced it is restarting; the close that follows is
     /// explained by this rather than by its bare close frame.
     draining: Option<String>,
@@ -127,6 +205,7 @@ impl Machine {
             pending: HashMap::new(),
             entering: None,
             current: None,
+            outbox: VecDeque::new(),
             draining: None,
             frames: Vec::new(),
             events: Vec::new(),
@@ -144,19 +223,21 @@ impl Machine {
     }
 
     /// A socket is up. After a reconnect: back into the channel the user
-    /// was in, then fetch what was missed; the pushes meanwhile are held.
+    /// was in, then fetch what was missed (the pushes meanwhile are held),
+    /// and send what was written while the link was down.
     pub fn connected(&mut self) {
         self.online = true;
         self.draining = None;
-        let Some(current) = &mut self.current else {
-            return;
-        };
-        current.held.get_or_insert_with(BTreeMap::new);
-        let channel_id = current.channel_id;
-        self.send(Request::Enter { channel_id }, Pending::ReEnter);
+        if let Some(current) = &mut self.current {
+            current.held.get_or_insert_with(BTreeMap::new);
+            let channel_id = current.channel_id;
+            self.send(Request::Enter { channel_id }, Pending::ReEnter);
+        }
+        self.flush_outbox();
     }
 
-    /// The socket ended: what was asked on it fails, and the words for why.
+    /// The socket ended: what was asked on it fails (a write goes back to
+    /// the outbox), and the words for why.
     pub fn lost(&mut self, end: &SocketEnd) -> String {
         self.online = false;
         self.fail_pending();
@@ -168,14 +249,41 @@ impl Machine {
         }
     }
 
-    /// The user asks something; refused at once while there is no socket.
-    pub fn ask(&mut self, ask: Ask) {
-        if !self.online {
-            refuse(ask);
-            return;
+    /// The link stops for good (the session ended): what is still queued
+    /// will never be sent, and the user hears so.
+    pub fn abandon(&mut self) {
+        self.online = false;
+        self.fail_pending();
+        let unsent = self.outbox.len();
+        self.outbox.clear();
+        self.view.set_queued(0);
+        if unsent > 0 {
+            self.events.push(Event::Error(format!(
+                "{unsent} queued message{} could not be sent",
+                if unsent == 1 { "" } else { "s" }
+            )));
         }
+    }
+
+    /// The user asks something; refused at once while there is no socket,
+    /// except a write, which waits in the outbox.
+    pub fn ask(&mut self, ask: Ask) {
         match ask {
+            Ask::Write {
+                channel_id,
+                client_msg_id,
+                content,
+                reply,
+            } => self.write(channel_id, client_msg_id, content, reply),
+            Ask::Typing { at } => self.typing(at),
+            ask if !self.online => refuse(ask),
             Ask::Call { request, reply } => {
+                if matches!(
+                    request,
+                    Request::Leave | Request::Quit { .. } | Request::Enter { .. }
+                ) {
+                    self.flush_acks();
+                }
                 self.send(request.clone(), Pending::User { request, reply });
             }
             Ask::Enter {
@@ -183,18 +291,54 @@ impl Machine {
                 page,
                 reply,
             } => {
+                self.flush_acks();
                 self.entering = Some((channel_id, BTreeMap::new()));
                 self.send(
                     Request::Enter { channel_id },
                     Pending::Enter { page, reply },
                 );
             }
+            Ask::More { reply } => {
+                let Some((channel_id, Some((first, _)))) =
+                    self.current.as_ref().map(|c| (c.channel_id, c.unshown))
+                else {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                };
+                let request = fill_request(channel_id, Seq(first.0 - 1));
+                self.send(request, Pending::More { channel_id, reply });
+            }
         }
     }
 
     /// Nothing went out for a while: tell the server the socket is alive.
     pub fn keep_alive(&mut self) {
-        self.send(Request::KeepAlive, Pending::KeepAlive);
+        self.send(Request::KeepAlive, Pending::Quiet);
+    }
+
+    /// Whether something shown is not yet acknowledged.
+    #[must_use]
+    pub fn ack_due(&self) -> bool {
+        self.online
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.ack_target() > c.acked)
+    }
+
+    /// Acknowledges what was shown in the entered channel: one `read` with
+    /// the highest seq, however many messages that covers.
+    pub fn flush_acks(&mut self) {
+        if !self.ack_due() {
+            return;
+        }
+        let Some(current) = &mut self.current else {
+            return;
+        };
+        let seq = current.ack_target();
+        current.acked = seq;
+        let channel_id = current.channel_id;
+        self.send(Request::Read { channel_id, seq }, Pending::Quiet);
     }
 
     /// A frame from the server.
@@ -220,8 +364,7 @@ impl Machine {
                 return Flow::Continue;
             }
             ServerFrame::SessionRevoked => {
-                self.online = false;
-                self.fail_pending();
+                self.abandon();
                 self.events.push(Event::SessionRevoked);
                 return Flow::Revoked;
             }
@@ -242,11 +385,89 @@ impl Machine {
         Flow::Continue
     }
 
-    fn send(&mut self, request: Request, pending: Pending) {
+    fn send(&mut self, request: Request, pending: Pending) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, pending);
         self.frames.push(ClientFrame { id, request });
+        id
+    }
+
+    fn write(
+        &mut self,
+        channel_id: ChannelId,
+        client_msg_id: String,
+        content: String,
+        reply: oneshot::Sender<Result<WriteOutcome, CallError>>,
+    ) {
+        let reply = if self.online {
+            Some(reply)
+        } else {
+            let _ = reply.send(Ok(WriteOutcome::Queued));
+            None
+        };
+        self.outbox.push_back(Outgoing {
+            channel_id,
+            client_msg_id,
+            content,
+            in_flight: false,
+            retried: false,
+            reply,
+        });
+        if let Some(current) = &mut self.current
+            && current.channel_id == channel_id
+        {
+            // The next keystroke announces typing again at once.
+            current.typed_at = None;
+        }
+        self.count_queued();
+        self.flush_outbox();
+    }
+
+    /// Sends, in order, every queued write not yet on this socket.
+    fn flush_outbox(&mut self) {
+        if !self.online {
+            return;
+        }
+        let mut requests = Vec::new();
+        for out in self.outbox.iter_mut().filter(|o| !o.in_flight) {
+            out.in_flight = true;
+            requests.push(Request::WriteMessage {
+                channel_id: out.channel_id,
+                client_msg_id: out.client_msg_id.clone(),
+                content: out.content.clone(),
+            });
+        }
+        for request in requests {
+            let Request::WriteMessage { client_msg_id, .. } = &request else {
+                continue;
+            };
+            let key = client_msg_id.clone();
+            self.send(request, Pending::Write(key));
+        }
+    }
+
+    fn count_queued(&self) {
+        self.view
+            .set_queued(self.outbox.iter().filter(|o| o.reply.is_none()).count());
+    }
+
+    fn typing(&mut self, at: Instant) {
+        if !self.online {
+            return;
+        }
+        let Some(current) = &mut self.current else {
+            return;
+        };
+        if current
+            .typed_at
+            .is_some_and(|last| at.saturating_duration_since(last) < TYPING_EVERY)
+        {
+            return;
+        }
+        current.typed_at = Some(at);
+        let channel_id = current.channel_id;
+        self.send(Request::Typing { channel_id }, Pending::Quiet);
     }
 
     fn fail_pending(&mut self) {
@@ -259,9 +480,19 @@ impl Machine {
                 Pending::Enter { reply, .. } | Pending::EnterHistory { reply, .. } => {
                     let _ = reply.send(Err(lost()));
                 }
-                Pending::ReEnter | Pending::Fill | Pending::KeepAlive => {}
+                Pending::More { reply, .. } => {
+                    let _ = reply.send(Err(lost()));
+                }
+                Pending::Write(_) | Pending::ReEnter | Pending::Fill | Pending::Quiet => {}
             }
         }
+        for out in &mut self.outbox {
+            out.in_flight = false;
+            if let Some(reply) = out.reply.take() {
+                let _ = reply.send(Ok(WriteOutcome::Queued));
+            }
+        }
+        self.count_queued();
         self.entering = None;
     }
 
@@ -272,11 +503,18 @@ impl Machine {
                 title,
                 unread,
                 ..
-            } => Event::Unread {
-                channel_id,
-                title,
-                unread,
-            },
+            } => {
+                if self.current_channel() == Some(channel_id) {
+                    return;
+                }
+                let first = self.view.note_activity(channel_id, &title, unread);
+                Event::Unread {
+                    channel_id,
+                    title,
+                    unread,
+                    first,
+                }
+            }
             ServerFrame::InviteReceived { username } => {
                 self.view.learn_user(&username);
                 Event::InviteReceived(username)
@@ -286,7 +524,7 @@ impl Machine {
                 Event::InviteAccepted(username)
             }
             ServerFrame::ChannelJoined { channel_id, title } => {
-                self.view.learn_channel(channel_id);
+                self.view.learn_channel(channel_id, Some(&title));
                 Event::ChannelJoined { channel_id, title }
             }
             ServerFrame::Typing {
@@ -346,9 +584,11 @@ impl Machine {
         if current.channel_id != message.channel_id || !current.tracker.mark(message.seq) {
             return;
         }
+        current.shown = current.shown.max(message.seq);
         self.view.set_last_seen(current.tracker.highest());
         if let Some(name) = &message.username {
             self.view.learn_user(name);
+            self.view.stop_typing(name);
         }
         self.events.push(Event::Message {
             channel_id: message.channel_id,
@@ -386,42 +626,12 @@ impl Machine {
         match pending {
             Pending::User { request, reply } => {
                 if result.is_ok() {
-                    self.after_success(&request, result.as_ref().ok());
+                    self.after_success(&request);
                 }
                 let _ = reply.send(result);
             }
-            Pending::Enter { page, reply } => {
-                let held = self
-                    .entering
-                    .take()
-                    .map(|(_, held)| held)
-                    .unwrap_or_default();
-                let entered = match result.and_then(decode::<Entered>) {
-                    Ok(entered) => entered,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                self.forget_channel_requests();
-                self.current = Some(Current {
-                    channel_id: entered.channel_id,
-                    title: entered.title.clone(),
-                    tracker: SeqTracker::starting_at(entered.last_seq),
-                    held: Some(held),
-                });
-                self.view.set_channel(
-                    Some((entered.channel_id, entered.title.clone())),
-                    entered.last_seq,
-                );
-                let history = Request::FetchMessages {
-                    channel_id: entered.channel_id,
-                    after_seq: None,
-                    before_seq: None,
-                    limit: Some(page),
-                };
-                self.send(history, Pending::EnterHistory { entered, reply });
-            }
+            Pending::Write(key) => self.on_written(&key, result),
+            Pending::Enter { page, reply } => self.on_entered(page, reply, result),
             Pending::EnterHistory { entered, reply } => {
                 let messages = match result.and_then(decode::<Messages>) {
                     Ok(page) => page.messages,
@@ -431,10 +641,21 @@ impl Machine {
                         return;
                     }
                 };
+                let unread_from = entered.last_read_seq.next();
+                let newest = messages.last().map(|m| m.seq);
                 if let Some(current) = &mut self.current {
                     for m in &messages {
                         current.tracker.mark(m.seq);
                     }
+                    current.shown = newest.unwrap_or(current.shown).max(current.shown);
+                    current.unshown = match newest {
+                        Some(newest)
+                            if newest < entered.last_seq && entered.last_seq >= unread_from =>
+                        {
+                            Some((newest.next().max(unread_from), entered.last_seq))
+                        }
+                        _ => None,
+                    };
                     self.view.set_last_seen(current.tracker.highest());
                 }
                 for m in &messages {
@@ -442,8 +663,47 @@ impl Machine {
                         self.view.learn_user(name);
                     }
                 }
-                let _ = reply.send(Ok(EnterOutcome { entered, messages }));
+                let more_unread = self
+                    .current
+                    .as_ref()
+                    .and_then(|c| c.unshown)
+                    .map_or(0, |(first, last)| last.count_after(Seq(first.0 - 1)));
+                let _ = reply.send(Ok(EnterOutcome {
+                    entered,
+                    messages,
+                    more_unread,
+                }));
                 self.release_held();
+            }
+            Pending::More { channel_id, reply } => {
+                let page = match result.and_then(decode::<Messages>) {
+                    Ok(page) => page.messages,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let Some(current) = &mut self.current else {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                };
+                let Some((_, last)) = current.unshown.filter(|_| current.channel_id == channel_id)
+                else {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                };
+                let page: Vec<MessageEntry> = page.into_iter().filter(|m| m.seq <= last).collect();
+                match page.last() {
+                    Some(newest) if newest.seq < last => {
+                        current.unshown = Some((newest.seq.next(), last));
+                        current.shown = current.shown.max(newest.seq);
+                    }
+                    _ => {
+                        current.unshown = None;
+                        current.shown = current.shown.max(last);
+                    }
+                }
+                let _ = reply.send(Ok(page));
             }
             Pending::ReEnter => match result {
                 Ok(_) => {
@@ -493,25 +753,126 @@ impl Machine {
                     _ => self.release_held(),
                 }
             }
-            Pending::KeepAlive => {}
+            Pending::Quiet => {}
+        }
+    }
+
+    fn on_entered(
+        &mut self,
+        page: i64,
+        reply: oneshot::Sender<Result<EnterOutcome, CallError>>,
+        result: Result<Value, CallError>,
+    ) {
+        let held = self
+            .entering
+            .take()
+            .map(|(_, held)| held)
+            .unwrap_or_default();
+        let entered = match result.and_then(decode::<Entered>) {
+            Ok(entered) => entered,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.forget_channel_requests();
+        self.current = Some(Current {
+            channel_id: entered.channel_id,
+            title: entered.title.clone(),
+            tracker: SeqTracker::starting_at(entered.last_seq),
+            held: Some(held),
+            shown: entered.last_read_seq,
+            acked: entered.last_read_seq,
+            unshown: None,
+            typed_at: None,
+        });
+        self.view.set_channel(
+            Some((entered.channel_id, entered.title.clone())),
+            entered.last_seq,
+        );
+        let history = if entered.last_seq > entered.last_read_seq {
+            // From just before the first unread one, so all of them show.
+            fill_request(
+                entered.channel_id,
+                Seq((entered.last_read_seq.0 - CONTEXT).max(0)),
+            )
+        } else {
+            Request::FetchMessages {
+                channel_id: entered.channel_id,
+                after_seq: None,
+                before_seq: None,
+                limit: Some(page),
+            }
+        };
+        self.send(history, Pending::EnterHistory { entered, reply });
+    }
+
+    fn on_written(&mut self, key: &str, result: Result<Value, CallError>) {
+        let Some(index) = self.outbox.iter().position(|o| o.client_msg_id == key) else {
+            return;
+        };
+        if let Err(CallError::Server {
+            code: ErrorCode::Unavailable,
+            ..
+        }) = &result
+            && !self.outbox[index].retried
+        {
+            // Safe to repeat: the same client_msg_id is stored once.
+            self.outbox[index].retried = true;
+            self.outbox[index].in_flight = false;
+            self.flush_outbox();
+            return;
+        }
+        let Some(out) = self.outbox.remove(index) else {
+            return;
+        };
+        self.count_queued();
+        let written = result.and_then(decode::<Written>);
+        if let Ok(written) = &written
+            && let Some(current) = &mut self.current
+            && current.channel_id == written.channel_id
+        {
+            current.tracker.mark(written.seq);
+            current.shown = current.shown.max(written.seq);
+            // The server moves the writer's read pointer to its message.
+            current.acked = current.acked.max(written.seq);
+            self.view.set_last_seen(current.tracker.highest());
+        }
+        match (out.reply, written) {
+            (Some(reply), written) => {
+                let _ = reply.send(written.map(WriteOutcome::Sent));
+            }
+            (None, Ok(written)) => self.events.push(Event::Message {
+                channel_id: written.channel_id,
+                seq: written.seq,
+                username: self.view.snapshot().username,
+                content: out.content,
+                sent_at: written.sent_at,
+            }),
+            (None, Err(e)) => self.events.push(Event::Error(format!(
+                "could not send {:?}: {}",
+                preview(&out.content),
+                e.describe()
+            ))),
         }
     }
 
     /// Keeps the channel state in step with what the user just did.
-    fn after_success(&mut self, request: &Request, result: Option<&Value>) {
+    fn after_success(&mut self, request: &Request) {
         match request {
             Request::Leave => self.leave(),
-            Request::Quit { channel_id } if self.current_channel() == Some(*channel_id) => {
-                self.leave();
+            Request::Quit { channel_id } => {
+                self.view.forget_channel(*channel_id);
+                if self.current_channel() == Some(*channel_id) {
+                    self.leave();
+                }
             }
-            Request::WriteMessage { channel_id, .. } => {
-                let written =
-                    result.and_then(|v| serde_json::from_value::<Written>(v.clone()).ok());
-                if let (Some(current), Some(written)) = (&mut self.current, written)
+            Request::Read { channel_id, seq } => {
+                if let Some(current) = &mut self.current
                     && current.channel_id == *channel_id
                 {
-                    current.tracker.mark(written.seq);
-                    self.view.set_last_seen(current.tracker.highest());
+                    current.acked = current.acked.max(*seq);
+                    current.unshown = current.unshown.filter(|(_, last)| last > seq);
                 }
             }
             _ => {}
@@ -534,6 +895,17 @@ impl Machine {
     }
 }
 
+/// The start of a message, to name it in an error.
+fn preview(content: &str) -> String {
+    let first = content.lines().next().unwrap_or("");
+    let short: String = first.chars().take(30).collect();
+    if short.len() < content.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
 fn refuse(ask: Ask) {
     let offline = || CallError::Disconnected("not connected right now; reconnecting".into());
     match ask {
@@ -543,6 +915,13 @@ fn refuse(ask: Ask) {
         Ask::Enter { reply, .. } => {
             let _ = reply.send(Err(offline()));
         }
+        Ask::More { reply } => {
+            let _ = reply.send(Err(offline()));
+        }
+        Ask::Write { reply, .. } => {
+            let _ = reply.send(Err(offline()));
+        }
+        Ask::Typing { .. } => {}
     }
 }
 
@@ -565,7 +944,7 @@ fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, CallError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_protocol::frames::results::{Empty, MessageEntry, UserInviteCode};
+    use natter_protocol::frames::results::{Empty, UserInviteCode};
     use std::ops::RangeInclusive;
     use time::OffsetDateTime;
     use tokio::sync::oneshot::error::TryRecvError;
@@ -781,30 +1160,299 @@ mod tests {
         assert_eq!(m.take_frames(), []);
     }
 
+    fn write(m: &mut Machine, content: &str) -> oneshot::Receiver<Result<WriteOutcome, CallError>> {
+        let (reply, answer) = oneshot::channel();
+        m.ask(Ask::Write {
+            channel_id: CHAT,
+            client_msg_id: format!("id-{content}"),
+            content: content.into(),
+            reply,
+        });
+        answer
+    }
+
+    fn written(seq: i64) -> Written {
+        Written {
+            channel_id: CHAT,
+            seq: Seq(seq),
+            sent_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
     #[test]
     fn the_push_of_ones_own_write_is_not_shown_again() {
         let mut m = in_chat_at(5);
-        let mut answer = call(
-            &mut m,
-            Request::WriteMessage {
-                channel_id: CHAT,
-                client_msg_id: "c1".into(),
-                content: "hi".into(),
-            },
-        );
-        let write = only_frame(&mut m);
-        let written = Written {
-            channel_id: CHAT,
-            seq: Seq(6),
-            sent_at: OffsetDateTime::UNIX_EPOCH,
-        };
-        m.on_frame(ServerFrame::reply(write.id, &written));
-        assert!(answer.try_recv().is_ok_and(|r| r.is_ok()));
+        let mut answer = write(&mut m, "hi");
+        let frame = only_frame(&mut m);
+        m.on_frame(ServerFrame::reply(frame.id, &written(6)));
+        assert_eq!(answer.try_recv(), Ok(Ok(WriteOutcome::Sent(written(6)))));
         assert_eq!(m.view.snapshot().last_seen, Seq(6));
 
         m.on_frame(push(6));
         m.on_frame(push(7));
         assert_eq!(shown(&mut m), [7]);
+    }
+
+    #[test]
+    fn shown_messages_are_acknowledged_with_one_read_for_the_batch() {
+        let mut m = in_chat_at(5);
+        assert!(!m.ack_due(), "entering moved nothing");
+        for seq in 6..=8 {
+            m.on_frame(push(seq));
+        }
+        assert_eq!(shown(&mut m), [6, 7, 8]);
+        assert!(m.ack_due());
+        assert_eq!(m.take_frames(), [], "not one read per message");
+
+        m.flush_acks();
+        let read = only_frame(&mut m);
+        assert_eq!(
+            read.request,
+            Request::Read {
+                channel_id: CHAT,
+                seq: Seq(8)
+            }
+        );
+        assert!(!m.ack_due());
+        m.flush_acks();
+        assert_eq!(m.take_frames(), []);
+    }
+
+    #[test]
+    fn own_messages_need_no_ack_and_leaving_acknowledges_first() {
+        let mut m = in_chat_at(5);
+        let _answer = write(&mut m, "mine");
+        let frame = only_frame(&mut m);
+        m.on_frame(ServerFrame::reply(frame.id, &written(6)));
+        assert!(!m.ack_due(), "the server moved the writer's pointer");
+
+        m.on_frame(push(7));
+        shown(&mut m);
+        let _left = call(&mut m, Request::Leave);
+        let frames = m.take_frames();
+        let requests: Vec<&Request> = frames.iter().map(|f| &f.request).collect();
+        assert_eq!(
+            requests,
+            [
+                &Request::Read {
+                    channel_id: CHAT,
+                    seq: Seq(7)
+                },
+                &Request::Leave
+            ]
+        );
+    }
+
+    #[test]
+    fn entering_with_unread_starts_before_the_first_and_pages_the_rest() {
+        let mut m = online();
+        let (reply, mut answer) = oneshot::channel();
+        m.ask(Ask::Enter {
+            channel_id: CHAT,
+            page: 20,
+            reply,
+        });
+        let enter = only_frame(&mut m);
+        let state = Entered {
+            channel_id: CHAT,
+            title: "chat".into(),
+            last_read_seq: Seq(10),
+            last_seq: Seq(160),
+        };
+        m.on_frame(ServerFrame::reply(enter.id, &state));
+        let history = only_frame(&mut m);
+        assert_eq!(history.request, fill_request(CHAT, Seq(10 - CONTEXT)));
+        m.on_frame(ServerFrame::reply(history.id, &page_of(CHAT, 8..=107)));
+        let outcome = answer.try_recv().expect("answered").expect("entered");
+        assert_eq!(outcome.messages.len(), 100);
+        assert_eq!(outcome.more_unread, 53);
+
+        m.flush_acks();
+        let read = only_frame(&mut m);
+        assert_eq!(
+            read.request,
+            Request::Read {
+                channel_id: CHAT,
+                seq: Seq(107)
+            },
+            "only what was shown"
+        );
+        m.on_frame(push(161));
+        assert_eq!(shown(&mut m), [161]);
+        assert!(!m.ack_due(), "never past unread messages not yet shown");
+
+        let (reply, mut more) = oneshot::channel();
+        m.ask(Ask::More { reply });
+        let next = only_frame(&mut m);
+        assert_eq!(next.request, fill_request(CHAT, Seq(107)));
+        m.on_frame(ServerFrame::reply(next.id, &page_of(CHAT, 108..=161)));
+        let page = more.try_recv().expect("answered").expect("page");
+        assert_eq!(page.first().map(|e| e.seq), Some(Seq(108)));
+        assert_eq!(
+            page.last().map(|e| e.seq),
+            Some(Seq(160)),
+            "live ones are shown already"
+        );
+        m.flush_acks();
+        assert_eq!(
+            only_frame(&mut m).request,
+            Request::Read {
+                channel_id: CHAT,
+                seq: Seq(161)
+            }
+        );
+
+        let (reply, mut none) = oneshot::channel();
+        m.ask(Ask::More { reply });
+        assert_eq!(m.take_frames(), []);
+        assert_eq!(none.try_recv(), Ok(Ok(Vec::new())));
+    }
+
+    #[test]
+    fn a_message_written_while_offline_is_queued_and_sent_once_back_online() {
+        let mut m = in_chat_at(5);
+        m.lost(&SocketEnd::Failed("reset".into()));
+        let mut answer = write(&mut m, "later");
+        assert_eq!(answer.try_recv(), Ok(Ok(WriteOutcome::Queued)));
+        assert_eq!(m.take_frames(), []);
+        assert_eq!(m.view.snapshot().queued, 1);
+
+        m.connected();
+        let frames = m.take_frames();
+        let [enter, sent] = &frames[..] else {
+            panic!("re-enter and the write: {frames:?}");
+        };
+        assert_eq!(enter.request, Request::Enter { channel_id: CHAT });
+        assert_eq!(
+            sent.request,
+            Request::WriteMessage {
+                channel_id: CHAT,
+                client_msg_id: "id-later".into(),
+                content: "later".into(),
+            }
+        );
+        m.on_frame(ServerFrame::reply(sent.id, &written(6)));
+        let events = m.take_events();
+        assert!(
+            matches!(&events[..], [Event::Message { seq: Seq(6), content, .. }] if content == "later"),
+            "{events:?}"
+        );
+        assert_eq!(m.view.snapshot().queued, 0);
+    }
+
+    #[test]
+    fn a_write_whose_answer_was_lost_is_sent_again_with_the_same_id() {
+        let mut m = in_chat_at(5);
+        let mut answer = write(&mut m, "once");
+        let first = only_frame(&mut m);
+        m.lost(&SocketEnd::Failed("reset".into()));
+        assert_eq!(answer.try_recv(), Ok(Ok(WriteOutcome::Queued)));
+
+        m.connected();
+        let again = m
+            .take_frames()
+            .into_iter()
+            .find(|f| matches!(f.request, Request::WriteMessage { .. }))
+            .expect("resent");
+        assert_eq!(again.request, first.request, "same client_msg_id");
+    }
+
+    #[test]
+    fn a_write_the_server_was_too_slow_for_is_retried_once() {
+        let mut m = in_chat_at(5);
+        let mut answer = write(&mut m, "slow");
+        let first = only_frame(&mut m);
+        let unavailable = |id| ServerFrame::Error {
+            id: Some(id),
+            code: ErrorCode::Unavailable,
+            message: "later".into(),
+        };
+        m.on_frame(unavailable(first.id));
+        let retry = only_frame(&mut m);
+        assert_eq!(retry.request, first.request);
+        m.on_frame(unavailable(retry.id));
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Err(CallError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn what_is_still_queued_when_the_session_ends_is_reported() {
+        let mut m = in_chat_at(5);
+        m.lost(&SocketEnd::Failed("reset".into()));
+        let _a = write(&mut m, "a");
+        let _b = write(&mut m, "b");
+        m.abandon();
+        assert_eq!(
+            m.take_events(),
+            [Event::Error("2 queued messages could not be sent".into())]
+        );
+        assert_eq!(m.view.snapshot().queued, 0);
+    }
+
+    #[test]
+    fn typing_goes_out_at_most_once_per_interval_and_only_inside_a_channel() {
+        let start = Instant::now();
+        let mut outside = online();
+        outside.ask(Ask::Typing { at: start });
+        assert_eq!(outside.take_frames(), []);
+
+        let mut m = in_chat_at(5);
+        m.ask(Ask::Typing { at: start });
+        assert_eq!(
+            only_frame(&mut m).request,
+            Request::Typing { channel_id: CHAT }
+        );
+        m.ask(Ask::Typing {
+            at: start + Duration::from_secs(1),
+        });
+        assert_eq!(m.take_frames(), []);
+        m.ask(Ask::Typing {
+            at: start + TYPING_EVERY,
+        });
+        assert_eq!(m.take_frames().len(), 1);
+
+        m.lost(&SocketEnd::Failed("reset".into()));
+        m.ask(Ask::Typing {
+            at: start + TYPING_EVERY * 3,
+        });
+        assert_eq!(m.take_frames(), [], "not while offline");
+    }
+
+    #[test]
+    fn news_of_another_channel_is_first_once_until_it_is_entered() {
+        let mut m = in_chat_at(5);
+        let unread = |n| ServerFrame::Unread {
+            channel_id: OTHER,
+            title: "other".into(),
+            last_seq: Seq(n),
+            unread: n,
+        };
+        m.on_frame(unread(1));
+        m.on_frame(unread(2));
+        let firsts: Vec<bool> = m
+            .take_events()
+            .into_iter()
+            .map(|e| matches!(e, Event::Unread { first: true, .. }))
+            .collect();
+        assert_eq!(firsts, [true, false]);
+        assert_eq!(
+            m.view.snapshot().activity.get(&OTHER),
+            Some(&("other".to_owned(), 2))
+        );
+
+        entered_in(&mut m, OTHER, 2);
+        assert!(m.view.snapshot().activity.is_empty());
+        entered_in(&mut m, CHAT, 5);
+        m.on_frame(unread(3));
+        assert!(matches!(
+            m.take_events()[..],
+            [Event::Unread { first: true, .. }]
+        ));
     }
 
     #[test]
@@ -1094,6 +1742,7 @@ mod tests {
                     channel_id: OTHER,
                     title: "other".into(),
                     unread: 2,
+                    first: true,
                 },
                 Event::InviteReceived("carol".into()),
                 Event::InviteAccepted("dave".into()),
@@ -1105,7 +1754,7 @@ mod tests {
         );
         let view = m.view.snapshot();
         assert!(view.users.contains("carol") && view.users.contains("dave"));
-        assert!(view.channels.contains(&OTHER));
+        assert_eq!(view.channels.get(&OTHER), Some(&Some("other".to_owned())));
     }
 
     #[test]

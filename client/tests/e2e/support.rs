@@ -1,7 +1,7 @@
 //! A client as a test drives it: a session plus the pushes it received.
 
 use natter_client::cli::Endpoints;
-use natter_client::render::{Event, Palette, render};
+use natter_client::render::{Event, Look, Zone, render};
 use natter_client::session::{Output, Session};
 use natter_server::testing::TestApp;
 use std::time::Duration;
@@ -111,7 +111,7 @@ impl Client {
 pub fn plain(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .map(|e| render(e, &Palette::new(false)))
+        .map(|e| render(e, &Look::plain(Zone::Local)))
         .collect()
 }
 
