@@ -86,7 +86,9 @@ impl Keeper {
     pub async fn token(&self) -> Result<String, Ended> {
         let stale = {
             let saved = self.saved.lock().await;
-            if saved.expires_at - RENEW_BEFORE_SECS > now_secs() {
+            // Without a refresh token the token is all there is: used as
+            // it is, until the server refuses it.
+            if saved.refresh_token.is_none() || saved.expires_at - RENEW_BEFORE_SECS > now_secs() {
                 return Ok(saved.token.clone());
             }
             saved.token.clone()

@@ -106,16 +106,19 @@ pub struct EnterOutcome {
     pub more_unread: i64,
 }
 
-/// Tells the link the user is typing; cheap to clone, for the prompt.
+/// Tells the link the user is typing; cheap to clone, for the prompt. It
+/// holds the link weakly: closing the link is dropping its one handle.
 #[derive(Debug, Clone)]
-pub struct TypingHandle(mpsc::UnboundedSender<Ask>);
+pub struct TypingHandle(mpsc::WeakUnboundedSender<Ask>);
 
 impl TypingHandle {
     /// The user changed the message being composed.
     pub fn typing(&self) {
-        let _ = self.0.send(Ask::Typing {
-            at: std::time::Instant::now(),
-        });
+        if let Some(tx) = self.0.upgrade() {
+            let _ = tx.send(Ask::Typing {
+                at: std::time::Instant::now(),
+            });
+        }
     }
 }
 
@@ -174,7 +177,7 @@ impl Link {
     /// A handle the prompt uses to say the user is typing.
     #[must_use]
     pub fn typing_handle(&self) -> TypingHandle {
-        TypingHandle(self.tx.clone())
+        TypingHandle(self.tx.downgrade())
     }
 
     /// Sends `request` and waits for its answer.

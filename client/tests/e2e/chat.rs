@@ -1,7 +1,7 @@
 //! Two (and three) people using the client end to end: every command of
 //! the seed at least once, through the client.
 
-use crate::support::{Client, PASSWORD, channel_id, word_after};
+use crate::support::{Client, PASSWORD, channel_id, plain, word_after};
 use natter_client::render::Event;
 use natter_server::testing::TestApp;
 use std::time::Duration;
@@ -70,42 +70,60 @@ async fn two_people_connect_create_a_channel_and_chat() {
     );
     bob.ok("/read").await;
 
-    // alice leaves: bob's next message reaches her as an unread count.
+    // alice saw bob's message inside the channel, so it is read; she
+    // leaves, and bob's next message reaches her as an unread count.
     assert_eq!(alice.ok("/leave").await, ["left general"]);
     assert_eq!(
         alice.fails("anyone there?").await,
-        "error: you are not in a channel; /channels lists yours, /enter <channelId> enters one"
+        "error: you are not in a channel; /channels lists yours, /enter <channel> enters one"
     );
     bob.ok("are you still there?").await;
     let unread = alice
         .push("unread", |e| matches!(e, Event::Unread { .. }))
         .await;
-    // Her read pointer is at her own message: bob's two since are unread.
     assert!(
-        matches!(unread, Event::Unread { unread: 2, .. }),
+        matches!(
+            unread,
+            Event::Unread {
+                unread: 1,
+                first: true,
+                ..
+            }
+        ),
         "{unread:?}"
     );
     assert_eq!(
         alice.ok("/channels").await,
-        [format!("{id} general (2 members, 2 unread)")]
+        [format!("{id} general (2 members, 1 unread)")]
     );
 
-    // Re-entering shows the last page, own and others' messages in order.
-    let page = alice.ok(&format!("/enter {id}")).await;
-    assert_eq!(page.len(), 4, "{page:?}");
-    assert!(page[0].contains("2 unread"), "{page:?}");
+    // Re-entering starts a little before the first unread message, marks
+    // where the new ones begin, and acknowledges them.
+    let page = alice.ok("/enter general").await;
+    assert_eq!(page.len(), 5, "{page:?}");
+    assert!(page[0].contains("1 unread"), "{page:?}");
     assert!(page[1].ends_with("alice: hi bob"));
-    assert!(page[3].ends_with("bob: are you still there?"));
-    assert_eq!(alice.ok("/read").await, ["marked general read"]);
+    assert_eq!(page[3], "——— new ———");
+    assert!(page[4].ends_with("bob: are you still there?"));
+    assert_eq!(alice.ok("/leave").await, ["left general"]);
     assert_eq!(
         alice.ok("/channels").await,
         [format!("{id} general (2 members, 0 unread)")]
     );
 
-    // bob quits the channel; then alice ends the connection.
+    // bob quits the channel, after a yes; then alice ends the connection.
+    let asked = bob.run(&format!("/quit {id}")).await;
+    assert!(matches!(
+        asked.action,
+        natter_client::session::Action::Ask(_)
+    ));
     assert_eq!(
-        bob.ok(&format!("/quit {id}")).await,
-        [format!("you are no longer a member of channel {id}")]
+        plain(&bob.session.answer(Some("n".into())).await.events),
+        ["nothing done"]
+    );
+    assert_eq!(
+        bob.confirmed(&format!("/part {id}")).await,
+        ["you are no longer a member of general"]
     );
     assert_eq!(
         bob.fails(&format!("/enter {id}")).await,
@@ -120,7 +138,7 @@ async fn two_people_connect_create_a_channel_and_chat() {
     assert_eq!(bob.ok("/logout").await, ["logged out bob"]);
     assert_eq!(
         bob.fails("/channels").await,
-        "error: log in first: /login <username> <password>"
+        "error: log in first: /login <username>"
     );
     assert_eq!(bob.ok("/whoami").await, ["not logged in"]);
     app.stop().await;
@@ -141,16 +159,27 @@ async fn invitations_can_be_rejected_and_channels_joined_by_code() {
         .await;
     assert_eq!(
         alice.ok("/reject carol").await,
-        ["rejected the invitation from carol"]
+        [
+            "rejected the invitation from carol; neither of you can invite the other until \
+          you /disconnect carol, which clears it"
+        ]
     );
     assert_eq!(
         carol.fails(&format!("/invite {code}")).await,
-        "error: there is already an invitation between you (pending or rejected)"
+        "error: there is already an invitation between you (pending or rejected); if it was \
+         rejected, the one who rejected it can /disconnect <username> to clear it"
     );
     assert_eq!(
         alice.fails(&format!("/invite {code}")).await,
         "error: that is your own invite code"
     );
+    // The one who rejected clears it, as the hint says; then carol may
+    // invite again.
+    assert_eq!(
+        alice.ok("/disconnect carol").await,
+        ["disconnected from carol"]
+    );
+    carol.ok(&format!("/invite {code}")).await;
     assert_eq!(
         alice.fails("/create solo carol").await.split(" (").next(),
         Some("error: you can only add users you are connected with")
@@ -202,18 +231,27 @@ async fn history_pages_backwards_by_seq() {
     for n in 1..=25 {
         alice.ok(&format!("message {n}")).await;
     }
+    // All 25 are unread: they all show, from the first.
+    let page = bob.ok(&format!("/enter {id}")).await;
+    assert_eq!(page.len(), 27, "{page:?}");
+    assert_eq!(page[1], "——— new ———");
+    assert!(page[2].ends_with("alice: message 1"), "{page:?}");
+    bob.ok("/leave").await;
+
+    // Read now: the newest page, then older ones under a header.
     let page = bob.ok(&format!("/enter {id}")).await;
     assert_eq!(page.len(), 21, "{page:?}");
     assert!(page[1].ends_with("alice: message 6"), "{page:?}");
     let older = bob.ok("/history 3").await;
-    assert_eq!(older.len(), 3);
+    assert_eq!(older.len(), 4);
+    assert_eq!(older[0], "── earlier in general: 3 messages ──");
     assert!(
-        older[0].ends_with("message 3") && older[2].ends_with("message 5"),
+        older[1].ends_with("message 3") && older[3].ends_with("message 5"),
         "{older:?}"
     );
     let rest = bob.ok("/history").await;
-    assert_eq!(rest.len(), 2);
-    assert!(rest[0].ends_with("message 1"));
+    assert_eq!(rest.len(), 3);
+    assert!(rest[1].ends_with("message 1"));
     assert_eq!(bob.ok("/history").await, ["no older messages"]);
     app.stop().await;
 }
@@ -225,18 +263,30 @@ async fn unregistering_ends_the_users_other_sessions() {
     let mut second = Client::on(&app, "dave");
     second.ok(&format!("/login dave {PASSWORD}")).await;
     assert_eq!(
-        first.fails(&format!("/login dave {PASSWORD}")).await,
+        first.ok(&format!("/login dave {PASSWORD}")).await,
+        ["already logged in as dave"]
+    );
+    assert_eq!(
+        first.fails("/login erin").await,
         "error: already logged in as dave; /logout first"
     );
 
-    assert_eq!(first.ok("/unregister").await, ["account dave deleted"]);
+    // The password again, or nothing happens.
+    let wrong = first.answering("/unregister", "not-the-password").await;
+    assert_eq!(
+        plain(&wrong.events),
+        ["error: wrong username or password; the account is kept"]
+    );
+    assert!(first.ok("/channels").await.len() == 1);
+    let deleted = first.answering("/unregister", PASSWORD).await;
+    assert_eq!(plain(&deleted.events), ["account dave deleted"]);
     second
         .push("session_revoked", |e| *e == Event::SessionRevoked)
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         second.fails("/channels").await,
-        "error: log in first: /login <username> <password>"
+        "error: log in first: /login <username>"
     );
     assert_eq!(
         second.fails(&format!("/login dave {PASSWORD}")).await,

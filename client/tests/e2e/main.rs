@@ -4,6 +4,7 @@
 
 mod binary;
 mod chat;
+mod daylong;
 mod reconnect;
 mod support;
 mod tls;

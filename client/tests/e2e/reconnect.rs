@@ -6,24 +6,33 @@ use natter_client::cli::Endpoints;
 use natter_client::render::Event;
 use natter_server::testing::TestApp;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A TCP proxy in front of the gateway whose connections the test can cut.
-struct Proxy {
-    addr: SocketAddr,
+/// A TCP proxy in front of the gateway whose connections the test can cut,
+/// and which can refuse new ones for a while.
+pub struct Proxy {
+    pub addr: SocketAddr,
     cut: watch::Sender<u64>,
+    down: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
+    pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (cut, _) = watch::channel(0u64);
         let cuts = cut.clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let refusing = down.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let mut cut = cuts.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -36,11 +45,25 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut }
+        Self { addr, cut, down }
     }
 
-    fn cut_all(&self) {
+    pub fn cut_all(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Cuts every connection and refuses new ones until [`Self::up`].
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut_all();
+    }
+
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws/v1/message", self.addr)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use natter_client::cli::Endpoints;
 use natter_client::render::{Event, Look, Zone, render};
-use natter_client::session::{Output, Session};
+use natter_client::session::{Action, Output, Session};
 use natter_server::testing::TestApp;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -55,6 +55,27 @@ impl Client {
     /// Runs a line that must succeed; its plain lines.
     pub async fn ok(&mut self, line: &str) -> Vec<String> {
         let out = self.run(line).await;
+        let lines = plain(&out.events);
+        assert!(out.ok, "{}: {line} failed: {lines:?}", self.name);
+        lines
+    }
+
+    /// Runs a line that asks a question, answers it; the answer's output.
+    pub async fn answering(&mut self, line: &str, reply: &str) -> Output {
+        let out = self.run(line).await;
+        assert!(
+            matches!(out.action, Action::Ask(_)),
+            "{}: {line} asked nothing: {:?}",
+            self.name,
+            plain(&out.events)
+        );
+        self.session.answer(Some(reply.to_owned())).await
+    }
+
+    /// Runs a line that asks for a yes, says yes; its plain lines, which
+    /// must be a success.
+    pub async fn confirmed(&mut self, line: &str) -> Vec<String> {
+        let out = self.answering(line, "y").await;
         let lines = plain(&out.events);
         assert!(out.ok, "{}: {line} failed: {lines:?}", self.name);
         lines

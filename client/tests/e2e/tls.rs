@@ -72,7 +72,8 @@ async fn the_client_talks_to_natter_over_https_and_wss() {
                 "NATTER_WS_URL",
                 format!("wss://localhost:{gateway}/ws/v1/message"),
             )
-            .env_remove("NATTER_HISTORY_FILE");
+            .env_remove("NATTER_HISTORY_FILE")
+            .env("NATTER_SESSION_FILE", dir.join("session.json"));
         for c in commands {
             cmd.args(["-c", c]);
         }
@@ -94,8 +95,8 @@ async fn the_client_talks_to_natter_over_https_and_wss() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("registered tess"), "{lines:?}");
-    assert_eq!(lines[1], "logged in as tess");
-    assert!(lines[2].starts_with("your invite code: "), "{lines:?}");
+    assert_eq!(lines[1..3], ["logged in as tess", "no unread messages"]);
+    assert!(lines[3].starts_with("your invite code: "), "{lines:?}");
 
     // Without the CA the certificate is refused, with a readable reason.
     let out = run(&["/login tess tls-password"])
