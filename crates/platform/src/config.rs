@@ -57,6 +57,11 @@ pub struct Config {
     #[arg(long, env = "NATTER_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,
 
+    /// Refresh token lifetime in seconds (30 days): a session lasts as
+    /// long as its client refreshes within this long of the last refresh.
+    #[arg(long, env = "NATTER_REFRESH_TTL_SECS", default_value_t = 2_592_000)]
+    pub refresh_ttl_secs: u64,
+
     /// Where auth listens.
     #[arg(long, env = "NATTER_AUTH_ADDR", default_value = "0.0.0.0:8080")]
     pub auth_addr: SocketAddr,
@@ -190,6 +195,7 @@ mod tests {
         assert_eq!(c.message_addr.port(), 8091);
         assert_eq!(c.push_addr.port(), 8092);
         assert_eq!(c.token_ttl_secs, 3600);
+        assert_eq!(c.refresh_ttl_secs, 30 * 24 * 3600);
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
         assert_eq!(c.shutdown_grace_secs, 10);

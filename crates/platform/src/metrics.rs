@@ -24,6 +24,7 @@ pub const NAMES: &[&str] = &[
     OUTBOX_BACKLOG,
     LIMIT_REJECTIONS,
     LOGINS,
+    REFRESHES,
     NATS_SLOW_CONSUMERS,
 ];
 
@@ -50,6 +51,9 @@ pub const OUTBOX_BACKLOG: &str = "natter.outbox.backlog";
 pub const LIMIT_REJECTIONS: &str = "natter.limit.rejections";
 /// Login attempts by `outcome` (`success`, `failure`, `rate_limited`).
 pub const LOGINS: &str = "natter.auth.logins";
+/// Refresh attempts by `outcome` (`rotated`, `refused`, `reused`: a
+/// rotated token came back and its session was revoked).
+pub const REFRESHES: &str = "natter.auth.refreshes";
 
 /// Times a core NATS subscription overflowed and dropped messages.
 pub const NATS_SLOW_CONSUMERS: &str = "natter.nats.slow_consumers";
@@ -78,6 +82,8 @@ pub struct Metrics {
     pub limit_rejections: Counter<u64>,
     /// [`LOGINS`].
     pub logins: Counter<u64>,
+    /// [`REFRESHES`].
+    pub refreshes: Counter<u64>,
     /// [`NATS_SLOW_CONSUMERS`].
     pub nats_slow_consumers: Counter<u64>,
 }
@@ -145,6 +151,11 @@ pub fn get() -> &'static Metrics {
                 .u64_counter(LOGINS)
                 .with_unit("{attempt}")
                 .with_description("Login attempts by outcome")
+                .build(),
+            refreshes: m
+                .u64_counter(REFRESHES)
+                .with_unit("{attempt}")
+                .with_description("Refresh attempts by outcome")
                 .build(),
             nats_slow_consumers: m
                 .u64_counter(NATS_SLOW_CONSUMERS)

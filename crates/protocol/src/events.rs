@@ -2,6 +2,7 @@
 //! gateway deliveries (push → gateway) and session revocations
 //! (auth → gateways).
 
+use crate::frames::LeaveReason;
 use crate::rpc::SocketRef;
 use crate::{ChannelId, Seq, SessionId, SocketId, UserId, time_format};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,10 @@ use time::OffsetDateTime;
 pub const DLQ_REASON_HEADER: &str = "Natter-Dlq-Reason";
 
 /// A durable domain event on the events stream, written through the outbox.
+///
+/// Fields added after the first release are `#[serde(default)]`: an event
+/// already in the stream when a new release starts still decodes, and
+/// causes none of the pushes that were added with those fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[cfg_attr(test, derive(strum::VariantNames))]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -40,17 +45,32 @@ pub enum Event {
         title: String,
         creator: UserId,
         members: Vec<UserId>,
+        /// The members `create` added (all but the creator), named for
+        /// their `member_joined`.
+        #[serde(default)]
+        added: Vec<Joiner>,
     },
     /// A user joined a channel by its code.
     MemberJoined {
         channel_id: ChannelId,
         user_id: UserId,
+        /// The joiner's name, for `member_joined`.
+        #[serde(default)]
+        username: Option<String>,
     },
     /// A user quit a channel (or unregistered).
     MemberLeft {
         channel_id: ChannelId,
         user_id: UserId,
+        /// The leaver's name, for `member_left`.
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        reason: LeaveReason,
     },
+    /// `from_username` ended an accepted connection with `to` (a
+    /// `disconnect`, or their unregistering).
+    ConnectionEnded { to: UserId, from_username: String },
     /// Someone is typing (not durable in Postgres; published directly).
     Typing {
         channel_id: ChannelId,
@@ -77,11 +97,20 @@ impl Event {
             | Self::MemberJoined { channel_id, .. }
             | Self::MemberLeft { channel_id, .. }
             | Self::Typing { channel_id, .. } => format!("channel.{channel_id}"),
-            Self::InviteReceived { to, .. } | Self::InviteAccepted { to, .. } => {
-                format!("user.{to}")
-            }
+            Self::InviteReceived { to, .. }
+            | Self::InviteAccepted { to, .. }
+            | Self::ConnectionEnded { to, .. } => format!("user.{to}"),
         }
     }
+}
+
+/// A member `create` added, with the name their `member_joined` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joiner {
+    /// The member.
+    pub user_id: UserId,
+    /// Their name.
+    pub username: String,
 }
 
 /// One user's `unread` push inside an [`Delivery::Unread`].
@@ -151,13 +180,56 @@ mod tests {
         let e = Event::MemberJoined {
             channel_id: ChannelId(4),
             user_id: UserId(2),
+            username: Some("bob".into()),
         };
         let v = serde_json::to_value(&e).expect("serialize");
         assert_eq!(
             v,
-            serde_json::json!({"kind":"member_joined","channel_id":4,"user_id":2})
+            serde_json::json!({"kind":"member_joined","channel_id":4,"user_id":2,"username":"bob"})
         );
         assert_eq!(e.subject_suffix(), "channel.4");
+        let ended = Event::ConnectionEnded {
+            to: UserId(3),
+            from_username: "bob".into(),
+        };
+        assert_eq!(ended.subject_suffix(), "user.3");
+    }
+
+    #[test]
+    fn membership_events_written_before_the_member_pushes_still_decode() {
+        let joined: Event = serde_json::from_value(
+            serde_json::json!({"kind":"member_joined","channel_id":4,"user_id":2}),
+        )
+        .expect("decode");
+        assert_eq!(
+            joined,
+            Event::MemberJoined {
+                channel_id: ChannelId(4),
+                user_id: UserId(2),
+                username: None
+            }
+        );
+        let left: Event = serde_json::from_value(
+            serde_json::json!({"kind":"member_left","channel_id":4,"user_id":2}),
+        )
+        .expect("decode");
+        assert_eq!(
+            left,
+            Event::MemberLeft {
+                channel_id: ChannelId(4),
+                user_id: UserId(2),
+                username: None,
+                reason: LeaveReason::Quit
+            }
+        );
+        let created: Event = serde_json::from_value(serde_json::json!({
+            "kind":"channel_created","channel_id":4,"title":"t","creator":1,"members":[1,2]
+        }))
+        .expect("decode");
+        let Event::ChannelCreated { added, .. } = created else {
+            panic!("a channel_created event");
+        };
+        assert!(added.is_empty());
     }
 
     #[test]
@@ -191,14 +263,22 @@ mod tests {
                 title: "t".into(),
                 creator: user_id,
                 members: vec![user_id],
+                added: Vec::new(),
             },
             Event::MemberJoined {
                 channel_id,
                 user_id,
+                username: Some("u".into()),
             },
             Event::MemberLeft {
                 channel_id,
                 user_id,
+                username: Some("u".into()),
+                reason: LeaveReason::Unregistered,
+            },
+            Event::ConnectionEnded {
+                to: user_id,
+                from_username: "u".into(),
             },
             Event::Typing {
                 channel_id,

@@ -61,6 +61,18 @@ impl ConnectionStatus {
     }
 }
 
+/// Why a member left a channel, as `member_left` says (docs/protocol.md
+/// §2.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// They quit the channel.
+    #[default]
+    Quit,
+    /// They unregistered, which quits every channel.
+    Unregistered,
+}
+
 /// A client request (docs/protocol.md §2.1), without its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[cfg_attr(test, derive(strum::VariantNames))]
@@ -95,6 +107,9 @@ pub enum Request {
         invite_code: String,
     },
     FetchChannels,
+    FetchMembers {
+        channel_id: ChannelId,
+    },
     Enter {
         channel_id: ChannelId,
     },
@@ -238,6 +253,7 @@ impl Request {
             | Self::FetchChannelInviteCode { .. }
             | Self::FetchConnections { .. }
             | Self::FetchChannels
+            | Self::FetchMembers { .. }
             | Self::Enter { .. }
             | Self::Leave
             | Self::Quit { .. }
@@ -356,6 +372,18 @@ pub enum ServerFrame {
     },
     Typing {
         channel_id: ChannelId,
+        username: String,
+    },
+    MemberJoined {
+        channel_id: ChannelId,
+        username: String,
+    },
+    MemberLeft {
+        channel_id: ChannelId,
+        username: String,
+        reason: LeaveReason,
+    },
+    ConnectionEnded {
         username: String,
     },
     Reconnect {
@@ -500,6 +528,22 @@ pub mod results {
         pub channels: Vec<ChannelEntry>,
     }
 
+    /// One entry of `fetch_members`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberEntry {
+        /// The member.
+        pub username: String,
+        /// Whether they have a live socket.
+        pub online: bool,
+    }
+
+    /// `fetch_members`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Members {
+        /// The channel's members, by username.
+        pub members: Vec<MemberEntry>,
+    }
+
     /// `enter`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Entered {
@@ -579,6 +623,40 @@ mod tests {
     }
 
     #[test]
+    fn fetch_members_names_a_channel_and_answers_names_with_presence() {
+        let frame = ClientFrame::decode(r#"{"id":2,"type":"fetch_members","channel_id":5}"#)
+            .expect("valid");
+        assert_eq!(
+            frame.request,
+            Request::FetchMembers {
+                channel_id: ChannelId(5)
+            }
+        );
+        let reply = results::Members {
+            members: vec![results::MemberEntry {
+                username: "alice".into(),
+                online: true,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&reply).expect("serialize"),
+            json!({"members": [{"username": "alice", "online": true}]})
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"id":3,"type":"fetch_members"}"#)
+                .expect_err("no channel")
+                .id,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn leave_reasons_are_snake_case_names() {
+        assert_eq!(json!(LeaveReason::Quit), json!("quit"));
+        assert_eq!(json!(LeaveReason::Unregistered), json!("unregistered"));
+    }
+
+    #[test]
     fn every_connection_status_names_itself_as_serde_does() {
         use strum::VariantArray;
         for status in ConnectionStatus::VARIANTS {
@@ -603,6 +681,7 @@ mod tests {
             json!({"type": "create", "title": "t", "usernames": ["u"]}),
             json!({"type": "join", "invite_code": "c"}),
             json!({"type": "fetch_channels"}),
+            json!({"type": "fetch_members", "channel_id": 1}),
             json!({"type": "enter", "channel_id": 1}),
             json!({"type": "leave"}),
             json!({"type": "quit", "channel_id": 1}),
@@ -797,6 +876,27 @@ mod tests {
             (
                 ServerFrame::SessionRevoked,
                 json!({"type":"session_revoked"}),
+            ),
+            (
+                ServerFrame::MemberJoined {
+                    channel_id: ChannelId(1),
+                    username: "bob".into(),
+                },
+                json!({"type":"member_joined","channel_id":1,"username":"bob"}),
+            ),
+            (
+                ServerFrame::MemberLeft {
+                    channel_id: ChannelId(1),
+                    username: "bob".into(),
+                    reason: LeaveReason::Unregistered,
+                },
+                json!({"type":"member_left","channel_id":1,"username":"bob","reason":"unregistered"}),
+            ),
+            (
+                ServerFrame::ConnectionEnded {
+                    username: "bob".into(),
+                },
+                json!({"type":"connection_ended","username":"bob"}),
             ),
             (
                 ServerFrame::Reconnect {

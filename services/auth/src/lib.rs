@@ -1,13 +1,15 @@
-//! natter's auth service: register, login, logout, unregister and `/me`
-//! over HTTP under `/api/v1/auth` (docs/protocol.md §1).
+//! natter's auth service: register, login, refresh, logout, unregister and
+//! `/me` over HTTP under `/api/v1/auth` (docs/protocol.md §1, §2.7).
 //!
 //! Reading order: [`Auth`] wires state and routes; `routes` holds the
 //! handlers; `extract` authenticates callers; `password` hashes;
-//! `store` is the SQL; `error` maps failures to the wire.
+//! `refresh` makes refresh tokens; `store` is the SQL; `error` maps
+//! failures to the wire.
 
 mod error;
 mod extract;
 mod password;
+mod refresh;
 mod routes;
 mod store;
 
@@ -33,13 +35,15 @@ pub use error::AuthError;
 /// Handles shared by every request; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// Users, sessions, login failures, outbox.
+    /// Users, sessions, refresh tokens, login failures, outbox.
     pub pool: PgPool,
     /// Core NATS, to ask the message service to release an unregistering
     /// user.
     pub nats: async_nats::Client,
     /// Signs and verifies tokens.
     pub keys: TokenKeys,
+    /// How long tokens and refresh tokens live.
+    pub lifetimes: store::Lifetimes,
     /// Names of subjects.
     pub ns: Namespace,
     /// Hashes and verifies passwords; also holds the dummy hash that makes
@@ -52,7 +56,7 @@ pub struct Auth {
     listener: TcpListener,
     router: Router,
     lifecycle: Lifecycle,
-    /// For the pruning of old login failures.
+    /// For the pruning of old login failures and refresh tokens.
     pool: PgPool,
 }
 
@@ -74,6 +78,10 @@ impl Runnable for Auth {
             pool: pool.clone(),
             nats: nats.clone(),
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
+            lifetimes: store::Lifetimes {
+                token_secs: config.token_ttl_secs,
+                refresh_secs: config.refresh_ttl_secs,
+            },
             ns: config.namespace(),
             passwords: Arc::new(password::Hasher::new()?),
         };
@@ -113,10 +121,7 @@ impl Runnable for Auth {
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "auth listening");
         let lifecycle = self.lifecycle;
-        lifecycle.spawn(
-            "login failure pruner",
-            prune_login_failures(self.pool, lifecycle.background()),
-        );
+        lifecycle.spawn("pruner", prune(self.pool, lifecycle.background()));
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(lifecycle.intake().cancelled_owned());
         lifecycle
@@ -125,13 +130,13 @@ impl Runnable for Auth {
     }
 }
 
-/// How often every name's expired login failures are deleted.
+/// How often expired login failures and refresh tokens are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes login failures older than the rate-limit window every
-/// [`PRUNE_EVERY`] (the first time at start) until `stop`. Every
-/// replica does it; the deletes are idempotent.
-async fn prune_login_failures(pool: PgPool, stop: CancellationToken) {
+/// Deletes login failures older than the rate-limit window and expired
+/// refresh tokens every [`PRUNE_EVERY`] (the first time at start) until
+/// `stop`. Every replica does it; the deletes are idempotent.
+async fn prune(pool: PgPool, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,6 +148,11 @@ async fn prune_login_failures(pool: PgPool, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "pruned expired login failures"),
             Err(e) => tracing::warn!(error = ?e, "pruning login failures failed"),
+        }
+        match store::prune_refresh_tokens(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "pruned expired refresh tokens"),
+            Err(e) => tracing::warn!(error = ?e, "pruning refresh tokens failed"),
         }
     }
 }

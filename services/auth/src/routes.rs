@@ -2,6 +2,7 @@
 
 use crate::error::AuthError;
 use crate::extract::AuthUser;
+use crate::refresh::{self, RefreshToken};
 use crate::{AppState, store};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,10 +10,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use natter_platform::http_error::JsonBody;
 use natter_platform::metrics;
-use natter_protocol::http::{Credentials, TokenResponse, UserView, paths};
+use natter_protocol::http::{Credentials, RefreshRequest, TokenResponse, UserView, paths};
 use natter_protocol::limits;
 use natter_protocol::rpc::{RpcReply, UnregisterRequest};
-use natter_protocol::{ErrorCode, Username};
+use natter_protocol::{ErrorCode, SessionId, Username};
 use std::time::Duration;
 
 /// How long unregister waits for the message service.
@@ -22,6 +23,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(paths::REGISTER, post(register))
         .route(paths::LOGIN, post(login))
+        .route(paths::REFRESH, post(refresh))
         .route(paths::LOGOUT, post(logout))
         .route(paths::UNREGISTER, post(unregister))
         .route(paths::ME, get(me))
@@ -91,17 +93,78 @@ async fn login(
     };
     store::login_succeeded(&state.pool, &username, attempt).await?;
     logins.add(1, &metrics::attr("outcome", "success"));
-    let session = store::create_session(&state.pool, user.user_id, state.keys.ttl_secs()).await?;
+    let refresh_token = RefreshToken::generate();
+    let session = store::create_session(
+        &state.pool,
+        user.user_id,
+        state.lifetimes,
+        &refresh_token.hash,
+    )
+    .await?;
+    tracing::info!(user_id = %user.user_id, session_id = %session, "logged in");
+    tokens(&state, &user, session, refresh_token).map(Json)
+}
+
+/// Refresh (docs/protocol.md §2.7): a current refresh token buys a new
+/// token and the next refresh token, in the same session, so its sockets
+/// stay open. A token presented a second time revokes the session — the
+/// server cannot tell a thief's copy from the owner's, so neither keeps
+/// it — and two refreshes racing with one token are such a second time.
+#[tracing::instrument(skip_all)]
+async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<TokenResponse>, AuthError> {
+    let outcome = |o: &'static str| {
+        metrics::get()
+            .refreshes
+            .add(1, &metrics::attr("outcome", o))
+    };
+    let next = RefreshToken::generate();
+    let presented = refresh::hash(&body.refresh_token);
+    match store::refresh(
+        &state.pool,
+        &state.ns,
+        &presented,
+        &next.hash,
+        state.lifetimes,
+    )
+    .await?
+    {
+        store::Refresh::Rotated { user, session } => {
+            outcome("rotated");
+            tracing::info!(user_id = %user.user_id, session_id = %session, "refreshed");
+            tokens(&state, &user, session, next).map(Json)
+        }
+        store::Refresh::Refused => {
+            outcome("refused");
+            Err(AuthError::Unauthorized)
+        }
+        store::Refresh::Reused { session } => {
+            outcome("reused");
+            tracing::warn!(session_id = %session, "a rotated refresh token came back; session revoked");
+            Err(AuthError::Unauthorized)
+        }
+    }
+}
+
+/// The login/refresh body: a token for `session` and `refresh_token`.
+fn tokens(
+    state: &AppState,
+    user: &UserView,
+    session: SessionId,
+    refresh_token: RefreshToken,
+) -> Result<TokenResponse, AuthError> {
     let token = state
         .keys
         .issue(user.user_id, &user.username, session)
         .map_err(|e| AuthError::Internal(e.into()))?;
-    tracing::info!(user_id = %user.user_id, session_id = %session, "logged in");
-    Ok(Json(TokenResponse {
+    Ok(TokenResponse {
         token,
         token_type: "Bearer".into(),
         expires_in: state.keys.ttl_secs(),
-    }))
+        refresh_token: refresh_token.plain,
+    })
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]

@@ -8,7 +8,7 @@ use natter_protocol::http::UserView;
 use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{SessionId, UserId, Username};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
 /// Inserts a user with a fresh invite code.
@@ -159,25 +159,154 @@ fn window_secs() -> f64 {
     LOGIN_WINDOW_SECS as f64
 }
 
-/// Opens a session for a successful login.
+/// How long a session's tokens live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifetimes {
+    /// Of an access token, in seconds.
+    pub token_secs: u64,
+    /// Of a refresh token, in seconds.
+    pub refresh_secs: u64,
+}
+
+/// Opens a session for a successful login, with its first refresh token
+/// (`refresh_hash`), in one transaction.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn create_session(
     pool: &PgPool,
     user: UserId,
-    ttl_secs: u64,
+    lifetimes: Lifetimes,
+    refresh_hash: &[u8],
 ) -> Result<SessionId, AuthError> {
     let id = uuid::Uuid::now_v7();
-    let ttl = ttl_secs as f64;
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO sessions (id, user_id, expires_at) \
          VALUES ($1, $2, now() + make_interval(secs => $3))",
     )
     .bind(id)
     .bind(user.0)
-    .bind(ttl)
-    .execute(pool)
+    .bind(lifetimes.token_secs as f64)
+    .execute(&mut *tx)
     .await?;
+    insert_refresh_token(&mut tx, SessionId(id), refresh_hash, lifetimes.refresh_secs).await?;
+    tx.commit().await?;
     Ok(SessionId(id))
+}
+
+async fn insert_refresh_token(
+    tx: &mut PgConnection,
+    session: SessionId,
+    hash: &[u8],
+    ttl_secs: u64,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+    )
+    .bind(hash)
+    .bind(session.0)
+    .bind(ttl_secs as f64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What presenting a refresh token came to.
+#[derive(Debug)]
+pub(crate) enum Refresh {
+    /// The token was current: it is rotated, the next one stored, and the
+    /// session's user may be issued a token.
+    Rotated { user: UserView, session: SessionId },
+    /// Unknown, expired, or its session is over: nothing changed.
+    Refused,
+    /// It had been rotated already: someone holds a copy, so the session
+    /// is revoked (and its sockets told).
+    Reused { session: SessionId },
+}
+
+/// Exchanges the token hashed `presented` for the one hashed `next`.
+///
+/// Every change to a session's refresh tokens happens under the session's
+/// row lock, taken before the token row is read: two refreshes of one
+/// session run one after the other, so of two racing with the same token
+/// exactly one rotates it and the other finds it rotated — a reuse. The
+/// lock also orders a refresh against a logout, which updates the same
+/// row: a refresh never issues a token for a session revoked before it.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn refresh(
+    pool: &PgPool,
+    ns: &Namespace,
+    presented: &[u8],
+    next: &[u8],
+    lifetimes: Lifetimes,
+) -> Result<Refresh, AuthError> {
+    let session: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(presented)
+            .fetch_optional(pool)
+            .await?;
+    let Some(session) = session.map(SessionId) else {
+        return Ok(Refresh::Refused);
+    };
+    let mut tx = pool.begin().await?;
+    let owner: Option<(i64, String, bool)> = sqlx::query_as(
+        "SELECT s.user_id, u.username, s.revoked_at IS NULL AND u.deleted_at IS NULL \
+         FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id = $1 FOR NO KEY UPDATE OF s",
+    )
+    .bind(session.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user_id, username, true)) = owner else {
+        return Ok(Refresh::Refused);
+    };
+    let user_id = UserId(user_id);
+    let token: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT expires_at <= now(), rotated_at IS NOT NULL FROM refresh_tokens \
+         WHERE token_hash = $1",
+    )
+    .bind(presented)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match token {
+        // Pruned since the first read, or expired: a dead token proves
+        // nothing about theft, so it is refused without revoking.
+        None | Some((true, _)) => return Ok(Refresh::Refused),
+        Some((false, true)) => {
+            revoke_in(&mut tx, ns, user_id, session).await?;
+            tx.commit().await?;
+            return Ok(Refresh::Reused { session });
+        }
+        Some((false, false)) => {}
+    }
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
+        .bind(presented)
+        .execute(&mut *tx)
+        .await?;
+    insert_refresh_token(&mut tx, session, next, lifetimes.refresh_secs).await?;
+    sqlx::query("UPDATE sessions SET expires_at = now() + make_interval(secs => $2) WHERE id = $1")
+        .bind(session.0)
+        .bind(lifetimes.token_secs as f64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Refresh::Rotated {
+        user: UserView { user_id, username },
+        session,
+    })
+}
+
+/// Deletes refresh tokens past their expiry. Until then a rotated one is
+/// kept, so that presenting it again is known for a reuse; a token of an
+/// ended session is refused by the session check meanwhile.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn prune_refresh_tokens(pool: &PgPool) -> Result<u64, AuthError> {
+    Ok(
+        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= now()")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// The username if the session is live and its user not deleted.
@@ -207,6 +336,18 @@ pub(crate) async fn revoke_session(
     session: SessionId,
 ) -> Result<(), AuthError> {
     let mut tx = pool.begin().await?;
+    revoke_in(&mut tx, ns, user, session).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Revokes a session inside the caller's transaction, announcing it once.
+async fn revoke_in(
+    tx: &mut PgConnection,
+    ns: &Namespace,
+    user: UserId,
+    session: SessionId,
+) -> Result<(), AuthError> {
     let revoked =
         sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
             .bind(session.0)
@@ -218,8 +359,7 @@ pub(crate) async fn revoke_session(
             session_id: session,
             user_id: user,
         };
-        outbox::session_revoked(&mut tx, ns, &revoked).await?;
+        outbox::session_revoked(tx, ns, &revoked).await?;
     }
-    tx.commit().await?;
     Ok(())
 }

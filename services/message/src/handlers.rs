@@ -7,14 +7,15 @@
 
 use crate::AppState;
 use crate::error::DomainError;
+use crate::store::channels::Actor;
 use crate::store::messages::{Page, WriteRequest};
 use crate::store::{channels, connections, messages, users};
 use anyhow::Context;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::Event;
 use natter_protocol::frames::results::{
-    ChannelInviteCode, Channels, ConnectionEntry, Connections, Empty, Entered, Messages, Quit,
-    UserInviteCode,
+    ChannelInviteCode, Channels, ConnectionEntry, Connections, Empty, Entered, MemberEntry,
+    Members, Messages, Quit, UserInviteCode,
 };
 use natter_protocol::frames::{ConnectionFilter, ConnectionStatus, Request};
 use natter_protocol::rpc::Caller;
@@ -30,6 +31,10 @@ pub(crate) async fn handle(
 ) -> Result<serde_json::Value, DomainError> {
     request.validate().map_err(DomainError::Rule)?;
     let me = caller.user_id;
+    let actor = Actor {
+        id: me,
+        username: &caller.username,
+    };
     let pool = &state.pool;
     match request {
         // Answered by the gateway; harmless if one arrives anyway.
@@ -45,7 +50,7 @@ pub(crate) async fn handle(
         }
         Request::Reject { username } => result(&connections::reject(pool, me, &username).await?),
         Request::Disconnect { username } => {
-            result(&connections::disconnect(pool, me, &username).await?)
+            result(&connections::disconnect(pool, &state.ns, me, &username).await?)
         }
         Request::FetchConnections { status } => fetch_connections(state, caller, status).await,
         Request::Create { title, usernames } => {
@@ -60,11 +65,12 @@ pub(crate) async fn handle(
         }
         Request::Join { invite_code } => {
             let limit = state.limits.head_limit;
-            result(&channels::join(pool, &state.ns, limit, me, &invite_code).await?)
+            result(&channels::join(pool, &state.ns, limit, actor, &invite_code).await?)
         }
         Request::FetchChannels => result(&Channels {
             channels: channels::list(pool, me).await?,
         }),
+        Request::FetchMembers { channel_id } => fetch_members(state, caller, channel_id).await,
         Request::FetchChannelInviteCode { channel_id } => {
             let member = channels::membership(pool, channel_id, me).await?;
             result(&ChannelInviteCode {
@@ -82,7 +88,7 @@ pub(crate) async fn handle(
             })
         }
         Request::Quit { channel_id } => {
-            channels::quit(pool, &state.ns, channel_id, me).await?;
+            channels::quit(pool, &state.ns, channel_id, actor).await?;
             result(&Quit { channel_id })
         }
         Request::WriteMessage {
@@ -144,6 +150,32 @@ async fn fetch_connections(
             .map(|(id, username)| ConnectionEntry {
                 username,
                 status,
+                online: online.contains(&id),
+            })
+            .collect(),
+    })
+}
+
+/// `fetch_members` with each member's `online` flag.
+async fn fetch_members(
+    state: &AppState,
+    caller: &Caller,
+    channel_id: ChannelId,
+) -> Result<serde_json::Value, DomainError> {
+    let members = channels::members(
+        &state.pool,
+        channel_id,
+        caller.user_id,
+        state.limits.head_limit,
+    )
+    .await?;
+    let ids: Vec<_> = members.iter().map(|(id, _)| *id).collect();
+    let online = state.presence.online(&ids).await?;
+    result(&Members {
+        members: members
+            .into_iter()
+            .map(|(id, username)| MemberEntry {
+                username,
                 online: online.contains(&id),
             })
             .collect(),

@@ -10,7 +10,8 @@
 //! `handlers` applies the rules of each request; `writer` batches
 //! `write_message` into shared transactions; `store` is the SQL; `error`
 //! maps domain failures to error codes. The `online` flag of
-//! `fetch_connections` is read through `natter_platform::presence`.
+//! `fetch_connections` and `fetch_members` is read through
+//! `natter_platform::presence`.
 
 mod error;
 mod handlers;
@@ -40,7 +41,8 @@ pub(crate) struct AppState {
     pub nats: async_nats::Client,
     /// Names of subjects.
     pub ns: natter_protocol::subjects::Namespace,
-    /// Presence, for the `online` flag of `fetch_connections`.
+    /// Presence, for the `online` flag of `fetch_connections` and
+    /// `fetch_members`.
     pub presence: PresenceReader,
     /// The domain's configured limits.
     pub limits: Limits,

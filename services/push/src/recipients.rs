@@ -26,13 +26,15 @@ pub struct GatewayBatch {
 }
 
 /// The channel whose members decide an event's recipients, for the events
-/// that go to "sockets that have entered" or to members.
+/// that go to "sockets that have entered" or to members. (A created
+/// channel's members travel in its event.)
 #[must_use]
 pub fn channel_of(event: &Event) -> Option<ChannelId> {
     match event {
-        Event::MessageStored { channel_id, .. } | Event::Typing { channel_id, .. } => {
-            Some(*channel_id)
-        }
+        Event::MessageStored { channel_id, .. }
+        | Event::Typing { channel_id, .. }
+        | Event::MemberJoined { channel_id, .. }
+        | Event::MemberLeft { channel_id, .. } => Some(*channel_id),
         _ => None,
     }
 }
@@ -50,17 +52,25 @@ pub fn membership_change(event: &Event) -> Option<ChannelId> {
 }
 
 /// Whose presence the event needs; `members` are the channel's members
-/// when [`channel_of`] names one (ignored otherwise).
+/// when [`channel_of`] names one (ignored otherwise), read after the
+/// event's change: a leaver is no longer among them.
 #[must_use]
 pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
     match event {
-        Event::MessageStored { .. } | Event::Typing { .. } => members.to_vec(),
-        Event::InviteReceived { to, .. } | Event::InviteAccepted { to, .. } => vec![*to],
-        Event::ChannelCreated {
-            creator, members, ..
-        } => members.iter().copied().filter(|m| m != creator).collect(),
-        Event::MemberLeft { user_id, .. } => vec![*user_id],
-        Event::MemberJoined { .. } => Vec::new(),
+        Event::MessageStored { .. } | Event::Typing { .. } | Event::MemberJoined { .. } => {
+            members.to_vec()
+        }
+        Event::InviteReceived { to, .. }
+        | Event::InviteAccepted { to, .. }
+        | Event::ConnectionEnded { to, .. } => vec![*to],
+        Event::ChannelCreated { members, .. } => members.clone(),
+        Event::MemberLeft { user_id, .. } => {
+            let mut users = members.to_vec();
+            if !users.contains(user_id) {
+                users.push(*user_id);
+            }
+            users
+        }
     }
 }
 
@@ -91,7 +101,8 @@ pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
 }
 
 /// The deliveries for one event: one batch per gateway that has a
-/// recipient, ordered by gateway id. `last_read` holds the read positions
+/// recipient, ordered by gateway id. `live` holds the sockets of the
+/// event's [`audience`] and no one else's. `last_read` holds the read positions
 /// of [`unread_users`]; a user missing from it (no longer a member) gets no
 /// `unread`.
 #[must_use]
@@ -168,6 +179,7 @@ pub fn deliveries(
             title,
             creator,
             members,
+            added,
         } => {
             let frame = ServerFrame::ChannelJoined {
                 channel_id: *channel_id,
@@ -177,10 +189,26 @@ pub fn deliveries(
                 &frame,
                 sockets_where(live, |user, _| user != *creator && members.contains(&user)),
             );
+            // The channel is new, so a socket can only have entered it
+            // since `create` answered: usually none has yet.
+            for joiner in added {
+                out.member_joined(live, *channel_id, joiner.user_id, &joiner.username);
+            }
+        }
+        Event::MemberJoined {
+            channel_id,
+            user_id,
+            username,
+        } => {
+            if let Some(username) = username {
+                out.member_joined(live, *channel_id, *user_id, username);
+            }
         }
         Event::MemberLeft {
             channel_id,
             user_id,
+            username,
+            reason,
         } => {
             for (gateway, sockets) in sockets_where(live, |user, _| user == *user_id) {
                 out.push(
@@ -191,10 +219,33 @@ pub fn deliveries(
                     },
                 );
             }
+            if let Some(username) = username {
+                let frame = ServerFrame::MemberLeft {
+                    channel_id: *channel_id,
+                    username: username.clone(),
+                    reason: *reason,
+                };
+                out.frame(&frame, entered_by_others(live, *channel_id, *user_id));
+            }
         }
-        Event::MemberJoined { .. } => {}
+        Event::ConnectionEnded { to, from_username } => {
+            let frame = ServerFrame::ConnectionEnded {
+                username: from_username.clone(),
+            };
+            out.frame(&frame, sockets_where(live, |user, _| user == *to));
+        }
     }
     out.finish()
+}
+
+/// The sockets inside `channel` of every user in `live` but `user`: where
+/// news of `user` joining or leaving goes.
+fn entered_by_others(
+    live: &LiveSockets,
+    channel: ChannelId,
+    user: UserId,
+) -> BTreeMap<String, Vec<SocketId>> {
+    sockets_where(live, |other, s| other != user && s.entered == Some(channel))
 }
 
 fn is_origin(socket: &LiveSocket, origin: &SocketRef) -> bool {
@@ -254,6 +305,21 @@ impl Batches {
         }
     }
 
+    /// `member_joined` for `user` to the other members inside the channel.
+    fn member_joined(
+        &mut self,
+        live: &LiveSockets,
+        channel_id: ChannelId,
+        user: UserId,
+        username: &str,
+    ) {
+        let frame = ServerFrame::MemberJoined {
+            channel_id,
+            username: username.to_owned(),
+        };
+        self.frame(&frame, entered_by_others(live, channel_id, user));
+    }
+
     /// Adds one user's `unread` to the gateways holding their sockets,
     /// merged into one `Unread` delivery per gateway.
     fn unread(
@@ -298,6 +364,8 @@ impl Batches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_protocol::events::Joiner;
+    use natter_protocol::frames::LeaveReason;
     use serde_json::{Value, json};
     use time::macros::datetime;
 
@@ -560,6 +628,13 @@ mod tests {
         );
     }
 
+    fn joiner(user_id: UserId, username: &str) -> Joiner {
+        Joiner {
+            user_id,
+            username: username.into(),
+        }
+    }
+
     #[test]
     fn a_new_channel_is_announced_to_every_member_but_its_creator() {
         let event = Event::ChannelCreated {
@@ -567,32 +642,154 @@ mod tests {
             title: "general".into(),
             creator: ALICE,
             members: vec![ALICE, BOB, CAROL],
+            added: vec![joiner(BOB, "bob"), joiner(CAROL, "carol")],
         };
-        assert_eq!(audience(&event, &[]), vec![BOB, CAROL]);
+        assert_eq!(audience(&event, &[]), vec![ALICE, BOB, CAROL]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let live = HashMap::from([
+            (ALICE, vec![socket("a", 1, None)]),
+            (BOB, vec![socket("b", 10, None)]),
+            (CAROL, vec![socket("a", 3, None), socket("b", 11, None)]),
+        ]);
+        let batches = deliveries(&event, &live, &HashMap::new());
         let expected = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![10, 11], expected)]);
     }
 
     #[test]
-    fn a_member_who_leaves_has_every_socket_told_to_leave_the_channel() {
+    fn members_who_entered_a_new_channel_already_hear_who_create_added_but_themselves() {
+        let event = Event::ChannelCreated {
+            channel_id: CHANNEL,
+            title: "general".into(),
+            creator: ALICE,
+            members: vec![ALICE, BOB, CAROL],
+            added: vec![joiner(BOB, "bob"), joiner(CAROL, "carol")],
+        };
+        // Alice entered right after create answered; so did Bob, from one
+        // of his sockets.
+        let live = HashMap::from([
+            (ALICE, vec![socket("a", 1, Some(CHANNEL))]),
+            (
+                BOB,
+                vec![socket("b", 10, Some(CHANNEL)), socket("b", 12, None)],
+            ),
+            (CAROL, vec![socket("a", 3, None)]),
+        ]);
+        let batches = deliveries(&event, &live, &HashMap::new());
+        let joined =
+            |name: &str| json!({"type": "member_joined", "channel_id": 7, "username": name});
+        let channel_joined = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
+        assert_eq!(
+            frames(&batches[0]),
+            vec![
+                (vec![3], channel_joined.clone()),
+                (vec![1], joined("bob")),
+                (vec![1], joined("carol")),
+            ]
+        );
+        assert_eq!(
+            frames(&batches[1]),
+            vec![(vec![10, 12], channel_joined), (vec![10], joined("carol"))]
+        );
+    }
+
+    #[test]
+    fn a_join_is_told_to_the_other_members_inside_the_channel() {
+        let event = Event::MemberJoined {
+            channel_id: CHANNEL,
+            user_id: CAROL,
+            username: Some("carol".into()),
+        };
+        assert_eq!(channel_of(&event), Some(CHANNEL));
+        assert_eq!(membership_change(&event), Some(CHANNEL));
+        assert_eq!(audience(&event, &[ALICE, CAROL]), vec![ALICE, CAROL]);
+        // Carol is a member now but inside nothing; Bob is not a member
+        // (not in the audience, so not in `live`).
+        let live = HashMap::from([
+            (
+                ALICE,
+                vec![socket("a", 1, Some(CHANNEL)), socket("a", 2, None)],
+            ),
+            (CAROL, vec![socket("a", 3, None)]),
+        ]);
+        let batches = deliveries(&event, &live, &HashMap::new());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            frames(&batches[0]),
+            vec![(
+                vec![1],
+                json!({"type": "member_joined", "channel_id": 7, "username": "carol"})
+            )]
+        );
+    }
+
+    #[test]
+    fn a_member_who_leaves_has_every_socket_told_to_leave_and_the_others_inside_are_told_why() {
         let event = Event::MemberLeft {
             channel_id: CHANNEL,
             user_id: ALICE,
+            username: Some("alice".into()),
+            reason: LeaveReason::Quit,
         };
-        assert_eq!(audience(&event, &[]), vec![ALICE]);
+        assert_eq!(channel_of(&event), Some(CHANNEL));
         assert_eq!(membership_change(&event), Some(CHANNEL));
+        assert_eq!(audience(&event, &[BOB, CAROL]), vec![BOB, CAROL, ALICE]);
         let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        assert_eq!(batches.len(), 2);
+        assert_eq!(
+            batches[0].batch.items,
+            vec![Delivery::LeaveChannel {
+                channel_id: CHANNEL,
+                sockets: vec![SocketId(1), SocketId(2)]
+            }]
+        );
+        assert_eq!(
+            frames(&batches[1]),
+            vec![(
+                vec![10],
+                json!({"type": "member_left", "channel_id": 7, "username": "alice", "reason": "quit"})
+            )]
+        );
+    }
+
+    #[test]
+    fn an_unregistered_member_is_announced_with_that_reason() {
+        let event = Event::MemberLeft {
+            channel_id: CHANNEL,
+            user_id: CAROL,
+            username: Some("carol".into()),
+            reason: LeaveReason::Unregistered,
+        };
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let left = json!({"type": "member_left", "channel_id": 7, "username": "carol", "reason": "unregistered"});
+        assert_eq!(frames(&batches[0]), vec![(vec![1, 2], left.clone())]);
+        assert_eq!(frames(&batches[1]), vec![(vec![10], left)]);
+    }
+
+    #[test]
+    fn membership_events_from_before_the_member_pushes_only_change_membership() {
+        let joined = Event::MemberJoined {
+            channel_id: CHANNEL,
+            user_id: CAROL,
+            username: None,
+        };
+        assert!(deliveries(&joined, &busy_channel(), &HashMap::new()).is_empty());
+        let left = Event::MemberLeft {
+            channel_id: CHANNEL,
+            user_id: DAVE,
+            username: None,
+            reason: LeaveReason::Quit,
+        };
+        let batches = deliveries(&left, &busy_channel(), &HashMap::new());
         assert_eq!(
             batches,
             vec![GatewayBatch {
-                gateway: "a".into(),
+                gateway: "b".into(),
                 batch: DeliveryBatch {
                     items: vec![Delivery::LeaveChannel {
                         channel_id: CHANNEL,
-                        sockets: vec![SocketId(1), SocketId(2)]
+                        sockets: vec![SocketId(12)]
                     }]
                 }
             }]
@@ -600,15 +797,18 @@ mod tests {
     }
 
     #[test]
-    fn a_join_only_changes_membership() {
-        let event = Event::MemberJoined {
-            channel_id: CHANNEL,
-            user_id: BOB,
+    fn an_ended_connection_reaches_every_socket_of_the_partner_only() {
+        let event = Event::ConnectionEnded {
+            to: CAROL,
+            from_username: "alice".into(),
         };
-        assert!(audience(&event, &[ALICE, BOB]).is_empty());
-        assert_eq!(membership_change(&event), Some(CHANNEL));
         assert_eq!(channel_of(&event), None);
-        assert!(deliveries(&event, &busy_channel(), &HashMap::new()).is_empty());
+        assert_eq!(membership_change(&event), None);
+        assert_eq!(audience(&event, &[]), vec![CAROL]);
+        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let expected = json!({"type": "connection_ended", "username": "alice"});
+        assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
+        assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
     }
 
     #[test]

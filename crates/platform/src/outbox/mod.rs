@@ -179,6 +179,7 @@ mod tests {
         Event::MemberJoined {
             channel_id: ChannelId(4),
             user_id: UserId(2),
+            username: Some("bob".into()),
         }
     }
 

@@ -59,6 +59,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.namespace | quote }}
 - name: NATTER_TOKEN_TTL_SECS
   value: {{ .Values.tokenTtlSecs | quote }}
+- name: NATTER_REFRESH_TTL_SECS
+  value: {{ .Values.refreshTtlSecs | quote }}
 - name: NATTER_CONNECTION_LIMIT
   value: {{ .Values.connectionLimit | quote }}
 - name: NATTER_HEAD_LIMIT

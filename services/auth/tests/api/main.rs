@@ -3,5 +3,6 @@
 
 mod errors;
 mod login;
+mod refresh;
 mod register;
 mod sessions;

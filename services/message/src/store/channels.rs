@@ -9,7 +9,8 @@
 use crate::error::DomainError;
 use crate::store::retrying;
 use natter_platform::outbox;
-use natter_protocol::events::Event;
+use natter_protocol::events::{Event, Joiner};
+use natter_protocol::frames::LeaveReason;
 use natter_protocol::frames::results::{ChannelCreated, ChannelEntry};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, ErrorCode, Seq, UserId};
@@ -173,6 +174,14 @@ async fn create_once(
     .execute(&mut *tx)
     .await?;
     let channel_id = ChannelId(channel);
+    let added = live
+        .into_iter()
+        .filter(|(id, _)| *id != creator.0)
+        .map(|(id, username)| Joiner {
+            user_id: UserId(id),
+            username,
+        })
+        .collect();
     outbox::event(
         &mut tx,
         ns,
@@ -181,6 +190,7 @@ async fn create_once(
             title: title.to_owned(),
             creator,
             members: members.into_iter().map(UserId).collect(),
+            added,
         },
     )
     .await?;
@@ -192,25 +202,34 @@ async fn create_once(
     })
 }
 
+/// Who asks for a membership change: the user, and the name the other
+/// members' `member_joined` / `member_left` shows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Actor<'a> {
+    pub id: UserId,
+    pub username: &'a str,
+}
+
 /// `join` by a channel's invite code.
 #[tracing::instrument(level = "debug", skip(pool, ns, code))]
 pub(crate) async fn join(
     pool: &PgPool,
     ns: &Namespace,
     head_limit: i32,
-    user: UserId,
+    actor: Actor<'_>,
     code: &str,
 ) -> Result<ChannelCreated, DomainError> {
-    retrying(|| join_once(pool, ns, head_limit, user, code)).await
+    retrying(|| join_once(pool, ns, head_limit, actor, code)).await
 }
 
 async fn join_once(
     pool: &PgPool,
     ns: &Namespace,
     head_limit: i32,
-    user: UserId,
+    actor: Actor<'_>,
     code: &str,
 ) -> Result<ChannelCreated, DomainError> {
+    let user = actor.id;
     let mut tx = pool.begin().await?;
     let channel: Option<(i64, String, i32)> = sqlx::query_as(
         "SELECT id, title, head_count FROM channels WHERE invite_code = $1 FOR NO KEY UPDATE",
@@ -251,6 +270,7 @@ async fn join_once(
         &Event::MemberJoined {
             channel_id,
             user_id: user,
+            username: Some(actor.username.to_owned()),
         },
     )
     .await?;
@@ -269,17 +289,18 @@ pub(crate) async fn quit(
     pool: &PgPool,
     ns: &Namespace,
     channel: ChannelId,
-    user: UserId,
+    actor: Actor<'_>,
 ) -> Result<(), DomainError> {
-    retrying(|| quit_once(pool, ns, channel, user)).await
+    retrying(|| quit_once(pool, ns, channel, actor)).await
 }
 
 async fn quit_once(
     pool: &PgPool,
     ns: &Namespace,
     channel: ChannelId,
-    user: UserId,
+    actor: Actor<'_>,
 ) -> Result<(), DomainError> {
+    let user = actor.id;
     let mut tx = pool.begin().await?;
     let locked: Option<i64> =
         sqlx::query_scalar("SELECT id FROM channels WHERE id = $1 FOR NO KEY UPDATE")
@@ -306,11 +327,38 @@ async fn quit_once(
         &Event::MemberLeft {
             channel_id: channel,
             user_id: user,
+            username: Some(actor.username.to_owned()),
+            reason: LeaveReason::Quit,
         },
     )
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// `fetch_members`: the channel's members by name, at most `limit` of
+/// them (the head limit: more can only be there if it was lowered since
+/// they joined), after the rules of [`membership`].
+#[tracing::instrument(level = "debug", skip(pool))]
+pub(crate) async fn members(
+    pool: &PgPool,
+    channel: ChannelId,
+    user: UserId,
+    limit: i32,
+) -> Result<Vec<(UserId, String)>, DomainError> {
+    membership(pool, channel, user).await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT u.id, u.username FROM channel_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.channel_id = $1 ORDER BY u.username LIMIT $2",
+    )
+    .bind(channel.0)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name)| (UserId(id), name))
+        .collect())
 }
 
 /// `fetch_channels`: the caller's channels by id.

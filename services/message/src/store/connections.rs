@@ -222,18 +222,22 @@ async fn reject_once(
 }
 
 /// `disconnect` by `me` of `partner`: ends an accepted pair (both counts
-/// −1), or clears a pair `me` rejected.
-#[tracing::instrument(level = "debug", skip(pool))]
+/// −1; the partner gets `connection_ended`), or clears a pair `me`
+/// rejected (the partner is told nothing, as they were not told of the
+/// rejection).
+#[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn disconnect(
     pool: &PgPool,
+    ns: &Namespace,
     me: UserId,
     partner: &str,
 ) -> Result<ConnectionChange, DomainError> {
-    retrying(|| disconnect_once(pool, me, partner)).await
+    retrying(|| disconnect_once(pool, ns, me, partner)).await
 }
 
 async fn disconnect_once(
     pool: &PgPool,
+    ns: &Namespace,
     me: UserId,
     partner: &str,
 ) -> Result<ConnectionChange, DomainError> {
@@ -251,6 +255,15 @@ async fn disconnect_once(
         Some((ConnectionStatus::Accepted, by)) => {
             set_state(&mut tx, &pair, ConnectionStatus::Disconnected, by).await?;
             change_counts(&mut tx, &pair, -1).await?;
+            outbox::event(
+                &mut tx,
+                ns,
+                &Event::ConnectionEnded {
+                    to: UserId(pair.other.id),
+                    from_username: pair.me.username.clone(),
+                },
+            )
+            .await?;
         }
         // The inviter of a rejected pair is the other one: `me` rejected it.
         Some((ConnectionStatus::Rejected, by)) if by == pair.other.id => {

@@ -3,6 +3,7 @@
 use crate::error::DomainError;
 use natter_platform::outbox;
 use natter_protocol::events::{Event, SessionRevoked};
+use natter_protocol::frames::LeaveReason;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, ErrorCode, SessionId, UserId};
 use sqlx::PgPool;
@@ -23,9 +24,11 @@ pub(crate) async fn invite_code(pool: &PgPool, user: UserId) -> Result<String, D
 const ATTEMPTS: u32 = 10;
 
 /// Unregisters a user in one transaction: its accepted connections are
-/// disconnected (partners' counts −1), its memberships quit (head counts
-/// −1), the user marked deleted (the name is free again, messages stay),
-/// its sessions revoked; the outbox announces each change. Deadlocks, and
+/// disconnected (partners' counts −1; each partner gets
+/// `connection_ended`), its memberships quit (head counts −1; the other
+/// members get `member_left` with reason `unregistered`), the user marked
+/// deleted (the name is free again, messages stay), its sessions revoked;
+/// the outbox announces each change. Deadlocks, and
 /// a join or accept that slipped in while it locked, make it start over.
 #[tracing::instrument(level = "debug", skip(pool, ns))]
 pub(crate) async fn unregister(
@@ -102,16 +105,16 @@ async fn unregister_once(
         tx.rollback().await?;
         return Ok(Unregister::Moved);
     }
-    let deleted = sqlx::query(
-        "UPDATE users SET deleted_at = now(), connection_count = 0 WHERE id = $1 AND deleted_at IS NULL",
+    let username: Option<String> = sqlx::query_scalar(
+        "UPDATE users SET deleted_at = now(), connection_count = 0 \
+         WHERE id = $1 AND deleted_at IS NULL RETURNING username",
     )
     .bind(user.0)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if deleted == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(username) = username else {
         return Err(DomainError::rule(ErrorCode::NotFound, "no such user"));
-    }
+    };
     sqlx::query(
         "UPDATE user_connections SET status = 'disconnected', updated_at = now() \
          WHERE (user_low = $1 OR user_high = $1) AND status <> 'disconnected'",
@@ -131,17 +134,23 @@ async fn unregister_once(
         .bind(&channels)
         .execute(&mut *tx)
         .await?;
-    for channel in &channels {
-        outbox::event(
-            &mut tx,
-            ns,
-            &Event::MemberLeft {
-                channel_id: ChannelId(*channel),
-                user_id: user,
-            },
-        )
-        .await?;
-    }
+    let left = channels.iter().map(|channel| Event::MemberLeft {
+        channel_id: ChannelId(*channel),
+        user_id: user,
+        username: Some(username.clone()),
+        reason: LeaveReason::Unregistered,
+    });
+    let ended = partners.iter().map(|partner| Event::ConnectionEnded {
+        to: UserId(*partner),
+        from_username: username.clone(),
+    });
+    // One statement however many channels and partners the user had.
+    let traceparent = natter_platform::telemetry::propagation::traceparent();
+    let rows = left
+        .chain(ended)
+        .map(|event| outbox::OutboxRow::event(ns, &event, traceparent.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    outbox::insert(&mut tx, &rows).await?;
     let sessions: Vec<uuid::Uuid> = sqlx::query_scalar(
         "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
     )

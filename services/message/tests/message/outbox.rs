@@ -14,6 +14,7 @@ fn joined(app: &TestService<Message>, n: i64) -> OutboxRow {
     let event = Event::MemberJoined {
         channel_id: ChannelId(1),
         user_id: UserId(n),
+        username: Some(format!("user-{n}")),
     };
     OutboxRow::event(&app.config.namespace(), &event, None).expect("encoded")
 }

@@ -1,7 +1,8 @@
 //! Events published straight to JetStream; the test plays the gateways.
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
-use natter_protocol::events::{Delivery, Event, UnreadTarget};
+use natter_protocol::events::{Delivery, Event, Joiner, UnreadTarget};
+use natter_protocol::frames::LeaveReason;
 use natter_protocol::{Seq, SocketId};
 use serde_json::json;
 use std::time::Duration;
@@ -205,6 +206,16 @@ async fn invitations_and_new_channels_reach_every_socket_of_their_users() {
         title: "plans".into(),
         creator: alice,
         members: vec![alice, bob, carol],
+        added: vec![
+            Joiner {
+                user_id: bob,
+                username: "bob".into(),
+            },
+            Joiner {
+                user_id: carol,
+                username: "carol".into(),
+            },
+        ],
     })
     .await;
     let joined = json!({"type": "channel_joined", "channel_id": channel.0, "title": "plans"});
@@ -248,8 +259,17 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     h.publish(&Event::MemberJoined {
         channel_id: channel,
         user_id: carol,
+        username: Some("carol".into()),
     })
     .await;
+    assert_eq!(
+        frames(&a.next().await),
+        vec![(
+            vec![2],
+            json!({"type": "member_joined", "channel_id": channel.0, "username": "carol"})
+        )],
+        "bob is inside, carol is not"
+    );
     h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
         .await;
     let second = a.next().await;
@@ -265,6 +285,8 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     h.publish(&Event::MemberLeft {
         channel_id: channel,
         user_id: bob,
+        username: Some("bob".into()),
+        reason: LeaveReason::Quit,
     })
     .await;
     assert_eq!(

@@ -3,3 +3,4 @@
 //! gateways.
 
 mod e2e;
+mod members;

@@ -1,6 +1,6 @@
 //! auth with the message service and the outbox relay behind it.
 
-use natter_protocol::http::paths;
+use natter_protocol::http::{TokenResponse, paths};
 use natter_server::testing::{PASSWORD, TestApp};
 use serde_json::json;
 
@@ -35,10 +35,22 @@ async fn unregister_revokes_every_session_and_frees_the_name() {
     let app = TestApp::spawn().await;
     let first = app.user("alice").await;
     let second = app.token("alice").await;
+    let third: TokenResponse = app
+        .login("alice", PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("token body");
     let r = app.post(paths::UNREGISTER, &json!({}), Some(&first)).await;
     assert_eq!(r.status(), 204);
     assert_eq!(app.get(paths::ME, Some(&first)).await.status(), 401);
     assert_eq!(app.get(paths::ME, Some(&second)).await.status(), 401);
+    let refresh = json!({"refresh_token": third.refresh_token});
+    assert_eq!(
+        app.post(paths::REFRESH, &refresh, None).await.status(),
+        401,
+        "the refresh token ends with the session"
+    );
     assert_eq!(app.login("alice", PASSWORD).await.status(), 401);
     assert_eq!(app.register("alice", PASSWORD).await.status(), 201);
     let fresh = app.token("alice").await;

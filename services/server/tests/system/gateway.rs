@@ -1,9 +1,9 @@
 //! The gateway with auth's revocations and the message service behind it.
 
 use natter_protocol::close;
-use natter_protocol::http::paths;
+use natter_protocol::http::{TokenResponse, paths};
 use natter_server::Service;
-use natter_server::testing::{TestApp, ws};
+use natter_server::testing::{PASSWORD, TestApp, ws};
 use serde_json::json;
 use std::time::Duration;
 
@@ -49,6 +49,44 @@ async fn logout_closes_the_sessions_sockets_and_the_token_cannot_reconnect() {
         .expect("refused");
     assert_eq!(refusal.0, 401);
     assert_eq!(other.call("keep_alive", json!({})).await, Ok(json!({})));
+}
+
+#[tokio::test]
+async fn a_refresh_keeps_the_sockets_and_a_reused_refresh_token_closes_them() {
+    let app = TestApp::spawn().await;
+    app.register("alice", PASSWORD).await;
+    let login: TokenResponse = app
+        .login("alice", PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("token body");
+    let mut first = app.ws(&login.token).await;
+    let refresh = |token: &str| json!({"refresh_token": token});
+    let r = app
+        .post(paths::REFRESH, &refresh(&login.refresh_token), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let next: TokenResponse = r.json().await.expect("token body");
+    let mut second = app.ws(&next.token).await;
+    assert_eq!(first.call("keep_alive", json!({})).await, Ok(json!({})));
+
+    let reuse = app
+        .post(paths::REFRESH, &refresh(&login.refresh_token), None)
+        .await;
+    assert_eq!(reuse.status(), 401);
+    for socket in [&mut first, &mut second] {
+        socket.push("session_revoked").await;
+        assert_eq!(
+            socket.closed_within(Duration::from_secs(5)).await.code,
+            close::POLICY_VIOLATION
+        );
+    }
+    let refusal = ws::connect(&app.ws_url(), Some(&next.token))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refusal.0, 401);
 }
 
 #[tokio::test]
