@@ -3,36 +3,23 @@
 
 use crate::render::describe_error;
 use natter_protocol::ErrorBody;
-use natter_protocol::http::{Credentials, UserView, paths};
-use serde::Deserialize;
+use natter_protocol::http::{Credentials, RefreshRequest, TokenResponse, UserView, paths};
 use serde::de::DeserializeOwned;
-
-/// A login's answer (docs/protocol.md §1). Read leniently: a server
-/// without §2.7 sends no `refresh_token`, and the client then logs in
-/// again when the token expires, as the protocol allows.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Granted {
-    /// The bearer token.
-    pub token: String,
-    /// Seconds until it expires.
-    pub expires_in: u64,
-    /// Exchanged at `POST /refresh` for the next pair (§2.7).
-    #[serde(default)]
-    pub refresh_token: Option<String>,
-}
 
 /// Why a refresh got no new tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshError {
-    /// The refresh token is unknown, expired, rotated or revoked (401), or
-    /// the server has no refresh (404): only a new login helps.
+    /// The refresh token is unknown, expired, rotated or revoked (401):
+    /// only a new login helps.
     Refused,
-    /// The auth service could not be asked; the token may still be good.
+    /// The request was sent but its answer never came: the server may have
+    /// rotated the token, and sending it again would be a reuse that ends
+    /// the session (docs/protocol.md §2.7), so only a new login helps.
+    Lost(String),
+    /// The auth service could not be reached; nothing was sent, so the
+    /// same refresh token may be tried again later.
     Unreachable(String),
 }
-
-/// `POST /refresh` (docs/protocol.md §2.7).
-const REFRESH_PATH: &str = "/api/v1/auth/refresh";
 
 /// A client of one auth service.
 #[derive(Debug, Clone)]
@@ -73,7 +60,7 @@ impl AuthClient {
     ///
     /// # Errors
     /// One readable line.
-    pub async fn login(&self, username: &str, password: &str) -> Result<Granted, String> {
+    pub async fn login(&self, username: &str, password: &str) -> Result<TokenResponse, String> {
         let body = credentials(username, password);
         let response = self
             .send(self.http.post(self.url(paths::LOGIN)).json(&body))
@@ -85,17 +72,32 @@ impl AuthClient {
     ///
     /// # Errors
     /// [`RefreshError::Refused`] when only a new login helps.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Granted, RefreshError> {
-        let body = serde_json::json!({ "refresh_token": refresh_token });
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, RefreshError> {
+        let body = RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
         let response = self
-            .send(self.http.post(self.url(REFRESH_PATH)).json(&body))
+            .http
+            .post(self.url(paths::REFRESH))
+            .json(&body)
+            .send()
             .await
-            .map_err(RefreshError::Unreachable)?;
-        let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::NOT_FOUND {
+            .map_err(|e| {
+                let why = format!(
+                    "cannot reach the auth service at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                );
+                if e.is_connect() {
+                    RefreshError::Unreachable(why)
+                } else {
+                    RefreshError::Lost(why)
+                }
+            })?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RefreshError::Refused);
         }
-        read_json(response).await.map_err(RefreshError::Unreachable)
+        read_json(response).await.map_err(RefreshError::Lost)
     }
 
     /// `POST /logout`.

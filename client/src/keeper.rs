@@ -6,11 +6,15 @@
 //!
 //! Renewals are serialised: two at once with one refresh token would
 //! present a rotated token, which the server takes for theft and answers
-//! by ending the session.
+//! by ending the session. Within the process a mutex does it; between two
+//! natter processes sharing the saved session, a lock on a file beside it,
+//! held around "read the saved refresh token, refresh, save the new one"
+//! (docs/protocol.md §2.7).
 
-use crate::auth::{AuthClient, Granted};
+use crate::auth::{AuthClient, RefreshError};
 use crate::store::{Saved, Store};
 use natter_protocol::ChannelId;
+use natter_protocol::http::TokenResponse;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
@@ -43,12 +47,12 @@ impl Keeper {
         auth: AuthClient,
         store: Option<Store>,
         username: &str,
-        granted: Granted,
+        granted: TokenResponse,
     ) -> Self {
         let saved = Saved {
             username: username.to_owned(),
             token: granted.token,
-            refresh_token: granted.refresh_token,
+            refresh_token: Some(granted.refresh_token),
             expires_at: now_secs().saturating_add(i64::try_from(granted.expires_in).unwrap_or(0)),
             channel_id: None,
         };
@@ -106,6 +110,7 @@ impl Keeper {
             // Renewed meanwhile by someone else in this process.
             return Ok(saved.token.clone());
         }
+        let _other_processes_wait = self.lock_file().await;
         if let Some(newer) = self.renewed_elsewhere(&saved) {
             // Another natter on this machine rotated the tokens of this
             // same session; presenting ours again would end it.
@@ -127,19 +132,48 @@ impl Keeper {
         match self.auth.refresh(&refresh_token).await {
             Ok(granted) => {
                 saved.token = granted.token;
-                saved.refresh_token = granted.refresh_token.or(Some(refresh_token));
+                saved.refresh_token = Some(granted.refresh_token);
                 saved.expires_at =
                     now_secs().saturating_add(i64::try_from(granted.expires_in).unwrap_or(0));
                 self.persist(&saved);
                 Ok(saved.token.clone())
             }
-            Err(crate::auth::RefreshError::Refused) => Err(if expired {
-                Ended::Expired
-            } else {
-                Ended::Revoked
-            }),
-            Err(crate::auth::RefreshError::Unreachable(why)) => Err(Ended::Unreachable(why)),
+            Err(RefreshError::Refused | RefreshError::Lost(_)) => {
+                // The refresh token is spent (or may be): never present it
+                // again, from this process or the next.
+                saved.refresh_token = None;
+                self.forget();
+                Err(if expired {
+                    Ended::Expired
+                } else {
+                    Ended::Revoked
+                })
+            }
+            Err(RefreshError::Unreachable(why)) => Err(Ended::Unreachable(why)),
         }
+    }
+
+    /// An exclusive lock on `<session file>.lock`, released when dropped;
+    /// `None` without a session file (or when it cannot be had: then only
+    /// this process's mutex serialises).
+    async fn lock_file(&self) -> Option<std::fs::File> {
+        let path = self.store.as_ref()?.path().with_extension("lock");
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).ok()?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .ok()?;
+            file.lock().ok()?;
+            Some(file)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Remembers the channel the user is in, to return to it.

@@ -17,7 +17,7 @@ use crate::render::Event;
 use crate::state::SharedView;
 use crate::store::Store;
 use natter_protocol::frames::results::{
-    ChannelCreated, ChannelInviteCode, Channels, ConnectionChange, Connections, Entered,
+    ChannelCreated, ChannelInviteCode, Channels, ConnectionChange, Connections, Entered, Members,
     MessageEntry, Messages, Quit, UserInviteCode,
 };
 use natter_protocol::frames::{ConnectionFilter, Request};
@@ -1020,8 +1020,21 @@ async fn members(
     view: &SharedView,
     channel_id: ChannelId,
 ) -> Result<Output, CallError> {
-    let _ = (link, view, channel_id);
-    Ok(Output::error("the server does not list members yet"))
+    let r: Members = link.call_as(Request::FetchMembers { channel_id }).await?;
+    let title = view.snapshot().channel_name(channel_id);
+    let online = r.members.iter().filter(|m| m.online).count();
+    let mut events = vec![Event::Info(format!(
+        "{} of {title}, {online} online:",
+        plural(r.members.len(), "member")
+    ))];
+    events.extend(r.members.into_iter().map(|m| {
+        view.learn_user(&m.username);
+        Event::Member {
+            username: m.username,
+            online: m.online,
+        }
+    }));
+    Ok(Output::ok(events))
 }
 
 fn message(channel_id: ChannelId, m: MessageEntry) -> Event {

@@ -29,7 +29,7 @@ use crate::render::{Event, describe_error};
 use crate::seq::{SeqTracker, Verdict};
 use crate::state::SharedView;
 use natter_protocol::frames::results::{Entered, MessageEntry, Messages, Written};
-use natter_protocol::frames::{ClientFrame, MessageView, Request, ServerFrame};
+use natter_protocol::frames::{ClientFrame, LeaveReason, MessageView, Request, ServerFrame};
 use natter_protocol::{ChannelId, ErrorCode, Seq};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -539,6 +539,35 @@ impl Machine {
                     username,
                 }
             }
+            ServerFrame::MemberJoined {
+                channel_id,
+                username,
+            } => {
+                if self.current_channel() != Some(channel_id) {
+                    return;
+                }
+                self.view.learn_user(&username);
+                Event::MemberJoined {
+                    channel_id,
+                    username,
+                }
+            }
+            ServerFrame::MemberLeft {
+                channel_id,
+                username,
+                reason,
+            } => {
+                if self.current_channel() != Some(channel_id) {
+                    return;
+                }
+                self.view.stop_typing(&username);
+                Event::MemberLeft {
+                    channel_id,
+                    username,
+                    unregistered: reason == LeaveReason::Unregistered,
+                }
+            }
+            ServerFrame::ConnectionEnded { username } => Event::ConnectionEnded(username),
             _ => return,
         };
         self.events.push(event);
@@ -1755,6 +1784,42 @@ mod tests {
         let view = m.view.snapshot();
         assert!(view.users.contains("carol") && view.users.contains("dave"));
         assert_eq!(view.channels.get(&OTHER), Some(&Some("other".to_owned())));
+    }
+
+    #[test]
+    fn member_pushes_of_the_entered_channel_and_ended_connections_become_events() {
+        let mut m = in_chat_at(5);
+        m.on_frame(ServerFrame::MemberJoined {
+            channel_id: OTHER,
+            username: "zed".into(),
+        });
+        m.on_frame(ServerFrame::MemberJoined {
+            channel_id: CHAT,
+            username: "carol".into(),
+        });
+        m.on_frame(ServerFrame::MemberLeft {
+            channel_id: CHAT,
+            username: "dave".into(),
+            reason: LeaveReason::Unregistered,
+        });
+        m.on_frame(ServerFrame::ConnectionEnded {
+            username: "erin".into(),
+        });
+        assert_eq!(
+            m.take_events(),
+            [
+                Event::MemberJoined {
+                    channel_id: CHAT,
+                    username: "carol".into()
+                },
+                Event::MemberLeft {
+                    channel_id: CHAT,
+                    username: "dave".into(),
+                    unregistered: true
+                },
+                Event::ConnectionEnded("erin".into()),
+            ]
+        );
     }
 
     #[test]

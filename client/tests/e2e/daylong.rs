@@ -155,22 +155,64 @@ async fn a_saved_session_resumes_in_its_channel_until_logout() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_expired_session_says_so_and_logging_in_returns_to_the_channel() {
-    let app = TestApp::spawn_with(|c| c.token_ttl_secs = 2).await;
+/// alice behind a proxy the test can cut, registered and logged in, with
+/// bob, in `general`; the proxy and the channel id.
+async fn alice_behind_a_proxy(
+    app: &TestApp,
+    store: Option<PathBuf>,
+) -> (Proxy, Client, Client, String) {
     let proxy = Proxy::start(app.addr(natter_server::Service::Gateway)).await;
-    let mut alice = Client::new(
-        "alice",
-        &Endpoints {
-            auth_url: app.auth_url(),
-            ws_url: proxy.ws_url(),
-        },
-    );
+    let endpoints = Endpoints {
+        auth_url: app.auth_url(),
+        ws_url: proxy.ws_url(),
+    };
+    let (session, events) = Session::new(&endpoints);
+    let mut alice = Client {
+        name: "alice".into(),
+        session: session.with_store(store),
+        events,
+    };
     alice.ok(&format!("/register alice {PASSWORD}")).await;
     alice.ok(&format!("/login alice {PASSWORD}")).await;
-    let mut bob = Client::online(&app, "bob").await;
+    let mut bob = Client::online(app, "bob").await;
     let id = pair(&mut alice, &mut bob).await;
     alice.ok(&format!("/enter {id}")).await;
+    (proxy, alice, bob, id)
+}
+
+#[tokio::test]
+async fn a_session_outlives_its_token_by_refreshing_and_saves_the_new_pair() {
+    let app = TestApp::spawn_with(|c| c.token_ttl_secs = 2).await;
+    let store = temp_store();
+    let (proxy, mut alice, mut bob, id) = alice_behind_a_proxy(&app, Some(store.clone())).await;
+    let saved_before = std::fs::read_to_string(&store).expect("saved");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut_all();
+    alice
+        .push("reconnected", |e| *e == Event::Reconnected)
+        .await;
+    bob.ok(&format!("/enter {id}")).await;
+    assert!(alice.run("after the refresh").await.ok);
+    assert_eq!(
+        bob.message("after the refresh").await.as_deref(),
+        Some("alice")
+    );
+    let saved_after = std::fs::read_to_string(&store).expect("saved");
+    assert_ne!(saved_before, saved_after, "the rotated pair is saved");
+    assert!(alice.ok("/whoami").await[0].starts_with("alice (user "));
+    let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_ended_session_says_it_expired_and_logging_in_returns_to_the_channel() {
+    let app = TestApp::spawn_with(|c| {
+        c.token_ttl_secs = 1;
+        c.refresh_ttl_secs = 1;
+    })
+    .await;
+    let (proxy, mut alice, _bob, id) = alice_behind_a_proxy(&app, None).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.cut_all();
@@ -187,6 +229,64 @@ async fn an_expired_session_says_so_and_logging_in_returns_to_the_channel() {
         back.iter()
             .any(|l| l.starts_with(&format!("entered general (channel {id}"))),
         "{back:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn members_are_listed_and_their_comings_and_goings_shown() {
+    let app = TestApp::spawn().await;
+    let mut alice = Client::online(&app, "alice").await;
+    let mut bob = Client::online(&app, "bob").await;
+    let mut carol = Client::online(&app, "carol").await;
+    let id = pair(&mut alice, &mut bob).await;
+    alice.ok("/enter general").await;
+    assert_eq!(
+        alice.ok("/members").await,
+        [
+            "2 members of general, 2 online:",
+            "alice online",
+            "bob online"
+        ]
+    );
+
+    let code = alice.ok("/invite-code channel general").await.remove(0);
+    carol
+        .ok(&format!(
+            "/join {}",
+            word_after(&code, "/join ").trim_end_matches(')')
+        ))
+        .await;
+    alice
+        .push(
+            "join",
+            |e| matches!(e, Event::MemberJoined { username, .. } if username == "carol"),
+        )
+        .await;
+    carol.confirmed(&format!("/part {id}")).await;
+    let left = alice
+        .push("part", |e| matches!(e, Event::MemberLeft { .. }))
+        .await;
+    assert_eq!(plain(&[left]), ["* carol left the channel"]);
+
+    bob.ok("/disconnect alice").await;
+    let ended = alice
+        .push("disconnect", |e| matches!(e, Event::ConnectionEnded(_)))
+        .await;
+    assert_eq!(plain(&[ended]), ["* bob ended your connection"]);
+
+    let gone = bob.answering("/unregister", PASSWORD).await;
+    assert!(gone.ok, "{:?}", plain(&gone.events));
+    let left = alice
+        .push("unregister", |e| matches!(e, Event::MemberLeft { .. }))
+        .await;
+    assert_eq!(
+        plain(&[left]),
+        ["* bob deleted their account and left the channel"]
+    );
+    assert_eq!(
+        alice.ok(&format!("/members {id}")).await,
+        ["1 member of general, 1 online:", "alice online"]
     );
     app.stop().await;
 }

@@ -57,7 +57,15 @@ impl Tmux {
     /// Pastes `text` as a terminal does with bracketed paste on.
     fn paste(&self, text: &str) {
         self.run(&["set-buffer", "-b", "natter-paste", text]);
-        self.run(&["paste-buffer", "-p", "-d", "-b", "natter-paste", "-t", "natter"]);
+        self.run(&[
+            "paste-buffer",
+            "-p",
+            "-d",
+            "-b",
+            "natter-paste",
+            "-t",
+            "natter",
+        ]);
     }
 
     /// Runs `command` in a new session; if it ends, the pane keeps its
@@ -243,7 +251,10 @@ async fn passwords_stay_hidden_pastes_arrive_whole_and_the_next_start_resumes() 
     tmux.send("correct-horse");
     tmux.enter();
     let screen = tmux.wait_for("login", |s| s.contains("logged in as bob"));
-    assert!(!screen.contains("correct-horse"), "password shown:\n{screen}");
+    assert!(
+        !screen.contains("correct-horse"),
+        "password shown:\n{screen}"
+    );
     tmux.send("/enter general");
     tmux.enter();
     tmux.wait_for("prompt in the channel", |s| {
@@ -274,7 +285,9 @@ async fn passwords_stay_hidden_pastes_arrive_whole_and_the_next_start_resumes() 
     let huge = "x".repeat(4500);
     tmux.paste(&huge);
     tmux.enter();
-    tmux.wait_for("the question", |s| s.contains("Send it as 2 messages? [y/N]"));
+    tmux.wait_for("the question", |s| {
+        s.contains("Send it as 2 messages? [y/N]")
+    });
     tmux.send("y");
     tmux.enter();
     alice.message(&"x".repeat(4000)).await;
@@ -283,7 +296,9 @@ async fn passwords_stay_hidden_pastes_arrive_whole_and_the_next_start_resumes() 
     // Closing and starting again: the same session, in the same channel.
     tmux.send("/quit");
     tmux.enter();
-    tmux.wait_for("the client to close", |s| s.contains("natter exited with 0"));
+    tmux.wait_for("the client to close", |s| {
+        s.contains("natter exited with 0")
+    });
     tmux.run(&["kill-server"]);
     let tmux = Tmux {
         socket: format!("natter-test-{}", uuid_like()),
