@@ -275,3 +275,23 @@ async fn completions_are_printed_for_each_shell() {
         assert!(script.contains("keep-going"), "{shell} completes flags");
     }
 }
+
+#[tokio::test]
+async fn natter_server_names_the_server_as_server_does() {
+    let home = temp_home();
+    let out = Command::new(NATTER)
+        .env_remove("NATTER_AUTH_URL")
+        .env_remove("NATTER_WS_URL")
+        .env("NATTER_SERVER", "http://127.0.0.1:9")
+        .env("NATTER_SESSION_FILE", home.join("session.json"))
+        .args(["-c", "/login erin horse-battery"])
+        .output()
+        .await
+        .expect("natter runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot reach the auth service at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+}

@@ -54,6 +54,10 @@ impl Tmux {
         self.run(&["send-keys", "-t", "natter", "Enter"]);
     }
 
+    fn tab(&self) {
+        self.run(&["send-keys", "-t", "natter", "Tab"]);
+    }
+
     /// Pastes `text` as a terminal does with bracketed paste on.
     fn paste(&self, text: &str) {
         self.run(&["set-buffer", "-b", "natter-paste", text]);
@@ -255,7 +259,17 @@ async fn passwords_stay_hidden_pastes_arrive_whole_and_the_next_start_resumes() 
         !screen.contains("correct-horse"),
         "password shown:\n{screen}"
     );
-    tmux.send("/enter general");
+    // One Tab completes a single candidate, a channel by its title too.
+    tmux.send("/ente");
+    tmux.tab();
+    tmux.wait_for("the command completed", |s| {
+        prompt_line(s).starts_with("bob › /enter <channel>")
+    });
+    tmux.send("gen");
+    tmux.tab();
+    tmux.wait_for("the title completed", |s| {
+        prompt_line(s).trim_end() == "bob › /enter general"
+    });
     tmux.enter();
     tmux.wait_for("prompt in the channel", |s| {
         prompt_line(s).starts_with("bob@general")
