@@ -275,9 +275,10 @@ pub fn render(event: &Event, look: &Look) -> String {
 /// [`render`] as of `now` (which decides whether a time needs its date).
 #[must_use]
 pub fn render_at(event: &Event, look: &Look, now: OffsetDateTime) -> String {
-    let prefix = match (look.channel_ids, event.channel_id()) {
-        (true, Some(id)) => format!("#{id} "),
-        _ => String::new(),
+    let prefix = match (look.channel_ids, event.channel_id(), event) {
+        // A `/channels` line starts with its id already.
+        (_, _, Event::Channel { .. }) | (false, _, _) | (_, None, _) => String::new(),
+        (true, Some(id), _) => format!("#{id} "),
     };
     let body = body(event, look, now);
     let mut lines = body.lines();
@@ -573,6 +574,16 @@ mod tests {
             "#1 [22:13] bob: a\n#1              b"
         );
         assert_eq!(render_at(&Event::Info("hi".into()), &look, at(T)), "hi");
+        let listed = Event::Channel {
+            channel_id: ChannelId(1),
+            title: "general".into(),
+            head_count: 2,
+            unread: 0,
+        };
+        assert_eq!(
+            render_at(&listed, &look, at(T)),
+            "1 general (2 members, 0 unread)"
+        );
     }
 
     #[test]
