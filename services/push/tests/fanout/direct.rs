@@ -2,6 +2,7 @@
 
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
 use natter_protocol::events::{Delivery, Event, UnreadTarget};
+use natter_protocol::partition::PartitionKey;
 use natter_protocol::{Seq, SocketId};
 use serde_json::json;
 use std::time::Duration;
@@ -308,8 +309,13 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     h.online(bob, "gw-a", 2, Some(channel)).await;
     let mut a = h.tap("gw-a").await;
 
-    let suffix = format!("channel.{}", channel.0);
-    h.publish_raw(&suffix, b"{not an event".to_vec()).await;
+    let partition = PartitionKey::Channel(channel).partition(h.ns.partitions());
+    let suffix = format!("p{partition}.channel.{}", channel.0);
+    h.publish_to(
+        h.ns.partition_subject(partition, &format!("channel.{}", channel.0)),
+        b"{not an event".to_vec(),
+    )
+    .await;
     h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
         .await;
 

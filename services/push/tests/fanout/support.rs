@@ -152,10 +152,11 @@ impl Harness {
             .expect("read presence")
     }
 
-    /// Publishes an event the way the outbox relay does.
-    pub async fn publish(&self, event: &Event) {
+    /// Publishes an event the way the outbox relay does; its stream
+    /// sequence.
+    pub async fn publish(&self, event: &Event) -> u64 {
         let payload = serde_json::to_vec(event).expect("encode event");
-        self.publish_raw(&event.subject_suffix(), payload).await;
+        self.publish_to(self.ns.event_subject(event), payload).await
     }
 
     /// Publishes a typing notice the way message does: core NATS, outside
@@ -172,16 +173,19 @@ impl Harness {
         self.nats.flush().await.expect("flush");
     }
 
-    pub async fn publish_raw(&self, suffix: &str, payload: Vec<u8>) {
+    /// Publishes `payload` to `subject` of the events stream; its stream
+    /// sequence.
+    pub async fn publish_to(&self, subject: String, payload: Vec<u8>) -> u64 {
         let msg = jetstream::message::PublishMessage::build()
             .message_id(uuid::Uuid::new_v4().to_string())
             .payload(payload.into());
         self.js
-            .send_publish(self.ns.event_subject(suffix), msg)
+            .send_publish(subject, msg)
             .await
             .expect("publish")
             .await
-            .expect("stored");
+            .expect("stored")
+            .sequence
     }
 
     /// Listens as gateway `id` would.
