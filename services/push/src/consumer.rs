@@ -13,11 +13,12 @@
 //! A failure holds back this partition only: the event is retried with
 //! [`Backoff`] for as long as it takes (a dependency outage is waited out,
 //! never dead-lettered), nothing after it is pulled meanwhile, and the
-//! other partitions go on. Only an event that cannot be decoded goes to
-//! the dead-letter stream, in its place in the order, and the partition
+//! other partitions go on. Only an event that cannot be decoded, or whose
+//! deliveries NATS will never accept (larger than its payload limit), goes
+//! to the dead-letter stream, in its place in the order, and the partition
 //! moves past it.
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Unroutable};
 use crate::leases::Lease;
 use crate::offsets::{Committed, Offsets};
 use crate::progress::{Backoff, Outage, Progress};
@@ -93,10 +94,10 @@ enum Halt {
     Stopped,
 }
 
-/// One decodable event and where it is in the stream.
+/// One decodable event, as it came from the stream.
 struct Item {
     sequence: u64,
-    headers: Option<async_nats::HeaderMap>,
+    message: jetstream::Message,
     event: Event,
 }
 
@@ -232,7 +233,7 @@ impl Worker {
             match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(event) => run.push(Item {
                     sequence,
-                    headers: msg.headers.clone(),
+                    message: msg,
                     event,
                 }),
                 Err(e) => {
@@ -246,7 +247,7 @@ impl Worker {
     }
 
     /// Delivers `items` in order, retrying from the first undelivered one
-    /// until all are delivered.
+    /// until all are delivered (or dead-lettered, if one never can be).
     async fn deliver(&mut self, items: Vec<Item>) -> Result<(), Halt> {
         let mut done = 0;
         let mut backoff = Backoff::new();
@@ -254,6 +255,12 @@ impl Worker {
             match self.try_deliver(&items[done..], &mut done).await {
                 Ok(()) => self.consumers.progress.moving(self.partition),
                 Err(Attempt::Halt(halt)) => return Err(halt),
+                Err(Attempt::Failed(e)) if e.downcast_ref::<Unroutable>().is_some() => {
+                    let item = &items[done];
+                    self.dead_letter(&item.message, item.sequence, &format!("{e:#}"))
+                        .await?;
+                    done += 1;
+                }
                 Err(Attempt::Failed(e)) => {
                     self.consumers.progress.held_back(self.partition, &e);
                     self.pause(backoff.next_pause()).await?;
@@ -284,7 +291,7 @@ impl Worker {
                 partition = self.partition.0,
                 sequence = item.sequence
             );
-            propagation::adopt(&span, item.headers.as_ref());
+            propagation::adopt(&span, item.message.headers.as_ref());
             fanout
                 .publish(event, batches)
                 .instrument(span)

@@ -7,6 +7,7 @@
 use crate::membership::Membership;
 use crate::recipients::{self, GatewayBatch};
 use anyhow::Context;
+use async_nats::client::PublishErrorKind;
 use futures::StreamExt;
 use natter_platform::presence::{LiveSockets, PresenceReader};
 use natter_platform::telemetry::propagation;
@@ -117,7 +118,8 @@ impl Fanout {
     /// [`Fanout::prepare`]), in gateway order.
     ///
     /// # Errors
-    /// When NATS refuses a publish.
+    /// When NATS refuses a publish; with [`Unroutable`] in the chain when
+    /// it always will (a batch larger than NATS accepts).
     pub async fn publish(&self, event: &Event, batches: Vec<GatewayBatch>) -> anyhow::Result<()> {
         // The trace continues at the gateways; headers only when tracing is on.
         let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
@@ -132,15 +134,23 @@ impl Fanout {
             let payload = serde_json::to_vec(&out.batch)
                 .context("encoding a delivery batch")?
                 .into();
-            match &trace {
+            let published = match &trace {
                 Some(headers) => {
                     self.nats
                         .publish_with_headers(subject, headers.clone(), payload)
                         .await
                 }
                 None => self.nats.publish(subject, payload).await,
+            };
+            if let Err(e) = published {
+                let permanent = matches!(
+                    e.kind(),
+                    PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject
+                );
+                let e =
+                    anyhow::Error::new(e).context(format!("publishing to gateway {}", out.gateway));
+                return Err(if permanent { e.context(Unroutable) } else { e });
             }
-            .with_context(|| format!("publishing to gateway {}", out.gateway))?;
         }
         if let Event::MessageStored { sent_at, .. } = event {
             let latency = (time::OffsetDateTime::now_utc() - *sent_at).as_seconds_f64();
@@ -154,6 +164,18 @@ impl Fanout {
             .publish(self.ns.membership_subject(), channel.0.to_string().into())
             .await
             .context("broadcasting a membership change")
+    }
+}
+
+/// In an error's chain: the event's deliveries can never be published,
+/// however often they are tried, so it is dead-lettered instead of holding
+/// its partition back forever.
+#[derive(Debug)]
+pub struct Unroutable;
+
+impl std::fmt::Display for Unroutable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the event cannot be delivered")
     }
 }
 

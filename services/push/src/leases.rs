@@ -13,7 +13,8 @@
 //!   many share the partitions.
 //!
 //! The [`Coordinator`] of each instance writes its heartbeat and renews its
-//! leases every TTL / 5 and follows the bucket with a watch. Expiry makes
+//! leases every TTL / 5 (at most a second) and follows the bucket with a
+//! watch. Expiry makes
 //! no watch event, so a key counts as present only for a TTL after it was
 //! last seen written. Each instance aims for ceil(partitions / live
 //! instances): below that it takes free partitions, above it it releases
@@ -322,9 +323,11 @@ impl Coordinator {
         }
     }
 
-    /// How often heartbeats and renewals are written.
+    /// How often heartbeats and renewals are written: five times per TTL,
+    /// and at least every second, so that a new instance is counted soon
+    /// even with long leases.
     fn period(&self) -> Duration {
-        self.ttl / 5
+        (self.ttl / 5).min(Duration::from_secs(1))
     }
 
     /// Runs until `intake` is cancelled, then stops every consumer (each
@@ -505,9 +508,10 @@ impl Coordinator {
     }
 
     /// How long after a successful write a lease is trusted: short of the
-    /// TTL by a renewal period, for the time a delivery takes to land.
+    /// TTL by a fifth, for the time a delivery takes to land and for
+    /// clocks that run at slightly different rates.
     fn trusted(&self) -> Duration {
-        self.ttl - self.period()
+        self.ttl - self.ttl / 5
     }
 
     /// A renewal met another revision: an earlier renewal that timed out
@@ -573,12 +577,44 @@ impl Coordinator {
         for (partition, created) in plan.acquire.into_iter().zip(taken) {
             match created {
                 Ok(revision) => self.start(partition, revision, sent + self.trusted()),
-                // Taken since the watch last said otherwise.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    self.reclaim(partition).await;
+                }
                 Err(e) => self
                     .bucket
                     .failed(&anyhow::Error::new(e).context(format!("taking {partition}"))),
             }
+        }
+    }
+
+    /// A partition the view showed free was not: usually another instance
+    /// took it since. But if the key still names this instance — its
+    /// lease ran out here while NATS was away, yet NATS kept it — nobody
+    /// else has held it since, and it is taken back by compare-and-set
+    /// rather than waiting for it to expire.
+    async fn reclaim(&mut self, partition: Partition) {
+        if self.held.contains_key(&partition) {
+            return;
+        }
+        let entry = match self.kv.entry(lease_key(partition)).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("reading lease {partition}"));
+                return self.bucket.failed(&e);
+            }
+        };
+        if entry.operation != Operation::Put || entry.value != self.me.as_bytes() {
+            return;
+        }
+        let sent = Instant::now();
+        match self
+            .kv
+            .update(lease_key(partition), self.me.clone().into(), entry.revision)
+            .await
+        {
+            Ok(revision) => self.start(partition, revision, sent + self.trusted()),
+            Err(e) => tracing::debug!(partition = partition.0, error = %e, "taking back a lease"),
         }
     }
 

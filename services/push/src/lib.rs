@@ -37,6 +37,7 @@ use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
 use offsets::Offsets;
+pub use progress::HELD_BACK;
 use progress::{Outage, Progress};
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
@@ -75,7 +76,7 @@ impl Runnable for Push {
         // Lease requests must fail well within a renewal period, not after
         // JetStream's default five seconds.
         let mut lease_js = js.clone();
-        lease_js.set_timeout(ttl / 5);
+        lease_js.set_timeout((ttl / 5).min(Duration::from_secs(1)));
         let leases = leases::ensure_bucket(&lease_js, &ns, ttl).await?;
         let offsets = offsets::ensure_bucket(&js, &ns).await?;
         let stream = js

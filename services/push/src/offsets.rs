@@ -11,8 +11,8 @@
 
 use crate::leases::declare;
 use anyhow::Context;
-use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream;
+use async_nats::jetstream::kv::{self, Operation};
 use natter_protocol::partition::Partition;
 use natter_protocol::subjects::Namespace;
 

@@ -345,6 +345,51 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     h.app.stop().await;
 }
 
+/// A delivery batch larger than NATS accepts can never be published: the
+/// event is dead-lettered rather than holding its partition forever.
+#[tokio::test]
+async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    // Backslashes double in the event's JSON and double again in the
+    // batch, which carries the frame as a JSON string.
+    let Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        sent_at,
+        origin: from,
+        ..
+    } = message(channel, 1, alice, origin("gw-x", 1))
+    else {
+        unreachable!("a message")
+    };
+    h.publish(&Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        content: "\\".repeat(300_000),
+        sent_at,
+        origin: from,
+    })
+    .await;
+    h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
+        .await;
+
+    assert_eq!(frames(&a.next().await)[0].1["seq"], 2);
+    assert_eq!(h.dead_letters().await, 1);
+    h.app.stop().await;
+}
+
 #[tokio::test]
 async fn events_published_while_push_is_down_are_all_delivered_once_in_order() {
     let mut h = Harness::spawn().await;
