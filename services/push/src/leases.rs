@@ -288,6 +288,9 @@ pub struct Coordinator {
     /// miscounts what is pending on a bucket of one value per key). Before
     /// that the view is not worth planning with.
     synced: bool,
+    /// When the watch last delivered anything: it shows this instance's
+    /// own heartbeat every period, so a silent watch is a broken one.
+    last_watched: Instant,
     generation: u64,
     ended_tx: mpsc::UnboundedSender<Ended>,
     ended_rx: mpsc::UnboundedReceiver<Ended>,
@@ -316,6 +319,7 @@ impl Coordinator {
             held: BTreeMap::new(),
             seen: HashMap::new(),
             synced: false,
+            last_watched: Instant::now(),
             generation: 0,
             ended_tx,
             ended_rx,
@@ -364,8 +368,13 @@ impl Coordinator {
                 }
                 _ = ticks.tick() => {
                     self.synced |= watch.is_some();
+                    if watch.is_some() && self.last_watched.elapsed() > 3 * self.period() {
+                        self.bucket.failed(&anyhow::anyhow!("the bucket's watch went silent"));
+                        watch = None;
+                    }
                     if watch.is_none() {
                         watch = self.watch().await;
+                        self.last_watched = Instant::now();
                     }
                     self.tick(stopping).await;
                 }
@@ -404,7 +413,10 @@ impl Coordinator {
         watch: &mut Option<kv::Watch>,
     ) -> bool {
         let entry = match entry {
-            Some(Ok(entry)) => entry,
+            Some(Ok(entry)) => {
+                self.last_watched = Instant::now();
+                entry
+            }
             Some(Err(e)) => {
                 self.bucket
                     .failed(&anyhow::Error::new(e).context("following the bucket"));
