@@ -107,11 +107,14 @@ async fn partitions_spread_to_a_new_instance_and_come_back_when_it_dies() {
         h.shares().await == Some(vec![6])
     })
     .await;
+    let joined = tokio::time::Instant::now();
     let b = Instance::start(&h.app.config).await;
     eventually("the newcomer gets half", REBALANCE, || async {
         h.shares().await == Some(vec![3, 3])
     })
     .await;
+    let spread = joined.elapsed();
+    let killed = tokio::time::Instant::now();
     b.kill();
     eventually(
         "the survivor takes the dead one's half",
@@ -119,6 +122,10 @@ async fn partitions_spread_to_a_new_instance_and_come_back_when_it_dies() {
         || async { h.shares().await == Some(vec![6]) },
     )
     .await;
+    eprintln!(
+        "spread to a newcomer in {spread:?}; back from a killed one in {:?} (2 s leases)",
+        killed.elapsed()
+    );
 
     let (alice, bob) = (h.user("alice").await, h.user("bob").await);
     let channel = h.channel("general", &[alice, bob]).await;
