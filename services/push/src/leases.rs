@@ -471,6 +471,10 @@ impl Coordinator {
 
     /// Every period: heartbeat, renewals, then the fair share.
     async fn tick(&mut self, stopping: bool) {
+        // Keys not written for a TTL are gone from NATS too (a dead
+        // instance's heartbeat and leases): forget them.
+        let ttl = self.ttl;
+        self.seen.retain(|_, seen| seen.at.elapsed() < ttl);
         let sent = Instant::now();
         let (beat, renewals) = tokio::join!(
             self.kv.put(self.instance_key(), self.me.clone().into()),
