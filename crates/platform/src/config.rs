@@ -131,6 +131,29 @@ pub struct Config {
     #[arg(long, env = "NATTER_REQUEST_TIMEOUT_SECS", default_value_t = 5)]
     pub request_timeout_secs: u64,
 
+    /// Partitions of the events stream: a channel's events (and a user's
+    /// own) share one, and push consumes each in order under one owner.
+    /// Every message and push instance must agree; changing it is a
+    /// migration (README "Changing NATTER_PARTITIONS").
+    #[arg(
+        long,
+        env = "NATTER_PARTITIONS",
+        default_value_t = natter_protocol::partition::DEFAULT_PARTITIONS,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub partitions: u16,
+
+    /// Push: seconds a partition lease lasts without renewal (renewed five
+    /// times as often); a dead push instance's partitions move after about
+    /// this long. The same for every push instance.
+    #[arg(
+        long,
+        env = "NATTER_PUSH_LEASE_SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub push_lease_secs: u64,
+
     /// `pretty` or `json`.
     #[arg(long, env = "NATTER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -152,10 +175,10 @@ impl Config {
         OnlyConfig::try_parse_from(["natter"]).map(|o| o.config)
     }
 
-    /// The sanitized namespace.
+    /// The sanitized namespace, with the partition count.
     #[must_use]
     pub fn namespace(&self) -> Namespace {
-        Namespace::new(&self.namespace)
+        Namespace::new(&self.namespace).with_partitions(self.partitions)
     }
 
     /// The gateway id: configured, or hostname + random suffix, always
@@ -199,6 +222,20 @@ mod tests {
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
         assert_eq!(c.shutdown_grace_secs, 10);
+        assert_eq!(c.partitions, 16);
+        assert_eq!(c.push_lease_secs, 5);
+        assert_eq!(c.namespace().partitions(), 16);
+    }
+
+    #[test]
+    fn a_partition_count_outside_1_to_1024_is_refused() {
+        for bad in ["0", "1025"] {
+            assert!(OnlyConfig::try_parse_from(["x", "--partitions", bad]).is_err());
+        }
+        let c = OnlyConfig::try_parse_from(["x", "--partitions", "3"])
+            .expect("parse")
+            .config;
+        assert_eq!(c.namespace().partitions(), 3);
     }
 
     #[test]

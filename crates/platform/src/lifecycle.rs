@@ -71,8 +71,10 @@ pub async fn start<S: Runnable>(
 }
 
 /// What `/readyz` reports besides the dependencies: whether the service is
-/// draining, and which of its background tasks died. Cheap to clone; every
-/// clone sees the same state.
+/// draining, which of its background tasks died, and which conditions it
+/// reports about its own work (a dead task stays dead; a condition clears
+/// when the service says so). Cheap to clone; every clone sees the same
+/// state.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<ReadinessState>);
 
@@ -80,6 +82,7 @@ pub struct Readiness(Arc<ReadinessState>);
 struct ReadinessState {
     draining: AtomicBool,
     dead: Mutex<Vec<&'static str>>,
+    conditions: Mutex<Vec<&'static str>>,
 }
 
 impl Readiness {
@@ -97,6 +100,38 @@ impl Readiness {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Reports that the service cannot do part of its job (`failing`) or
+    /// can again: while any condition is set, `/readyz` answers 503 naming
+    /// it. For a failure the service waits out on its own (push's events
+    /// held back by a dependency), where a dead task would be final.
+    pub fn set_condition(&self, condition: &'static str, failing: bool) {
+        let mut conditions = self
+            .0
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        conditions.retain(|c| *c != condition);
+        if failing {
+            conditions.push(condition);
+        }
+    }
+
+    /// Everything that makes the service unready besides its dependencies
+    /// and draining: dead tasks, then the conditions set.
+    #[must_use]
+    pub fn failing(&self) -> Vec<&'static str> {
+        let mut failing = self.dead_tasks();
+        failing.extend(
+            self.0
+                .conditions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied(),
+        );
+        failing
     }
 
     fn drain(&self) {
@@ -429,6 +464,21 @@ mod tests {
             body,
             json!({"status": "unavailable", "failing": ["outbox relay"]})
         );
+    }
+
+    #[tokio::test]
+    async fn a_condition_turns_readyz_down_until_it_clears() {
+        let readiness = Readiness::default();
+        readiness.set_condition("events", true);
+        readiness.set_condition("events", true);
+        let (status, body) = readyz(&readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({"status": "unavailable", "failing": ["events"]})
+        );
+        readiness.set_condition("events", false);
+        assert_eq!(readyz(&readiness).await.0, StatusCode::OK);
     }
 
     #[tokio::test]

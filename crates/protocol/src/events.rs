@@ -3,6 +3,7 @@
 //! (auth → gateways).
 
 use crate::frames::LeaveReason;
+use crate::partition::PartitionKey;
 use crate::rpc::SocketRef;
 use crate::{ChannelId, Seq, SessionId, SocketId, UserId, time_format};
 use serde::{Deserialize, Serialize};
@@ -87,8 +88,25 @@ impl Event {
         self.into()
     }
 
-    /// The subject suffix under `<ns>.evt.`: events of one channel share a
-    /// subject so their order is plain to see; user events go by user.
+    /// What decides the event's partition: its channel, or for what is
+    /// addressed to one user outside a channel, that user.
+    #[must_use]
+    pub fn partition_key(&self) -> PartitionKey {
+        match self {
+            Self::MessageStored { channel_id, .. }
+            | Self::ChannelCreated { channel_id, .. }
+            | Self::MemberJoined { channel_id, .. }
+            | Self::MemberLeft { channel_id, .. }
+            | Self::Typing { channel_id, .. } => PartitionKey::Channel(*channel_id),
+            Self::InviteReceived { to, .. }
+            | Self::InviteAccepted { to, .. }
+            | Self::ConnectionEnded { to, .. } => PartitionKey::User(*to),
+        }
+    }
+
+    /// The subject suffix under `<ns>.evt.p<k>.`: events of one channel
+    /// share a subject so their order is plain to see; user events go by
+    /// user.
     #[must_use]
     pub fn subject_suffix(&self) -> String {
         match self {

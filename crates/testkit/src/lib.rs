@@ -132,7 +132,8 @@ pub(crate) fn block_on_cleanup(cleanup: impl std::future::Future<Output = ()> + 
     let _ = work.join();
 }
 
-/// Deletes a test namespace's JetStream streams and Redis keys.
+/// Deletes a test namespace's JetStream streams, key-value buckets and
+/// Redis keys.
 fn cleanup_namespace(config: &Config) {
     let ns = config.namespace();
     let nats_url = config.nats_url.clone();
@@ -142,6 +143,9 @@ fn cleanup_namespace(config: &Config) {
             let js = async_nats::jetstream::new(client);
             for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
                 let _ = js.delete_stream(stream).await;
+            }
+            for bucket in [ns.push_leases_bucket(), ns.push_offsets_bucket()] {
+                let _ = js.delete_key_value(bucket).await;
             }
         }
         if let Ok(client) = redis::Client::open(redis_url.as_str())

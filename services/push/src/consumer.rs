@@ -1,271 +1,432 @@
-//! The JetStream side: the durable pull consumer, the pull loop, workers
-//! sharded by subject, and what happens to each event after handling —
-//! ack, nak with a delay, or the dead-letter stream.
+//! Consuming one owned partition: strictly in stream order, from the
+//! committed position onward, for as long as the lease is held.
 //!
-//! Order: a channel's events share a subject (`<ns>.evt.channel.<id>`),
-//! and every subject is handled by one worker, one event at a time, so a
-//! channel's events reach the gateways in stream order while channels
-//! proceed in parallel. (Several push instances share the consumer, so
-//! across instances order holds only "under normal operation": clients
-//! drop seen seqs and fill gaps, docs/protocol.md §2.3.)
+//! The partition is read with an ordered consumer of its own (no acks;
+//! filtered on `<ns>.evt.p<k>.>`, starting after the committed position).
+//! What has arrived is handled as one batch — one presence read, one query
+//! of read positions — and delivered event by event, in order, each only
+//! while the lease is still held. The position moves after each event's
+//! deliveries are published and is committed at most every
+//! [`COMMIT_EVERY`] (and when the partition is released), so a crash
+//! repeats at most that much: at least once, never reordered.
 //!
-//! Shutdown: pulls are bounded batches with a short expiry, so on shutdown
-//! the current batch is read to its end — nothing the server handed us is
-//! left unread to wait out `ack_wait` — and the workers finish what is
-//! queued.
+//! A failure holds back this partition only: the event is retried with
+//! [`Backoff`] for as long as it takes (a dependency outage is waited out,
+//! never dead-lettered), nothing after it is pulled meanwhile, and the
+//! other partitions go on. Only an event that cannot be decoded, or whose
+//! deliveries NATS will never accept (larger than its payload limit), goes
+//! to the dead-letter stream, in its place in the order, and the partition
+//! moves past it.
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Unroutable};
+use crate::leases::Lease;
+use crate::offsets::{Committed, Offsets};
+use crate::progress::{Backoff, Outage, Progress};
 use anyhow::Context;
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use natter_platform::lifecycle::Supervisor;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{DLQ_REASON_HEADER, Event};
-use natter_protocol::subjects::Namespace;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use natter_protocol::partition::Partition;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Deliveries of one event before JetStream gives up on it; push
-/// dead-letters it itself one attempt earlier, since JetStream then only
-/// emits an advisory.
-pub const MAX_DELIVER: i64 = 5;
-/// How long an unacknowledged event waits before redelivery.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// Unacknowledged events in flight across every instance.
-const MAX_ACK_PENDING: i64 = 8192;
-/// Workers per instance: handling is I/O-bound.
-const WORKERS: usize = 16;
-/// Events queued per worker before the pull loop waits.
-const WORKER_QUEUE: usize = 256;
-/// Events per pull request.
-const PULL_BATCH: usize = 256;
-/// How long a pull request waits for events: bounds shutdown latency.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// Back-off when a pull request fails.
-const PULL_RETRY: Duration = Duration::from_millis(500);
-/// A quick second try, for a blip, before giving the event back.
-const QUICK_RETRY: Duration = Duration::from_millis(100);
+/// Most events handled as one batch.
+const BATCH: usize = 256;
+/// How often the position is committed while events flow: what a crash
+/// delivers twice.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// The longest pull request: bounds how long a consumer the server lost
+/// (a NATS restart) goes unnoticed.
+const PULL_EXPIRES: Duration = Duration::from_secs(4);
 
-/// Creates push's durable consumer on the events stream if it does not
-/// exist (every instance shares it). Only JetStream 2.9 features.
-///
-/// # Errors
-/// When JetStream refuses.
-pub async fn ensure(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<PullConsumer> {
-    let stream = js
-        .get_stream(ns.events_stream())
-        .await
-        .with_context(|| format!("opening stream {}", ns.events_stream()))?;
-    let name = ns.push_consumer();
-    let created = stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_deliver: MAX_DELIVER,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            },
-        )
-        .await;
-    match created {
-        Ok(consumer) => Ok(consumer),
-        // Another instance created it between our lookup and our create.
-        Err(e) => stream
-            .get_consumer(&name)
-            .await
-            .map_err(|_| anyhow::Error::new(e).context(format!("creating consumer {name}"))),
-    }
+/// What every partition's consumer shares; cheap to clone.
+#[derive(Clone)]
+pub struct Consumers {
+    /// The events stream.
+    pub stream: Stream,
+    /// Dead-letter publishes.
+    pub js: jetstream::Context,
+    /// Committed positions.
+    pub offsets: Offsets,
+    /// Handling events.
+    pub fanout: Fanout,
+    /// Held-back partitions, for `/readyz` and the log.
+    pub progress: Progress,
+    /// Offset commits, logged once per outage across partitions.
+    pub commits: Arc<Mutex<Outage>>,
 }
 
-/// Pulls and handles events until `shutdown`, then lets the workers finish
-/// what they hold (the caller bounds how long). The workers run under
-/// `supervisor`: one that dies turns the service unready at once.
-pub async fn run(
-    consumer: PullConsumer,
-    js: jetstream::Context,
-    fanout: Fanout,
-    supervisor: &Supervisor,
-    shutdown: CancellationToken,
-) {
-    let workers = TaskTracker::new();
-    let mut queues = Vec::with_capacity(WORKERS);
-    for _ in 0..WORKERS {
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-        queues.push(tx);
+impl Consumers {
+    /// Consumes `partition` until its `lease` is lost (stopping at once)
+    /// or `stop` is cancelled (finishing the batch in hand and committing).
+    pub async fn consume(self, partition: Partition, lease: Lease, stop: CancellationToken) {
         let worker = Worker {
-            fanout: fanout.clone(),
-            js: js.clone(),
-            shutdown: shutdown.clone(),
+            consumers: self,
+            partition,
+            lease,
+            stop,
+            committed: None,
+            position: 0,
+            last_commit: Instant::now(),
         };
-        supervisor.spawn("push worker", workers.track_future(worker.run(rx)));
+        worker.run().await;
     }
-    while !shutdown.is_cancelled() {
-        let batch = consumer
-            .batch()
-            .max_messages(PULL_BATCH)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "pulling events failed");
-                tokio::select! {
-                    () = tokio::time::sleep(PULL_RETRY) => {}
-                    () = shutdown.cancelled() => {}
-                }
-                continue;
-            }
-        };
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(msg) => {
-                    let queue = &queues[shard(&msg.subject, queues.len())];
-                    // A dead worker is logged and reported by the
-                    // supervisor; its events return after `ack_wait`.
-                    let _ = queue.send(msg).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "pull request ended with an error");
-                    break;
-                }
-            }
-        }
+
+    /// `partition` is no longer this instance's: it holds nothing back here.
+    pub fn forget(&self, partition: Partition) {
+        self.progress.moving(partition);
     }
-    drop(queues);
-    workers.close();
-    workers.wait().await;
 }
 
-/// The worker of a subject: the same subject always maps to the same one.
-fn shard(subject: &str, workers: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    subject.hash(&mut h);
-    usize::try_from(h.finish() % workers as u64).unwrap_or(0)
+/// Why a partition's consumer stops.
+#[derive(Debug)]
+enum Halt {
+    /// The lease is gone: stop at once, commit nothing.
+    Lost,
+    /// Released or shutting down: commit what was delivered.
+    Stopped,
+}
+
+/// One decodable event, as it came from the stream.
+struct Item {
+    sequence: u64,
+    message: jetstream::Message,
+    event: Event,
 }
 
 struct Worker {
-    fanout: Fanout,
-    js: jetstream::Context,
-    shutdown: CancellationToken,
-}
-
-/// Why an event is not acknowledged as handled.
-enum Failure {
-    /// It can never be handled: straight to the dead-letter stream.
-    Poison(String),
-    /// A dependency failed: retry later, unless it has failed too often.
-    Transient(anyhow::Error),
+    consumers: Consumers,
+    partition: Partition,
+    lease: Lease,
+    stop: CancellationToken,
+    /// What is committed; `None` until read.
+    committed: Option<Committed>,
+    /// The last stream sequence delivered.
+    position: u64,
+    last_commit: Instant,
 }
 
 impl Worker {
-    async fn run(self, mut queue: mpsc::Receiver<jetstream::Message>) {
-        while let Some(msg) = queue.recv().await {
-            self.process(msg).await;
+    async fn run(mut self) {
+        let halt = self.consume().await;
+        if matches!(halt, Halt::Stopped) {
+            self.commit().await;
+        }
+        self.consumers.progress.moving(self.partition);
+        tracing::debug!(
+            partition = self.partition.0,
+            ?halt,
+            position = self.position,
+            "consumer stopped"
+        );
+    }
+
+    async fn consume(&mut self) -> Halt {
+        let ns = self.consumers.fanout.ns.clone();
+        self.consumers
+            .fanout
+            .membership
+            .invalidate_partition(self.partition, ns.partitions());
+        let offsets = self.consumers.offsets.clone();
+        let partition = self.partition;
+        let read = || {
+            let offsets = offsets.clone();
+            async move { offsets.read(partition).await }
+        };
+        let committed = match self.retry(read).await {
+            Ok(c) => c,
+            Err(halt) => return halt,
+        };
+        self.committed = Some(committed);
+        self.position = committed.sequence;
+        loop {
+            let from = self.position + 1;
+            let stream = &self.consumers.stream;
+            let filter = ns.partition_wildcard(partition);
+            let opened = self
+                .retry(|| open(stream.clone(), filter.clone(), from))
+                .await;
+            let messages = match opened {
+                Ok(m) => m,
+                Err(halt) => return halt,
+            };
+            if let Err(halt) = self.follow(messages).await {
+                return halt;
+            }
         }
     }
 
-    async fn process(&self, msg: jetstream::Message) {
-        // One trace from the writer's request through to the gateways: the
-        // parent must be set before the span is first entered.
-        let span = tracing::debug_span!("push.event", subject = %msg.subject);
-        propagation::adopt(&span, msg.headers.as_ref());
-        self.settle(msg).instrument(span).await;
+    /// Handles what `messages` brings until it fails (the caller reopens
+    /// it after the position) or the partition halts.
+    async fn follow(&mut self, messages: Ordered) -> Result<(), Halt> {
+        let mut chunks = messages.ready_chunks(BATCH);
+        let mut backoff = Backoff::new();
+        loop {
+            let uncommitted = self.committed.is_some_and(|c| self.position > c.sequence);
+            let commit_at = self.last_commit + COMMIT_EVERY;
+            let chunk = tokio::select! {
+                biased;
+                () = self.lease.lost() => return Err(Halt::Lost),
+                () = self.stop.cancelled() => return Err(Halt::Stopped),
+                () = tokio::time::sleep_until(commit_at), if uncommitted => {
+                    self.commit().await;
+                    continue;
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                let error = anyhow::anyhow!("the partition's consumer ended");
+                self.consumers.progress.held_back(self.partition, &error);
+                self.pause(backoff.next_pause()).await?;
+                return Ok(());
+            };
+            let mut messages = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for next in chunk {
+                match next {
+                    Ok(msg) => messages.push(msg),
+                    Err(e) => {
+                        failure = Some(anyhow::Error::new(e).context("reading the partition"));
+                        break;
+                    }
+                }
+            }
+            self.handle(messages).await?;
+            if self.last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit().await;
+            }
+            if let Some(error) = failure {
+                self.consumers.progress.held_back(self.partition, &error);
+                self.pause(backoff.next_pause()).await?;
+                return Ok(());
+            }
+        }
     }
 
-    async fn settle(&self, msg: jetstream::Message) {
-        let (delivered, pending) = msg.info().map_or((1, 0), |i| (i.delivered, i.pending));
-        natter_platform::metrics::get()
-            .consumer_pending
-            .record(pending, &[]);
-        let outcome = match serde_json::from_slice::<Event>(&msg.payload) {
-            Err(e) => Err(Failure::Poison(format!("undecodable event: {e}"))),
-            Ok(event) => self.handle(&event).await.map_err(Failure::Transient),
-        };
-        let settled = match outcome {
-            Ok(()) => msg
-                .ack()
+    /// Handles `messages` in order: runs of decodable events as batches,
+    /// each undecodable one dead-lettered in its place.
+    async fn handle(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Halt> {
+        let mut run = Vec::new();
+        for msg in messages {
+            let Ok(info) = msg.info().map(|i| (i.stream_sequence, i.pending)) else {
+                tracing::warn!(
+                    partition = self.partition.0,
+                    "an event without stream metadata skipped"
+                );
+                continue;
+            };
+            let (sequence, pending) = info;
+            if sequence <= self.position {
+                continue;
+            }
+            natter_platform::metrics::get().consumer_pending.record(
+                pending,
+                &natter_platform::metrics::attr("partition", self.partition.to_string()),
+            );
+            match serde_json::from_slice::<Event>(&msg.payload) {
+                Ok(event) => run.push(Item {
+                    sequence,
+                    message: msg,
+                    event,
+                }),
+                Err(e) => {
+                    self.deliver(std::mem::take(&mut run)).await?;
+                    self.dead_letter(&msg, sequence, &format!("undecodable event: {e}"))
+                        .await?;
+                }
+            }
+        }
+        self.deliver(run).await
+    }
+
+    /// Delivers `items` in order, retrying from the first undelivered one
+    /// until all are delivered (or dead-lettered, if one never can be).
+    async fn deliver(&mut self, items: Vec<Item>) -> Result<(), Halt> {
+        let mut done = 0;
+        let mut backoff = Backoff::new();
+        while done < items.len() {
+            match self.try_deliver(&items[done..], &mut done).await {
+                Ok(()) => self.consumers.progress.moving(self.partition),
+                Err(Attempt::Halt(halt)) => return Err(halt),
+                Err(Attempt::Failed(e)) if e.downcast_ref::<Unroutable>().is_some() => {
+                    let item = &items[done];
+                    self.dead_letter(&item.message, item.sequence, &format!("{e:#}"))
+                        .await?;
+                    done += 1;
+                }
+                Err(Attempt::Failed(e)) => {
+                    self.consumers.progress.held_back(self.partition, &e);
+                    self.pause(backoff.next_pause()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_deliver(&mut self, items: &[Item], done: &mut usize) -> Result<(), Attempt> {
+        let events: Vec<Event> = items.iter().map(|i| i.event.clone()).collect();
+        let fanout = &self.consumers.fanout;
+        let prepared = fanout
+            .prepare(&events)
+            .instrument(tracing::debug_span!(
+                "push.batch",
+                partition = self.partition.0
+            ))
+            .await
+            .map_err(Attempt::Failed)?;
+        for ((item, event), batches) in items.iter().zip(&events).zip(prepared) {
+            if !self.lease.is_held() {
+                return Err(Attempt::Halt(Halt::Lost));
+            }
+            // One trace from the writer's request through to the gateways.
+            let span = tracing::debug_span!(
+                "push.event",
+                partition = self.partition.0,
+                sequence = item.sequence
+            );
+            propagation::adopt(&span, item.message.headers.as_ref());
+            fanout
+                .publish(event, batches)
+                .instrument(span)
                 .await
-                .map_err(anyhow::Error::from_boxed)
-                .context("ack"),
-            Err(Failure::Poison(reason)) => self.dead_letter(&msg, &reason).await,
-            Err(Failure::Transient(e)) if delivered >= MAX_DELIVER - 1 => {
-                tracing::error!(error = ?e, delivered, "event keeps failing; dead-lettering it");
-                self.dead_letter(&msg, &format!("failed {delivered} times: {e:#}"))
-                    .await
-            }
-            Err(Failure::Transient(e)) => {
-                let delay = nak_delay(delivered);
-                tracing::warn!(error = ?e, delivered, ?delay, "event failed; will retry");
-                msg.ack_with(AckKind::Nak(Some(delay)))
-                    .await
-                    .map_err(anyhow::Error::from_boxed)
-                    .context("nak")
-            }
-        };
-        if let Err(e) = settled {
-            // Unsettled events come back after ack_wait: at least once.
-            tracing::warn!(error = ?e, "could not settle an event");
+                .map_err(Attempt::Failed)?;
+            *done += 1;
+            self.position = item.sequence;
         }
+        Ok(())
     }
 
-    /// Handles an event, trying once more after a short pause so a blip
-    /// does not reorder the channel through a redelivery.
-    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        match self.fanout.handle(event).await {
-            Ok(()) => Ok(()),
-            Err(_) if !self.shutdown.is_cancelled() => {
-                tokio::time::sleep(QUICK_RETRY).await;
-                self.fanout.handle(event).await
-            }
-            Err(e) => Err(e),
+    /// Republishes an undecodable event to the dead-letter stream (same
+    /// subject suffix, with the reason), retrying until JetStream has it,
+    /// and moves past it.
+    async fn dead_letter(
+        &mut self,
+        msg: &jetstream::Message,
+        sequence: u64,
+        reason: &str,
+    ) -> Result<(), Halt> {
+        if !self.lease.is_held() {
+            return Err(Halt::Lost);
         }
-    }
-
-    /// Republishes the event to the dead-letter stream (same suffix,
-    /// durable before the original is acked), then acks it.
-    async fn dead_letter(&self, msg: &jetstream::Message, reason: &str) -> anyhow::Result<()> {
-        let ns = &self.fanout.ns;
+        let ns = &self.consumers.fanout.ns;
         let suffix = msg
             .subject
-            .strip_prefix(&ns.event_subject(""))
+            .strip_prefix(&ns.events_prefix())
             .filter(|s| !s.is_empty())
             .unwrap_or("unknown");
-        let mut publish = PublishMessage::build()
-            .payload(msg.payload.clone())
-            .header(DLQ_REASON_HEADER, header_safe(reason));
-        if let Ok(info) = msg.info() {
-            publish = publish.message_id(format!("dlq-{}", info.stream_sequence));
+        let subject = ns.dlq_subject(suffix);
+        let publish = || {
+            let (js, subject) = (self.consumers.js.clone(), subject.clone());
+            let message = PublishMessage::build()
+                .payload(msg.payload.clone())
+                .header(DLQ_REASON_HEADER, header_safe(reason))
+                .message_id(format!("dlq-{sequence}"));
+            async move {
+                js.send_publish(subject, message)
+                    .await
+                    .context("dead-lettering")?
+                    .await
+                    .context("dead-letter not acknowledged")?;
+                Ok(())
+            }
+        };
+        self.retry(publish).await?;
+        tracing::error!(partition = self.partition.0, sequence, %reason, "event dead-lettered");
+        self.position = sequence;
+        Ok(())
+    }
+
+    /// Commits the position if it moved; a failure is retried at the next
+    /// commit (what is not committed is only delivered again).
+    async fn commit(&mut self) {
+        self.last_commit = Instant::now();
+        let Some(committed) = self.committed else {
+            return;
+        };
+        if self.position <= committed.sequence || !self.lease.is_held() {
+            return;
         }
-        self.js
-            .send_publish(ns.dlq_subject(suffix), publish)
-            .await
-            .context("dead-lettering")?
-            .await
-            .context("dead-letter not acknowledged")?;
-        tracing::error!(%reason, "event dead-lettered");
-        msg.ack()
-            .await
-            .map_err(anyhow::Error::from_boxed)
-            .context("ack")
+        let result = self
+            .consumers
+            .offsets
+            .commit(self.partition, committed, self.position)
+            .await;
+        let mut commits = self
+            .consumers
+            .commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(c) => {
+                self.committed = Some(c);
+                commits.recovered();
+            }
+            Err(e) => commits.failed(&e),
+        }
+    }
+
+    /// Runs `op` until it succeeds, holding the partition back meanwhile.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, Halt>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut backoff = Backoff::new();
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.consumers.progress.moving(self.partition);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    self.consumers.progress.held_back(self.partition, &e);
+                    self.pause(backoff.next_pause()).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits `pause`, unless the partition halts first.
+    async fn pause(&self, pause: Duration) -> Result<(), Halt> {
+        tokio::select! {
+            biased;
+            () = self.lease.lost() => Err(Halt::Lost),
+            () = self.stop.cancelled() => Err(Halt::Stopped),
+            () = tokio::time::sleep(pause) => Ok(()),
+        }
     }
 }
 
-/// 1 s, 4 s, 16 s, … (at most 30 s): long enough for a restarting
-/// dependency, short of JetStream's own `ack_wait`.
-fn nak_delay(delivered: i64) -> Duration {
-    let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 3)).unwrap_or(3);
-    Duration::from_secs(4u64.pow(exp)).min(ACK_WAIT)
+/// How one delivery attempt ended short.
+enum Attempt {
+    Halt(Halt),
+    Failed(anyhow::Error),
+}
+
+/// An ordered consumer of one partition's subjects from stream sequence
+/// `from`.
+async fn open(stream: Stream, filter: String, from: u64) -> anyhow::Result<Ordered> {
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        })
+        .await
+        .context("creating a partition's consumer")?
+        .messages()
+        .await
+        .context("reading a partition")
 }
 
 /// A header value: one line, bounded.
@@ -279,21 +440,6 @@ fn header_safe(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_back_off_and_stay_below_ack_wait() {
-        assert_eq!(nak_delay(1), Duration::from_secs(1));
-        assert_eq!(nak_delay(2), Duration::from_secs(4));
-        assert_eq!(nak_delay(3), Duration::from_secs(16));
-        assert_eq!(nak_delay(9), ACK_WAIT);
-    }
-
-    #[test]
-    fn a_subject_always_goes_to_the_same_worker() {
-        let a = shard("ns.evt.channel.1", WORKERS);
-        assert_eq!(a, shard("ns.evt.channel.1", WORKERS));
-        assert!(a < WORKERS);
-    }
 
     #[test]
     fn dead_letter_reasons_fit_in_a_header() {

@@ -1,17 +1,19 @@
-//! Handling one event: gather what [`crate::recipients`] needs (members,
-//! presence, read positions), work out its deliveries, publish one message
-//! per gateway, and keep the membership caches of every instance honest. Typing notices
-//! arrive here too, from core NATS rather than the events stream.
+//! Handling events: gather what [`crate::recipients`] needs (members,
+//! presence, read positions) for a batch of events at once, work out each
+//! event's deliveries, publish one message per gateway per event, in
+//! order, and keep the membership caches of every instance honest. Typing
+//! notices arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
-use crate::recipients;
+use crate::recipients::{self, GatewayBatch};
 use anyhow::Context;
+use async_nats::client::PublishErrorKind;
 use futures::StreamExt;
-use natter_platform::presence::PresenceReader;
+use natter_platform::presence::{LiveSockets, PresenceReader};
 use natter_platform::telemetry::propagation;
-use natter_protocol::ChannelId;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
+use natter_protocol::{ChannelId, Seq, UserId};
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -19,7 +21,7 @@ use tracing::Instrument;
 /// Typing notices one instance fans out at once.
 const TYPING_CONCURRENCY: usize = 16;
 
-/// What handling an event needs; cheap to clone, one per worker.
+/// What handling an event needs; cheap to clone.
 #[derive(Clone)]
 pub struct Fanout {
     /// Gateway batches and invalidation broadcasts go out here.
@@ -33,40 +35,97 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Delivers `event` to every gateway holding a recipient.
-    ///
-    /// The membership cache is invalidated before delivering, so the next
-    /// event of the channel (handled after this one, in order) sees the
-    /// change; the broadcast tells the other instances.
+    /// Delivers one event (a typing notice, a replayed message).
     ///
     /// # Errors
-    /// When Postgres, Redis or NATS fails; the event is then retried.
-    #[tracing::instrument(level = "debug", skip_all, fields(kind = event.kind()))]
+    /// When Postgres, Redis or NATS fails.
     pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        if let Some(channel) = recipients::membership_change(event) {
-            self.membership.invalidate(channel);
-            self.broadcast_invalidation(channel).await?;
+        let deliveries = self.prepare(std::slice::from_ref(event)).await?;
+        for batches in deliveries {
+            self.publish(event, batches).await?;
         }
-        let members = match recipients::channel_of(event) {
-            Some(channel) => Some(self.membership.members(channel).await?),
-            None => None,
-        };
-        let audience = recipients::audience(event, members.as_ref().map_or(&[], |m| &m.users));
-        let live = self.presence.live_sockets(&audience).await?;
-        let unread_users = recipients::unread_users(event, &live);
-        let last_read = match event {
-            Event::MessageStored { channel_id, .. } if !unread_users.is_empty() => {
-                self.membership
-                    .last_read(*channel_id, &unread_users)
-                    .await?
+        Ok(())
+    }
+
+    /// Works out the deliveries of `events`, in order, with one presence
+    /// round trip and at most one query of read positions for all of them;
+    /// nothing is delivered yet.
+    ///
+    /// A change of membership is applied where it stands: the cache is
+    /// invalidated (here and, by broadcast, on every instance) before the
+    /// members of any later event are looked up, so the events after it
+    /// see it and those before it do not. Each event reaches only its own
+    /// audience, though the presence read covers everyone's.
+    ///
+    /// # Errors
+    /// When Postgres, Redis or NATS fails; nothing of the batch was
+    /// delivered and it may be prepared again.
+    #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
+    pub async fn prepare(&self, events: &[Event]) -> anyhow::Result<Vec<Vec<GatewayBatch>>> {
+        let mut audiences = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(channel) = recipients::membership_change(event) {
+                self.membership.invalidate(channel);
+                self.broadcast_invalidation(channel).await?;
             }
-            _ => HashMap::new(),
-        };
+            let members = match recipients::channel_of(event) {
+                Some(channel) => Some(self.membership.members(channel).await?),
+                None => None,
+            };
+            audiences.push(recipients::audience(
+                event,
+                members.as_ref().map_or(&[], |m| &m.users),
+            ));
+        }
+        let mut everyone: Vec<UserId> = audiences.iter().flatten().copied().collect();
+        everyone.sort_unstable();
+        everyone.dedup();
+        let live = self.presence.live_sockets(&everyone).await?;
+        let lives: Vec<LiveSockets> = audiences.iter().map(|a| only(&live, a)).collect();
+        let unread: Vec<Vec<UserId>> = events
+            .iter()
+            .zip(&lives)
+            .map(|(event, live)| recipients::unread_users(event, live))
+            .collect();
+        let wanted: Vec<(ChannelId, UserId)> = events
+            .iter()
+            .zip(&unread)
+            .filter_map(|(event, users)| match event {
+                Event::MessageStored { channel_id, .. } => Some((*channel_id, users)),
+                _ => None,
+            })
+            .flat_map(|(channel, users)| users.iter().map(move |u| (channel, *u)))
+            .collect();
+        let read = self.membership.last_read(&wanted).await?;
+        Ok(events
+            .iter()
+            .zip(&lives)
+            .zip(&unread)
+            .map(|((event, live), users)| {
+                let last_read: HashMap<UserId, Seq> = match event {
+                    Event::MessageStored { channel_id, .. } => users
+                        .iter()
+                        .filter_map(|u| read.get(&(*channel_id, *u)).map(|seq| (*u, *seq)))
+                        .collect(),
+                    _ => HashMap::new(),
+                };
+                recipients::deliveries(event, live, &last_read)
+            })
+            .collect())
+    }
+
+    /// Publishes one event's gateway batches (prepared by
+    /// [`Fanout::prepare`]), in gateway order.
+    ///
+    /// # Errors
+    /// When NATS refuses a publish; with [`Unroutable`] in the chain when
+    /// it always will (a batch larger than NATS accepts).
+    pub async fn publish(&self, event: &Event, batches: Vec<GatewayBatch>) -> anyhow::Result<()> {
         // The trace continues at the gateways; headers only when tracing is on.
         let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
         let kind = event.kind();
         let metrics = natter_platform::metrics::get();
-        for out in recipients::deliveries(event, &live, &last_read) {
+        for out in batches {
             metrics.deliveries.add(
                 sockets_in(&out.batch),
                 &natter_platform::metrics::attr("type", kind),
@@ -75,15 +134,23 @@ impl Fanout {
             let payload = serde_json::to_vec(&out.batch)
                 .context("encoding a delivery batch")?
                 .into();
-            match &trace {
+            let published = match &trace {
                 Some(headers) => {
                     self.nats
                         .publish_with_headers(subject, headers.clone(), payload)
                         .await
                 }
                 None => self.nats.publish(subject, payload).await,
+            };
+            if let Err(e) = published {
+                let permanent = matches!(
+                    e.kind(),
+                    PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject
+                );
+                let e =
+                    anyhow::Error::new(e).context(format!("publishing to gateway {}", out.gateway));
+                return Err(if permanent { e.context(Unroutable) } else { e });
             }
-            .with_context(|| format!("publishing to gateway {}", out.gateway))?;
         }
         if let Event::MessageStored { sent_at, .. } = event {
             let latency = (time::OffsetDateTime::now_utc() - *sent_at).as_seconds_f64();
@@ -98,6 +165,26 @@ impl Fanout {
             .await
             .context("broadcasting a membership change")
     }
+}
+
+/// In an error's chain: the event's deliveries can never be published,
+/// however often they are tried, so it is dead-lettered instead of holding
+/// its partition back forever.
+#[derive(Debug)]
+pub struct Unroutable;
+
+impl std::fmt::Display for Unroutable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the event cannot be delivered")
+    }
+}
+
+/// The live sockets of `audience` only.
+fn only(live: &LiveSockets, audience: &[UserId]) -> LiveSockets {
+    audience
+        .iter()
+        .filter_map(|u| live.get(u).map(|sockets| (*u, sockets.clone())))
+        .collect()
 }
 
 /// How many socket deliveries a batch makes (leave notices are not

@@ -1,43 +1,55 @@
 //! natter's push service: fans events out to the gateways.
 //!
-//! It consumes the events stream through a durable pull consumer shared by
-//! every push instance (and typing notices through a core NATS queue
-//! group, since they are not worth storing), works out who must hear of
-//! each event (channel members from Postgres, cached; live sockets from
-//! Redis presence) and publishes one delivery batch per gateway on that
-//! gateway's core NATS subject, then acknowledges the event. `/healthz` and `/readyz` are
-//! served on `NATTER_PUSH_ADDR`.
+//! The events stream is split into partitions (`NATTER_PARTITIONS`; a
+//! channel's events share one). Each partition is consumed by exactly one
+//! push instance at a time, in stream order, under a lease; the instances
+//! share the partitions fairly and take over a dead one's within seconds.
+//! For each event push works out who must hear of it (channel members from
+//! Postgres, cached; live sockets from Redis presence) and publishes one
+//! delivery batch per gateway on that gateway's core NATS subject. Typing
+//! notices come through a core NATS queue group instead, since they are not
+//! worth storing. `/healthz` and `/readyz` are served on
+//! `NATTER_PUSH_ADDR`.
 //!
-//! Reading order: [`Push`] wires it; [`consumer`] pulls, shards and
-//! settles events; `fanout` handles one event; [`recipients`] is the
-//! pure decision of who gets what; `membership` and
-//! `natter_platform::presence` are the lookups it needs.
+//! Reading order: [`Push`] wires it; [`leases`] decides which partitions
+//! this instance owns; [`consumer`] consumes one of them, with its
+//! position in `offsets` and its stalls reported through `progress`;
+//! `fanout` handles a batch of events; [`recipients`] is the pure decision
+//! of who gets what; `membership` and `natter_platform::presence` are the
+//! lookups it needs.
 
 pub mod consumer;
 mod fanout;
+pub mod leases;
 mod membership;
+mod offsets;
+mod progress;
 pub mod recipients;
 mod replay;
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::PullConsumer;
+use consumer::Consumers;
 use fanout::Fanout;
+use leases::Coordinator;
 use membership::Membership;
 use natter_platform::health::Dependencies;
 use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
+use offsets::Offsets;
+pub use progress::HELD_BACK;
+use progress::{Outage, Progress};
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A bound, ready-to-run push service.
 pub struct Push {
+    coordinator: Coordinator,
     fanout: Fanout,
-    js: async_nats::jetstream::Context,
-    consumer: PullConsumer,
     /// Typing notices (core NATS, queue group), subscribed while building
     /// so that none published after `build` returns is missed.
     typing: async_nats::Subscriber,
@@ -48,8 +60,8 @@ pub struct Push {
 
 impl Runnable for Push {
     /// Connects to Postgres, NATS and Redis, declares the streams and the
-    /// durable consumer, subscribes to typing notices, and binds the health
-    /// port.
+    /// leases and offsets buckets, subscribes to typing notices, and binds
+    /// the health port.
     ///
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
@@ -60,7 +72,17 @@ impl Runnable for Push {
         let redis = cache::connect(&config.redis_url).await?;
         let js = nats::jetstream(&client);
         nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
-        let consumer = consumer::ensure(&js, &ns).await?;
+        let ttl = Duration::from_secs(config.push_lease_secs);
+        // Lease requests must fail well within a renewal period, not after
+        // JetStream's default five seconds.
+        let mut lease_js = js.clone();
+        lease_js.set_timeout((ttl / 5).min(Duration::from_secs(1)));
+        let leases = leases::ensure_bucket(&lease_js, &ns, ttl).await?;
+        let offsets = offsets::ensure_bucket(&js, &ns).await?;
+        let stream = js
+            .get_stream(ns.events_stream())
+            .await
+            .with_context(|| format!("opening stream {}", ns.events_stream()))?;
         let typing = client
             .queue_subscribe(ns.typing_wildcard(), ns.push_typing_queue_group())
             .await
@@ -72,16 +94,31 @@ impl Runnable for Push {
         let listener = TcpListener::bind(config.push_addr)
             .await
             .with_context(|| format!("binding push health to {}", config.push_addr))?;
-        Ok(Self {
-            fanout: Fanout {
-                nats: client.clone(),
-                membership: Membership::new(pool.clone()),
-                presence: PresenceReader::new(redis.clone(), ns.clone())
-                    .caching_liveness(LIVENESS_CACHE),
-                ns,
-            },
+        let lifecycle = Lifecycle::new("push", config);
+        let fanout = Fanout {
+            nats: client.clone(),
+            membership: Membership::new(pool.clone()),
+            presence: PresenceReader::new(redis.clone(), ns.clone())
+                .caching_liveness(LIVENESS_CACHE),
+            ns: ns.clone(),
+        };
+        let consumers = Consumers {
+            stream,
             js,
-            consumer,
+            offsets: Offsets::new(offsets),
+            fanout: fanout.clone(),
+            progress: Progress::new(lifecycle.readiness()),
+            commits: Arc::new(Mutex::new(Outage::new("offset commits"))),
+        };
+        Ok(Self {
+            coordinator: Coordinator::new(
+                leases,
+                leases::instance_id(),
+                ns.partitions(),
+                ttl,
+                consumers,
+            ),
+            fanout,
             typing,
             listener,
             deps: Dependencies {
@@ -89,7 +126,7 @@ impl Runnable for Push {
                 nats: Some(client),
                 redis: Some(redis),
             },
-            lifecycle: Lifecycle::new("push", config),
+            lifecycle,
         })
     }
 
@@ -98,12 +135,14 @@ impl Runnable for Push {
         self.listener.local_addr()
     }
 
-    /// Fans events out until `shutdown`; then turns unready, stops pulling
-    /// and finishes in-flight events within the grace period (past it they
-    /// are left unacknowledged and JetStream redelivers them).
+    /// Fans events out until `shutdown`; then turns unready, stops every
+    /// partition's consumer after the batch in hand, commits and releases
+    /// the partitions within the grace period (past it, their leases
+    /// expire and the next owners repeat what was not committed).
     ///
     /// # Errors
-    /// When subscribing to membership invalidations fails.
+    /// When subscribing to membership invalidations fails, or a partition's
+    /// consumer panicked.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "push serving health");
         let invalidations = self
@@ -126,12 +165,7 @@ impl Runnable for Push {
             "typing follower",
             fanout::follow_typing(self.typing, self.fanout.clone(), lifecycle.intake()),
         );
-        let supervisor = lifecycle.supervisor();
-        let intake = lifecycle.intake();
-        let consuming = async move {
-            consumer::run(self.consumer, self.js, self.fanout, &supervisor, intake).await;
-            Ok(())
-        };
+        let consuming = self.coordinator.run(lifecycle.intake());
         lifecycle.run(shutdown, consuming).await
     }
 }

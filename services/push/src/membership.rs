@@ -5,13 +5,18 @@
 //! event says they changed (`ChannelCreated`, `MemberJoined`,
 //! `MemberLeft`). The instance that handles such an event drops its entry
 //! at once and broadcasts the channel id on core NATS so every other push
-//! instance drops its own. Core NATS may lose a broadcast, so entries also
-//! expire after [`MAX_AGE`] as a safety net.
+//! instance drops its own. A channel's events are handled in order by the
+//! owner of its partition, so the owner's own cache is always exact; an
+//! instance that takes a partition over drops every entry of it first,
+//! since broadcasts it missed may have left them stale. Typing notices use
+//! the cache on any instance: core NATS may lose a broadcast, so entries
+//! also expire after [`MAX_AGE`] as a safety net.
 //!
 //! Read positions (`last_read_seq`) are never cached: they move with every
 //! `read`, and only the few members who get an `unread` need theirs.
 
 use anyhow::Context;
+use natter_protocol::partition::{Partition, PartitionKey};
 use natter_protocol::{ChannelId, Seq, UserId};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -92,33 +97,46 @@ impl Membership {
         entries.remove(&channel);
     }
 
-    /// `last_read_seq` of those of `users` who are members of `channel`, in
-    /// one query.
+    /// Forgets the members of every channel in `partition` (of
+    /// `partitions`): this instance has just taken the partition, and
+    /// while another instance owned it, changes to its channels were
+    /// announced only by broadcasts this instance may have missed.
+    pub fn invalidate_partition(&self, partition: Partition, partitions: u16) {
+        let mut entries = self.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|channel, _| {
+            PartitionKey::Channel(*channel).partition(partitions) != partition
+        });
+    }
+
+    /// `last_read_seq` of each (channel, user) pair that is a membership,
+    /// in one query.
     ///
     /// # Errors
     /// When Postgres does not answer.
-    #[tracing::instrument(level = "debug", skip(self, users), fields(users = users.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(pairs = pairs.len()))]
     pub async fn last_read(
         &self,
-        channel: ChannelId,
-        users: &[UserId],
-    ) -> anyhow::Result<HashMap<UserId, Seq>> {
-        if users.is_empty() {
+        pairs: &[(ChannelId, UserId)],
+    ) -> anyhow::Result<HashMap<(ChannelId, UserId), Seq>> {
+        if pairs.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids: Vec<i64> = users.iter().map(|u| u.0).collect();
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT user_id, last_read_seq FROM channel_members \
-             WHERE channel_id = $1 AND user_id = ANY($2)",
+        let channels: Vec<i64> = pairs.iter().map(|(c, _)| c.0).collect();
+        let users: Vec<i64> = pairs.iter().map(|(_, u)| u.0).collect();
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT m.channel_id, m.user_id, m.last_read_seq FROM channel_members m \
+             JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(channel_id, user_id) \
+             USING (channel_id, user_id)",
         )
-        .bind(channel.0)
-        .bind(&ids)
+        .bind(&channels)
+        .bind(&users)
         .fetch_all(&self.pool)
         .await
         .context("reading last_read_seq")?;
         Ok(rows
             .into_iter()
-            .map(|(user, read)| (UserId(user), Seq(read)))
+            .map(|(channel, user, read)| ((ChannelId(channel), UserId(user)), Seq(read)))
             .collect())
     }
 

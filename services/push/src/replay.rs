@@ -2,8 +2,9 @@
 //! through the same fan-out as live events (an admin command,
 //! `natter-server replay`).
 //!
-//! A replay reads the events stream with an ordered consumer of its own, so
-//! the durable `push` consumer and its position are untouched. Only
+//! A replay reads the whole events stream — every partition, in stream
+//! order — with an ordered consumer of its own, so the push instances'
+//! partitions and their committed positions are untouched. Only
 //! `message_stored` events are re-delivered: clients drop a seq they have
 //! seen, so repeating a message is safe, whereas repeating an invitation or
 //! a `channel_joined` would show it to a person again. The replay stops at

@@ -10,7 +10,8 @@
 //!   seq order;
 //! - `msg_id`, a UUID v7: published as `Nats-Msg-Id`, so JetStream drops a
 //!   row published twice (a crash between publish and delete);
-//! - `subject`: the NATS subject, from the event's kind and namespace;
+//! - `subject`: the NATS subject, final: from the namespace, the event's
+//!   partition and its channel or user (`Namespace::event_subject`);
 //! - `payload`: the event's JSON;
 //! - `headers`: a JSON object of string values, published as NATS headers;
 //!   today the W3C `traceparent` of the request that caused the event, so
@@ -45,7 +46,7 @@ impl OutboxRow {
         traceparent: Option<String>,
     ) -> anyhow::Result<Self> {
         Ok(Self::new(
-            ns.event_subject(&event.subject_suffix()),
+            ns.event_subject(event),
             serde_json::to_vec(event).context("encoding an event")?,
             traceparent,
         ))
@@ -187,7 +188,10 @@ mod tests {
     fn an_event_row_goes_to_its_event_subject_with_the_event_as_payload() {
         let ns = Namespace::new("test");
         let row = OutboxRow::event(&ns, &joined(), None).expect("encoded");
-        assert_eq!(row.subject(), "test.evt.channel.4");
+        assert_eq!(row.subject(), "test.evt.p4.channel.4");
+        let three = ns.clone().with_partitions(3);
+        let row = OutboxRow::event(&three, &joined(), None).expect("encoded");
+        assert_eq!(row.subject(), "test.evt.p2.channel.4");
         assert_eq!(
             serde_json::from_slice::<Event>(&row.payload).expect("decodes"),
             joined()

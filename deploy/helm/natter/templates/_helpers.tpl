@@ -65,6 +65,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.connectionLimit | quote }}
 - name: NATTER_HEAD_LIMIT
   value: {{ .Values.headLimit | quote }}
+- name: NATTER_PARTITIONS
+  value: {{ .Values.partitions | quote }}
+- name: NATTER_PUSH_LEASE_SECS
+  value: {{ .Values.pushLeaseSecs | quote }}
 - name: NATTER_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: NATTER_AUTH_ADDR

@@ -3,6 +3,7 @@
 use crate::support::{Harness, WAIT, frames, message, origin, unreads};
 use natter_protocol::events::{Delivery, Event, Joiner, UnreadTarget};
 use natter_protocol::frames::LeaveReason;
+use natter_protocol::partition::PartitionKey;
 use natter_protocol::{Seq, SocketId};
 use serde_json::json;
 use std::time::Duration;
@@ -330,8 +331,13 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     h.online(bob, "gw-a", 2, Some(channel)).await;
     let mut a = h.tap("gw-a").await;
 
-    let suffix = format!("channel.{}", channel.0);
-    h.publish_raw(&suffix, b"{not an event".to_vec()).await;
+    let partition = PartitionKey::Channel(channel).partition(h.ns.partitions());
+    let suffix = format!("p{partition}.channel.{}", channel.0);
+    h.publish_to(
+        h.ns.partition_subject(partition, &format!("channel.{}", channel.0)),
+        b"{not an event".to_vec(),
+    )
+    .await;
     h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
         .await;
 
@@ -358,6 +364,51 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
         "the reason travels with it"
     );
     assert_eq!(dlq.get_info().await.expect("info").state.messages, 1);
+    h.app.stop().await;
+}
+
+/// A delivery batch larger than NATS accepts can never be published: the
+/// event is dead-lettered rather than holding its partition forever.
+#[tokio::test]
+async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    // Backslashes double in the event's JSON and double again in the
+    // batch, which carries the frame as a JSON string.
+    let Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        sent_at,
+        origin: from,
+        ..
+    } = message(channel, 1, alice, origin("gw-x", 1))
+    else {
+        unreachable!("a message")
+    };
+    h.publish(&Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        content: "\\".repeat(300_000),
+        sent_at,
+        origin: from,
+    })
+    .await;
+    h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
+        .await;
+
+    assert_eq!(frames(&a.next().await)[0].1["seq"], 2);
+    assert_eq!(h.dead_letters().await, 1);
     h.app.stop().await;
 }
 

@@ -5,4 +5,6 @@
 //! system through real sockets is in natter-server's tests.)
 
 mod direct;
+mod outages;
+mod partitions;
 mod support;

@@ -3,6 +3,8 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use natter_platform::Config;
+use natter_platform::lifecycle;
 use natter_platform::presence::{self, PresenceWriter};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
 use natter_protocol::rpc::SocketRef;
@@ -12,8 +14,13 @@ use natter_push::Push;
 use natter_testkit::TestService;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::process::{Child, Command};
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
 
 /// How long a delivery may take.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -30,7 +37,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn spawn() -> Self {
-        let app = TestService::<Push>::spawn().await;
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// push started after `tweak` adjusts the configuration.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let app = TestService::<Push>::spawn_with(tweak).await;
         let ns = app.config.namespace();
         let nats = async_nats::connect(&app.config.nats_url)
             .await
@@ -46,6 +58,13 @@ impl Harness {
             js,
             redis,
         }
+    }
+
+    /// A new Redis connection, after the test restarted Redis.
+    pub async fn reconnect_redis(&mut self) {
+        self.redis = natter_platform::cache::connect(&self.app.config.redis_url)
+            .await
+            .expect("Redis answers");
     }
 
     /// A user row, as auth would write it.
@@ -152,10 +171,11 @@ impl Harness {
             .expect("read presence")
     }
 
-    /// Publishes an event the way the outbox relay does.
-    pub async fn publish(&self, event: &Event) {
+    /// Publishes an event the way the outbox relay does; its stream
+    /// sequence.
+    pub async fn publish(&self, event: &Event) -> u64 {
         let payload = serde_json::to_vec(event).expect("encode event");
-        self.publish_raw(&event.subject_suffix(), payload).await;
+        self.publish_to(self.ns.event_subject(event), payload).await
     }
 
     /// Publishes a typing notice the way message does: core NATS, outside
@@ -172,16 +192,75 @@ impl Harness {
         self.nats.flush().await.expect("flush");
     }
 
-    pub async fn publish_raw(&self, suffix: &str, payload: Vec<u8>) {
+    /// Publishes `payload` to `subject` of the events stream; its stream
+    /// sequence.
+    pub async fn publish_to(&self, subject: String, payload: Vec<u8>) -> u64 {
         let msg = jetstream::message::PublishMessage::build()
             .message_id(uuid::Uuid::new_v4().to_string())
             .payload(payload.into());
         self.js
-            .send_publish(self.ns.event_subject(suffix), msg)
+            .send_publish(subject, msg)
             .await
             .expect("publish")
             .await
-            .expect("stored");
+            .expect("stored")
+            .sequence
+    }
+
+    /// Each partition's lease holder, as the leases bucket says now.
+    pub async fn owners(&self) -> BTreeMap<u16, String> {
+        let leases = self
+            .js
+            .get_key_value(self.ns.push_leases_bucket())
+            .await
+            .expect("the leases bucket");
+        let mut owners = BTreeMap::new();
+        for partition in 0..self.ns.partitions() {
+            if let Ok(Some(holder)) = leases.get(format!("partition.{partition}")).await {
+                owners.insert(partition, String::from_utf8_lossy(&holder).into_owned());
+            }
+        }
+        owners
+    }
+
+    /// How many partitions each instance holds, largest first, once every
+    /// partition has a holder.
+    pub async fn shares(&self) -> Option<Vec<usize>> {
+        let owners = self.owners().await;
+        if owners.len() < usize::from(self.ns.partitions()) {
+            return None;
+        }
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for holder in owners.into_values() {
+            *counts.entry(holder).or_default() += 1;
+        }
+        let mut shares: Vec<usize> = counts.into_values().collect();
+        shares.sort_unstable_by(|a, b| b.cmp(a));
+        Some(shares)
+    }
+
+    /// Writes a partition's committed position, as its owner would.
+    pub async fn commit_offset(&self, partition: u16, sequence: u64) {
+        self.js
+            .get_key_value(self.ns.push_offsets_bucket())
+            .await
+            .expect("the offsets bucket")
+            .put(
+                format!("partition.{partition}"),
+                sequence.to_string().into(),
+            )
+            .await
+            .expect("commit");
+    }
+
+    /// Events in the dead-letter stream.
+    pub async fn dead_letters(&self) -> u64 {
+        let mut dlq = self
+            .js
+            .get_stream(self.ns.dlq_stream())
+            .await
+            .expect("the DLQ stream");
+        dlq.info().await.expect("info").state.messages
     }
 
     /// Listens as gateway `id` would.
@@ -262,5 +341,143 @@ pub fn message(channel: ChannelId, seq: i64, writer: UserId, from: SocketRef) ->
         content: format!("message {seq}"),
         sent_at: OffsetDateTime::now_utc(),
         origin: from,
+    }
+}
+
+/// Polls `check` until it holds; panics naming `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What push at `addr` answers on `/readyz`: the status and what fails.
+pub async fn readyz(addr: SocketAddr) -> (u16, Vec<String>) {
+    let response = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .expect("/readyz answers");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON body");
+    let failing = body["failing"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, failing)
+}
+
+/// One more push instance, on a runtime of its own so that it can be
+/// killed: dropping the runtime drops every task mid-flight, as SIGKILL
+/// would — nothing is committed or released, and its leases must expire.
+pub struct Instance {
+    runtime: Option<Runtime>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Instance {
+    pub async fn start(config: &Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let stop = CancellationToken::new();
+        let (config, token) = (config.clone(), stop.clone());
+        let started = runtime
+            .spawn(async move { lifecycle::start::<Push>(&config, token).await })
+            .await
+            .expect("joined")
+            .expect("push starts");
+        Self {
+            runtime: Some(runtime),
+            stop,
+            task: Some(started.task),
+        }
+    }
+
+    /// Stops it gracefully: it commits and releases its partitions.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("joined").expect("stopped cleanly");
+        }
+    }
+
+    /// Drops it without a goodbye.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A Redis server of the test's own, on a free port, that the test may
+/// kill and start again (on the same port, empty, as after a crash).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("the private Redis answers", WAIT, || async {
+            match redis::Client::open(url.as_str()) {
+                Ok(client) => client.get_multiplexed_async_connection().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server killed");
+        }
     }
 }

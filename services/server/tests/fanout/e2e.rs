@@ -2,7 +2,9 @@
 //! gateway, go through message, the outbox relay, JetStream and push, and
 //! come out of two gateways.
 
+use natter_protocol::ChannelId;
 use natter_protocol::http::paths;
+use natter_protocol::partition::PartitionKey;
 use natter_server::Service;
 use natter_server::testing::{TestApp, WsClient, start_part, ws};
 use serde_json::{Value, json};
@@ -248,8 +250,13 @@ async fn messages_written_while_push_is_down_are_delivered_after_it_returns() {
     app.stop().await;
 }
 
-/// Publishes `payload` to the events stream as the outbox relay would.
-async fn publish_raw(app: &TestApp, suffix: &str, payload: Vec<u8>) {
+/// Publishes `payload` to `channel`'s subject of the events stream, in
+/// its partition, as the outbox relay would.
+async fn publish_raw(app: &TestApp, channel: &Value, payload: Vec<u8>) {
+    let ns = app.config.namespace();
+    let channel = ChannelId(channel.as_i64().expect("a channel id"));
+    let partition = PartitionKey::Channel(channel).partition(ns.partitions());
+    let subject = ns.partition_subject(partition, &format!("channel.{channel}"));
     let nats = async_nats::connect(&app.config.nats_url)
         .await
         .expect("nats");
@@ -257,7 +264,7 @@ async fn publish_raw(app: &TestApp, suffix: &str, payload: Vec<u8>) {
         .message_id(uuid::Uuid::new_v4().to_string())
         .payload(payload.into());
     async_nats::jetstream::new(nats)
-        .send_publish(app.config.namespace().event_subject(suffix), msg)
+        .send_publish(subject, msg)
         .await
         .expect("publish")
         .await
@@ -268,8 +275,7 @@ async fn publish_raw(app: &TestApp, suffix: &str, payload: Vec<u8>) {
 async fn a_poison_event_does_not_hold_back_the_channel() {
     let app = TestApp::spawn().await;
     let (channel, mut alice, mut bob) = pair(&app).await;
-    let suffix = format!("channel.{channel}");
-    publish_raw(&app, &suffix, b"\x00garbage".to_vec()).await;
+    publish_raw(&app, &channel, b"\x00garbage".to_vec()).await;
     write(&mut alice, &channel, "after").await;
     assert_eq!(seqs(&mut bob, 1).await, vec![1]);
     let nats = async_nats::connect(&app.config.nats_url)
