@@ -67,9 +67,21 @@ pub(crate) fn close_session(registry: &Registry, session: SessionId) {
     }
 }
 
+/// How long catching up may wait for the next revocation before it asks
+/// the stream whether the rest has aged out meanwhile.
+const CATCH_UP_POLL: Duration = Duration::from_secs(1);
+/// How long catching up may take in all before the gateway gives up.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
 /// Reads the sessions stream: first up to its current end (returns once
 /// caught up, so no revoked token is accepted after start), then follows
 /// it in the background until `shutdown`.
+///
+/// "Its current end" is the last sequence the stream holds when the
+/// gateway starts. JetStream keeps that number after the messages age
+/// out, so the gateway also counts itself caught up once the stream holds
+/// nothing up to it any more: after a quiet hour there is nothing to wait
+/// for.
 pub(crate) async fn follow(
     js: async_nats::jetstream::Context,
     ns: &Namespace,
@@ -81,12 +93,6 @@ pub(crate) async fn follow(
         .get_stream(ns.sessions_stream())
         .await
         .context("sessions stream")?;
-    let last = stream
-        .info()
-        .await
-        .context("sessions stream info")?
-        .state
-        .last_sequence;
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
@@ -102,16 +108,45 @@ pub(crate) async fn follow(
         }
         Err(e) => tracing::warn!(error = %e, "undecodable session revocation"),
     };
+    let state = stream
+        .info()
+        .await
+        .context("sessions stream info")?
+        .state
+        .clone();
+    let last = if state.messages == 0 {
+        0
+    } else {
+        state.last_sequence
+    };
+    let started = tokio::time::Instant::now();
     let mut seen = 0;
     while seen < last {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("catching up with revoked sessions timed out"))?;
-        let Some(Ok(msg)) = next else {
-            anyhow::bail!("revoked sessions stream ended while catching up");
-        };
-        seen = msg.info().map_or(seen, |i| i.stream_sequence);
-        apply(&msg.payload);
+        match tokio::time::timeout(CATCH_UP_POLL, messages.next()).await {
+            Ok(Some(Ok(msg))) => {
+                seen = msg.info().map_or(seen, |i| i.stream_sequence);
+                apply(&msg.payload);
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "sessions consumer error while catching up");
+            }
+            Ok(None) => anyhow::bail!("revoked sessions stream ended while catching up"),
+            Err(_) => {
+                let now = stream
+                    .info()
+                    .await
+                    .context("sessions stream info")?
+                    .state
+                    .clone();
+                if now.messages == 0 || now.first_sequence > last {
+                    break;
+                }
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < CATCH_UP_LIMIT,
+            "catching up with revoked sessions timed out at sequence {seen} of {last}"
+        );
     }
     Ok(tokio::spawn(async move {
         loop {

@@ -78,7 +78,7 @@ async fn a_silent_socket_is_closed_with_1001() {
         c.ws_idle_secs = 1;
     })
     .await;
-    let token = token(&app, "alice");
+    let token = token(&app, "alice").await;
     // A raw client that never answers pings: tungstenite answers them only
     // while it is read, so not reading keeps it silent.
     let mut ws = connect(&app, &token).await;
