@@ -74,7 +74,7 @@ impl Runnable for Message {
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = db::connect(&config.database_url, config.database_pool).await?;
+        let pool = db::connect(config).await?;
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
         let redis = cache::connect(&config.redis_url).await?;

@@ -55,7 +55,7 @@ impl Runnable for Push {
     /// When a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let ns = config.namespace();
-        let pool = db::connect(&config.database_url, config.database_pool).await?;
+        let pool = db::connect(config).await?;
         let client = nats::connect(&config.nats_url, "natter-push").await?;
         let redis = cache::connect(&config.redis_url).await?;
         let js = nats::jetstream(&client);

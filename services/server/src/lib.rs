@@ -180,7 +180,8 @@ pub async fn all(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
 /// When Postgres refuses.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     db::ensure_database(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, 2).await?;
+    let settings = config.database_session().for_migrations();
+    let pool = db::connect_with(&config.database_url, 2, &settings).await?;
     db::migrate(&pool).await?;
     pool.close().await;
     tracing::info!("database is migrated");

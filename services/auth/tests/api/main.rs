@@ -5,3 +5,4 @@ mod errors;
 mod login;
 mod register;
 mod sessions;
+mod timeouts;
