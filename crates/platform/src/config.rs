@@ -220,17 +220,6 @@ impl Config {
         }
     }
 
-    /// The NATS servers of `NATTER_NATS_URL`, a URL or a comma-separated
-    /// list of them.
-    #[must_use]
-    pub fn nats_servers(&self) -> Vec<&str> {
-        self.nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
-    }
-
     /// The gateway id: configured, or hostname + random suffix, always
     /// sanitized to `[A-Za-z0-9_-]` (it becomes a NATS subject token).
     #[must_use]
@@ -414,14 +403,6 @@ mod tests {
         for bad in ["", "GiB", "1gb", "1.5GiB", "99999999999TiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_nats_url_may_list_several_servers() {
-        let c = parse(&["--nats-url", "nats://a:4222, nats://b:4222,"]).expect("parse");
-        assert_eq!(c.nats_servers(), ["nats://a:4222", "nats://b:4222"]);
-        let c = parse(&[]).expect("parse");
-        assert_eq!(c.nats_servers(), ["nats://127.0.0.1:4222"]);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub fn test_config(database_url: &str) -> Config {
     // Tests run in parallel against one Postgres (100 connections by
     // default): small pools keep a full run under that.
     config.database_pool = 5;
+    // JetStream reserves a stream's byte bound from the server's storage up
+    // front: a small one lets many parallel tests share one server.
+    config.events_max_bytes = 64 << 20;
     config
 }
 
@@ -138,7 +141,7 @@ fn cleanup_namespace(config: &Config) {
     let nats_url = config.nats_url.clone();
     let redis_url = config.redis_url.clone();
     block_on_cleanup(async move {
-        if let Ok(client) = async_nats::connect(&nats_url).await {
+        if let Ok(client) = natter_platform::nats::connect(&nats_url, "natter-test-cleanup").await {
             let js = async_nats::jetstream::new(client);
             for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
                 let _ = js.delete_stream(stream).await;

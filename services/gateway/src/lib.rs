@@ -110,7 +110,7 @@ impl Runnable for Gateway {
         let js = nats::jetstream(&nats);
         let ns = config.namespace();
         let ttl = Duration::from_secs(config.token_ttl_secs);
-        nats::ensure_streams(&js, &ns, ttl).await?;
+        nats::ensure_streams(&js, config).await?;
         let redis = cache::connect(&config.redis_url).await?;
         let gateway_id = config.gateway_id();
         let listener = TcpListener::bind(config.gateway_addr)

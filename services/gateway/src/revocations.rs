@@ -30,7 +30,7 @@ impl Revoked {
         Self {
             until: Mutex::new(HashMap::new()),
             // A token issued just before the revocation lives this long.
-            ttl: token_ttl + Duration::from_secs(60),
+            ttl: token_ttl + natter_platform::nats::REVOCATION_MARGIN,
         }
     }
 

@@ -25,7 +25,6 @@ use natter_platform::outbox;
 use natter_platform::presence::PresenceReader;
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +78,7 @@ impl Runnable for Message {
         let js = nats::jetstream(&client);
         let redis = cache::connect(&config.redis_url).await?;
         let ns = config.namespace();
-        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        nats::ensure_streams(&js, config).await?;
         let health_listener = TcpListener::bind(config.message_addr)
             .await
             .with_context(|| format!("binding message health to {}", config.message_addr))?;

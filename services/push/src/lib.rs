@@ -29,7 +29,6 @@ use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
 use natter_platform::{Config, cache, db, nats};
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +58,7 @@ impl Runnable for Push {
         let client = nats::connect(&config.nats_url, "natter-push").await?;
         let redis = cache::connect(&config.redis_url).await?;
         let js = nats::jetstream(&client);
-        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        nats::ensure_streams(&js, config).await?;
         let consumer = consumer::ensure(&js, &ns).await?;
         let typing = client
             .queue_subscribe(ns.typing_wildcard(), ns.push_typing_queue_group())
