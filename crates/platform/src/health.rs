@@ -1,5 +1,6 @@
-//! `/healthz` (alive) and `/readyz` (dependencies answer, no background
-//! task died, not draining), served by every service on its own port.
+//! `/healthz` (alive) and `/readyz` (dependencies answer, no condition
+//! fails, no background task died, not draining), served by every service
+//! on its own port.
 
 use crate::lifecycle::Readiness;
 use axum::extract::State;
@@ -66,8 +67,8 @@ struct HealthState {
 
 /// The two endpoints. `/readyz` answers 503 `draining` once shutdown has
 /// begun, so load balancers move on, and 503 `unavailable` naming what
-/// fails: a dependency that does not answer or a background task that
-/// died.
+/// fails: a dependency that does not answer, a condition that fails or a
+/// background task that died.
 pub fn router(deps: Dependencies, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -83,6 +84,7 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
         );
     }
     let mut failing = state.deps.failing().await;
+    failing.extend(state.readiness.failing_conditions());
     failing.extend(state.readiness.dead_tasks());
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))

@@ -15,6 +15,12 @@
 //! is logged once and named on `/readyz`, which answers 503 from that
 //! moment on; the service also exits with an error when it stops. A dead
 //! task is noticed when it dies, not only at shutdown.
+//!
+//! A task that lives on but cannot do its work for now (the relay that
+//! cannot publish, the gateway that cannot write presence) reports it
+//! through a [`Condition`]: `/readyz` names it while it fails and is ready
+//! again once it recovers, and the log says so once per change, not once
+//! per failed attempt.
 
 use crate::Config;
 use crate::health::{self, Dependencies};
@@ -80,6 +86,7 @@ pub struct Readiness(Arc<ReadinessState>);
 struct ReadinessState {
     draining: AtomicBool,
     dead: Mutex<Vec<&'static str>>,
+    failing: Mutex<Vec<&'static str>>,
 }
 
 impl Readiness {
@@ -99,8 +106,43 @@ impl Readiness {
             .clone()
     }
 
+    /// The conditions failing now, in the order they began to.
+    #[must_use]
+    pub fn failing_conditions(&self) -> Vec<&'static str> {
+        self.0
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A condition named `name` that decides readiness beside the others.
+    #[must_use]
+    pub fn condition(&self, name: &'static str) -> Condition {
+        Condition {
+            name,
+            readiness: self.clone(),
+        }
+    }
+
     fn drain(&self) {
         self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets whether `name` fails; whether that changed anything.
+    fn set_failing(&self, name: &'static str, failing: bool) -> bool {
+        let mut list = self
+            .0
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let present = list.contains(&name);
+        if failing && !present {
+            list.push(name);
+        } else if !failing && present {
+            list.retain(|n| *n != name);
+        }
+        failing != present
     }
 
     fn mark_dead(&self, task: &'static str) {
@@ -108,6 +150,48 @@ impl Readiness {
         if !dead.contains(&task) {
             dead.push(task);
         }
+    }
+}
+
+/// Something a service needs to do its job, reported by the code that
+/// does it: while it fails, `/readyz` answers 503 naming it. Cheap to
+/// clone; clones report the same condition.
+#[derive(Clone)]
+pub struct Condition {
+    name: &'static str,
+    readiness: Readiness,
+}
+
+impl Condition {
+    /// It fails now, because of `error`: logged when it begins to, at
+    /// debug level while it goes on.
+    pub fn failing(&self, error: &anyhow::Error) {
+        if self.readiness.set_failing(self.name, true) {
+            tracing::warn!(
+                condition = self.name,
+                error = format!("{error:#}"),
+                "not ready"
+            );
+        } else {
+            tracing::debug!(
+                condition = self.name,
+                error = format!("{error:#}"),
+                "still failing"
+            );
+        }
+    }
+
+    /// It works (again): logged when it recovers.
+    pub fn ok(&self) {
+        if self.readiness.set_failing(self.name, false) {
+            tracing::info!(condition = self.name, "ready again");
+        }
+    }
+
+    /// Whether it fails now.
+    #[must_use]
+    pub fn is_failing(&self) -> bool {
+        self.readiness.failing_conditions().contains(&self.name)
     }
 }
 
@@ -429,6 +513,26 @@ mod tests {
             body,
             json!({"status": "unavailable", "failing": ["outbox relay"]})
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_condition_turns_readyz_down_until_it_recovers() {
+        let readiness = Readiness::default();
+        let relay = readiness.condition("outbox relay");
+        relay.ok();
+        assert_eq!(readyz(&readiness).await.0, StatusCode::OK);
+        relay.failing(&anyhow::anyhow!("NATS does not answer"));
+        relay.failing(&anyhow::anyhow!("NATS does not answer"));
+        assert!(relay.is_failing());
+        let (status, body) = readyz(&readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({"status": "unavailable", "failing": ["outbox relay"]})
+        );
+        relay.ok();
+        assert!(!relay.is_failing());
+        assert_eq!(readyz(&readiness).await.0, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! Postgres, NATS and Redis and leave nothing behind; a service starts
 //! in-process on port 0 ([`Running`]), alone in its sandbox
 //! ([`TestService`]); [`AuthClient`] and [`ws`] talk to it as clients do.
+//! A test that must kill a dependency starts one of its own ([`private`]).
 //!
 //! It depends on `natter-protocol` and `natter-platform` only, so a
 //! service's own tests use it without linking another service. Starting
@@ -14,6 +15,7 @@
 mod database;
 mod http;
 mod logs;
+pub mod private;
 mod running;
 mod service;
 pub mod ws;

@@ -128,6 +128,7 @@ impl Runnable for Message {
             outbox::relay::run(
                 self.state.pool.clone(),
                 self.js.clone(),
+                lifecycle.readiness().condition("outbox relay"),
                 lifecycle.background(),
             ),
         );

@@ -6,3 +6,4 @@
 mod auth;
 mod gateway;
 mod readiness;
+mod relay;
