@@ -107,6 +107,18 @@ impl Namespace {
         format!("{}.dlq.{suffix}", self.0)
     }
 
+    /// The event subject a dead-lettered event came from (the inverse of
+    /// [`Self::dlq_subject`] over [`Self::event_subject`]): where a
+    /// redrive publishes it again. `None` for a subject outside this
+    /// namespace's dead-letter stream.
+    #[must_use]
+    pub fn event_subject_of_dead_letter(&self, dlq_subject: &str) -> Option<String> {
+        dlq_subject
+            .strip_prefix(&self.dlq_subject(""))
+            .filter(|suffix| !suffix.is_empty())
+            .map(|suffix| self.event_subject(suffix))
+    }
+
     /// Every subject of the dead-letter stream.
     #[must_use]
     pub fn dlq_wildcard(&self) -> String {
@@ -168,5 +180,17 @@ mod tests {
         assert_eq!(ns.typing_subject(ChannelId(7)), "test_1_x.eph.typing.7");
         assert_eq!(ns.typing_wildcard(), "test_1_x.eph.typing.>");
         assert!(!ns.typing_wildcard().starts_with(&ns.event_subject("")));
+    }
+
+    #[test]
+    fn a_dead_letter_goes_back_to_the_subject_it_came_from() {
+        let ns = Namespace::new("n");
+        let dlq = ns.dlq_subject("channel.7");
+        assert_eq!(
+            ns.event_subject_of_dead_letter(&dlq).as_deref(),
+            Some("n.evt.channel.7")
+        );
+        assert_eq!(ns.event_subject_of_dead_letter("n.dlq."), None);
+        assert_eq!(ns.event_subject_of_dead_letter("m.dlq.channel.7"), None);
     }
 }

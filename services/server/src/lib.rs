@@ -6,8 +6,10 @@
 //!
 //! `main.rs` only parses the command line, starts telemetry and calls
 //! here; the in-process test harness (`testing`, behind the `testing`
-//! feature) starts services through the same list and order.
+//! feature) starts services through the same list and order. The
+//! operator's `dlq` command lives here too ([`dlq`]).
 
+pub mod dlq;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -4,6 +4,7 @@
 //! every service answers alike.
 
 mod auth;
+mod dlq;
 mod gateway;
 mod readiness;
 mod relay;
