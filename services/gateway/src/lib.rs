@@ -1,7 +1,8 @@
 //! natter's WebSocket gateway (docs/protocol.md §2).
 //!
-//! It authenticates the upgrade itself (shared token key + a cache of
-//! revoked sessions), holds the sockets, forwards each request to the
+//! It authenticates the upgrade itself (shared token key, the revoked
+//! sessions it follows, and the session's row in Postgres), holds the
+//! sockets, forwards each request to the
 //! message service over NATS, records presence in Redis, and writes what
 //! push delivers on its own subject `<ns>.gw.<gateway-id>`.
 //!
@@ -25,7 +26,7 @@ use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, cache, http_error, nats};
+use natter_platform::{Config, cache, db, http_error, nats};
 use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub registry: Arc<registry::Registry>,
     /// Sessions known to be revoked.
     pub revoked: Arc<revocations::Revoked>,
+    /// Sessions as Postgres has them, checked at upgrade.
+    pub sessions: revocations::Sessions,
     /// Presence writes.
     pub presence: PresenceWriter,
     /// Limits and timings.
@@ -94,7 +97,7 @@ impl Gateway {
 }
 
 impl Runnable for Gateway {
-    /// Connects to NATS and Redis and binds `config.gateway_addr`.
+    /// Connects to NATS, Redis and Postgres and binds `config.gateway_addr`.
     ///
     /// # Errors
     /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
@@ -112,6 +115,7 @@ impl Runnable for Gateway {
         let ttl = Duration::from_secs(config.token_ttl_secs);
         nats::ensure_streams(&js, config).await?;
         let redis = cache::connect(&config.redis_url).await?;
+        let pool = db::connect(config).await?;
         let gateway_id = config.gateway_id();
         let listener = TcpListener::bind(config.gateway_addr)
             .await
@@ -124,6 +128,7 @@ impl Runnable for Gateway {
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
+            sessions: revocations::Sessions::new(pool),
             settings: Settings {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
                 idle: Duration::from_secs(config.ws_idle_secs.max(1)),

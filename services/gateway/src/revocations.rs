@@ -2,7 +2,16 @@
 //! every logout and unregister. Auth and message announce them through the
 //! outbox into the sessions stream, kept as long as a token lives; the
 //! gateway reads it from the start with an ordered consumer, so one that
-//! starts late still knows every revocation younger than a token.
+//! starts late still knows every revocation younger than a token, and it
+//! closes the sockets of a session when its revocation arrives.
+//!
+//! The stream lags the commit by as long as the relay takes (seconds when
+//! a relay dies, longer in an outage), so an upgrade also asks Postgres,
+//! where the revocation is authoritative the moment it commits
+//! ([`Sessions::is_live`]: one primary-key lookup). If Postgres does not
+//! answer, the upgrade goes on with what the stream says: a Postgres
+//! outage must not lock every user out, and the stream then holds every
+//! revocation but those committed in the moments before it.
 
 use crate::registry::{CloseRequest, Registry};
 use anyhow::Context;
@@ -11,8 +20,9 @@ use futures::StreamExt;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{SessionId, close};
+use natter_protocol::{SessionId, UserId, close};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +60,59 @@ impl Revoked {
             map.retain(|_, until| *until > now);
         }
         map.insert(session, now + self.ttl);
+    }
+}
+
+/// How long an upgrade waits for Postgres before it trusts the stream alone.
+const SESSION_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The session check of an upgrade, in Postgres.
+pub(crate) struct Sessions {
+    pool: sqlx::PgPool,
+    /// Postgres did not answer the last check: logged once, not per
+    /// upgrade.
+    unchecked: AtomicBool,
+}
+
+impl Sessions {
+    pub(crate) fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            pool,
+            unchecked: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `session` of `user` may open a socket: its row exists and is
+    /// not revoked. `true` when Postgres does not answer in time (see the
+    /// module's doc).
+    pub(crate) async fn is_live(&self, session: SessionId, user: UserId) -> bool {
+        let check = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM sessions \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+        )
+        .bind(session.0)
+        .bind(user.0)
+        .fetch_one(&self.pool);
+        match tokio::time::timeout(SESSION_CHECK_TIMEOUT, check).await {
+            Ok(Ok(live)) => {
+                if self.unchecked.swap(false, Ordering::Relaxed) {
+                    tracing::info!("checking sessions in Postgres again");
+                }
+                live
+            }
+            Ok(Err(e)) => self.unchecked(&e),
+            Err(elapsed) => self.unchecked(&elapsed),
+        }
+    }
+
+    fn unchecked(&self, error: &dyn std::fmt::Display) -> bool {
+        if !self.unchecked.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %error,
+                "cannot check sessions in Postgres; upgrades rely on the revocation stream"
+            );
+        }
+        true
     }
 }
 
