@@ -12,6 +12,8 @@ use natter_push::Push;
 use natter_testkit::TestService;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -26,6 +28,9 @@ pub struct Harness {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub redis: ConnectionManager,
+    /// One presence writer per gateway acted as: its entries count only
+    /// for the incarnation that marked it alive.
+    gateways: Mutex<HashMap<String, PresenceWriter>>,
 }
 
 impl Harness {
@@ -45,6 +50,7 @@ impl Harness {
             nats,
             js,
             redis,
+            gateways: Mutex::default(),
         }
     }
 
@@ -112,19 +118,21 @@ impl Harness {
 
     /// Presence writes as `gateway` makes them.
     fn gateway(&self, gateway: &str) -> PresenceWriter {
-        PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+        self.gateways
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(gateway.to_owned())
+            .or_insert_with(|| {
+                PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+            })
+            .clone()
     }
 
     /// Marks a gateway alive, as its heartbeat would, for longer than any
     /// test runs (there is no heartbeat here to refresh it).
     pub async fn gateway_alive(&self, gateway: &str) {
-        let mut conn = self.redis.clone();
-        let () = redis::cmd("SET")
-            .arg(presence::gateway_key(&self.ns, gateway))
-            .arg("1")
-            .arg("EX")
-            .arg(60)
-            .query_async(&mut conn)
+        self.gateway(gateway)
+            .register()
             .await
             .expect("set liveness");
     }
