@@ -154,8 +154,9 @@ impl Readiness {
 }
 
 /// Something a service needs to do its job, reported by the code that
-/// does it: while it fails, `/readyz` answers 503 naming it. Cheap to
-/// clone; clones report the same condition.
+/// does it: while it fails, `/readyz` answers 503 naming it (unless it is
+/// [`Condition::detached`]). Each change is logged once, not each failed
+/// attempt. Cheap to clone; clones report the same condition.
 #[derive(Clone)]
 pub struct Condition {
     name: &'static str,
@@ -163,6 +164,14 @@ pub struct Condition {
 }
 
 impl Condition {
+    /// A condition that only logs its changes and decides no readiness:
+    /// for what a service can work without (the gateway while message does
+    /// not answer still holds its sockets).
+    #[must_use]
+    pub fn detached(name: &'static str) -> Self {
+        Readiness::default().condition(name)
+    }
+
     /// It fails now, because of `error`: logged when it begins to, at
     /// debug level while it goes on.
     pub fn failing(&self, error: &anyhow::Error) {
@@ -170,7 +179,7 @@ impl Condition {
             tracing::warn!(
                 condition = self.name,
                 error = format!("{error:#}"),
-                "not ready"
+                "failing"
             );
         } else {
             tracing::debug!(
@@ -184,7 +193,7 @@ impl Condition {
     /// It works (again): logged when it recovers.
     pub fn ok(&self) {
         if self.readiness.set_failing(self.name, false) {
-            tracing::info!(condition = self.name, "ready again");
+            tracing::info!(condition = self.name, "recovered");
         }
     }
 

@@ -21,11 +21,17 @@
 //! own into the liveness key before it serves, which at once clears its
 //! predecessor's sockets from presence, however many users they belonged
 //! to. (An entry without an incarnation, from a gateway older than this
-//! rule, counts while its gateway's key exists.) Nothing here is the only copy of anything: if Redis loses it
-//! (flush, failover), the heartbeat finds its liveness key missing and
-//! registers every local socket again. A write that fails in a Redis blip
-//! is repaired by the next heartbeat the same way.
+//! rule, counts while its gateway's key exists.)
+//!
+//! Nothing here is the only copy of anything: if Redis loses it (flush,
+//! failover), the heartbeat finds its liveness key missing and registers
+//! every local socket again. A write that fails in a Redis blip is
+//! repaired by the next heartbeat the same way; until then the writer
+//! reports its `presence` condition failing (see
+//! [`PresenceWriter::reporting_to`]), logged once when it begins and once
+//! when it ends, not once per socket.
 
+use crate::lifecycle::Condition;
 use anyhow::Context;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, SocketId, UserId};
@@ -137,6 +143,8 @@ pub struct PresenceWriter {
     dirty: Arc<AtomicBool>,
     /// Removals that failed, retried on the next heartbeat.
     stale: Arc<Mutex<Vec<(UserId, SocketId)>>>,
+    /// Failing while presence is not as the gateway holds it.
+    health: Condition,
 }
 
 impl PresenceWriter {
@@ -150,7 +158,16 @@ impl PresenceWriter {
             incarnation: crate::random::token(6),
             dirty: Arc::default(),
             stale: Arc::default(),
+            health: Condition::detached("presence"),
         }
+    }
+
+    /// Reports failed writes through `health` (the gateway's `/readyz`)
+    /// until the heartbeat has repaired them.
+    #[must_use]
+    pub fn reporting_to(mut self, health: Condition) -> Self {
+        self.health = health;
+        self
     }
 
     /// Records a socket and what it has entered. A failure is logged and
@@ -165,7 +182,10 @@ impl PresenceWriter {
             .await;
         if let Err(e) = result {
             self.dirty.store(true, Ordering::Relaxed);
-            tracing::warn!(error = %e, "presence update failed; the heartbeat will repair it");
+            self.health.failing(
+                &anyhow::Error::new(e)
+                    .context("presence update failed; the heartbeat will repair it"),
+            );
         }
     }
 
@@ -176,7 +196,10 @@ impl PresenceWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((user, socket));
-            tracing::warn!(error = %e, "presence removal failed; the heartbeat will retry it");
+            self.health.failing(
+                &anyhow::Error::new(e)
+                    .context("presence removal failed; the heartbeat will retry it"),
+            );
         }
     }
 
@@ -234,24 +257,30 @@ impl PresenceWriter {
         }
     }
 
-    /// Repairs what failed since the last heartbeat.
-    async fn repair(&self, local: &impl LocalSockets, lost: bool) {
+    /// One heartbeat: refreshes the liveness key and repairs what failed
+    /// since the last one.
+    async fn heartbeat(&self, local: &impl LocalSockets) -> anyhow::Result<()> {
+        let lost = self.beat().await.context("presence heartbeat failed")?;
         if lost || self.dirty.swap(false, Ordering::Relaxed) {
             if lost {
                 tracing::warn!("gateway liveness key was lost; re-registering sockets");
             }
             if let Err(e) = self.register_all(local).await {
                 self.dirty.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %e, "re-registering presence failed");
+                return Err(e).context("re-registering presence failed");
             }
         }
         let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(PoisonError::into_inner));
-        if !stale.is_empty() && self.remove_all(&stale).await.is_err() {
+        if !stale.is_empty()
+            && let Err(e) = self.remove_all(&stale).await
+        {
             self.stale
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(stale);
+            return Err(e).context("removing stale presence failed");
         }
+        Ok(())
     }
 
     /// Marks the gateway alive now as this incarnation, once: what the
@@ -285,9 +314,9 @@ impl PresenceWriter {
                     _ = tick.tick() => {}
                     () = shutdown.cancelled() => break,
                 }
-                match self.beat().await {
-                    Ok(lost) => self.repair(local.as_ref(), lost).await,
-                    Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+                match self.heartbeat(local.as_ref()).await {
+                    Ok(()) => self.health.ok(),
+                    Err(e) => self.health.failing(&e),
                 }
             }
         }))

@@ -36,7 +36,8 @@ pub enum AuthError {
 impl From<sqlx::Error> for AuthError {
     fn from(e: sqlx::Error) -> Self {
         if natter_platform::db::is_unavailable(&e) {
-            tracing::warn!(error = %e, "Postgres did not answer in time");
+            // Per request: /readyz and its log say so once.
+            tracing::debug!(error = %e, "Postgres did not answer in time");
             Self::Unavailable
         } else {
             Self::Internal(e.into())

@@ -23,7 +23,7 @@ use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
-use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
+use natter_platform::lifecycle::{Condition, Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
 use natter_platform::{Config, cache, db, http_error, nats};
@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub revoked: Arc<revocations::Revoked>,
     /// Sessions as Postgres has them, checked at upgrade.
     pub sessions: revocations::Sessions,
+    /// Whether message answers forwarded requests: logged when that
+    /// changes (sockets live on without it, so readiness does not).
+    pub message_answers: Condition,
     /// Presence writes.
     pub presence: PresenceWriter,
     /// Limits and timings.
@@ -124,11 +127,13 @@ impl Runnable for Gateway {
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
-            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone()),
+            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone())
+                .reporting_to(lifecycle.readiness().condition("presence")),
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
             sessions: revocations::Sessions::new(pool),
+            message_answers: Condition::detached("message service"),
             settings: Settings {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
                 idle: Duration::from_secs(config.ws_idle_secs.max(1)),

@@ -17,6 +17,7 @@ use crate::registry::{CloseRequest, Registry};
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
+use natter_platform::lifecycle::Condition;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
@@ -211,6 +212,7 @@ pub(crate) async fn follow(
             "catching up with revoked sessions timed out at sequence {seen} of {last}"
         );
     }
+    let following = Condition::detached("revocation follower");
     Ok(tokio::spawn(async move {
         loop {
             let next = tokio::select! {
@@ -218,9 +220,12 @@ pub(crate) async fn follow(
                 () = shutdown.cancelled() => break,
             };
             match next {
-                Some(Ok(msg)) => apply(&msg.payload),
+                Some(Ok(msg)) => {
+                    following.ok();
+                    apply(&msg.payload);
+                }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "revoked sessions consumer error");
+                    following.failing(&anyhow::Error::new(e).context("revoked sessions consumer"));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 None => break,
