@@ -85,6 +85,7 @@ pub(crate) struct Shared {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
+    session_checker: revocations::SessionChecker,
     js: async_nats::jetstream::Context,
     ns: Namespace,
     deps: Dependencies,
@@ -124,6 +125,7 @@ impl Runnable for Gateway {
             .await
             .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
         let lifecycle = Lifecycle::new("gateway", config);
+        let (sessions, session_checker) = revocations::Sessions::new(pool);
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
@@ -132,7 +134,7 @@ impl Runnable for Gateway {
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
-            sessions: revocations::Sessions::new(pool),
+            sessions,
             message_answers: Condition::detached("message service"),
             settings: Settings {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
@@ -150,6 +152,7 @@ impl Runnable for Gateway {
         Ok(Self {
             listener,
             shared,
+            session_checker,
             js,
             ns,
             deps: Dependencies {
@@ -184,6 +187,10 @@ impl Runnable for Gateway {
         )
         .await?;
         lifecycle.watch("revocation follower", revocations);
+        lifecycle.spawn(
+            "session checker",
+            self.session_checker.run(lifecycle.background()),
+        );
         let deliveries = deliveries::listen(
             &shared.nats,
             self.ns.gateway_subject(&shared.gateway_id),

@@ -8,7 +8,8 @@
 //! The stream lags the commit by as long as the relay takes (seconds when
 //! a relay dies, longer in an outage), so an upgrade also asks Postgres,
 //! where the revocation is authoritative the moment it commits
-//! ([`Sessions::is_live`]: one primary-key lookup). If Postgres does not
+//! ([`Sessions::is_live`]: primary-key lookups, batched across concurrent
+//! upgrades). If Postgres does not
 //! answer, the upgrade goes on with what the stream says: a Postgres
 //! outage must not lock every user out, and the stream then holds every
 //! revocation but those committed in the moments before it.
@@ -22,10 +23,10 @@ use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{SessionId, UserId, close};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Sessions known to be revoked, until their tokens would have expired
@@ -66,54 +67,108 @@ impl Revoked {
 
 /// How long an upgrade waits for Postgres before it trusts the stream alone.
 const SESSION_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most sessions checked in one query.
+const SESSION_CHECK_BATCH: usize = 256;
+/// Checks waiting for a query; beyond this Postgres is too slow to wait
+/// for and upgrades trust the stream.
+const SESSION_CHECK_QUEUE: usize = 4096;
 
-/// The session check of an upgrade, in Postgres.
+/// One upgrade's question: is this session live?
+struct SessionCheck {
+    session: SessionId,
+    user: UserId,
+    answer: oneshot::Sender<bool>,
+}
+
+/// The session check of an upgrade, in Postgres. Upgrades queue their
+/// question; one task asks Postgres about everything queued in one query
+/// while the previous query ran, so a reconnect storm costs Postgres a
+/// query per round trip, not one per socket, and a lone upgrade waits one
+/// round trip.
 pub(crate) struct Sessions {
+    checks: mpsc::Sender<SessionCheck>,
+}
+
+/// The task behind [`Sessions`]: run it with [`SessionChecker::run`].
+pub(crate) struct SessionChecker {
     pool: sqlx::PgPool,
-    /// Postgres did not answer the last check: logged once, not per
-    /// upgrade.
-    unchecked: AtomicBool,
+    checks: mpsc::Receiver<SessionCheck>,
 }
 
 impl Sessions {
-    pub(crate) fn new(pool: sqlx::PgPool) -> Self {
-        Self {
-            pool,
-            unchecked: AtomicBool::new(false),
-        }
+    pub(crate) fn new(pool: sqlx::PgPool) -> (Self, SessionChecker) {
+        let (tx, rx) = mpsc::channel(SESSION_CHECK_QUEUE);
+        (Self { checks: tx }, SessionChecker { pool, checks: rx })
     }
 
     /// Whether `session` of `user` may open a socket: its row exists and is
     /// not revoked. `true` when Postgres does not answer in time (see the
     /// module's doc).
     pub(crate) async fn is_live(&self, session: SessionId, user: UserId) -> bool {
-        let check = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM sessions \
-             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
-        )
-        .bind(session.0)
-        .bind(user.0)
-        .fetch_one(&self.pool);
-        match tokio::time::timeout(SESSION_CHECK_TIMEOUT, check).await {
-            Ok(Ok(live)) => {
-                if self.unchecked.swap(false, Ordering::Relaxed) {
-                    tracing::info!("checking sessions in Postgres again");
-                }
-                live
-            }
-            Ok(Err(e)) => self.unchecked(&e),
-            Err(elapsed) => self.unchecked(&elapsed),
+        let (answer, answered) = oneshot::channel();
+        let queued = self.checks.try_send(SessionCheck {
+            session,
+            user,
+            answer,
+        });
+        if queued.is_err() {
+            return true;
         }
+        // A dropped question (the query failed) or no answer in time: the
+        // checker has said why, once.
+        tokio::time::timeout(SESSION_CHECK_TIMEOUT, answered)
+            .await
+            .map_or(true, |live| live.unwrap_or(true))
     }
+}
 
-    fn unchecked(&self, error: &dyn std::fmt::Display) -> bool {
-        if !self.unchecked.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                error = %error,
-                "cannot check sessions in Postgres; upgrades rely on the revocation stream"
-            );
+impl SessionChecker {
+    /// Answers the queued checks until `shutdown`.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let health = Condition::detached("session check");
+        loop {
+            let first = tokio::select! {
+                check = self.checks.recv() => match check {
+                    Some(check) => check,
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < SESSION_CHECK_BATCH {
+                match self.checks.try_recv() {
+                    Ok(check) => batch.push(check),
+                    Err(_) => break,
+                }
+            }
+            let sessions: Vec<uuid::Uuid> = batch.iter().map(|c| c.session.0).collect();
+            let users: Vec<i64> = batch.iter().map(|c| c.user.0).collect();
+            let query = sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT s.id FROM sessions s \
+                 JOIN UNNEST($1::uuid[], $2::bigint[]) AS q(id, user_id) \
+                   ON s.id = q.id AND s.user_id = q.user_id \
+                 WHERE s.revoked_at IS NULL",
+            )
+            .bind(&sessions)
+            .bind(&users)
+            .fetch_all(&self.pool);
+            match tokio::time::timeout(SESSION_CHECK_TIMEOUT, query).await {
+                Ok(Ok(live)) => {
+                    health.ok();
+                    let live: HashSet<uuid::Uuid> = live.into_iter().collect();
+                    for check in batch {
+                        let _ = check.answer.send(live.contains(&check.session.0));
+                    }
+                }
+                Ok(Err(e)) => health.failing(
+                    &anyhow::Error::new(e)
+                        .context("cannot check sessions in Postgres; upgrades rely on the revocation stream"),
+                ),
+                Err(_) => health.failing(&anyhow::anyhow!(
+                    "Postgres did not answer a session check in time; upgrades rely on the revocation stream"
+                )),
+            }
         }
-        true
     }
 }
 
