@@ -119,7 +119,8 @@ impl Runnable for Gateway {
         let ttl = Duration::from_secs(config.token_ttl_secs);
         nats::ensure_streams(&js, config).await?;
         let redis = cache::connect(&config.redis_url).await?;
-        let pool = db::connect(config).await?;
+        // One task asks Postgres about sessions, one query at a time.
+        let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
         let gateway_id = config.gateway_id();
         let listener = TcpListener::bind(config.gateway_addr)
             .await
