@@ -20,7 +20,7 @@
 //!   `/readyz` meanwhile;
 //! - **permanent** (larger than the server's largest message, a subject no
 //!   stream takes, an invalid subject): retrying cannot help, so the row is
-//!   **parked** ([`parked`](super::parked)) with the reason and counted
+//!   **parked** ([`super::parked`]) with the reason and counted
 //!   (`natter.outbox.parked`), and the rows behind it go on.
 
 use super::lease::{Lease, Lost};
