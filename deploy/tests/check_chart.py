@@ -53,7 +53,15 @@ def main():
         if "resources" not in container or "requests" not in container["resources"]:
             fail(f"{component}: resources")
         env = {e["name"]: e for e in container["env"]}
-        for name in ("NATTER_DATABASE_URL", "NATTER_NATS_URL", "NATTER_REDIS_URL", "NATTER_JWT_SECRET"):
+        for name in (
+            "NATTER_DATABASE_URL",
+            "NATTER_NATS_URL",
+            "NATTER_REDIS_URL",
+            "NATTER_JWT_SECRET",
+            "NATTER_STREAM_REPLICAS",
+            "NATTER_EVENTS_MAX_AGE",
+            "NATTER_EVENTS_MAX_BYTES",
+        ):
             if name not in env:
                 fail(f"{component}: env {name} missing")
         if "secretKeyRef" not in env["NATTER_JWT_SECRET"].get("valueFrom", {}):

@@ -5,9 +5,11 @@
 //! them, so each is also a flag of `natter-server` and documented by
 //! `--help`.
 
+use crate::db::SessionSettings;
 use clap::{Args, Parser, ValueEnum};
 use natter_protocol::subjects::Namespace;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,7 +35,9 @@ pub struct Config {
     #[arg(long, env = "NATTER_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
 
-    /// NATS server URL (JetStream enabled).
+    /// NATS server URL (JetStream enabled), or a comma-separated list of
+    /// a cluster's servers: the client connects to one and fails over to
+    /// the others.
     #[arg(long, env = "NATTER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -45,8 +49,10 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Prefix of every NATS subject, stream, consumer and Redis key.
-    #[arg(long, env = "NATTER_NAMESPACE", default_value = "natter")]
+    /// Prefix of every NATS subject, stream, consumer and Redis key:
+    /// lowercase letters, digits and `_` (stream names are uppercased, so
+    /// anything else could make two namespaces share a stream).
+    #[arg(long, env = "NATTER_NAMESPACE", default_value = "natter", value_parser = parse_namespace)]
     pub namespace: String,
 
     /// HMAC key signing tokens; required by auth and connection.
@@ -157,6 +163,54 @@ pub struct Config {
     /// `pretty` or `json`.
     #[arg(long, env = "NATTER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    /// Postgres: seconds one statement may run before the server cancels
+    /// it (0: no limit). Migrations run without it.
+    #[arg(
+        long,
+        env = "NATTER_DATABASE_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub database_statement_timeout_secs: u64,
+
+    /// Postgres: seconds a statement may wait for a lock (rows, advisory
+    /// locks such as the login's) before it fails (0: no limit).
+    #[arg(long, env = "NATTER_DATABASE_LOCK_TIMEOUT_SECS", default_value_t = 10)]
+    pub database_lock_timeout_secs: u64,
+
+    /// Postgres: seconds a session may sit idle inside a transaction
+    /// before the server ends it and releases its locks (0: no limit): a
+    /// frozen or vanished natter process cannot hold locks longer.
+    #[arg(
+        long,
+        env = "NATTER_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub database_idle_in_transaction_timeout_secs: u64,
+
+    /// Postgres: seconds of silence after which the server probes a
+    /// connection with TCP keepalives (three probes this far apart), so the
+    /// server notices a natter node that vanished within about four times
+    /// this (0: the server's defaults, about two hours on Linux).
+    #[arg(long, env = "NATTER_DATABASE_KEEPALIVE_SECS", default_value_t = 10)]
+    pub database_keepalive_secs: u64,
+
+    /// JetStream: replicas of every natter stream (1 on a single server, 3
+    /// on a three-node cluster). Applied to existing streams at start.
+    #[arg(long, env = "NATTER_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub stream_replicas: u16,
+
+    /// JetStream: how long events are kept (for push to catch up and for
+    /// `replay`), e.g. `7d`, `12h`, `90m`, `3600s` or plain seconds.
+    #[arg(long, env = "NATTER_EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+
+    /// JetStream: most bytes the events stream keeps before it drops its
+    /// oldest events, e.g. `1GiB`, `500MB` or plain bytes; `0` for no
+    /// bound. The default fits a default JetStream volume beside the other
+    /// streams; size it to outlast the longest push outage.
+    #[arg(long, env = "NATTER_EVENTS_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub events_max_bytes: u64,
 }
 
 #[derive(Parser)]
@@ -179,6 +233,19 @@ impl Config {
     #[must_use]
     pub fn namespace(&self) -> Namespace {
         Namespace::new(&self.namespace).with_partitions(self.partitions)
+    }
+
+    /// The session settings every Postgres connection carries.
+    #[must_use]
+    pub fn database_session(&self) -> SessionSettings {
+        SessionSettings {
+            statement_timeout: Duration::from_secs(self.database_statement_timeout_secs),
+            lock_timeout: Duration::from_secs(self.database_lock_timeout_secs),
+            idle_in_transaction_timeout: Duration::from_secs(
+                self.database_idle_in_transaction_timeout_secs,
+            ),
+            keepalive: Duration::from_secs(self.database_keepalive_secs),
+        }
     }
 
     /// The gateway id: configured, or hostname + random suffix, always
@@ -206,6 +273,82 @@ impl Config {
     }
 }
 
+/// The longest namespace: stream names (`<NS>_SESSIONS`) stay well within
+/// what NATS accepts.
+const MAX_NAMESPACE: usize = 64;
+
+/// Accepts a namespace only when it is already what every name is made
+/// of. Stream names are uppercased and `-` is not allowed in them, so `a-b`
+/// and `a_b` (or `Prod` and `prod`) would name the same streams while
+/// their subjects differ: two deployments would silently share, and fight
+/// over, one stream.
+fn parse_namespace(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > MAX_NAMESPACE {
+        return Err(format!("a namespace has 1 to {MAX_NAMESPACE} characters"));
+    }
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(format!(
+            "{bad:?} is not allowed: use lowercase letters, digits and '_' only, \
+             so that no two namespaces map to the same JetStream stream names \
+             (\"a-b\" and \"a_b\" would both be A_B_EVENTS)"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A duration: a whole number with an optional unit `s`, `m`, `h` or `d`
+/// (seconds when none).
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration such as 7d, 12h, 90m or 3600s"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+/// A size in bytes: a whole number with an optional unit `B`, `KB`, `MB`,
+/// `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (of 1024).
+fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size such as 1GiB, 500MB or 1048576"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{raw:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +368,73 @@ mod tests {
         assert_eq!(c.partitions, 16);
         assert_eq!(c.push_lease_secs, 5);
         assert_eq!(c.namespace().partitions(), 16);
+        assert_eq!(c.stream_replicas, 1);
+        assert_eq!(c.events_max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.events_max_bytes, 1 << 30);
+        assert_eq!(
+            c.database_session().statement_timeout,
+            Duration::from_secs(30)
+        );
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        OnlyConfig::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map(|o| o.config)
+    }
+
+    #[test]
+    fn namespaces_that_could_share_a_stream_with_another_are_refused() {
+        for bad in ["a-b", "A_B", "Prod", "a.b", "a b", "", "a>"] {
+            let error = parse(&["--namespace", bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                error.to_string().contains("namespace") || error.to_string().contains("'_'"),
+                "{bad:?}: {error}"
+            );
+        }
+        let error = parse(&["--namespace", "a-b"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("A_B_EVENTS"), "{error}");
+        for good in ["a_b", "natter", "t0123456789abcdef"] {
+            assert_eq!(
+                parse(&["--namespace", good]).expect("accepted").namespace,
+                good
+            );
+        }
+        assert!(parse(&["--namespace", &"a".repeat(MAX_NAMESPACE + 1)]).is_err());
+    }
+
+    #[test]
+    fn accepted_namespaces_are_their_own_sanitized_form() {
+        let c = parse(&["--namespace", "a_b9"]).expect("accepted");
+        assert_eq!(c.namespace().as_str(), c.namespace);
+        assert_eq!(c.namespace().events_stream(), "A_B9_EVENTS");
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("3600s"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        for bad in ["", "d", "7w", "-1d", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_decimal_or_binary_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "GiB", "1gb", "1.5GiB", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

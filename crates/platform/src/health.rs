@@ -1,6 +1,6 @@
-//! `/healthz` (alive) and `/readyz` (dependencies answer, no background
-//! task died, no condition the service reports, not draining), served by
-//! every service on its own port.
+//! `/healthz` (alive) and `/readyz` (dependencies answer, no condition
+//! fails, no background task died, not draining), served by every service
+//! on its own port.
 
 use crate::lifecycle::Readiness;
 use axum::extract::State;
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -63,17 +64,24 @@ impl Dependencies {
 struct HealthState {
     deps: Dependencies,
     readiness: Readiness,
+    /// The dependencies that failed the last check: a change is logged
+    /// once, not every probe.
+    last_failing: Arc<Mutex<Vec<&'static str>>>,
 }
 
 /// The two endpoints. `/readyz` answers 503 `draining` once shutdown has
 /// begun, so load balancers move on, and 503 `unavailable` naming what
-/// fails: a dependency that does not answer or a background task that
-/// died or a condition the service reports.
+/// fails: a dependency that does not answer, a condition that fails or a
+/// background task that died.
 pub fn router(deps: Dependencies, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .with_state(HealthState { deps, readiness })
+        .with_state(HealthState {
+            deps,
+            readiness,
+            last_failing: Arc::default(),
+        })
 }
 
 async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
@@ -84,7 +92,9 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
         );
     }
     let mut failing = state.deps.failing().await;
-    failing.extend(state.readiness.failing());
+    log_changes(&state.last_failing, &failing);
+    failing.extend(state.readiness.failing_conditions());
+    failing.extend(state.readiness.dead_tasks());
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
@@ -93,6 +103,19 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
             Json(json!({"status": "unavailable", "failing": failing})),
         )
     }
+}
+
+/// Logs the dependencies that began or stopped failing since the last
+/// check.
+fn log_changes(last: &Mutex<Vec<&'static str>>, now: &[&'static str]) {
+    let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    for dependency in now.iter().filter(|d| !last.contains(d)) {
+        tracing::warn!(dependency, "a dependency does not answer; not ready");
+    }
+    for dependency in last.iter().filter(|d| !now.contains(d)) {
+        tracing::info!(dependency, "a dependency answers again");
+    }
+    *last = now.to_vec();
 }
 
 /// Serves only the health endpoints on `listener` until `shutdown`: what

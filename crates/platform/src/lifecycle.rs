@@ -15,6 +15,14 @@
 //! is logged once and named on `/readyz`, which answers 503 from that
 //! moment on; the service also exits with an error when it stops. A dead
 //! task is noticed when it dies, not only at shutdown.
+//!
+//! A task that lives on but cannot do its work for now (the relay that
+//! cannot publish, the gateway that cannot write presence, push while a
+//! dependency holds its events back) reports it through a [`Condition`]:
+//! `/readyz` names it while it fails and is ready again once it recovers,
+//! and the log says so once per change (with how long it failed), not once
+//! per failed attempt. This is the one way a service says "I cannot do my
+//! job because of X".
 
 use crate::Config;
 use crate::health::{self, Dependencies};
@@ -22,7 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +90,16 @@ pub struct Readiness(Arc<ReadinessState>);
 struct ReadinessState {
     draining: AtomicBool,
     dead: Mutex<Vec<&'static str>>,
-    conditions: Mutex<Vec<&'static str>>,
+    /// The conditions failing now, with when each began to.
+    failing: Mutex<Vec<(&'static str, Instant)>>,
+}
+
+/// What reporting a condition changed.
+enum Change {
+    Began,
+    /// It had failed for this long.
+    Recovered(Duration),
+    Unchanged,
 }
 
 impl Readiness {
@@ -102,40 +119,50 @@ impl Readiness {
             .clone()
     }
 
-    /// Reports that the service cannot do part of its job (`failing`) or
-    /// can again: while any condition is set, `/readyz` answers 503 naming
-    /// it. For a failure the service waits out on its own (push's events
-    /// held back by a dependency), where a dead task would be final.
-    pub fn set_condition(&self, condition: &'static str, failing: bool) {
-        let mut conditions = self
-            .0
-            .conditions
+    /// The conditions failing now, in the order they began to.
+    #[must_use]
+    pub fn failing_conditions(&self) -> Vec<&'static str> {
+        self.0
+            .failing
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        conditions.retain(|c| *c != condition);
-        if failing {
-            conditions.push(condition);
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, _)| *name)
+            .collect()
     }
 
-    /// Everything that makes the service unready besides its dependencies
-    /// and draining: dead tasks, then the conditions set.
+    /// A condition named `name` that decides readiness beside the others.
     #[must_use]
-    pub fn failing(&self) -> Vec<&'static str> {
-        let mut failing = self.dead_tasks();
-        failing.extend(
-            self.0
-                .conditions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .copied(),
-        );
-        failing
+    pub fn condition(&self, name: &'static str) -> Condition {
+        Condition {
+            name,
+            readiness: self.clone(),
+        }
     }
 
     fn drain(&self) {
         self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets whether `name` fails; what that changed.
+    fn set_failing(&self, name: &'static str, failing: bool) -> Change {
+        let mut list = self
+            .0
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let since = list.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+        match (failing, since) {
+            (true, None) => {
+                list.push((name, Instant::now()));
+                Change::Began
+            }
+            (false, Some(since)) => {
+                list.retain(|(n, _)| *n != name);
+                Change::Recovered(since.elapsed())
+            }
+            _ => Change::Unchanged,
+        }
     }
 
     fn mark_dead(&self, task: &'static str) {
@@ -143,6 +170,57 @@ impl Readiness {
         if !dead.contains(&task) {
             dead.push(task);
         }
+    }
+}
+
+/// Something a service needs to do its job, reported by the code that
+/// does it: while it fails, `/readyz` answers 503 naming it (unless it is
+/// [`Condition::detached`]). Each change is logged once, not each failed
+/// attempt. Cheap to clone; clones report the same condition.
+#[derive(Clone)]
+pub struct Condition {
+    name: &'static str,
+    readiness: Readiness,
+}
+
+impl Condition {
+    /// A condition that only logs its changes and decides no readiness:
+    /// for what a service can work without (the gateway while message does
+    /// not answer still holds its sockets).
+    #[must_use]
+    pub fn detached(name: &'static str) -> Self {
+        Readiness::default().condition(name)
+    }
+
+    /// It fails now, because of `error`: logged when it begins to, at
+    /// debug level while it goes on.
+    pub fn failing(&self, error: &anyhow::Error) {
+        if let Change::Began = self.readiness.set_failing(self.name, true) {
+            tracing::warn!(
+                condition = self.name,
+                error = format!("{error:#}"),
+                "failing"
+            );
+        } else {
+            tracing::debug!(
+                condition = self.name,
+                error = format!("{error:#}"),
+                "still failing"
+            );
+        }
+    }
+
+    /// It works (again): logged when it recovers, with how long it failed.
+    pub fn ok(&self) {
+        if let Change::Recovered(after) = self.readiness.set_failing(self.name, false) {
+            tracing::info!(condition = self.name, after = ?after, "recovered");
+        }
+    }
+
+    /// Whether it fails now.
+    #[must_use]
+    pub fn is_failing(&self) -> bool {
+        self.readiness.failing_conditions().contains(&self.name)
     }
 }
 
@@ -467,17 +545,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_condition_turns_readyz_down_until_it_clears() {
+    async fn a_failing_condition_turns_readyz_down_until_it_recovers() {
         let readiness = Readiness::default();
-        readiness.set_condition("events", true);
-        readiness.set_condition("events", true);
+        let relay = readiness.condition("outbox relay");
+        relay.ok();
+        assert_eq!(readyz(&readiness).await.0, StatusCode::OK);
+        relay.failing(&anyhow::anyhow!("NATS does not answer"));
+        relay.failing(&anyhow::anyhow!("NATS does not answer"));
+        assert!(relay.is_failing());
         let (status, body) = readyz(&readiness).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             body,
-            json!({"status": "unavailable", "failing": ["events"]})
+            json!({"status": "unavailable", "failing": ["outbox relay"]})
         );
-        readiness.set_condition("events", false);
+        relay.ok();
+        assert!(!relay.is_failing());
         assert_eq!(readyz(&readiness).await.0, StatusCode::OK);
     }
 

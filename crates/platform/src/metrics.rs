@@ -22,6 +22,7 @@ pub const NAMES: &[&str] = &[
     DELIVERY_LATENCY,
     CONSUMER_PENDING,
     OUTBOX_BACKLOG,
+    OUTBOX_PARKED,
     LIMIT_REJECTIONS,
     LOGINS,
     REFRESHES,
@@ -47,6 +48,9 @@ pub const DELIVERY_LATENCY: &str = "natter.delivery.latency";
 pub const CONSUMER_PENDING: &str = "natter.push.consumer.pending";
 /// Outbox rows not yet published.
 pub const OUTBOX_BACKLOG: &str = "natter.outbox.backlog";
+/// Outbox rows NATS refused for good and the relay parked (see
+/// `natter-server dlq list`).
+pub const OUTBOX_PARKED: &str = "natter.outbox.parked";
 /// Requests refused by a limit, by `limit` (`connection` or `head`).
 pub const LIMIT_REJECTIONS: &str = "natter.limit.rejections";
 /// Login attempts by `outcome` (`success`, `failure`, `rate_limited`).
@@ -78,6 +82,8 @@ pub struct Metrics {
     pub consumer_pending: Gauge<u64>,
     /// [`OUTBOX_BACKLOG`].
     pub outbox_backlog: Gauge<u64>,
+    /// [`OUTBOX_PARKED`].
+    pub outbox_parked: Counter<u64>,
     /// [`LIMIT_REJECTIONS`].
     pub limit_rejections: Counter<u64>,
     /// [`LOGINS`].
@@ -141,6 +147,11 @@ pub fn get() -> &'static Metrics {
                 .u64_gauge(OUTBOX_BACKLOG)
                 .with_unit("{row}")
                 .with_description("Outbox rows not yet published")
+                .build(),
+            outbox_parked: m
+                .u64_counter(OUTBOX_PARKED)
+                .with_unit("{row}")
+                .with_description("Outbox rows parked: refused by NATS for good")
                 .build(),
             limit_rejections: m
                 .u64_counter(LIMIT_REJECTIONS)

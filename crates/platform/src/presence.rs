@@ -5,18 +5,33 @@
 //!
 //! Keys (all under the namespace, see [`user_key`] and [`gateway_key`]):
 //! - `<ns>:presence:<user>`, a hash: one field `<gateway>:<socket>` per
-//!   live socket, valued by the entered channel id (decimal) or `""`;
-//! - `<ns>:gw:<gateway>`, the gateway's liveness key, set with a
-//!   [`GATEWAY_TTL`] and refreshed every [`HEARTBEAT`].
+//!   live socket, valued `<entered>@<incarnation>`: the entered channel id
+//!   (decimal) or nothing, and the incarnation of the gateway that wrote
+//!   it;
+//! - `<ns>:gw:<gateway>`, the gateway's liveness key, valued by its
+//!   current incarnation, set with a [`GATEWAY_TTL`] and refreshed every
+//!   [`HEARTBEAT`].
 //!
 //! Liveness rule: Redis 7.0 has no per-field TTL, so a crashed gateway's
 //! fields stay behind; an entry counts only while its gateway's liveness
-//! key exists, and readers delete the fields of dead gateways they come
-//! across. Nothing here is the only copy of anything: if Redis loses it
-//! (flush, failover), the heartbeat finds its liveness key missing and
-//! registers every local socket again. A write that fails in a Redis blip
-//! is repaired by the next heartbeat the same way.
+//! key exists *and names the incarnation that wrote the entry*, and
+//! readers delete the fields of dead gateways they come across. The
+//! incarnation is new each time a gateway starts: one restarted under the
+//! same name (a StatefulSet pod, a fixed `NATTER_GATEWAY_ID`) writes its
+//! own into the liveness key before it serves, which at once clears its
+//! predecessor's sockets from presence, however many users they belonged
+//! to. (An entry without an incarnation, from a gateway older than this
+//! rule, counts while its gateway's key exists.)
+//!
+//! Nothing here is the only copy of anything: if Redis loses it (flush,
+//! failover), the heartbeat finds its liveness key missing and registers
+//! every local socket again. A write that fails in a Redis blip is
+//! repaired by the next heartbeat the same way; until then the writer
+//! reports its `presence` condition failing (see
+//! [`PresenceWriter::reporting_to`]), logged once when it begins and once
+//! when it ends, not once per socket.
 
+use crate::lifecycle::Condition;
 use anyhow::Context;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, SocketId, UserId};
@@ -66,14 +81,21 @@ pub fn parse_socket_field(field: &str) -> Option<(&str, SocketId)> {
     valid.then_some((gateway, SocketId(socket.parse().ok()?)))
 }
 
-/// A field's value: the entered channel, or `""` for none.
-fn entered_value(entered: Option<ChannelId>) -> String {
-    entered.map(|c| c.to_string()).unwrap_or_default()
+/// A field's value: the entered channel (or nothing) and the incarnation
+/// of the gateway writing it.
+fn entry_value(entered: Option<ChannelId>, incarnation: &str) -> String {
+    let entered = entered.map(|c| c.to_string()).unwrap_or_default();
+    format!("{entered}@{incarnation}")
 }
 
-/// Reads a field's value; an unreadable one counts as "not entered".
-fn parse_entered(value: &str) -> Option<ChannelId> {
-    value.parse().ok().map(ChannelId)
+/// Reads a field's value: the entered channel (an unreadable one counts
+/// as "not entered") and the incarnation, if the value names one.
+fn parse_value(value: &str) -> (Option<ChannelId>, Option<&str>) {
+    let (entered, incarnation) = match value.rsplit_once('@') {
+        Some((entered, incarnation)) => (entered, Some(incarnation)),
+        None => (value, None),
+    };
+    (entered.parse().ok().map(ChannelId), incarnation)
 }
 
 /// One live socket of a user, as presence reports it.
@@ -115,23 +137,37 @@ pub struct PresenceWriter {
     redis: ConnectionManager,
     ns: Namespace,
     gateway: String,
+    /// New at every start: see the module's liveness rule.
+    incarnation: String,
     /// A write failed: re-register every socket on the next heartbeat.
     dirty: Arc<AtomicBool>,
     /// Removals that failed, retried on the next heartbeat.
     stale: Arc<Mutex<Vec<(UserId, SocketId)>>>,
+    /// Failing while presence is not as the gateway holds it.
+    health: Condition,
 }
 
 impl PresenceWriter {
-    /// Writes for gateway `gateway`.
+    /// Writes for gateway `gateway`, as a new incarnation of it.
     #[must_use]
     pub fn new(redis: ConnectionManager, ns: Namespace, gateway: String) -> Self {
         Self {
             redis,
             ns,
             gateway,
+            incarnation: crate::random::token(6),
             dirty: Arc::default(),
             stale: Arc::default(),
+            health: Condition::detached("presence"),
         }
+    }
+
+    /// Reports failed writes through `health` (the gateway's `/readyz`)
+    /// until the heartbeat has repaired them.
+    #[must_use]
+    pub fn reporting_to(mut self, health: Condition) -> Self {
+        self.health = health;
+        self
     }
 
     /// Records a socket and what it has entered. A failure is logged and
@@ -141,12 +177,15 @@ impl PresenceWriter {
         let result: redis::RedisResult<()> = redis::cmd("HSET")
             .arg(user_key(&self.ns, user))
             .arg(socket_field(&self.gateway, socket))
-            .arg(entered_value(entered))
+            .arg(entry_value(entered, &self.incarnation))
             .query_async(&mut conn)
             .await;
         if let Err(e) = result {
             self.dirty.store(true, Ordering::Relaxed);
-            tracing::warn!(error = %e, "presence update failed; the heartbeat will repair it");
+            self.health.failing(
+                &anyhow::Error::new(e)
+                    .context("presence update failed; the heartbeat will repair it"),
+            );
         }
     }
 
@@ -157,7 +196,10 @@ impl PresenceWriter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((user, socket));
-            tracing::warn!(error = %e, "presence removal failed; the heartbeat will retry it");
+            self.health.failing(
+                &anyhow::Error::new(e)
+                    .context("presence removal failed; the heartbeat will retry it"),
+            );
         }
     }
 
@@ -173,19 +215,20 @@ impl PresenceWriter {
         pipe.query_async(&mut conn).await
     }
 
-    /// Refreshes the liveness key; returns whether it had expired or been
-    /// lost (then every local socket must be registered again).
+    /// Refreshes the liveness key; returns whether it had expired, been
+    /// lost or been overwritten (then every local socket must be
+    /// registered again).
     async fn beat(&self) -> redis::RedisResult<bool> {
         let mut conn = self.redis.clone();
         let previous: Option<String> = redis::cmd("SET")
             .arg(gateway_key(&self.ns, &self.gateway))
-            .arg("1")
+            .arg(&self.incarnation)
             .arg("EX")
             .arg(GATEWAY_TTL.as_secs())
             .arg("GET")
             .query_async(&mut conn)
             .await?;
-        Ok(previous.is_none())
+        Ok(previous.as_deref() != Some(self.incarnation.as_str()))
     }
 
     /// Registers every local socket again, pipelined; a socket that closed
@@ -197,7 +240,7 @@ impl PresenceWriter {
             pipe.cmd("HSET")
                 .arg(user_key(&self.ns, s.user))
                 .arg(socket_field(&self.gateway, s.socket))
-                .arg(entered_value(s.entered))
+                .arg(entry_value(s.entered, &self.incarnation))
                 .ignore();
         }
         let mut conn = self.redis.clone();
@@ -214,28 +257,46 @@ impl PresenceWriter {
         }
     }
 
-    /// Repairs what failed since the last heartbeat.
-    async fn repair(&self, local: &impl LocalSockets, lost: bool) {
+    /// One heartbeat: refreshes the liveness key and repairs what failed
+    /// since the last one.
+    async fn heartbeat(&self, local: &impl LocalSockets) -> anyhow::Result<()> {
+        let lost = self.beat().await.context("presence heartbeat failed")?;
         if lost || self.dirty.swap(false, Ordering::Relaxed) {
             if lost {
                 tracing::warn!("gateway liveness key was lost; re-registering sockets");
             }
             if let Err(e) = self.register_all(local).await {
                 self.dirty.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %e, "re-registering presence failed");
+                return Err(e).context("re-registering presence failed");
             }
         }
         let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(PoisonError::into_inner));
-        if !stale.is_empty() && self.remove_all(&stale).await.is_err() {
+        if !stale.is_empty()
+            && let Err(e) = self.remove_all(&stale).await
+        {
             self.stale
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(stale);
+            return Err(e).context("removing stale presence failed");
         }
+        Ok(())
     }
 
-    /// Marks the gateway alive now (before it serves), then keeps it alive
-    /// every [`HEARTBEAT`] until `shutdown`, repairing what failed.
+    /// Marks the gateway alive now as this incarnation, once: what the
+    /// heartbeat does first and then keeps doing, for code that acts as a
+    /// gateway without running one (tests).
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn register(&self) -> redis::RedisResult<()> {
+        self.beat().await.map(|_| ())
+    }
+
+    /// Marks the gateway alive now (before it serves), as this incarnation,
+    /// so whatever a predecessor of the same name left in presence stops
+    /// counting; then keeps it alive every [`HEARTBEAT`] until `shutdown`,
+    /// repairing what failed.
     ///
     /// # Errors
     /// When the first beat fails: a gateway Redis cannot see must not serve.
@@ -253,9 +314,9 @@ impl PresenceWriter {
                     _ = tick.tick() => {}
                     () = shutdown.cancelled() => break,
                 }
-                match self.beat().await {
-                    Ok(lost) => self.repair(local.as_ref(), lost).await,
-                    Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+                match self.heartbeat(local.as_ref()).await {
+                    Ok(()) => self.health.ok(),
+                    Err(e) => self.health.failing(&e),
                 }
             }
         }))
@@ -276,24 +337,40 @@ impl PresenceWriter {
 struct Entry {
     user: UserId,
     field: String,
+    /// The gateway incarnation that wrote it, if it says.
+    incarnation: Option<String>,
     socket: LiveSocket,
 }
 
 impl Entry {
     fn parse(user: UserId, field: String, value: &str) -> Option<Self> {
         let (gateway, socket) = parse_socket_field(&field)?;
+        let (entered, incarnation) = parse_value(value);
         let socket = LiveSocket {
             gateway: gateway.to_owned(),
             socket,
-            entered: parse_entered(value),
+            entered,
         };
         Some(Self {
             user,
             field,
+            incarnation: incarnation.map(str::to_owned),
             socket,
         })
     }
+
+    /// Whether it counts, given its gateway's liveness key (`None`: gone).
+    fn is_live(&self, gateway: Option<&str>) -> bool {
+        match (gateway, &self.incarnation) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(current), Some(mine)) => current == mine,
+        }
+    }
 }
+
+/// Gateway id → (its incarnation if alive, when asked).
+type Liveness = HashMap<String, (Option<String>, Instant)>;
 
 /// Presence lookups; cheap to clone (clones share the liveness cache).
 #[derive(Clone)]
@@ -302,8 +379,8 @@ pub struct PresenceReader {
     ns: Namespace,
     /// How long a liveness answer is reused; zero asks every time.
     cache_for: Duration,
-    /// Gateway id → (alive, when asked).
-    liveness: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+    /// What was last heard of each gateway.
+    liveness: Arc<Mutex<Liveness>>,
 }
 
 impl PresenceReader {
@@ -361,7 +438,7 @@ impl PresenceReader {
             .await?;
         let (live, dead): (Vec<Entry>, Vec<Entry>) = entries
             .into_iter()
-            .partition(|e| alive.get(&e.socket.gateway).copied().unwrap_or(false));
+            .partition(|e| e.is_live(alive.get(&e.socket.gateway).and_then(Option::as_deref)));
         if !dead.is_empty() {
             self.clean(&dead).await;
         }
@@ -380,12 +457,13 @@ impl PresenceReader {
         Ok(self.live_sockets(users).await?.into_keys().collect())
     }
 
-    /// Whether each gateway is alive: cached answers, and one pipelined
-    /// `EXISTS` round trip for the gateways not asked about lately.
+    /// Each gateway's current incarnation, `None` for those not alive:
+    /// cached answers, and one pipelined `GET` round trip for the gateways
+    /// not asked about lately.
     async fn alive<'a>(
         &self,
         gateways: impl Iterator<Item = &'a str>,
-    ) -> anyhow::Result<HashMap<String, bool>> {
+    ) -> anyhow::Result<HashMap<String, Option<String>>> {
         let mut known = HashMap::new();
         let mut unknown = Vec::new();
         {
@@ -395,8 +473,8 @@ impl PresenceReader {
                     continue;
                 }
                 match cache.get(gw) {
-                    Some((alive, at)) if at.elapsed() < self.cache_for => {
-                        known.insert(gw.to_owned(), *alive);
+                    Some((incarnation, at)) if at.elapsed() < self.cache_for => {
+                        known.insert(gw.to_owned(), incarnation.clone());
                     }
                     _ => unknown.push(gw.to_owned()),
                 }
@@ -407,20 +485,20 @@ impl PresenceReader {
         }
         let mut pipe = redis::pipe();
         for gw in &unknown {
-            pipe.cmd("EXISTS").arg(gateway_key(&self.ns, gw));
+            pipe.cmd("GET").arg(gateway_key(&self.ns, gw));
         }
         let mut conn = self.redis.clone();
-        let answers: Vec<bool> = pipe
+        let answers: Vec<Option<String>> = pipe
             .query_async(&mut conn)
             .await
             .context("checking gateway liveness")?;
         let now = Instant::now();
         let mut cache = self.liveness.lock().unwrap_or_else(PoisonError::into_inner);
-        for (gw, alive) in unknown.into_iter().zip(answers) {
+        for (gw, incarnation) in unknown.into_iter().zip(answers) {
             if !self.cache_for.is_zero() {
-                cache.insert(gw.clone(), (alive, now));
+                cache.insert(gw.clone(), (incarnation.clone(), now));
             }
-            known.insert(gw, alive);
+            known.insert(gw, incarnation);
         }
         Ok(known)
     }
@@ -471,17 +549,31 @@ mod tests {
     }
 
     #[test]
-    fn values_name_the_entered_channel_or_none() {
-        assert_eq!(entered_value(Some(ChannelId(7))), "7");
-        assert_eq!(entered_value(None), "");
-        assert_eq!(parse_entered("7"), Some(ChannelId(7)));
-        assert_eq!(parse_entered(""), None);
-        assert_eq!(parse_entered("garbage"), None);
+    fn values_name_the_entered_channel_or_none_and_the_incarnation() {
+        assert_eq!(entry_value(Some(ChannelId(7)), "inc1"), "7@inc1");
+        assert_eq!(entry_value(None, "inc1"), "@inc1");
+        assert_eq!(parse_value("7@inc1"), (Some(ChannelId(7)), Some("inc1")));
+        assert_eq!(parse_value("@inc1"), (None, Some("inc1")));
+        assert_eq!(parse_value("garbage@inc1"), (None, Some("inc1")));
+        // Written before incarnations.
+        assert_eq!(parse_value("7"), (Some(ChannelId(7)), None));
+        assert_eq!(parse_value(""), (None, None));
+    }
+
+    #[test]
+    fn an_entry_counts_only_for_the_incarnation_that_wrote_it() {
+        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7@now").expect("valid");
+        assert!(entry.is_live(Some("now")));
+        assert!(!entry.is_live(Some("later")), "a restarted gateway's");
+        assert!(!entry.is_live(None), "a dead gateway's");
+        let older = Entry::parse(UserId(1), "gw-a:42".into(), "7").expect("valid");
+        assert!(older.is_live(Some("now")));
+        assert!(!older.is_live(None));
     }
 
     #[test]
     fn an_entry_is_a_live_socket_of_its_user() {
-        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7").expect("valid");
+        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7@inc").expect("valid");
         assert_eq!(entry.user, UserId(1));
         assert_eq!(entry.field, "gw-a:42");
         assert_eq!(

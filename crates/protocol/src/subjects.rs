@@ -160,6 +160,20 @@ impl Namespace {
         format!("{}.dlq.{suffix}", self.name)
     }
 
+    /// The event subject a dead-lettered event came from, partition
+    /// included (push dead-letters `<ns>.evt.<suffix>` as
+    /// `<ns>.dlq.<suffix>`). `None` for a subject outside this namespace's
+    /// dead-letter stream. A redrive of an event that decodes publishes it
+    /// to [`Self::event_subject`] instead, which follows a changed
+    /// partition count.
+    #[must_use]
+    pub fn event_subject_of_dead_letter(&self, dlq_subject: &str) -> Option<String> {
+        dlq_subject
+            .strip_prefix(&self.dlq_subject(""))
+            .filter(|suffix| !suffix.is_empty())
+            .map(|suffix| format!("{}{suffix}", self.events_prefix()))
+    }
+
     /// Every subject of the dead-letter stream.
     #[must_use]
     pub fn dlq_wildcard(&self) -> String {
@@ -249,5 +263,17 @@ mod tests {
         assert_eq!(ns.partition_wildcard(Partition(3)), "t.evt.p3.>");
         assert!(ns.event_subject(&joined).starts_with(&ns.events_prefix()));
         assert_eq!(ns.with_partitions(0).partitions(), 1);
+    }
+
+    #[test]
+    fn a_dead_letter_goes_back_to_the_subject_it_came_from() {
+        let ns = Namespace::new("n");
+        let dlq = ns.dlq_subject("p3.channel.7");
+        assert_eq!(
+            ns.event_subject_of_dead_letter(&dlq).as_deref(),
+            Some("n.evt.p3.channel.7")
+        );
+        assert_eq!(ns.event_subject_of_dead_letter("n.dlq."), None);
+        assert_eq!(ns.event_subject_of_dead_letter("m.dlq.channel.7"), None);
     }
 }

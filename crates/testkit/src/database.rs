@@ -80,7 +80,9 @@ impl TestDatabase {
     /// # Panics
     /// When Postgres does not answer.
     pub async fn pool(&self) -> PgPool {
-        db::connect(&self.url, 4).await.expect("test pool")
+        db::connect_with(&self.url, 4, &db::SessionSettings::default())
+            .await
+            .expect("test pool")
     }
 }
 
@@ -116,9 +118,13 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
             .execute(&mut *admin)
             .await
             .expect("create template");
-        let pool = db::connect(&with_database(admin_url, &building), 1)
-            .await
-            .expect("template pool");
+        let pool = db::connect_with(
+            &with_database(admin_url, &building),
+            1,
+            &db::SessionSettings::default(),
+        )
+        .await
+        .expect("template pool");
         db::migrate(&pool).await.expect("migrate template");
         pool.close().await;
         // Renamed only when complete, so a crash never leaves a half-made

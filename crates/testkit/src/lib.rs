@@ -5,6 +5,7 @@
 //! Postgres, NATS and Redis and leave nothing behind; a service starts
 //! in-process on port 0 ([`Running`]), alone in its sandbox
 //! ([`TestService`]); [`AuthClient`] and [`ws`] talk to it as clients do.
+//! A test that must kill a dependency starts one of its own ([`private`]).
 //!
 //! It depends on `natter-protocol` and `natter-platform` only, so a
 //! service's own tests use it without linking another service. Starting
@@ -14,6 +15,7 @@
 mod database;
 mod http;
 mod logs;
+pub mod private;
 mod running;
 mod service;
 pub mod ws;
@@ -63,6 +65,9 @@ pub fn test_config(database_url: &str) -> Config {
     // Tests run in parallel against one Postgres (100 connections by
     // default): small pools keep a full run under that.
     config.database_pool = 5;
+    // JetStream reserves a stream's byte bound from the server's storage up
+    // front: a small one lets many parallel tests share one server.
+    config.events_max_bytes = 64 << 20;
     config
 }
 
@@ -139,7 +144,7 @@ fn cleanup_namespace(config: &Config) {
     let nats_url = config.nats_url.clone();
     let redis_url = config.redis_url.clone();
     block_on_cleanup(async move {
-        if let Ok(client) = async_nats::connect(&nats_url).await {
+        if let Ok(client) = natter_platform::nats::connect(&nats_url, "natter-test-cleanup").await {
             let js = async_nats::jetstream::new(client);
             for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
                 let _ = js.delete_stream(stream).await;

@@ -30,9 +30,18 @@ pub enum AuthError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Postgres out of reach or too slow (a lock wait or statement cut short
+/// by the session limits) is a 503 the client may retry; anything else a
+/// 500.
 impl From<sqlx::Error> for AuthError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.into())
+        if natter_platform::db::is_unavailable(&e) {
+            // Per request: /readyz and its log say so once.
+            tracing::debug!(error = %e, "Postgres did not answer in time");
+            Self::Unavailable
+        } else {
+            Self::Internal(e.into())
+        }
     }
 }
 

@@ -72,7 +72,7 @@ impl Runnable for Auth {
             .as_deref()
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by auth")?;
-        let pool = db::connect(&config.database_url, config.database_pool).await?;
+        let pool = db::connect(config).await?;
         let nats = nats::connect(&config.nats_url, "natter-auth").await?;
         let state = AppState {
             pool: pool.clone(),

@@ -33,13 +33,20 @@ pub(crate) async fn forward(
         )
     };
     let msg = match answer {
-        Ok(Ok(msg)) => msg,
+        Ok(Ok(msg)) => {
+            shared.message_answers.ok();
+            msg
+        }
         Ok(Err(e)) => {
-            tracing::warn!(request = kind, error = %e, "forwarding failed");
+            shared
+                .message_answers
+                .failing(&anyhow::Error::new(e).context(format!("forwarding {kind} failed")));
             return Err(unavailable());
         }
         Err(_) => {
-            tracing::warn!(request = kind, "forwarding timed out");
+            shared
+                .message_answers
+                .failing(&anyhow::anyhow!("forwarding {kind} timed out"));
             return Err(unavailable());
         }
     };

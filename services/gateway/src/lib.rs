@@ -1,7 +1,8 @@
 //! natter's WebSocket gateway (docs/protocol.md §2).
 //!
-//! It authenticates the upgrade itself (shared token key + a cache of
-//! revoked sessions), holds the sockets, forwards each request to the
+//! It authenticates the upgrade itself (shared token key, the revoked
+//! sessions it follows, and the session's row in Postgres), holds the
+//! sockets, forwards each request to the
 //! message service over NATS, records presence in Redis, and writes what
 //! push delivers on its own subject `<ns>.gw.<gateway-id>`.
 //!
@@ -22,10 +23,10 @@ use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
 use natter_platform::health::{self, Dependencies};
-use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
+use natter_platform::lifecycle::{Condition, Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, cache, http_error, nats};
+use natter_platform::{Config, cache, db, http_error, nats};
 use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
@@ -63,6 +64,11 @@ pub(crate) struct Shared {
     pub registry: Arc<registry::Registry>,
     /// Sessions known to be revoked.
     pub revoked: Arc<revocations::Revoked>,
+    /// Sessions as Postgres has them, checked at upgrade.
+    pub sessions: revocations::Sessions,
+    /// Whether message answers forwarded requests: logged when that
+    /// changes (sockets live on without it, so readiness does not).
+    pub message_answers: Condition,
     /// Presence writes.
     pub presence: PresenceWriter,
     /// Limits and timings.
@@ -79,6 +85,7 @@ pub(crate) struct Shared {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
+    session_checker: revocations::SessionChecker,
     js: async_nats::jetstream::Context,
     ns: Namespace,
     deps: Dependencies,
@@ -94,7 +101,7 @@ impl Gateway {
 }
 
 impl Runnable for Gateway {
-    /// Connects to NATS and Redis and binds `config.gateway_addr`.
+    /// Connects to NATS, Redis and Postgres and binds `config.gateway_addr`.
     ///
     /// # Errors
     /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
@@ -110,20 +117,26 @@ impl Runnable for Gateway {
         let js = nats::jetstream(&nats);
         let ns = config.namespace();
         let ttl = Duration::from_secs(config.token_ttl_secs);
-        nats::ensure_streams(&js, &ns, ttl).await?;
+        nats::ensure_streams(&js, config).await?;
         let redis = cache::connect(&config.redis_url).await?;
+        // One task asks Postgres about sessions, one query at a time.
+        let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
         let gateway_id = config.gateway_id();
         let listener = TcpListener::bind(config.gateway_addr)
             .await
             .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
         let lifecycle = Lifecycle::new("gateway", config);
+        let (sessions, session_checker) = revocations::Sessions::new(pool);
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
-            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone()),
+            presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone())
+                .reporting_to(lifecycle.readiness().condition("presence")),
             gateway_id,
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
+            sessions,
+            message_answers: Condition::detached("message service"),
             settings: Settings {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
                 idle: Duration::from_secs(config.ws_idle_secs.max(1)),
@@ -140,6 +153,7 @@ impl Runnable for Gateway {
         Ok(Self {
             listener,
             shared,
+            session_checker,
             js,
             ns,
             deps: Dependencies {
@@ -174,6 +188,10 @@ impl Runnable for Gateway {
         )
         .await?;
         lifecycle.watch("revocation follower", revocations);
+        lifecycle.spawn(
+            "session checker",
+            self.session_checker.run(lifecycle.background()),
+        );
         let deliveries = deliveries::listen(
             &shared.nats,
             self.ns.gateway_subject(&shared.gateway_id),

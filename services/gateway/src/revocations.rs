@@ -2,19 +2,31 @@
 //! every logout and unregister. Auth and message announce them through the
 //! outbox into the sessions stream, kept as long as a token lives; the
 //! gateway reads it from the start with an ordered consumer, so one that
-//! starts late still knows every revocation younger than a token.
+//! starts late still knows every revocation younger than a token, and it
+//! closes the sockets of a session when its revocation arrives.
+//!
+//! The stream lags the commit by as long as the relay takes (seconds when
+//! a relay dies, longer in an outage), so an upgrade also asks Postgres,
+//! where the revocation is authoritative the moment it commits
+//! ([`Sessions::is_live`]: primary-key lookups, batched across concurrent
+//! upgrades). If Postgres does not
+//! answer, the upgrade goes on with what the stream says: a Postgres
+//! outage must not lock every user out, and the stream then holds every
+//! revocation but those committed in the moments before it.
 
 use crate::registry::{CloseRequest, Registry};
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
+use natter_platform::lifecycle::Condition;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{SessionId, close};
-use std::collections::HashMap;
+use natter_protocol::{SessionId, UserId, close};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Sessions known to be revoked, until their tokens would have expired
@@ -30,7 +42,7 @@ impl Revoked {
         Self {
             until: Mutex::new(HashMap::new()),
             // A token issued just before the revocation lives this long.
-            ttl: token_ttl + Duration::from_secs(60),
+            ttl: token_ttl + natter_platform::nats::REVOCATION_MARGIN,
         }
     }
 
@@ -53,6 +65,113 @@ impl Revoked {
     }
 }
 
+/// How long an upgrade waits for Postgres before it trusts the stream alone.
+const SESSION_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most sessions checked in one query.
+const SESSION_CHECK_BATCH: usize = 256;
+/// Checks waiting for a query; beyond this Postgres is too slow to wait
+/// for and upgrades trust the stream.
+const SESSION_CHECK_QUEUE: usize = 4096;
+
+/// One upgrade's question: is this session live?
+struct SessionCheck {
+    session: SessionId,
+    user: UserId,
+    answer: oneshot::Sender<bool>,
+}
+
+/// The session check of an upgrade, in Postgres. Upgrades queue their
+/// question; one task asks Postgres about everything queued in one query
+/// while the previous query ran, so a reconnect storm costs Postgres a
+/// query per round trip, not one per socket, and a lone upgrade waits one
+/// round trip.
+pub(crate) struct Sessions {
+    checks: mpsc::Sender<SessionCheck>,
+}
+
+/// The task behind [`Sessions`]: run it with [`SessionChecker::run`].
+pub(crate) struct SessionChecker {
+    pool: sqlx::PgPool,
+    checks: mpsc::Receiver<SessionCheck>,
+}
+
+impl Sessions {
+    pub(crate) fn new(pool: sqlx::PgPool) -> (Self, SessionChecker) {
+        let (tx, rx) = mpsc::channel(SESSION_CHECK_QUEUE);
+        (Self { checks: tx }, SessionChecker { pool, checks: rx })
+    }
+
+    /// Whether `session` of `user` may open a socket: its row exists and is
+    /// not revoked. `true` when Postgres does not answer in time (see the
+    /// module's doc).
+    pub(crate) async fn is_live(&self, session: SessionId, user: UserId) -> bool {
+        let (answer, answered) = oneshot::channel();
+        let queued = self.checks.try_send(SessionCheck {
+            session,
+            user,
+            answer,
+        });
+        if queued.is_err() {
+            return true;
+        }
+        // A dropped question (the query failed) or no answer in time: the
+        // checker has said why, once.
+        tokio::time::timeout(SESSION_CHECK_TIMEOUT, answered)
+            .await
+            .map_or(true, |live| live.unwrap_or(true))
+    }
+}
+
+impl SessionChecker {
+    /// Answers the queued checks until `shutdown`.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let health = Condition::detached("session check");
+        loop {
+            let first = tokio::select! {
+                check = self.checks.recv() => match check {
+                    Some(check) => check,
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < SESSION_CHECK_BATCH {
+                match self.checks.try_recv() {
+                    Ok(check) => batch.push(check),
+                    Err(_) => break,
+                }
+            }
+            let sessions: Vec<uuid::Uuid> = batch.iter().map(|c| c.session.0).collect();
+            let users: Vec<i64> = batch.iter().map(|c| c.user.0).collect();
+            let query = sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT s.id FROM sessions s \
+                 JOIN UNNEST($1::uuid[], $2::bigint[]) AS q(id, user_id) \
+                   ON s.id = q.id AND s.user_id = q.user_id \
+                 WHERE s.revoked_at IS NULL",
+            )
+            .bind(&sessions)
+            .bind(&users)
+            .fetch_all(&self.pool);
+            match tokio::time::timeout(SESSION_CHECK_TIMEOUT, query).await {
+                Ok(Ok(live)) => {
+                    health.ok();
+                    let live: HashSet<uuid::Uuid> = live.into_iter().collect();
+                    for check in batch {
+                        let _ = check.answer.send(live.contains(&check.session.0));
+                    }
+                }
+                Ok(Err(e)) => health.failing(
+                    &anyhow::Error::new(e)
+                        .context("cannot check sessions in Postgres; upgrades rely on the revocation stream"),
+                ),
+                Err(_) => health.failing(&anyhow::anyhow!(
+                    "Postgres did not answer a session check in time; upgrades rely on the revocation stream"
+                )),
+            }
+        }
+    }
+}
+
 /// Closes every socket of a revoked session: `session_revoked`, then
 /// [`close::POLICY_VIOLATION`].
 pub(crate) fn close_session(registry: &Registry, session: SessionId) {
@@ -67,9 +186,21 @@ pub(crate) fn close_session(registry: &Registry, session: SessionId) {
     }
 }
 
+/// How long catching up may wait for the next revocation before it asks
+/// the stream whether the rest has aged out meanwhile.
+const CATCH_UP_POLL: Duration = Duration::from_secs(1);
+/// How long catching up may take in all before the gateway gives up.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
 /// Reads the sessions stream: first up to its current end (returns once
 /// caught up, so no revoked token is accepted after start), then follows
 /// it in the background until `shutdown`.
+///
+/// "Its current end" is the last sequence the stream holds when the
+/// gateway starts. JetStream keeps that number after the messages age
+/// out, so the gateway also counts itself caught up once the stream holds
+/// nothing up to it any more: after a quiet hour there is nothing to wait
+/// for.
 pub(crate) async fn follow(
     js: async_nats::jetstream::Context,
     ns: &Namespace,
@@ -81,12 +212,6 @@ pub(crate) async fn follow(
         .get_stream(ns.sessions_stream())
         .await
         .context("sessions stream")?;
-    let last = stream
-        .info()
-        .await
-        .context("sessions stream info")?
-        .state
-        .last_sequence;
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
@@ -102,17 +227,47 @@ pub(crate) async fn follow(
         }
         Err(e) => tracing::warn!(error = %e, "undecodable session revocation"),
     };
+    let state = stream
+        .info()
+        .await
+        .context("sessions stream info")?
+        .state
+        .clone();
+    let last = if state.messages == 0 {
+        0
+    } else {
+        state.last_sequence
+    };
+    let started = tokio::time::Instant::now();
     let mut seen = 0;
     while seen < last {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("catching up with revoked sessions timed out"))?;
-        let Some(Ok(msg)) = next else {
-            anyhow::bail!("revoked sessions stream ended while catching up");
-        };
-        seen = msg.info().map_or(seen, |i| i.stream_sequence);
-        apply(&msg.payload);
+        match tokio::time::timeout(CATCH_UP_POLL, messages.next()).await {
+            Ok(Some(Ok(msg))) => {
+                seen = msg.info().map_or(seen, |i| i.stream_sequence);
+                apply(&msg.payload);
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "sessions consumer error while catching up");
+            }
+            Ok(None) => anyhow::bail!("revoked sessions stream ended while catching up"),
+            Err(_) => {
+                let now = stream
+                    .info()
+                    .await
+                    .context("sessions stream info")?
+                    .state
+                    .clone();
+                if now.messages == 0 || now.first_sequence > last {
+                    break;
+                }
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < CATCH_UP_LIMIT,
+            "catching up with revoked sessions timed out at sequence {seen} of {last}"
+        );
     }
+    let following = Condition::detached("revocation follower");
     Ok(tokio::spawn(async move {
         loop {
             let next = tokio::select! {
@@ -120,9 +275,12 @@ pub(crate) async fn follow(
                 () = shutdown.cancelled() => break,
             };
             match next {
-                Some(Ok(msg)) => apply(&msg.payload),
+                Some(Ok(msg)) => {
+                    following.ok();
+                    apply(&msg.payload);
+                }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "revoked sessions consumer error");
+                    following.failing(&anyhow::Error::new(e).context("revoked sessions consumer"));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 None => break,

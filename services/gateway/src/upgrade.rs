@@ -1,6 +1,8 @@
 //! `GET /ws/v1/message`: authenticate, then upgrade. A missing, invalid,
 //! expired or revoked token gets 401 with the JSON error body and no
-//! socket; a draining or full gateway gets 503.
+//! socket; a draining or full gateway gets 503. Revoked means known
+//! revoked from the sessions stream, or not live in Postgres (checked
+//! last, as the one step that costs a round trip).
 
 use crate::{Shared, socket};
 use axum::extract::State;
@@ -32,6 +34,9 @@ pub(crate) async fn upgrade(
     let Ok(claims) = shared.keys.verify(raw) else {
         return unauthorized();
     };
+    let Ok(user) = claims.user_id() else {
+        return unauthorized();
+    };
     if shared.revoked.contains(claims.session_id()) {
         return unauthorized();
     }
@@ -46,6 +51,9 @@ pub(crate) async fn upgrade(
         return ApiError::new(ErrorCode::Unavailable, "gateway is full; try another")
             .into_response();
     };
+    if !shared.sessions.is_live(claims.session_id(), user).await {
+        return unauthorized();
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {

@@ -19,11 +19,25 @@ impl DomainError {
         Self::Rule(ErrorBody::new(code, message))
     }
 
-    /// The wire form; internals are logged and hidden.
+    /// The wire form; internals are logged and hidden. Postgres out of
+    /// reach or too slow is `unavailable` (the client may retry), logged
+    /// only at debug level: `/readyz` and its log say so once, not once per
+    /// request.
     #[must_use]
     pub fn into_body(self) -> ErrorBody {
         match self {
             Self::Rule(body) => body,
+            Self::Internal(e)
+                if e.chain()
+                    .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                    .any(natter_platform::db::is_unavailable) =>
+            {
+                tracing::debug!(error = ?e, "Postgres did not answer in time");
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "the database did not answer in time; the request may or may not have taken effect",
+                )
+            }
             Self::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 ErrorBody::new(ErrorCode::Internal, "internal error")

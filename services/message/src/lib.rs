@@ -26,7 +26,6 @@ use natter_platform::outbox;
 use natter_platform::presence::PresenceReader;
 use natter_platform::{Config, cache, db, nats};
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,12 +75,12 @@ impl Runnable for Message {
     /// # Errors
     /// When a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = db::connect(&config.database_url, config.database_pool).await?;
+        let pool = db::connect(config).await?;
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
         let redis = cache::connect(&config.redis_url).await?;
         let ns = config.namespace();
-        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        nats::ensure_streams(&js, config).await?;
         let health_listener = TcpListener::bind(config.message_addr)
             .await
             .with_context(|| format!("binding message health to {}", config.message_addr))?;
@@ -131,6 +130,7 @@ impl Runnable for Message {
             outbox::relay::run(
                 self.state.pool.clone(),
                 self.js.clone(),
+                lifecycle.readiness().condition("outbox relay"),
                 lifecycle.background(),
             ),
         );

@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 const PARTITION_KEY: &str = "partition.";
 const INSTANCE_KEY: &str = "instance.";
 
-/// Declares the leases bucket, or brings an existing one to `ttl`.
+/// Declares the leases bucket, or brings an existing one to `ttl` and
+/// `replicas` (`NATTER_STREAM_REPLICAS`, as every natter stream).
 ///
 /// # Errors
 /// When JetStream refuses.
@@ -58,12 +59,14 @@ pub async fn ensure_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
     ttl: Duration,
+    replicas: u16,
 ) -> anyhow::Result<kv::Store> {
-    declare(js, &ns.push_leases_bucket(), Some(ttl)).await
+    declare(js, &ns.push_leases_bucket(), Some(ttl), replicas).await
 }
 
 /// Creates a key-value bucket with one value per key, or updates it to
-/// `max_age`. The bucket's stream is declared directly, as the key-value
+/// `max_age` and `replicas` (a bucket on one server would lose the leases
+/// or offsets with it, however many replicas the events have). The bucket's stream is declared directly, as the key-value
 /// convention lays it out: async-nats's own bucket creation first asks for
 /// account details that NATS 2.9 does not send. Instances that start
 /// together may race to create it; the loser finds it created.
@@ -71,6 +74,7 @@ pub(crate) async fn declare(
     js: &jetstream::Context,
     bucket: &str,
     max_age: Option<Duration>,
+    replicas: u16,
 ) -> anyhow::Result<kv::Store> {
     let max_age = max_age.unwrap_or_default();
     let config = stream::Config {
@@ -85,6 +89,7 @@ pub(crate) async fn declare(
             max_age.min(Duration::from_secs(120))
         },
         storage: StorageType::File,
+        num_replicas: usize::from(replicas.max(1)),
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,

@@ -67,18 +67,18 @@ impl Runnable for Push {
     /// When a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let ns = config.namespace();
-        let pool = db::connect(&config.database_url, config.database_pool).await?;
+        let pool = db::connect(config).await?;
         let client = nats::connect(&config.nats_url, "natter-push").await?;
         let redis = cache::connect(&config.redis_url).await?;
         let js = nats::jetstream(&client);
-        nats::ensure_streams(&js, &ns, Duration::from_secs(config.token_ttl_secs)).await?;
+        nats::ensure_streams(&js, config).await?;
         let ttl = Duration::from_secs(config.push_lease_secs);
         // Lease requests must fail well within a renewal period, not after
         // JetStream's default five seconds.
         let mut lease_js = js.clone();
         lease_js.set_timeout((ttl / 5).min(Duration::from_secs(1)));
-        let leases = leases::ensure_bucket(&lease_js, &ns, ttl).await?;
-        let offsets = offsets::ensure_bucket(&js, &ns).await?;
+        let leases = leases::ensure_bucket(&lease_js, &ns, ttl, config.stream_replicas).await?;
+        let offsets = offsets::ensure_bucket(&js, &ns, config.stream_replicas).await?;
         let stream = js
             .get_stream(ns.events_stream())
             .await
@@ -107,7 +107,7 @@ impl Runnable for Push {
             js,
             offsets: Offsets::new(offsets),
             fanout: fanout.clone(),
-            progress: Progress::new(lifecycle.readiness()),
+            progress: Progress::new(&lifecycle.readiness()),
             commits: Arc::new(Mutex::new(Outage::new("offset commits"))),
         };
         Ok(Self {

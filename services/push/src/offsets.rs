@@ -20,8 +20,12 @@ use natter_protocol::subjects::Namespace;
 ///
 /// # Errors
 /// When JetStream refuses.
-pub async fn ensure_bucket(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<kv::Store> {
-    declare(js, &ns.push_offsets_bucket(), None).await
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    replicas: u16,
+) -> anyhow::Result<kv::Store> {
+    declare(js, &ns.push_offsets_bucket(), None, replicas).await
 }
 
 /// A position as this owner knows it.

@@ -1,9 +1,10 @@
-//! Whether push is making progress, told once per outage: to `/readyz`
-//! (unready while any partition is held back) and to the log (when the
-//! first partition is held back, and when the last one moves again — not
-//! once per retry). Also the retry pace.
+//! Whether push is making progress, told once per outage through the
+//! [`HELD_BACK`] readiness condition: `/readyz` is unready while any
+//! partition is held back, and the log says so when the first partition is
+//! held back and when the last one moves again — not once per retry. Also
+//! the retry pace.
 
-use natter_platform::lifecycle::Readiness;
+use natter_platform::lifecycle::{Condition, Readiness};
 use natter_protocol::partition::Partition;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,40 +18,32 @@ pub const HELD_BACK: &str = "events held back";
 /// dependency. Cheap to clone.
 #[derive(Clone)]
 pub struct Progress {
-    readiness: Readiness,
-    state: Arc<Mutex<Stalls>>,
-}
-
-#[derive(Default)]
-struct Stalls {
-    partitions: BTreeSet<Partition>,
-    since: Option<Instant>,
+    held_back: Condition,
+    partitions: Arc<Mutex<BTreeSet<Partition>>>,
 }
 
 impl Progress {
     /// Reports through `readiness`.
     #[must_use]
-    pub fn new(readiness: Readiness) -> Self {
+    pub fn new(readiness: &Readiness) -> Self {
         Self {
-            readiness,
-            state: Arc::default(),
+            held_back: readiness.condition(HELD_BACK),
+            partitions: Arc::default(),
         }
     }
 
     /// `partition` cannot move past an event because of `error`.
     pub fn held_back(&self, partition: Partition, error: &anyhow::Error) {
-        let mut state = self.lock();
-        if !state.partitions.insert(partition) {
+        let mut partitions = self.lock();
+        if !partitions.insert(partition) {
             return;
         }
-        if state.since.is_none() {
-            state.since = Some(Instant::now());
-            self.readiness.set_condition(HELD_BACK, true);
-            tracing::error!(
-                partition = partition.0,
-                error = ?error,
-                "events are held back: retrying until the dependency answers"
-            );
+        if partitions.len() == 1 {
+            self.held_back
+                .failing(&anyhow::anyhow!("{error:#}").context(format!(
+                    "partition {} retries until the dependency answers",
+                    partition.0
+                )));
         } else {
             tracing::debug!(partition = partition.0, error = %error, "another partition held back");
         }
@@ -58,18 +51,16 @@ impl Progress {
 
     /// `partition` moves again, or is no longer this instance's.
     pub fn moving(&self, partition: Partition) {
-        let mut state = self.lock();
-        if !state.partitions.remove(&partition) || !state.partitions.is_empty() {
-            return;
-        }
-        if let Some(since) = state.since.take() {
-            self.readiness.set_condition(HELD_BACK, false);
-            tracing::info!(after = ?since.elapsed(), "events are no longer held back");
+        let mut partitions = self.lock();
+        if partitions.remove(&partition) && partitions.is_empty() {
+            self.held_back.ok();
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Stalls> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<Partition>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -154,16 +145,20 @@ mod tests {
     #[test]
     fn readiness_is_down_while_any_partition_is_held_back() {
         let readiness = Readiness::default();
-        let progress = Progress::new(readiness.clone());
+        let progress = Progress::new(&readiness);
         let error = anyhow::anyhow!("redis away");
         progress.held_back(Partition(1), &error);
         progress.held_back(Partition(2), &error);
         progress.held_back(Partition(1), &error);
-        assert_eq!(readiness.failing(), [HELD_BACK]);
+        assert_eq!(readiness.failing_conditions(), [HELD_BACK]);
         progress.moving(Partition(1));
-        assert_eq!(readiness.failing(), [HELD_BACK], "partition 2 still waits");
+        assert_eq!(
+            readiness.failing_conditions(),
+            [HELD_BACK],
+            "partition 2 still waits"
+        );
         progress.moving(Partition(3));
         progress.moving(Partition(2));
-        assert!(readiness.failing().is_empty());
+        assert!(readiness.failing_conditions().is_empty());
     }
 }

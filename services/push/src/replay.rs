@@ -41,7 +41,7 @@ const IDLE: Duration = Duration::from_secs(5);
 /// When Postgres, NATS or Redis does not answer, or a delivery fails.
 pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
     let ns = config.namespace();
-    let pool = db::connect(&config.database_url, 2).await?;
+    let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
     let client = nats::connect(&config.nats_url, "natter-replay").await?;
     let redis = cache::connect(&config.redis_url).await?;
     let js = nats::jetstream(&client);

@@ -6,8 +6,10 @@
 //!
 //! `main.rs` only parses the command line, starts telemetry and calls
 //! here; the in-process test harness (`testing`, behind the `testing`
-//! feature) starts services through the same list and order.
+//! feature) starts services through the same list and order. The
+//! operator's `dlq` command lives here too ([`dlq`]).
 
+pub mod dlq;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -180,7 +182,8 @@ pub async fn all(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
 /// When Postgres refuses.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     db::ensure_database(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, 2).await?;
+    let settings = config.database_session().for_migrations();
+    let pool = db::connect_with(&config.database_url, 2, &settings).await?;
     db::migrate(&pool).await?;
     pool.close().await;
     tracing::info!("database is migrated");

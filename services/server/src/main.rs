@@ -3,13 +3,15 @@
 //! `natter-server auth|gateway|message|push` runs one service (one per
 //! pod in Kubernetes); `natter-server all` runs the four in one process for
 //! development, creating and migrating the database first; `natter-server
-//! migrate` only migrates (a helm hook Job). This file only reads the
-//! command line and starts telemetry: the library (`lib.rs`) knows the
-//! services.
+//! migrate` only migrates (a helm hook Job); `natter-server dlq
+//! list|redrive` shows and sends again what could not be delivered. This
+//! file only reads the command line and starts telemetry: the library
+//! (`lib.rs`) knows the services.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use natter_platform::{Config, shutdown, telemetry};
 use natter_server::Service;
+use natter_server::dlq::{self, DeadLetterId, Selection};
 
 /// mimalloc keeps the gateway's many small per-socket allocations compact
 /// (measured by bench/run: fewer bytes per idle socket than glibc's malloc,
@@ -53,6 +55,37 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         since: Option<time::OffsetDateTime>,
     },
+    /// What could not be delivered: outbox rows NATS refused (parked) and
+    /// events push dead-lettered.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List them: id (outbox:<id> or dlq:<seq>), when, subject, size,
+    /// reason.
+    List {
+        /// One JSON object per line instead of tab-separated columns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send them again: parked rows back into the outbox, dead-lettered
+    /// events to the subject they came from.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RedriveArgs {
+    /// The ones to send again, as `list` shows them (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<DeadLetterId>,
+    /// Every one there is.
+    #[arg(long)]
+    all: bool,
 }
 
 fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
@@ -71,14 +104,59 @@ impl Command {
             Self::Push => "natter-push",
             Self::All => "natter",
             Self::Replay { .. } => "natter-replay",
+            Self::Dlq { .. } => "natter-dlq",
         }
     }
+}
+
+/// Runs `natter-server dlq …`, printing to stdout (logs go to stderr).
+async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { json } => {
+            for letter in dlq::list(config).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&letter)?);
+                } else {
+                    println!("{letter}");
+                }
+            }
+        }
+        DlqCommand::Redrive(args) => {
+            let selection = if args.all {
+                Selection::All
+            } else {
+                Selection::Ids(args.ids)
+            };
+            let outcome = dlq::redrive(config, &selection).await?;
+            for id in &outcome.redriven {
+                println!("redriven\t{id}");
+            }
+            for id in &outcome.missing {
+                println!("missing\t{id}");
+            }
+            anyhow::ensure!(
+                outcome.missing.is_empty(),
+                "{} of the dead letters asked for are not there",
+                outcome.missing.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = telemetry::init(cli.config.log_format, cli.command.log_name());
+    let telemetry = if matches!(cli.command, Command::Dlq { .. }) {
+        // Its output is stdout; logs must not mix into it.
+        telemetry::init_with_writer(
+            cli.config.log_format,
+            cli.command.log_name(),
+            std::io::stderr,
+        )
+    } else {
+        telemetry::init(cli.config.log_format, cli.command.log_name())
+    };
     let stop = shutdown::on_signal();
     let config = cli.config;
     let result = match cli.command {
@@ -98,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(|n| tracing::info!(messages = n, "replay finished"))
         }
+        Command::Dlq { command } => dead_letters(&config, command).await,
     };
     if let Err(e) = &result {
         tracing::error!(error = ?e, "natter-server failed");

@@ -16,7 +16,12 @@
 //! - `headers`: a JSON object of string values, published as NATS headers;
 //!   today the W3C `traceparent` of the request that caused the event, so
 //!   one trace continues through JetStream into push and the gateways.
+//!
+//! A row NATS refuses for good is moved to `outbox_parked` by the relay
+//! ([`parked`]), so it cannot hold back the rows behind it.
 
+mod lease;
+pub mod parked;
 pub mod relay;
 
 use crate::telemetry::propagation;

@@ -1,141 +1,293 @@
 //! The outbox relay: publishes outbox rows to JetStream and deletes them.
 //! Every message instance runs one.
 //!
-//! One relay per database publishes (it holds a Postgres advisory lock,
-//! whose connection it checks every round; other instances wait as
-//! standbys), in id order so a channel's events keep their seq order,
-//! pipelined (all publishes of a batch in flight, acks awaited together)
-//! and stopping at the first failure. Each publish carries
-//! `Nats-Msg-Id` = the row's `msg_id`, so a crash between publish and delete
-//! republishes a row that JetStream then drops as a duplicate. It wakes on
-//! `LISTEN natter_outbox` (a trigger notifies on insert), with a slow timer
-//! only as a safety net.
+//! One relay per database publishes: the one holding the lease (a row of
+//! `outbox_relay_lease` renewed every second, lost within seconds by a
+//! holder that dies, freezes or loses its connection: `outbox/lease.rs`); the
+//! others wait as standbys and take it over when it expires. The active
+//! relay publishes in id order, so a channel's events keep their seq
+//! order, pipelined (all publishes of a batch in flight, acks awaited
+//! together). Each publish carries `Nats-Msg-Id` = the row's `msg_id`, so a
+//! crash between publish and delete republishes a row that JetStream then
+//! drops as a duplicate. It wakes on `LISTEN natter_outbox` (a trigger
+//! notifies on insert), with a slow timer only as a safety net.
+//!
+//! A failure is one of two kinds:
+//! - **transient** (NATS unreachable, an ack that times out, JetStream
+//!   without a leader for the stream): the batch stops at that row, which
+//!   is retried, in order, until it goes through. Nothing is skipped, so an
+//!   outage only delays events; the relay reports itself failing on
+//!   `/readyz` meanwhile;
+//! - **permanent** (larger than the server's largest message, a subject no
+//!   stream takes, an invalid subject): retrying cannot help, so the row is
+//!   **parked** ([`super::parked`]) with the reason and counted
+//!   (`natter.outbox.parked`), and the rows behind it go on.
 
-use super::nats_headers;
+use super::lease::{Lease, Lost};
+use super::{nats_headers, parked};
+use crate::lifecycle::Condition;
 use anyhow::Context;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures::future::join_all;
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Rows published per round.
 const BATCH: i64 = 1000;
-/// Advisory lock key: "natter outbox relay".
-const LOCK_KEY: i64 = 0x6e61_7474_6572_0001;
 /// What the outbox's insert trigger notifies (migrations/0001).
 const NOTIFY_CHANNEL: &str = "natter_outbox";
 /// Safety-net poll when no notification arrives.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often a standby asks whether the lease is free.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// Back-off after a failure (NATS or Postgres).
 const RETRY: Duration = Duration::from_millis(500);
 
-/// Runs the relay until `shutdown`, retrying on failure.
-pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
+/// Runs the relay until `shutdown`, retrying on failure; `health` fails
+/// while it cannot publish (or, as a standby, cannot reach Postgres).
+pub async fn run(
+    pool: PgPool,
+    js: jetstream::Context,
+    health: Condition,
+    shutdown: CancellationToken,
+) {
+    let lease = Lease::new(pool.clone());
     while !shutdown.is_cancelled() {
-        if let Err(e) = run_once(&pool, &js, &shutdown).await {
-            tracing::warn!(error = ?e, "outbox relay failed; retrying");
+        if let Err(e) = lead_when_possible(&pool, &js, &lease, &health, &shutdown).await {
+            health.failing(&e);
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
                 () = shutdown.cancelled() => {}
             }
         }
     }
+    lease.release().await;
 }
 
-async fn run_once(
+/// Waits as a standby until this relay holds the lease, then publishes
+/// until it loses it (`Ok`) or fails (`Err`).
+async fn lead_when_possible(
     pool: &PgPool,
     js: &jetstream::Context,
+    lease: &Lease,
+    health: &Condition,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut lock_conn = pool.acquire().await?.detach();
-    while !try_lock(&mut lock_conn).await? {
+    while !lease.acquire().await? {
+        health.ok();
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = tokio::time::sleep(STANDBY_POLL) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
     }
-    tracing::info!("outbox relay is active");
+    tracing::info!(holder = lease.holder(), "outbox relay is active");
+    tokio::select! {
+        lost = lease.keep() => {
+            match &lost {
+                Lost::Taken => tracing::warn!(%lost, "outbox relay is a standby again"),
+                Lost::Expired(_) => health.failing(&anyhow::Error::new(lost)),
+            }
+            Ok(())
+        }
+        published = publish_while_leading(pool, js, lease, health, shutdown) => published,
+    }
+}
+
+async fn publish_while_leading(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    lease: &Lease,
+    health: &Condition,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
-    loop {
-        // The lock lives only as long as its connection. If that one alone
-        // died, another relay may hold the lock by now: stop publishing and
-        // let `run` take the lock again or wait as a standby.
-        still_locked(&mut lock_conn).await?;
-        let published = publish_batch(pool, js).await?;
-        if published as i64 >= BATCH {
-            continue;
-        }
+    while lease.is_held() {
+        let round = publish_batch(pool, js).await?;
+        let pause = match round.stalled {
+            Some(e) => {
+                health.failing(&e);
+                RETRY
+            }
+            None => {
+                health.ok();
+                if round.published + round.parked >= BATCH as usize {
+                    continue;
+                }
+                IDLE_POLL
+            }
+        };
         tokio::select! {
-            n = listener.recv() => { n.context("outbox notification")?; }
-            () = tokio::time::sleep(IDLE_POLL) => {}
-            () = shutdown.cancelled() => break,
+            n = listener.recv(), if pause == IDLE_POLL => { n.context("outbox notification")?; }
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
-    lock_conn.close().await.ok();
     Ok(())
 }
 
-async fn try_lock(conn: &mut PgConnection) -> anyhow::Result<bool> {
-    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(conn)
-        .await?)
+/// What one round did.
+#[derive(Debug)]
+pub struct Round {
+    /// Rows JetStream stored, deleted from the outbox.
+    pub published: usize,
+    /// Rows NATS refused for good, moved to `outbox_parked`.
+    pub parked: usize,
+    /// The transient failure that stopped the round early: the rows from
+    /// there on stay in the outbox, in order, for the next round.
+    pub stalled: Option<anyhow::Error>,
 }
 
-/// Fails when the lock connection no longer answers.
-async fn still_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
-    sqlx::query("SELECT 1")
-        .execute(conn)
-        .await
-        .context("the outbox relay's lock connection is gone")?;
-    Ok(())
+/// One row as the relay reads it.
+struct Row {
+    id: i64,
+    msg_id: uuid::Uuid,
+    subject: String,
+    payload: Vec<u8>,
+    headers: String,
 }
 
-/// Publishes up to `BATCH` rows, deletes those JetStream acknowledged
-/// (a prefix, in order), and returns how many.
+/// Publishes up to `BATCH` rows, deletes those JetStream acknowledged (a
+/// prefix, in order), parks those it refused for good, and says what it
+/// did. Only the active relay calls it.
+///
+/// # Errors
+/// When Postgres fails.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
-    let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>, String)> = sqlx::query_as(
+pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<Round> {
+    let rows: Vec<Row> = sqlx::query_as::<_, (i64, uuid::Uuid, String, Vec<u8>, String)>(
         "SELECT id, msg_id, subject, payload, headers::text FROM outbox ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(pool)
-    .await?;
-    if rows.is_empty() {
-        crate::metrics::get().outbox_backlog.record(0, &[]);
-        return Ok(0);
-    }
+    .await?
+    .into_iter()
+    .map(|(id, msg_id, subject, payload, headers)| Row {
+        id,
+        msg_id,
+        subject,
+        payload,
+        headers,
+    })
+    .collect();
+    let mut to_park: Vec<(i64, String)> = Vec::new();
+    let mut stalled = None;
     let mut pending = Vec::with_capacity(rows.len());
-    for (_, msg_id, subject, payload, headers) in &rows {
+    for row in &rows {
         let publish = jetstream::message::PublishMessage::build()
-            .headers(nats_headers(headers))
-            .message_id(msg_id.to_string())
-            .payload(payload.clone().into());
-        match js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => pending.push(ack),
+            .headers(nats_headers(&row.headers))
+            .message_id(row.msg_id.to_string())
+            .payload(row.payload.clone().into());
+        match js.send_publish(row.subject.clone(), publish).await {
+            Ok(ack) => pending.push((row, ack)),
             Err(e) => {
-                tracing::warn!(error = %e, "outbox publish failed");
-                break;
+                let e = anyhow::Error::new(e);
+                if refused_for_good(&e) {
+                    to_park.push((row.id, format!("{e:#}")));
+                } else {
+                    stalled = Some(e.context("publishing an outbox row"));
+                    break;
+                }
             }
         }
     }
-    let acks = join_all(pending.into_iter().map(|ack| ack.into_future())).await;
-    let done = acks.iter().take_while(|a| a.is_ok()).count();
-    if let Some(Err(e)) = acks.get(done) {
-        tracing::warn!(error = %e, "outbox publish not acknowledged");
+    let (sent, acks): (Vec<&Row>, Vec<_>) = pending.into_iter().unzip();
+    let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+    let mut done = Vec::with_capacity(acks.len());
+    for (row, ack) in sent.into_iter().zip(acks) {
+        match ack {
+            Ok(_) => done.push(row.id),
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                if refused_for_good(&e) || no_stream_takes(js, &row.subject, &e).await {
+                    to_park.push((row.id, format!("{e:#}")));
+                } else {
+                    stalled = Some(e.context("an outbox row was not acknowledged"));
+                    break;
+                }
+            }
+        }
     }
-    let ids: Vec<i64> = rows[..done].iter().map(|r| r.0).collect();
-    if !ids.is_empty() {
+    let parked = to_park.len();
+    if !done.is_empty() || !to_park.is_empty() {
+        let mut tx = pool.begin().await?;
+        if !to_park.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = to_park.iter().cloned().unzip();
+            parked::park(&mut tx, &ids, &errors).await?;
+        }
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(pool)
+            .bind(&done)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     }
-    crate::metrics::get()
+    for (id, error) in &to_park {
+        let subject = rows
+            .iter()
+            .find(|r| r.id == *id)
+            .map(|r| r.subject.as_str());
+        tracing::error!(
+            id,
+            subject,
+            error,
+            "outbox row parked: NATS refused it for good"
+        );
+    }
+    let metrics = crate::metrics::get();
+    if parked > 0 {
+        metrics.outbox_parked.add(parked as u64, &[]);
+    }
+    metrics
         .outbox_backlog
-        .record((rows.len() - done) as u64, &[]);
-    Ok(done)
+        .record((rows.len() - done.len() - parked) as u64, &[]);
+    Ok(Round {
+        published: done.len(),
+        parked,
+        stalled,
+    })
+}
+
+/// Whether NATS refused a publish in a way no retry can change: larger
+/// than the server's largest message or the stream's, or a subject that is
+/// not a valid publish subject.
+fn refused_for_good(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(publish) = cause.downcast_ref::<jetstream::context::PublishError>() {
+            return publish.kind() == PublishErrorKind::MaxPayloadExceeded;
+        }
+        if cause
+            .downcast_ref::<async_nats::subject::SubjectError>()
+            .is_some()
+        {
+            return true;
+        }
+        cause.downcast_ref::<jetstream::Error>().is_some_and(|js| {
+            matches!(
+                js.error_code(),
+                jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM
+            )
+        })
+    })
+}
+
+/// Whether a publish that found no responder went to a subject no stream
+/// takes. JetStream answers nothing both then and while it is down (a
+/// restart, a cluster without a leader), so ask it: only its own answer
+/// that no stream matches makes the row unpublishable.
+async fn no_stream_takes(js: &jetstream::Context, subject: &str, e: &anyhow::Error) -> bool {
+    let no_responders = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<jetstream::context::PublishError>()
+            .is_some_and(|p| p.kind() == PublishErrorKind::StreamNotFound)
+    });
+    if !no_responders {
+        return false;
+    }
+    match js.stream_by_subject(subject).await {
+        Err(e) => e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound,
+        Ok(_) => false,
+    }
 }

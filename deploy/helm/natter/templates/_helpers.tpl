@@ -53,6 +53,12 @@ app.kubernetes.io/component: {{ .component }}
       key: jwt-secret
 - name: NATTER_NATS_URL
   value: {{ .Values.nats.url | quote }}
+- name: NATTER_STREAM_REPLICAS
+  value: {{ .Values.streams.replicas | quote }}
+- name: NATTER_EVENTS_MAX_AGE
+  value: {{ .Values.streams.eventsMaxAge | quote }}
+- name: NATTER_EVENTS_MAX_BYTES
+  value: {{ .Values.streams.eventsMaxBytes | quote }}
 - name: NATTER_REDIS_URL
   value: {{ .Values.redis.url | quote }}
 - name: NATTER_NAMESPACE

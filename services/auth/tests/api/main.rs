@@ -6,3 +6,4 @@ mod login;
 mod refresh;
 mod register;
 mod sessions;
+mod timeouts;

@@ -78,7 +78,7 @@ async fn a_silent_socket_is_closed_with_1001() {
         c.ws_idle_secs = 1;
     })
     .await;
-    let token = token(&app, "alice");
+    let token = token(&app, "alice").await;
     // A raw client that never answers pings: tungstenite answers them only
     // while it is read, so not reading keeps it silent.
     let mut ws = connect(&app, &token).await;
@@ -115,4 +115,64 @@ async fn presence_lost_in_redis_is_registered_again_by_the_heartbeat() {
     let alice = user_id("alice");
     live_sockets_become(&reader, alice, 1, Duration::from_secs(15)).await;
     assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
+}
+
+/// Waits until `/readyz` answers `status`: its body.
+async fn readyz_becomes(app: &GatewayApp, status: u16) -> Value {
+    let url = format!("{}/readyz", app.url());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = app.http.get(&url).send().await.expect("readyz answers");
+        if r.status() == status {
+            return r.json().await.expect("JSON");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed {} instead of {status}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_redis_the_gateway_is_unready_and_recovers_on_its_own() {
+    let mut redis = natter_testkit::private::PrivateRedis::start();
+    let url = redis.url();
+    let app = GatewayApp::spawn_with(|c| c.redis_url = url).await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
+    readyz_becomes(&app, 200).await;
+    redis.kill();
+    let body = readyz_becomes(&app, 503).await;
+    assert!(
+        body["failing"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("redis"))),
+        "{body}"
+    );
+    // The socket lives on; presence cannot be written meanwhile.
+    assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
+    let (_, _bob) = connect_user(&app, "bob").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = readyz_becomes(&app, 503).await;
+        if body["failing"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("presence")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an unwritten socket does not show: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.restart();
+    readyz_becomes(&app, 200).await;
+    // The restarted Redis is empty: the heartbeat registers every socket
+    // again, including the one opened while it was down.
+    let reader = reader(&app).await;
+    live_sockets_become(&reader, user_id("alice"), 1, Duration::from_secs(20)).await;
+    live_sockets_become(&reader, user_id("bob"), 1, Duration::from_secs(20)).await;
 }

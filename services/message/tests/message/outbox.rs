@@ -1,10 +1,13 @@
 //! The outbox survives the message service stopping between commit and
-//! publish, and JetStream keeps each event once however often it is
-//! published.
+//! publish, JetStream keeps each event once however often it is
+//! published, a row NATS refuses for good is parked instead of holding
+//! back the rest, an outage parks nothing, and only the lease holder
+//! publishes.
 
 use natter_message::Message;
 use natter_platform::outbox::{self, OutboxRow};
 use natter_protocol::events::Event;
+use natter_protocol::partition::Partition;
 use natter_protocol::{ChannelId, UserId};
 use natter_testkit::TestService;
 use std::time::{Duration, Instant};
@@ -84,67 +87,155 @@ async fn publishing_the_same_row_twice_stores_one_event() {
     let row = joined(&app, 7);
     for _ in 0..2 {
         insert_row(&app, &row).await;
-        let published = outbox::relay::publish_batch(&app.pool, &js)
+        let round = outbox::relay::publish_batch(&app.pool, &js)
             .await
             .expect("published");
-        assert_eq!(published, 1);
+        assert_eq!(round.published, 1);
         assert_eq!(outbox_rows(&app).await, 0);
     }
     assert_eq!(stored_events(&app).await, 1);
 }
 
-/// The backend holding the relay's advisory lock in `pool`'s database.
-async fn lock_holder(pool: &sqlx::PgPool) -> Option<i32> {
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_optional(pool)
-    .await
-    .expect("pg_locks")
+/// Inserts a raw row, as a writer with a bug (or another namespace) might
+/// have left it: the relay must cope with what it cannot publish.
+async fn insert_raw(app: &TestService<Message>, subject: &str, payload: &[u8]) {
+    sqlx::query("INSERT INTO outbox (msg_id, subject, payload) VALUES ($1, $2, $3)")
+        .bind(uuid::Uuid::now_v7())
+        .bind(subject)
+        .bind(payload)
+        .execute(&app.pool)
+        .await
+        .expect("outbox row");
 }
 
-/// If only the relay's lock connection dies, its lock is gone and another
-/// relay may take over: the relay must notice and stop publishing (here,
-/// with no rival, it takes the lock again).
-#[tokio::test]
-async fn a_relay_whose_lock_connection_dies_stops_being_active() {
-    let db = natter_testkit::TestDatabase::create().await;
-    let pool = db.pool().await;
-    let config = natter_testkit::test_config(&db.url);
-    let nats = async_nats::connect(&config.nats_url).await.expect("nats");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(outbox::relay::run(
-        pool.clone(),
-        async_nats::jetstream::new(nats),
-        stop.clone(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        if let Some(pid) = lock_holder(&pool).await {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the relay never took its lock");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(first)
-        .fetch_one(&pool)
+async fn parked(app: &TestService<Message>) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT subject, error FROM outbox_parked ORDER BY id")
+        .fetch_all(&app.pool)
         .await
-        .expect("terminate");
-    assert!(killed);
-    let deadline = Instant::now() + Duration::from_secs(10);
+        .expect("parked rows")
+}
+
+/// The `user_id`s of the `member_joined` events stored, in stream order.
+async fn stored_joins(app: &TestService<Message>) -> Vec<i64> {
+    use futures::StreamExt;
+    let consumer = stream(app)
+        .await
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let count = stored_events(app).await;
+    let mut messages = consumer
+        .messages()
+        .await
+        .expect("messages")
+        .take(count as usize);
+    let mut joins = Vec::new();
+    while let Some(msg) = messages.next().await {
+        let event: Event = serde_json::from_slice(&msg.expect("message").payload).expect("event");
+        if let Event::MemberJoined { user_id, .. } = event {
+            joins.push(user_id.0);
+        }
+    }
+    joins
+}
+
+#[tokio::test]
+async fn rows_nats_refuses_for_good_are_parked_and_the_rows_behind_them_are_published() {
+    let mut app = TestService::<Message>::spawn().await;
+    app.stop_service().await;
+    insert_row(&app, &joined(&app, 1)).await;
+    // Larger than the server's largest message (1 MiB by default).
+    let too_large = app
+        .config
+        .namespace()
+        .partition_subject(Partition(0), "channel.1");
+    insert_raw(&app, &too_large, &vec![b'x'; 2 << 20]).await;
+    // A subject no stream takes.
+    insert_raw(&app, "elsewhere.evt.channel.1", b"{}").await;
+    insert_row(&app, &joined(&app, 2)).await;
+    app.start_service().await;
+    drained(&app).await;
+    assert_eq!(stored_joins(&app).await, [1, 2]);
+    let parked = parked(&app).await;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, too_large);
+    assert!(parked[0].1.contains("max payload"), "{parked:?}");
+    assert_eq!(parked[1].0, "elsewhere.evt.channel.1");
+    assert!(parked[1].1.contains("no stream"), "{parked:?}");
+}
+
+#[tokio::test]
+async fn while_nats_is_down_rows_wait_in_order_and_none_is_parked() {
+    let mut nats = natter_testkit::private::PrivateNats::start();
+    let url = nats.url();
+    let app = TestService::<Message>::spawn_with(|c| c.nats_url = url).await;
+    let readyz = format!("{}/readyz", app.url());
+    insert_row(&app, &joined(&app, 1)).await;
+    drained(&app).await;
+    nats.kill();
+    for n in 2..=4 {
+        insert_row(&app, &joined(&app, n)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match lock_holder(&pool).await {
-            Some(pid) if pid != first => break,
-            _ => {}
+        let status = app.http.get(&readyz).send().await.expect("readyz").status();
+        if status == 503 {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "the relay kept running without its lock"
+            "readyz stayed {status} without NATS"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    relay.await.expect("relay task");
+    // Long enough for publish attempts to time out and be retried.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(parked(&app).await.is_empty(), "an outage parked rows");
+    assert_eq!(outbox_rows(&app).await, 3);
+    nats.restart();
+    drained(&app).await;
+    assert!(parked(&app).await.is_empty());
+    assert_eq!(stored_joins(&app).await, [1, 2, 3, 4]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = app.http.get(&readyz).send().await.expect("readyz").status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz stayed {status} after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Takes the relay lease away from the service, as a relay that took it
+/// over would hold it.
+async fn take_lease(app: &TestService<Message>, seconds: f64) {
+    sqlx::query(
+        "UPDATE outbox_relay_lease SET holder = 'another relay', \
+         expires_at = clock_timestamp() + make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(&app.pool)
+    .await
+    .expect("lease taken");
+}
+
+#[tokio::test]
+async fn a_relay_that_lost_its_lease_stops_publishing_until_it_holds_it_again() {
+    let app = TestService::<Message>::spawn().await;
+    insert_row(&app, &joined(&app, 1)).await;
+    drained(&app).await;
+    take_lease(&app, 3600.0).await;
+    // Longer than the lease, so the relay has noticed it is gone.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    insert_row(&app, &joined(&app, 2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outbox_rows(&app).await, 1, "published without the lease");
+    // The other relay stops renewing: the lease expires and is taken back.
+    take_lease(&app, 0.0).await;
+    drained(&app).await;
+    assert_eq!(stored_joins(&app).await, [1, 2]);
 }

@@ -14,8 +14,9 @@ use natter_push::Push;
 use natter_testkit::TestService;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::process::{Child, Command};
@@ -33,6 +34,9 @@ pub struct Harness {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub redis: ConnectionManager,
+    /// One presence writer per gateway acted as: its entries count only
+    /// for the incarnation that marked it alive.
+    gateways: Mutex<HashMap<String, PresenceWriter>>,
 }
 
 impl Harness {
@@ -57,14 +61,21 @@ impl Harness {
             nats,
             js,
             redis,
+            gateways: Mutex::default(),
         }
     }
 
-    /// A new Redis connection, after the test restarted Redis.
+    /// A new Redis connection, after the test restarted Redis; the gateways
+    /// acted as start over with it, as new incarnations (the restarted
+    /// Redis forgot the old ones).
     pub async fn reconnect_redis(&mut self) {
         self.redis = natter_platform::cache::connect(&self.app.config.redis_url)
             .await
             .expect("Redis answers");
+        self.gateways
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// A user row, as auth would write it.
@@ -131,19 +142,21 @@ impl Harness {
 
     /// Presence writes as `gateway` makes them.
     fn gateway(&self, gateway: &str) -> PresenceWriter {
-        PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+        self.gateways
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(gateway.to_owned())
+            .or_insert_with(|| {
+                PresenceWriter::new(self.redis.clone(), self.ns.clone(), gateway.into())
+            })
+            .clone()
     }
 
     /// Marks a gateway alive, as its heartbeat would, for longer than any
     /// test runs (there is no heartbeat here to refresh it).
     pub async fn gateway_alive(&self, gateway: &str) {
-        let mut conn = self.redis.clone();
-        let () = redis::cmd("SET")
-            .arg(presence::gateway_key(&self.ns, gateway))
-            .arg("1")
-            .arg("EX")
-            .arg(60)
-            .query_async(&mut conn)
+        self.gateway(gateway)
+            .register()
             .await
             .expect("set liveness");
     }

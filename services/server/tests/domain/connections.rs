@@ -3,7 +3,7 @@
 //! `fetch_connections` with its `online` flag.
 
 use crate::support::{User, accepted_pairs, connect, connection_count, rpc_user, user};
-use natter_platform::presence::{self, PresenceWriter};
+use natter_platform::presence::PresenceWriter;
 use natter_protocol::{SocketId, UserId};
 use natter_server::testing::TestApp;
 use serde_json::{Value, json};
@@ -303,18 +303,12 @@ async fn online_means_a_socket_on_a_live_gateway() {
         .await
         .expect("redis");
     // bob has a socket on a live gateway; carol only on a dead one.
-    PresenceWriter::new(redis.clone(), ns.clone(), "gw-live".into())
-        .set(UserId(bob.id), SocketId(7), None)
-        .await;
+    let live = PresenceWriter::new(redis.clone(), ns.clone(), "gw-live".into());
+    live.set(UserId(bob.id), SocketId(7), None).await;
+    live.register().await.expect("gw-live is alive");
     PresenceWriter::new(redis.clone(), ns.clone(), "gw-dead".into())
         .set(UserId(carol.id), SocketId(8), None)
         .await;
-    let _: () = redis::cmd("SET")
-        .arg(presence::gateway_key(&ns, "gw-live"))
-        .arg("1")
-        .query_async(&mut redis.clone())
-        .await
-        .expect("gw-live is alive");
     let list = alice
         .ok("fetch_connections", json!({"status": "accepted"}))
         .await;

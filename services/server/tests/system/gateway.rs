@@ -117,3 +117,25 @@ async fn a_gateway_started_after_a_logout_still_refuses_the_token() {
         .expect("refused");
     assert_eq!(refusal.0, 401);
 }
+
+#[tokio::test]
+async fn a_logged_out_token_is_refused_while_the_relay_has_not_announced_it() {
+    let mut app = TestApp::spawn().await;
+    let token = app.user("alice").await;
+    app.ws(&token).await.close().await;
+    // The relay runs in the message service: without it, nothing reaches
+    // the sessions stream.
+    app.stop_part(Service::Message).await;
+    let r = app.post(paths::LOGOUT, &json!({}), Some(&token)).await;
+    assert_eq!(r.status(), 204);
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(unpublished, 1, "the revocation is still in the outbox");
+    let refusal = ws::connect(&app.ws_url(), Some(&token))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refusal.0, 401);
+}

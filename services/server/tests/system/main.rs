@@ -1,8 +1,13 @@
 //! The services together, in-process: what one service does with the help
 //! of another (auth asking message, the gateway hearing auth's
 //! revocations, requests reaching message through the gateway), and what
-//! every service answers alike.
+//! every service answers alike; and what needs real processes (a frozen
+//! relay, a crashed gateway) or the operator's `dlq` command.
 
 mod auth;
+mod dlq;
 mod gateway;
+mod presence;
+mod process;
 mod readiness;
+mod relay;
