@@ -19,10 +19,38 @@ pub const FETCH_LIMIT_DEFAULT: i64 = 50;
 pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
 /// Password length in chars.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
-/// Failed logins per username in [`LOGIN_WINDOW_SECS`] before 429.
+/// Failed logins per username and client address in
+/// [`LOGIN_WINDOW_SECS`] before that address gets 429.
 pub const LOGIN_MAX_FAILURES: i64 = 5;
 /// The login rate limit's window.
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
+/// Largest reply or push the server sends, serialized (docs/protocol.md
+/// §2.6): half of NATS's default 1 MiB payload, so a reply also fits in
+/// the envelope that carries it from the message service.
+pub const MAX_REPLY_BYTES: usize = 512 * 1024;
+
+/// Whether `c` is a control character text fields refuse (docs/protocol.md
+/// §2.6): C0 except `\n` and `\t`, DEL, and C1. These are what terminals
+/// interpret (`ESC [2J` clears the screen), and each costs six bytes
+/// escaped in JSON.
+#[must_use]
+pub fn is_refused_control(c: char) -> bool {
+    (c.is_ascii_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c)
+}
+
+/// Checks that free text holds no refused control character.
+///
+/// # Errors
+/// A human message naming `field`.
+pub fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.chars().any(is_refused_control) {
+        Err(format!(
+            "{field} must not contain control characters (only newline and tab)"
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// Checks a password's length (8–128 chars).
 ///
@@ -59,6 +87,26 @@ pub fn check_chars(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_refuses_c0_but_newline_and_tab_del_and_c1() {
+        for bad in [
+            "\u{1b}[2J",
+            "a\rb",
+            "\u{7}",
+            "\u{7f}",
+            "\u{80}",
+            "\u{9b}2J",
+            "\u{9f}",
+        ] {
+            assert!(check_text("content", bad).is_err(), "{bad:?}");
+        }
+        for good in ["line\nnext\tcol", "\u{a0}nbsp", "日本語", "😀", "\"\\"] {
+            assert!(check_text("content", good).is_ok(), "{good:?}");
+        }
+        let err = check_text("title", "\u{1b}").expect_err("refused");
+        assert!(err.contains("title"), "{err}");
+    }
 
     #[test]
     fn passwords_are_counted_in_chars() {

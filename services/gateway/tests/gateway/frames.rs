@@ -84,3 +84,24 @@ async fn a_request_the_message_service_cannot_answer_is_unavailable() {
         .expect_err("no message service");
     assert_eq!(err.code, "unavailable");
 }
+
+#[tokio::test]
+async fn terminal_escape_sequences_are_refused_at_the_edge() {
+    let app = GatewayApp::spawn().await;
+    let (_, mut ws) = connect_user(&app, "alice").await;
+    for frame in [
+        json!({"type": "write_message", "channel_id": 1, "client_msg_id": "a",
+               "content": "\u{1b}[2J\u{1b}[Hhello"}),
+        json!({"type": "write_message", "channel_id": 1, "client_msg_id": "b",
+               "content": "bell\u{7}"}),
+        json!({"type": "create", "title": "\u{9b}31mred", "usernames": ["bob"]}),
+    ] {
+        let err = ws.request(frame.clone()).await.expect_err("refused");
+        assert_eq!(err.code, "invalid_request", "{frame}");
+        assert!(
+            err.message.contains("control characters"),
+            "{}",
+            err.message
+        );
+    }
+}
