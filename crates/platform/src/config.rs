@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "NATTER_HEAD_LIMIT", default_value_t = 100)]
     pub head_limit: i32,
 
+    /// Most channels a user is a member of; a create or join past it gets
+    /// `over_limit`.
+    #[arg(long, env = "NATTER_CHANNELS_PER_USER", default_value_t = 1000)]
+    pub channels_per_user: i32,
+
     /// Gateway: seconds between pings to each socket.
     #[arg(long, env = "NATTER_WS_PING_SECS", default_value_t = 30)]
     pub ws_ping_secs: u64,
@@ -192,6 +197,7 @@ mod tests {
         assert_eq!(c.token_ttl_secs, 3600);
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
+        assert_eq!(c.channels_per_user, 1000);
         assert_eq!(c.shutdown_grace_secs, 10);
     }
 

@@ -55,12 +55,11 @@ pub(crate) async fn handle(
                     "usernames must not include your own",
                 ));
             }
-            let limit = state.limits.head_limit;
-            result(&channels::create(pool, &state.ns, limit, me, &title, &usernames).await?)
+            let limits = state.limits;
+            result(&channels::create(pool, &state.ns, limits, me, &title, &usernames).await?)
         }
         Request::Join { invite_code } => {
-            let limit = state.limits.head_limit;
-            result(&channels::join(pool, &state.ns, limit, me, &invite_code).await?)
+            result(&channels::join(pool, &state.ns, state.limits, me, &invite_code).await?)
         }
         Request::FetchChannels => {
             let mut channels = channels::list(pool, me).await?;

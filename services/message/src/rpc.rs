@@ -119,16 +119,18 @@ fn within_reply_limit(
     }
 }
 
-/// Counts refusals by the connection or head limit.
+/// Counts refusals by the connection, head or membership limit.
 fn count_limit_rejection(e: &crate::DomainError) {
-    let crate::DomainError::Rule(body) = e else {
-        return;
-    };
-    let limit = match body.code {
-        ErrorCode::ConnectionLimitReached | ErrorCode::PartnerConnectionLimitReached => {
+    let limit = match e {
+        crate::DomainError::Limit { limit, .. } => *limit,
+        crate::DomainError::Rule(body)
+            if matches!(
+                body.code,
+                ErrorCode::ConnectionLimitReached | ErrorCode::PartnerConnectionLimitReached
+            ) =>
+        {
             "connection"
         }
-        ErrorCode::OverLimit => "head",
         _ => return,
     };
     natter_platform::metrics::get()

@@ -1,7 +1,9 @@
 //! The abuse limits of docs/protocol.md §2.6 that the domain enforces:
-//! replies within 512 KiB with paging that still reads everything.
+//! replies within 512 KiB with paging that still reads everything, the
+//! membership limit under concurrency, and a `create` that does not tell
+//! who exists.
 
-use crate::support::{User, channel, user};
+use crate::support::{User, channel, channel_code, connect, second_socket, user, users};
 use natter_protocol::limits::MAX_RESULT_BYTES;
 use natter_server::testing::TestApp;
 use serde_json::{Value, json};
@@ -221,4 +223,151 @@ async fn a_flood_of_invitations_lists_what_fits_and_answering_brings_up_the_rest
         next.last().expect("some"),
         &format!("inviter-{:024}", first.len() + 1)
     );
+}
+
+/// How many channels a user is a member of.
+async fn memberships(app: &TestApp, user: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM channel_members WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn create_and_join_refuse_a_member_past_the_membership_limit() {
+    let app = TestApp::spawn_with(|c| c.channels_per_user = 2).await;
+    let mut alice = user(&app, "alice").await;
+    let mut bob = user(&app, "bob").await;
+    let mut carol = user(&app, "carol").await;
+    connect(&mut alice, &mut bob).await;
+    connect(&mut alice, &mut carol).await;
+    let create = |names: &[&str]| json!({"title": "t", "usernames": names});
+    let first = alice.ok("create", create(&["bob"])).await["channel_id"].clone();
+    alice.ok("create", create(&["bob"])).await;
+    // bob is in two channels: a third that would add him is refused,
+    // naming him; alice too is in two.
+    let err = alice
+        .call("create", create(&["carol", "bob"]))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code, "over_limit");
+    assert!(
+        err.message.contains("bob") && err.message.contains("you"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains("carol"), "{}", err.message);
+    let code = channel_code(&mut alice, first.as_i64().expect("id")).await;
+    carol.ok("join", json!({"invite_code": code})).await;
+    let mut dave = user(&app, "dave").await;
+    connect(&mut carol, &mut dave).await;
+    let second = carol.ok("create", create(&["dave"])).await["channel_id"].clone();
+    let code = channel_code(&mut carol, second.as_i64().expect("id")).await;
+    assert_eq!(
+        bob.err("join", json!({"invite_code": code})).await,
+        "over_limit"
+    );
+    bob.ok("quit", json!({"channel_id": first})).await;
+    bob.ok("join", json!({"invite_code": code})).await;
+    assert_eq!(memberships(&app, bob.id).await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_creates_and_joins_never_pass_the_membership_limit() {
+    let app = TestApp::spawn_with(|c| c.channels_per_user = 3).await;
+    let mut bob = user(&app, "bob").await;
+    // Six channels bob may join, each of an owner and a friend.
+    let mut owners = users(&app, "o", 6).await;
+    let mut friends = users(&app, "f", 6).await;
+    let mut codes = Vec::new();
+    for (owner, friend) in owners.iter_mut().zip(friends.iter_mut()) {
+        let id = channel(owner, &mut [friend]).await;
+        codes.push(channel_code(owner, id).await);
+    }
+    // Six creators, each about to make a channel with bob.
+    let mut creators = users(&app, "c", 6).await;
+    for creator in &mut creators {
+        connect(creator, &mut bob).await;
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        sockets.push(second_socket(&app, &bob).await);
+    }
+    let joins = sockets
+        .iter_mut()
+        .zip(&codes)
+        .map(|(s, code)| async move { s.call("join", json!({"invite_code": code})).await });
+    let creates = creators.iter_mut().map(|c| async move {
+        c.call("create", json!({"title": "t", "usernames": ["bob"]}))
+            .await
+    });
+    let (joined, created) = futures::future::join(
+        futures::future::join_all(joins),
+        futures::future::join_all(creates),
+    )
+    .await;
+    let outcomes: Vec<_> = joined.into_iter().chain(created).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        3,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| e.code == "over_limit"),
+        "{outcomes:?}"
+    );
+    assert_eq!(memberships(&app, bob.id).await, 3);
+}
+
+#[tokio::test]
+async fn create_answers_strangers_and_unknown_names_alike() {
+    let app = TestApp::spawn().await;
+    let mut alice = user(&app, "alice").await;
+    let mut bob = user(&app, "bob").await;
+    let _dave = user(&app, "dave").await;
+    connect(&mut alice, &mut bob).await;
+    let answer = |u: &'static str| json!({"title": "t", "usernames": ["bob", u]});
+    let stranger = alice
+        .call("create", answer("dave"))
+        .await
+        .expect_err("dave");
+    let nobody = alice
+        .call("create", answer("ghost"))
+        .await
+        .expect_err("ghost");
+    assert_eq!(stranger.code, "unconnected_users");
+    assert_eq!(nobody.code, "unconnected_users");
+    assert_eq!(
+        stranger.message.replace("dave", "NAME"),
+        nobody.message.replace("ghost", "NAME")
+    );
+    // Only a name no user can have is unknown: that tells nothing.
+    let impossible = alice
+        .call("create", answer("Ghost"))
+        .await
+        .expect_err("Ghost");
+    assert_eq!(impossible.code, "unknown_users");
+    assert!(
+        impossible.message.contains("Ghost"),
+        "{}",
+        impossible.message
+    );
+}
+
+#[tokio::test]
+async fn a_long_list_of_refused_names_gets_a_short_message() {
+    let app = TestApp::spawn().await;
+    let mut alice = user(&app, "alice").await;
+    let names: Vec<String> = (0..1000).map(|i| format!("stranger-{i}")).collect();
+    let err = alice
+        .call("create", json!({"title": "t", "usernames": names}))
+        .await
+        .expect_err("strangers");
+    assert_eq!(err.code, "unconnected_users");
+    assert!(err.message.ends_with("and 980 more"), "{}", err.message);
+    assert!(err.message.len() < 500, "{}", err.message.len());
 }
