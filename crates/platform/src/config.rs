@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "NATTER_WS_MAX_SOCKETS", default_value_t = 250_000)]
     pub ws_max_sockets: usize,
 
+    /// Gateway: most sockets one user holds, counted over all gateways;
+    /// more get 429.
+    #[arg(long, env = "NATTER_SOCKETS_PER_USER", default_value_t = 16)]
+    pub sockets_per_user: usize,
+
     /// Seconds between turning unready on SIGTERM and no longer taking
     /// work (the gateway: draining its sockets), so load balancers stop
     /// sending new work first.
@@ -198,6 +203,7 @@ mod tests {
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
         assert_eq!(c.channels_per_user, 1000);
+        assert_eq!(c.sockets_per_user, 16);
         assert_eq!(c.shutdown_grace_secs, 10);
     }
 

@@ -12,7 +12,13 @@
 //! Liveness rule: Redis 7.0 has no per-field TTL, so a crashed gateway's
 //! fields stay behind; an entry counts only while its gateway's liveness
 //! key exists, and readers delete the fields of dead gateways they come
-//! across. Nothing here is the only copy of anything: if Redis loses it
+//! across.
+//!
+//! The same hash counts a user's sockets for the per-user limit
+//! (docs/protocol.md §2.6): [`PresenceWriter::admit`] counts the live
+//! fields and adds the new one in one script, atomic across gateways, so
+//! the count is what the hash holds — a closed socket's field is removed,
+//! a dead gateway's stop counting with its liveness — and cannot leak. Nothing here is the only copy of anything: if Redis loses it
 //! (flush, failover), the heartbeat finds its liveness key missing and
 //! registers every local socket again. A write that fails in a Redis blip
 //! is repaired by the next heartbeat the same way.
@@ -65,6 +71,35 @@ pub fn parse_socket_field(field: &str) -> Option<(&str, SocketId)> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     valid.then_some((gateway, SocketId(socket.parse().ok()?)))
 }
+
+/// [`PresenceWriter::admit`]: counts the fields of `KEYS[1]` whose gateway
+/// (the part before the last `:`, as [`parse_socket_field`] reads it) has
+/// its liveness key `ARGV[3] .. gateway`, deleting the others; below
+/// `ARGV[1]` it sets field `ARGV[2]` to `""` (not in a channel) and
+/// returns 1, else 0. One script, so two gateways admitting the same
+/// user's sockets at once cannot both pass the limit.
+const ADMIT_SCRIPT: &str = r"
+local live = 0
+local alive = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local gateway = string.match(field, '^([%w_%-]+):%d+$')
+  if gateway then
+    if alive[gateway] == nil then
+      alive[gateway] = redis.call('EXISTS', ARGV[3] .. gateway) == 1
+    end
+    if alive[gateway] then
+      live = live + 1
+    else
+      redis.call('HDEL', KEYS[1], field)
+    end
+  end
+end
+if live >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], '')
+return 1
+";
 
 /// A field's value: the entered channel, or `""` for none.
 fn entered_value(entered: Option<ChannelId>) -> String {
@@ -148,6 +183,39 @@ impl PresenceWriter {
             self.dirty.store(true, Ordering::Relaxed);
             tracing::warn!(error = %e, "presence update failed; the heartbeat will repair it");
         }
+    }
+
+    /// Records a new socket (not in a channel) unless its user already has
+    /// `limit` live sockets on any gateway: whether it was admitted. Dead
+    /// gateways' fields met on the way are deleted. Redis failing does not
+    /// lock users out: the socket is admitted and the heartbeat registers
+    /// it once it runs.
+    pub async fn admit(&self, user: UserId, socket: SocketId, limit: usize) -> bool {
+        let mut conn = self.redis.clone();
+        let admitted: redis::RedisResult<bool> = redis::cmd("EVAL")
+            .arg(ADMIT_SCRIPT)
+            .arg(1)
+            .arg(user_key(&self.ns, user))
+            .arg(limit)
+            .arg(socket_field(&self.gateway, socket))
+            .arg(gateway_key(&self.ns, ""))
+            .query_async(&mut conn)
+            .await;
+        admitted.unwrap_or_else(|e| {
+            self.dirty.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e, "presence admission failed; admitting the socket");
+            true
+        })
+    }
+
+    /// Forgets a socket later, without waiting: for a socket admitted but
+    /// never run (its upgrade failed), from code that cannot await. The
+    /// next heartbeat removes it.
+    pub fn forget_later(&self, user: UserId, socket: SocketId) {
+        self.stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((user, socket));
     }
 
     /// Forgets a socket; a failed removal is retried by the heartbeat.

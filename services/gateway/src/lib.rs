@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub rate: u32,
     pub burst: u32,
     pub request_timeout: Duration,
+    /// Sockets one user may hold across all gateways.
+    pub sockets_per_user: usize,
 }
 
 /// What every socket task and handler shares.
@@ -131,6 +133,7 @@ impl Runnable for Gateway {
                 rate: config.ws_rate,
                 burst: config.ws_burst,
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+                sockets_per_user: config.sockets_per_user,
             },
             readiness: lifecycle.readiness(),
             sockets: Arc::new(Semaphore::new(config.ws_max_sockets)),

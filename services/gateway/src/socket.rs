@@ -10,10 +10,11 @@ use crate::registry::{CloseRequest, Control, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::future::BoxFuture;
 use natter_platform::metrics;
+use natter_platform::presence::PresenceWriter;
 use natter_platform::token::Claims;
 use natter_protocol::frames::{ClientFrame, Request, ServerFrame};
 use natter_protocol::rpc::{Caller, SocketRef};
-use natter_protocol::{ChannelId, ErrorBody, ErrorCode, close};
+use natter_protocol::{ChannelId, ErrorBody, ErrorCode, SocketId, UserId, close};
 use opentelemetry::KeyValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -117,21 +118,55 @@ struct Socket {
     last_seen: Instant,
 }
 
+/// A socket admitted at the upgrade: its user and id, already counted in
+/// presence. Dropped before its socket runs (the upgrade failed), it has
+/// presence forget the socket.
+pub(crate) struct Admitted {
+    pub user_id: UserId,
+    pub socket_id: SocketId,
+    claims: Option<Claims>,
+    presence: PresenceWriter,
+}
+
+impl Admitted {
+    pub(crate) fn new(
+        user_id: UserId,
+        socket_id: SocketId,
+        claims: Claims,
+        presence: PresenceWriter,
+    ) -> Self {
+        Self {
+            user_id,
+            socket_id,
+            claims: Some(claims),
+            presence,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.claims.is_some() {
+            self.presence.forget_later(self.user_id, self.socket_id);
+        }
+    }
+}
+
 /// Runs one upgraded socket to its end.
 pub(crate) async fn run(
     ws: WebSocket,
     shared: Arc<Shared>,
-    claims: Claims,
+    mut admitted: Admitted,
     permit: OwnedSemaphorePermit,
 ) {
-    let Ok(user_id) = claims.user_id() else {
+    let Some(claims) = admitted.claims.take() else {
         return;
     };
+    let (user_id, socket_id) = (admitted.user_id, admitted.socket_id);
     let session_id = claims.session_id();
-    let (socket_id, control) = shared
+    let control = shared
         .registry
-        .register(user_id, session_id, shared.settings.queue);
-    shared.presence.set(user_id, socket_id, None).await;
+        .register(socket_id, user_id, session_id, shared.settings.queue);
     metrics::get().sockets.add(1, &[]);
     // A logout that raced the upgrade was not in the cache at the check
     // before upgrading; now that the socket is registered, a revocation

@@ -4,4 +4,5 @@
 
 mod frames;
 mod lifecycle;
+mod limits;
 mod support;
