@@ -120,6 +120,17 @@ pub struct Config {
     #[arg(long, env = "NATTER_SOCKETS_PER_USER", default_value_t = 16)]
     pub sockets_per_user: usize,
 
+    /// Seconds a request's headers, and then its body, may take to arrive
+    /// (also an idle keep-alive connection's next request) before the
+    /// connection is closed; every HTTP listener.
+    #[arg(long, env = "NATTER_HTTP_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_timeout_secs: u64,
+
+    /// Most connections open at once on each HTTP listener (auth, the
+    /// gateway's upgrades, each health port); more wait unaccepted.
+    #[arg(long, env = "NATTER_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+
     /// Seconds between turning unready on SIGTERM and no longer taking
     /// work (the gateway: draining its sockets), so load balancers stop
     /// sending new work first.
@@ -204,6 +215,7 @@ mod tests {
         assert_eq!(c.head_limit, 100);
         assert_eq!(c.channels_per_user, 1000);
         assert_eq!(c.sockets_per_user, 16);
+        assert_eq!(c.http_timeout_secs, 10);
         assert_eq!(c.shutdown_grace_secs, 10);
     }
 

@@ -2,6 +2,7 @@
 //! task died, not draining), served by every service on its own port.
 
 use crate::lifecycle::Readiness;
+use crate::serve::HttpLimits;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -103,10 +104,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
     readiness: Readiness,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(deps, readiness))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, db, http_error, nats};
+use natter_platform::{Config, db, http_error, nats, serve};
 use natter_protocol::limits::MAX_HTTP_BODY_BYTES;
 use natter_protocol::subjects::Namespace;
 use sqlx::PgPool;
@@ -117,8 +117,12 @@ impl Runnable for Auth {
             "login failure pruner",
             prune_login_failures(self.pool, lifecycle.background()),
         );
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(lifecycle.intake().cancelled_owned());
+        let server = serve::serve(
+            self.listener,
+            self.router,
+            lifecycle.http_limits(),
+            lifecycle.intake(),
+        );
         lifecycle
             .run(shutdown, async move { server.await.context("auth server") })
             .await

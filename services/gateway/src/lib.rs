@@ -25,7 +25,7 @@ use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, cache, http_error, nats};
+use natter_platform::{Config, cache, http_error, nats, serve};
 use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
@@ -202,9 +202,12 @@ impl Runnable for Gateway {
         tracing::info!(addr = %self.listener.local_addr()?, gateway_id = %shared.gateway_id, "gateway listening");
 
         let intake = lifecycle.intake();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(intake.clone().cancelled_owned())
-            .into_future();
+        let server = serve::serve(
+            self.listener,
+            router,
+            lifecycle.http_limits(),
+            intake.clone(),
+        );
         let sockets = async {
             intake.cancelled().await;
             drain(&shared).await;

@@ -45,3 +45,38 @@ async fn every_bad_request_gets_a_typed_json_error() {
         assert_eq!((got.0, got.1.as_str()), expected);
     }
 }
+
+#[tokio::test]
+async fn half_sent_requests_are_dropped_while_whole_ones_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestService::<Auth>::spawn_with(|c| c.http_timeout_secs = 1).await;
+    // 100 clients that stop in the middle of their headers, and 100 that
+    // stop in the middle of their bodies.
+    let mut half_sent = Vec::new();
+    for i in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr())
+            .await
+            .expect("connect");
+        let partial: &[u8] = if i % 2 == 0 {
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: natter\r\nContent-Ty"
+        } else {
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: natter\r\n\
+              Content-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"username\":"
+        };
+        stream.write_all(partial).await.expect("write");
+        half_sent.push(stream);
+    }
+    let r = app.client().login("nobody", "some password").await;
+    assert_eq!(r.status(), 401);
+    for stream in &mut half_sent {
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the half-sent request was dropped")
+        .expect("read");
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+}
