@@ -6,8 +6,10 @@
 //! `--help`.
 
 use clap::{Args, Parser, ValueEnum};
+use ipnet::IpNet;
+use natter_protocol::limits;
 use natter_protocol::subjects::Namespace;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +122,36 @@ pub struct Config {
     #[arg(long, env = "NATTER_SOCKETS_PER_USER", default_value_t = 16)]
     pub sockets_per_user: usize,
 
+    /// Auth: failed logins for one username from one client address within
+    /// the window before that address gets 429.
+    #[arg(long, env = "NATTER_LOGIN_MAX_FAILURES", default_value_t = limits::LOGIN_MAX_FAILURES)]
+    pub login_max_failures: i64,
+
+    /// Auth: the window of the login limit, in seconds.
+    #[arg(long, env = "NATTER_LOGIN_WINDOW_SECS", default_value_t = limits::LOGIN_WINDOW_SECS)]
+    pub login_window_secs: i64,
+
+    /// Auth: longest delay a username's logins are slowed by while it fails
+    /// from many addresses, in milliseconds.
+    #[arg(long, env = "NATTER_LOGIN_MAX_DELAY_MS", default_value_t = 5000)]
+    pub login_max_delay_ms: u64,
+
+    /// Auth: proxies whose `X-Forwarded-For` names the client, as
+    /// comma-separated CIDRs or addresses (e.g. the ingress's pod
+    /// network); from any other peer the header is ignored.
+    #[arg(long, env = "NATTER_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Auth: password hashes computed at once (each takes 19 MiB and a
+    /// core for tens of milliseconds); default: the CPU count.
+    #[arg(long, env = "NATTER_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// Auth: milliseconds a request waits for a hashing slot before it is
+    /// answered 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "NATTER_HASH_WAIT_MS", default_value_t = 1000)]
+    pub hash_wait_ms: u64,
+
     /// Seconds a request's headers, and then its body, may take to arrive
     /// (also an idle keep-alive connection's next request) before the
     /// connection is closed; every HTTP listener.
@@ -166,6 +198,25 @@ impl Config {
     /// When a variable does not parse.
     pub fn from_env() -> Result<Self, clap::Error> {
         OnlyConfig::try_parse_from(["natter"]).map(|o| o.config)
+    }
+
+    /// The trusted proxies' networks; a bare address is a network of one.
+    ///
+    /// # Errors
+    /// When an entry is neither.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!("NATTER_TRUSTED_PROXIES: {s:?} is not a CIDR or an address")
+                    })
+            })
+            .collect()
     }
 
     /// The sanitized namespace.
@@ -217,6 +268,18 @@ mod tests {
         assert_eq!(c.sockets_per_user, 16);
         assert_eq!(c.http_timeout_secs, 10);
         assert_eq!(c.shutdown_grace_secs, 10);
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let mut c = OnlyConfig::try_parse_from(["x"]).expect("parse").config;
+        assert_eq!(c.trusted_proxies(), Ok(vec![]));
+        c.trusted_proxies = " 10.0.0.0/8, 192.0.2.7 ,fd00::/8".into();
+        let nets = c.trusted_proxies().expect("valid");
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<IpAddr>().expect("ip")));
+        c.trusted_proxies = "10.0.0.0/8,proxy".into();
+        assert!(c.trusted_proxies().is_err());
     }
 
     #[test]

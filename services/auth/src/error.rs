@@ -25,14 +25,28 @@ pub enum AuthError {
     /// A backend did not answer in time.
     #[error("a backend did not answer in time")]
     Unavailable,
+    /// Too many passwords are being hashed; retry after a second.
+    #[error("too busy to check passwords now; retry shortly")]
+    Busy,
     /// Anything else: logged, answered opaquely.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl From<sqlx::Error> for AuthError {
+    /// A pool with no free connection in time is a backend that did not
+    /// answer (503), not a bug (500).
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.into())
+        match e {
+            sqlx::Error::PoolTimedOut => Self::Unavailable,
+            e => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<crate::password::Busy> for AuthError {
+    fn from(_: crate::password::Busy) -> Self {
+        Self::Busy
     }
 }
 
@@ -44,12 +58,14 @@ impl IntoResponse for AuthError {
             Self::InvalidCredentials => ErrorCode::InvalidCredentials,
             Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Unauthorized => ErrorCode::Unauthorized,
-            Self::Unavailable => ErrorCode::Unavailable,
+            Self::Unavailable | Self::Busy => ErrorCode::Unavailable,
             Self::Internal(e) => return ApiError::internal(e).into_response(),
         };
         let mut error = ApiError::new(code, self.to_string());
-        if let Self::RateLimited(secs) = self {
-            error.retry_after = Some(secs);
+        match self {
+            Self::RateLimited(secs) => error.retry_after = Some(secs),
+            Self::Busy => error.retry_after = Some(1),
+            _ => {}
         }
         error.into_response()
     }
