@@ -97,16 +97,12 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
 
 /// Serves only the health endpoints on `listener` until `shutdown`: what
 /// message and push expose.
-///
-/// # Errors
-/// When the server fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
     readiness: Readiness,
     limits: HttpLimits,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await?;
-    Ok(())
+) {
+    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await;
 }

@@ -60,16 +60,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `router` on `listener` until `shutdown`; then stops accepting,
 /// lets each connection finish the request it is on, and returns once they
 /// have (upgraded WebSockets are not connections any more: their owner
-/// drains them).
-///
-/// # Errors
-/// Never today; the signature leaves room for a listener that can fail.
+/// drains them). A failed accept is logged and retried, never fatal.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -89,7 +86,6 @@ pub async fn serve(
     }
     connections.close();
     connections.wait().await;
-    Ok(())
 }
 
 /// Takes a connection slot, then a connection; `None` when accepting failed

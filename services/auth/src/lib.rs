@@ -132,7 +132,7 @@ impl Runnable for Auth {
     /// those in flight within the grace period.
     ///
     /// # Errors
-    /// When the server fails.
+    /// When the listener has no address, or the pruner died.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "auth listening");
         let lifecycle = self.lifecycle;
@@ -147,7 +147,10 @@ impl Runnable for Auth {
             lifecycle.intake(),
         );
         lifecycle
-            .run(shutdown, async move { server.await.context("auth server") })
+            .run(shutdown, async move {
+                server.await;
+                Ok(())
+            })
             .await
     }
 }

@@ -164,7 +164,7 @@ impl Runnable for Gateway {
     /// revocations, deliveries and the heartbeat, and clears its presence.
     ///
     /// # Errors
-    /// When subscribing fails or the server fails.
+    /// When subscribing fails.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
         let lifecycle = self.lifecycle;
@@ -211,10 +211,10 @@ impl Runnable for Gateway {
         let sockets = async {
             intake.cancelled().await;
             drain(&shared).await;
-            Ok(())
         };
         let work = async {
-            tokio::try_join!(async { server.await.context("gateway server") }, sockets).map(|_| ())
+            tokio::join!(server, sockets);
+            Ok(())
         };
         let stopped = lifecycle.run(shutdown, work).await;
         shared.presence.retire().await;
