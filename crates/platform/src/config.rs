@@ -7,8 +7,10 @@
 
 use crate::db::SessionSettings;
 use clap::{Args, Parser, ValueEnum};
+use ipnet::IpNet;
+use natter_protocol::limits;
 use natter_protocol::subjects::Namespace;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// How logs are written.
@@ -96,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "NATTER_HEAD_LIMIT", default_value_t = 100)]
     pub head_limit: i32,
 
+    /// Most channels a user is a member of; a create or join past it gets
+    /// `over_limit`.
+    #[arg(long, env = "NATTER_CHANNELS_PER_USER", default_value_t = 1000)]
+    pub channels_per_user: i32,
+
     /// Gateway: seconds between pings to each socket.
     #[arg(long, env = "NATTER_WS_PING_SECS", default_value_t = 30)]
     pub ws_ping_secs: u64,
@@ -120,6 +127,52 @@ pub struct Config {
     /// Gateway: most sockets held at once; more get 503.
     #[arg(long, env = "NATTER_WS_MAX_SOCKETS", default_value_t = 250_000)]
     pub ws_max_sockets: usize,
+
+    /// Gateway: most sockets one user holds, counted over all gateways;
+    /// more get 429.
+    #[arg(long, env = "NATTER_SOCKETS_PER_USER", default_value_t = 16)]
+    pub sockets_per_user: usize,
+
+    /// Auth: failed logins for one username from one client address within
+    /// the window before that address gets 429.
+    #[arg(long, env = "NATTER_LOGIN_MAX_FAILURES", default_value_t = limits::LOGIN_MAX_FAILURES)]
+    pub login_max_failures: i64,
+
+    /// Auth: the window of the login limit, in seconds.
+    #[arg(long, env = "NATTER_LOGIN_WINDOW_SECS", default_value_t = limits::LOGIN_WINDOW_SECS)]
+    pub login_window_secs: i64,
+
+    /// Auth: longest delay a username's logins are slowed by while it fails
+    /// from many addresses, in milliseconds.
+    #[arg(long, env = "NATTER_LOGIN_MAX_DELAY_MS", default_value_t = 5000)]
+    pub login_max_delay_ms: u64,
+
+    /// Auth: proxies whose `X-Forwarded-For` names the client, as
+    /// comma-separated CIDRs or addresses (e.g. the ingress's pod
+    /// network); from any other peer the header is ignored.
+    #[arg(long, env = "NATTER_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Auth: password hashes computed at once (each takes 19 MiB and a
+    /// core for tens of milliseconds); default: the CPU count.
+    #[arg(long, env = "NATTER_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// Auth: milliseconds a request waits for a hashing slot before it is
+    /// answered 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "NATTER_HASH_WAIT_MS", default_value_t = 1000)]
+    pub hash_wait_ms: u64,
+
+    /// Seconds a request's headers, and then its body, may take to arrive
+    /// (also an idle keep-alive connection's next request) before the
+    /// connection is closed; every HTTP listener.
+    #[arg(long, env = "NATTER_HTTP_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_timeout_secs: u64,
+
+    /// Most connections open at once on each HTTP listener (auth, the
+    /// gateway's upgrades, each health port); more wait unaccepted.
+    #[arg(long, env = "NATTER_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
 
     /// Seconds between turning unready on SIGTERM and no longer taking
     /// work (the gateway: draining its sockets), so load balancers stop
@@ -227,6 +280,25 @@ impl Config {
     /// When a variable does not parse.
     pub fn from_env() -> Result<Self, clap::Error> {
         OnlyConfig::try_parse_from(["natter"]).map(|o| o.config)
+    }
+
+    /// The trusted proxies' networks; a bare address is a network of one.
+    ///
+    /// # Errors
+    /// When an entry is neither.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!("NATTER_TRUSTED_PROXIES: {s:?} is not a CIDR or an address")
+                    })
+            })
+            .collect()
     }
 
     /// The sanitized namespace, with the partition count.
@@ -364,6 +436,9 @@ mod tests {
         assert_eq!(c.refresh_ttl_secs, 30 * 24 * 3600);
         assert_eq!(c.connection_limit, 1000);
         assert_eq!(c.head_limit, 100);
+        assert_eq!(c.channels_per_user, 1000);
+        assert_eq!(c.sockets_per_user, 16);
+        assert_eq!(c.http_timeout_secs, 10);
         assert_eq!(c.shutdown_grace_secs, 10);
         assert_eq!(c.partitions, 16);
         assert_eq!(c.push_lease_secs, 5);
@@ -446,6 +521,18 @@ mod tests {
             .expect("parse")
             .config;
         assert_eq!(c.namespace().partitions(), 3);
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let mut c = OnlyConfig::try_parse_from(["x"]).expect("parse").config;
+        assert_eq!(c.trusted_proxies(), Ok(vec![]));
+        c.trusted_proxies = " 10.0.0.0/8, 192.0.2.7 ,fd00::/8".into();
+        let nets = c.trusted_proxies().expect("valid");
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<IpAddr>().expect("ip")));
+        c.trusted_proxies = "10.0.0.0/8,proxy".into();
+        assert!(c.trusted_proxies().is_err());
     }
 
     #[test]

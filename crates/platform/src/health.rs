@@ -3,6 +3,7 @@
 //! on its own port.
 
 use crate::lifecycle::Readiness;
+use crate::serve::HttpLimits;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -120,17 +121,12 @@ fn log_changes(last: &Mutex<Vec<&'static str>>, now: &[&'static str]) {
 
 /// Serves only the health endpoints on `listener` until `shutdown`: what
 /// message and push expose.
-///
-/// # Errors
-/// When the server fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
     readiness: Readiness,
+    limits: HttpLimits,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router(deps, readiness))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+) {
+    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await;
 }

@@ -140,3 +140,89 @@ pub async fn json_errors(response: Response) -> Response {
     *rewritten.status_mut() = status;
     rewritten
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::post;
+    use natter_protocol::http::Credentials;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    /// A route taking credentials as auth's do, behind the same layers.
+    fn app() -> Router {
+        Router::new()
+            .route(
+                "/",
+                post(|JsonBody(c): JsonBody<Credentials>| async move { c.username }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(
+                natter_protocol::limits::MAX_HTTP_BODY_BYTES,
+            ))
+            .layer(axum::middleware::map_response(json_errors))
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("application/json".to_owned())),
+            Just(Some("application/json; charset=utf-8".to_owned())),
+            Just(Some("application/problem+json".to_owned())),
+            Just(Some("text/plain".to_owned())),
+            Just(Some("multipart/form-data; boundary=x".to_owned())),
+            "[ -~]{0,30}".prop_map(Some),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            "\\PC{0,64}".prop_map(String::into_bytes),
+            (".{0,40}", ".{0,40}").prop_map(|(u, p)| {
+                serde_json::json!({"username": u, "password": p})
+                    .to_string()
+                    .into_bytes()
+            }),
+            (any::<i64>(), any::<bool>()).prop_map(|(u, p)| {
+                serde_json::json!({"username": u, "password": p})
+                    .to_string()
+                    .into_bytes()
+            }),
+            (0..3_usize).prop_map(|n| vec![b'a'; natter_protocol::limits::MAX_HTTP_BODY_BYTES + n]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever body and content type arrive, the answer is a success
+        /// or a typed JSON error of §1 (400, 413, 415), never a 500.
+        #[test]
+        fn arbitrary_bodies_get_typed_json_errors(ctype in content_type(), bytes in body()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let (status, body) = runtime.block_on(async {
+                let mut request = axum::http::Request::post("/");
+                if let Some(ctype) = &ctype {
+                    request = request.header("content-type", ctype);
+                }
+                let response = app()
+                    .oneshot(request.body(Body::from(bytes.clone())).expect("request"))
+                    .await
+                    .expect("infallible");
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+                (status, body)
+            });
+            if status == 200 {
+                return Ok(());
+            }
+            prop_assert!([400, 413, 415].contains(&status), "{status} for {ctype:?}");
+            let error: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            let code: ErrorCode = serde_json::from_value(error["code"].clone()).expect("a known code");
+            prop_assert_eq!(code.http_status(), status);
+            prop_assert!(error["message"].is_string());
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! ([`config`]), logging ([`telemetry`]), connections to Postgres
 //! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
 //! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP
-//! ([`http_error`]), `/healthz` and `/readyz` ([`health`]), signals
+//! ([`http_error`]), `/healthz` and `/readyz` ([`health`]), the HTTP
+//! server every listener runs with its timeouts and cap ([`serve`]), signals
 //! ([`shutdown`]) and the one shutdown sequence with its supervised
 //! background tasks ([`lifecycle`]).
 //!
@@ -23,6 +24,7 @@ pub mod nats;
 pub mod outbox;
 pub mod presence;
 pub mod random;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -26,6 +26,7 @@
 
 use crate::Config;
 use crate::health::{self, Dependencies};
+use crate::serve::HttpLimits;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,6 +250,7 @@ impl<E: Into<anyhow::Error>> Outcome for Result<(), E> {
 /// One service's shutdown sequence and its supervised tasks.
 pub struct Lifecycle {
     readiness: Readiness,
+    http: HttpLimits,
     drain_delay: Duration,
     grace: Duration,
     intake: CancellationToken,
@@ -275,6 +277,7 @@ impl Lifecycle {
         let readiness = Readiness::default();
         Self {
             readiness: readiness.clone(),
+            http: HttpLimits::from_config(config),
             drain_delay: Duration::from_secs(config.drain_delay_secs),
             grace: Duration::from_secs(config.shutdown_grace_secs),
             intake: CancellationToken::new(),
@@ -338,8 +341,20 @@ impl Lifecycle {
     pub fn serve_health(&self, listener: TcpListener, deps: Dependencies) {
         self.spawn(
             "health server",
-            health::serve(listener, deps, self.readiness(), self.background()),
+            health::serve(
+                listener,
+                deps,
+                self.readiness(),
+                self.http,
+                self.background(),
+            ),
         );
+    }
+
+    /// The HTTP limits of the service's listeners (from its config).
+    #[must_use]
+    pub fn http_limits(&self) -> HttpLimits {
+        self.http
     }
 
     /// Runs `work` until `shutdown`, then stops in the one shape: draining

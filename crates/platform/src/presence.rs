@@ -23,6 +23,14 @@
 //! to. (An entry without an incarnation, from a gateway older than this
 //! rule, counts while its gateway's key exists.)
 //!
+//! The same hash counts a user's sockets for the per-user limit
+//! (docs/protocol.md §2.6): [`PresenceWriter::admit`] counts the live
+//! fields — by the same liveness rule, incarnation included — and adds
+//! the new one in one script, atomic across gateways, so the count is what
+//! the hash holds: a closed socket's field is removed, a dead gateway's or
+//! a dead incarnation's stop counting with its liveness, and it cannot
+//! leak.
+//!
 //! Nothing here is the only copy of anything: if Redis loses it (flush,
 //! failover), the heartbeat finds its liveness key missing and registers
 //! every local socket again. A write that fails in a Redis blip is
@@ -80,6 +88,42 @@ pub fn parse_socket_field(field: &str) -> Option<(&str, SocketId)> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     valid.then_some((gateway, SocketId(socket.parse().ok()?)))
 }
+
+/// [`PresenceWriter::admit`]: counts the fields of `KEYS[1]` that are live
+/// by the module's rule — their gateway (the part before the last `:`, as
+/// [`parse_socket_field`] reads it) has its liveness key `ARGV[3] ..
+/// gateway`, and the incarnation after the value's last `@`, if any, is
+/// the one that key names — deleting the others; below `ARGV[1]` it sets
+/// field `ARGV[2]` to `ARGV[4]` (not in a channel, this incarnation) and
+/// returns 1, else 0. One script, so two gateways admitting the same
+/// user's sockets at once cannot both pass the limit.
+const ADMIT_SCRIPT: &str = r"
+local live = 0
+local current = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local field, value = entries[i], entries[i + 1]
+  local gateway = string.match(field, '^([%w_%-]+):%d+$')
+  if gateway then
+    if current[gateway] == nil then
+      current[gateway] = redis.call('GET', ARGV[3] .. gateway) or false
+    end
+    local incarnation = string.match(value, '@([^@]*)$')
+    local alive = current[gateway]
+      and (incarnation == nil or incarnation == current[gateway])
+    if alive then
+      live = live + 1
+    else
+      redis.call('HDEL', KEYS[1], field)
+    end
+  end
+end
+if live >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+return 1
+";
 
 /// A field's value: the entered channel (or nothing) and the incarnation
 /// of the gateway writing it.
@@ -187,6 +231,43 @@ impl PresenceWriter {
                     .context("presence update failed; the heartbeat will repair it"),
             );
         }
+    }
+
+    /// Records a new socket (not in a channel) unless its user already has
+    /// `limit` live sockets on any gateway: whether it was admitted. Fields
+    /// of dead gateways, and of gateways' dead incarnations, met on the way
+    /// are deleted and do not count. Redis failing does not lock users
+    /// out: the socket is admitted, the `presence` condition fails, and the
+    /// heartbeat registers it once it runs.
+    pub async fn admit(&self, user: UserId, socket: SocketId, limit: usize) -> bool {
+        let mut conn = self.redis.clone();
+        let admitted: redis::RedisResult<bool> = redis::cmd("EVAL")
+            .arg(ADMIT_SCRIPT)
+            .arg(1)
+            .arg(user_key(&self.ns, user))
+            .arg(limit)
+            .arg(socket_field(&self.gateway, socket))
+            .arg(gateway_key(&self.ns, ""))
+            .arg(entry_value(None, &self.incarnation))
+            .query_async(&mut conn)
+            .await;
+        admitted.unwrap_or_else(|e| {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.health.failing(
+                &anyhow::Error::new(e).context("presence admission failed; admitting the socket"),
+            );
+            true
+        })
+    }
+
+    /// Forgets a socket later, without waiting: for a socket admitted but
+    /// never run (its upgrade failed), from code that cannot await. The
+    /// next heartbeat removes it.
+    pub fn forget_later(&self, user: UserId, socket: SocketId) {
+        self.stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((user, socket));
     }
 
     /// Forgets a socket; a failed removal is retried by the heartbeat.

@@ -160,6 +160,7 @@ impl Request {
         match self {
             Self::Create { title, usernames } => {
                 limits::check_chars("title", title, &limits::TITLE_CHARS).map_err(invalid)?;
+                limits::check_text("title", title).map_err(invalid)?;
                 if title.trim().is_empty() {
                     return Err(invalid("title must not be blank".into()));
                 }
@@ -182,6 +183,7 @@ impl Request {
                 limits::check_chars("client_msg_id", client_msg_id, &limits::CLIENT_MSG_ID_CHARS)
                     .map_err(invalid)?;
                 limits::check_chars("content", content, &limits::CONTENT_CHARS).map_err(invalid)?;
+                limits::check_text("content", content).map_err(invalid)?;
                 if content.trim().is_empty() {
                     return Err(invalid("content must not be blank".into()));
                 }
@@ -333,11 +335,21 @@ impl ClientFrame {
     }
 }
 
+/// Most chars of a decoding error's message: serde quotes what it could
+/// not match (an unknown `type`, a mistyped value), and the answer must
+/// stay small whatever the frame held.
+const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+
 /// serde's messages are fine but mention Rust types; keep them short.
 fn describe_serde_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let text = text.split(" at line ").next().unwrap_or(&text);
-    format!("bad frame: {text}")
+    let mut message = format!("bad frame: {text}");
+    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 /// A server → client frame: a reply, an error, or a push.
@@ -828,6 +840,33 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidRequest);
             assert!(err.message.contains(field), "{field}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_content_and_title() {
+        let cases = [
+            json!({"type":"write_message","channel_id":1,"client_msg_id":"a","content":"\u{1b}[2J"}),
+            json!({"type":"write_message","channel_id":1,"client_msg_id":"a","content":"hi\u{9b}"}),
+            json!({"type":"create","title":"t\u{7f}","usernames":["bob"]}),
+        ];
+        for request in cases {
+            let request: Request = serde_json::from_value(request).expect("well-formed");
+            let err = request.validate().expect_err("control character");
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+        }
+        let fine: Request = serde_json::from_value(
+            json!({"type":"write_message","channel_id":1,"client_msg_id":"a","content":"two\n\tlines"}),
+        )
+        .expect("well-formed");
+        assert_eq!(fine.validate(), Ok(()));
+    }
+
+    #[test]
+    fn decoding_errors_stay_short_whatever_the_frame_holds() {
+        let text = format!(r#"{{"id":1,"type":"{}"}}"#, "x".repeat(60_000));
+        let err = ClientFrame::decode(&text).expect_err("unknown type");
+        assert_eq!(err.id, Some(1));
+        assert!(err.message.chars().count() <= MAX_ERROR_MESSAGE_CHARS + 1);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub fn test_config(database_url: &str) -> Config {
     // JetStream reserves a stream's byte bound from the server's storage up
     // front: a small one lets many parallel tests share one server.
     config.events_max_bytes = 64 << 20;
+    // Tests register users by the dozen at once on a shared machine: they
+    // wait for a hashing slot as long as it takes, rather than get 503
+    // (the tests of that limit set their own wait).
+    config.hash_wait_ms = 60_000;
     config
 }
 

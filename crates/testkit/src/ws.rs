@@ -200,6 +200,12 @@ impl WsClient {
         self.pushes.drain(..).collect()
     }
 
+    /// Every reply and error received so far and not yet taken, oldest
+    /// first (drains the queue).
+    pub fn take_answers(&mut self) -> Vec<Value> {
+        self.replies.drain(..).collect()
+    }
+
     /// Waits for the server to close the socket: its code and reason.
     ///
     /// # Panics

@@ -25,6 +25,9 @@ pub enum AuthError {
     /// A backend did not answer in time.
     #[error("a backend did not answer in time")]
     Unavailable,
+    /// Too many passwords are being hashed; retry after a second.
+    #[error("too busy to check passwords now; retry shortly")]
+    Busy,
     /// Anything else: logged, answered opaquely.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -45,6 +48,12 @@ impl From<sqlx::Error> for AuthError {
     }
 }
 
+impl From<crate::password::Busy> for AuthError {
+    fn from(_: crate::password::Busy) -> Self {
+        Self::Busy
+    }
+}
+
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let code = match &self {
@@ -53,12 +62,14 @@ impl IntoResponse for AuthError {
             Self::InvalidCredentials => ErrorCode::InvalidCredentials,
             Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Unauthorized => ErrorCode::Unauthorized,
-            Self::Unavailable => ErrorCode::Unavailable,
+            Self::Unavailable | Self::Busy => ErrorCode::Unavailable,
             Self::Internal(e) => return ApiError::internal(e).into_response(),
         };
         let mut error = ApiError::new(code, self.to_string());
-        if let Self::RateLimited(secs) = self {
-            error.retry_after = Some(secs);
+        match self {
+            Self::RateLimited(secs) => error.retry_after = Some(secs),
+            Self::Busy => error.retry_after = Some(1),
+            _ => {}
         }
         error.into_response()
     }

@@ -6,6 +6,7 @@
 //! `refresh` makes refresh tokens; `store` is the SQL; `error` maps
 //! failures to the wire.
 
+mod client_addr;
 mod error;
 mod extract;
 mod password;
@@ -15,10 +16,11 @@ mod store;
 
 use anyhow::Context;
 use axum::Router;
+use ipnet::IpNet;
 use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, db, http_error, nats};
+use natter_platform::{Config, db, http_error, nats, serve};
 use natter_protocol::limits::MAX_HTTP_BODY_BYTES;
 use natter_protocol::subjects::Namespace;
 use sqlx::PgPool;
@@ -46,9 +48,14 @@ pub(crate) struct AppState {
     pub lifetimes: store::Lifetimes,
     /// Names of subjects.
     pub ns: Namespace,
-    /// Hashes and verifies passwords; also holds the dummy hash that makes
-    /// an unknown username cost what a wrong password costs.
+    /// Hashes and verifies passwords, a bounded number at a time; also
+    /// holds the dummy hash that makes an unknown username cost what a
+    /// wrong password costs.
     pub passwords: Arc<password::Hasher>,
+    /// The login limit's settings.
+    pub login_limits: store::LoginLimits,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<Vec<IpNet>>,
 }
 
 /// A bound, ready-to-run auth service.
@@ -58,6 +65,8 @@ pub struct Auth {
     lifecycle: Lifecycle,
     /// For the pruning of old login failures and refresh tokens.
     pool: PgPool,
+    /// Whose window decides which failures are old.
+    login_limits: store::LoginLimits,
 }
 
 impl Runnable for Auth {
@@ -72,8 +81,14 @@ impl Runnable for Auth {
             .as_deref()
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by auth")?;
+        let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let pool = db::connect(config).await?;
         let nats = nats::connect(&config.nats_url, "natter-auth").await?;
+        let login_limits = store::LoginLimits {
+            max_failures: config.login_max_failures.max(1),
+            window_secs: config.login_window_secs.max(1),
+            max_delay: Duration::from_millis(config.login_max_delay_ms),
+        };
         let state = AppState {
             pool: pool.clone(),
             nats: nats.clone(),
@@ -83,7 +98,14 @@ impl Runnable for Auth {
                 refresh_secs: config.refresh_ttl_secs,
             },
             ns: config.namespace(),
-            passwords: Arc::new(password::Hasher::new()?),
+            passwords: Arc::new(password::Hasher::new(
+                config.hash_concurrency.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                }),
+                Duration::from_millis(config.hash_wait_ms),
+            )?),
+            login_limits,
+            trusted_proxies: Arc::new(trusted_proxies),
         };
         let lifecycle = Lifecycle::new("auth", config);
         let deps = Dependencies {
@@ -106,6 +128,7 @@ impl Runnable for Auth {
             router,
             lifecycle,
             pool,
+            login_limits,
         })
     }
 
@@ -117,15 +140,25 @@ impl Runnable for Auth {
     /// those in flight within the grace period.
     ///
     /// # Errors
-    /// When the server fails.
+    /// When the listener has no address, or the pruner died.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "auth listening");
         let lifecycle = self.lifecycle;
-        lifecycle.spawn("pruner", prune(self.pool, lifecycle.background()));
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(lifecycle.intake().cancelled_owned());
+        lifecycle.spawn(
+            "pruner",
+            prune(self.pool, self.login_limits, lifecycle.background()),
+        );
+        let server = serve::serve(
+            self.listener,
+            self.router,
+            lifecycle.http_limits(),
+            lifecycle.intake(),
+        );
         lifecycle
-            .run(shutdown, async move { server.await.context("auth server") })
+            .run(shutdown, async move {
+                server.await;
+                Ok(())
+            })
             .await
     }
 }
@@ -136,7 +169,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Deletes login failures older than the rate-limit window and expired
 /// refresh tokens every [`PRUNE_EVERY`] (the first time at start) until
 /// `stop`. Every replica does it; the deletes are idempotent.
-async fn prune(pool: PgPool, stop: CancellationToken) {
+async fn prune(pool: PgPool, limits: store::LoginLimits, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,7 +177,7 @@ async fn prune(pool: PgPool, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        match store::prune_login_failures(&pool).await {
+        match store::prune_login_failures(&pool, &limits).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "pruned expired login failures"),
             Err(e) => tracing::warn!(error = ?e, "pruning login failures failed"),

@@ -1,5 +1,6 @@
 //! The handlers of `/api/v1/auth`.
 
+use crate::client_addr::ClientAddr;
 use crate::error::AuthError;
 use crate::extract::AuthUser;
 use crate::refresh::{self, RefreshToken};
@@ -46,37 +47,46 @@ async fn register(
             "password must not contain NUL characters".into(),
         ));
     }
-    let hash = state.passwords.hash(body.password).await?;
+    // A taken name is answered before a hash is spent on it; the unique
+    // index still decides a race between two registrations.
+    if store::username_taken(&state.pool, &username).await? {
+        return Err(AuthError::UsernameTaken);
+    }
+    let hash = state.passwords.hash(body.password).await??;
     let user = store::insert_user(&state.pool, &username, &hash).await?;
     tracing::info!(user_id = %user.user_id, "registered");
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// Login. The rate limit is enforced before the password is looked at:
-/// under the name's advisory lock, a failure is recorded up front
+/// Login. The limit is enforced before the password is looked at: under
+/// the (name, address) advisory lock, a failure is recorded up front
 /// ([`store::begin_login`]) and withdrawn only on success, so parallel
-/// guesses cannot all slip through before any of them is counted.
-#[tracing::instrument(skip_all, fields(username = %body.username))]
+/// guesses cannot all slip through before any of them is counted. An
+/// address past the limit is refused; the name's failures from every
+/// address only slow it down (docs/protocol.md §1).
+#[tracing::instrument(skip_all, fields(username = %body.username, client = %client.0))]
 async fn login(
     State(state): State<AppState>,
+    client: ClientAddr,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, AuthError> {
     let logins = &metrics::get().logins;
-    // No user can have this name, so there is nothing to protect and no
-    // row to store (junk names must not grow the table); the dummy
-    // verification keeps the answer as slow as any other failure.
+    // No user can have this name, so there is nothing to protect, no row
+    // to store (junk names must not grow the table) and no hash to spend:
+    // answering at once tells nothing the name itself does not.
     let Ok(username) = Username::parse(body.username) else {
-        state.passwords.verify(body.password, None).await;
         logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
     };
-    let attempt = match store::begin_login(&state.pool, &username).await? {
-        store::LoginGate::Blocked { retry_after } => {
-            logins.add(1, &metrics::attr("outcome", "rate_limited"));
-            return Err(AuthError::RateLimited(retry_after));
-        }
-        store::LoginGate::Open(attempt) => attempt,
-    };
+    let (attempt, delay) =
+        match store::begin_login(&state.pool, &username, &client, &state.login_limits).await? {
+            store::LoginGate::Blocked { retry_after } => {
+                logins.add(1, &metrics::attr("outcome", "rate_limited"));
+                return Err(AuthError::RateLimited(retry_after));
+            }
+            store::LoginGate::Open { attempt, delay } => (attempt, delay),
+        };
+    tokio::time::sleep(delay).await;
     let user = store::find_login(&state.pool, &username).await?;
     // A password register would refuse matches no stored hash: verify it
     // against the dummy, which never matches, in the same time.
@@ -85,13 +95,20 @@ async fn login(
         Some((view, hash)) if possible => (Some(hash), Some(view)),
         _ => (None, None),
     };
-    let ok = state.passwords.verify(body.password, stored).await;
+    let ok = match state.passwords.verify(body.password, stored).await {
+        Ok(ok) => ok,
+        Err(busy) => {
+            // Not a failure: the password was never checked.
+            store::withdraw_attempt(&state.pool, &username, &client, attempt).await?;
+            return Err(busy.into());
+        }
+    };
     // On failure the provisional row stays: it is this attempt's failure.
     let Some(user) = user.filter(|_| ok) else {
         logins.add(1, &metrics::attr("outcome", "failure"));
         return Err(AuthError::InvalidCredentials);
     };
-    store::login_succeeded(&state.pool, &username, attempt).await?;
+    store::withdraw_attempt(&state.pool, &username, &client, attempt).await?;
     logins.add(1, &metrics::attr("outcome", "success"));
     let refresh_token = RefreshToken::generate();
     let session = store::create_session(

@@ -1,14 +1,15 @@
 //! Auth's SQL. Constraint names map to domain errors here, so a taken
 //! username is a 409 decided by the unique index, never by a racy check.
 
+use crate::client_addr::ClientAddr;
 use crate::error::AuthError;
 use natter_platform::outbox;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::http::UserView;
-use natter_protocol::limits::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{SessionId, UserId, Username};
 use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Inserts a user with a fresh invite code.
@@ -38,6 +39,17 @@ pub(crate) async fn insert_user(
     }
 }
 
+/// Whether a live user has the name (register asks before hashing).
+#[tracing::instrument(skip_all)]
+pub(crate) async fn username_taken(pool: &PgPool, username: &Username) -> Result<bool, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND deleted_at IS NULL)",
+    )
+    .bind(username.as_str())
+    .fetch_one(pool)
+    .await?)
+}
+
 fn constraint(e: &sqlx::Error) -> Option<&str> {
     e.as_database_error().and_then(|d| d.constraint())
 }
@@ -65,77 +77,145 @@ pub(crate) async fn find_login(
     }))
 }
 
-/// What the rate limit says about a login attempt.
-#[derive(Debug)]
-pub(crate) enum LoginGate {
-    /// Too many recent failures: retry after this many seconds.
-    Blocked { retry_after: u64 },
-    /// The attempt may go on; it is already counted as a failure, stamped
-    /// with this time, until [`login_succeeded`] withdraws it.
-    Open(OffsetDateTime),
+/// The login limit's settings (docs/protocol.md §1, §2.6).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoginLimits {
+    /// Failures per username and client address within the window before
+    /// that address is refused.
+    pub max_failures: i64,
+    /// The window, in seconds.
+    pub window_secs: i64,
+    /// The longest a username's logins are slowed by.
+    pub max_delay: Duration,
 }
 
-/// Decides whether `username` may try to log in and, if so, records a
-/// provisional failure for the attempt in the same transaction. The
-/// name's advisory lock serializes the count and the insert, so however
-/// many attempts run in parallel at most [`LOGIN_MAX_FAILURES`] get past
-/// here within the window. Failures of this name older than the window
-/// are forgotten on the way.
+/// The slowdown's first step: a username that failed `max_failures` times
+/// in the window, over all addresses, is slowed by this, doubled with
+/// each further failure up to `max_delay`.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+
+impl LoginLimits {
+    /// How long a login for a username that failed `failures` times in the
+    /// window (from any address) waits before its password is checked.
+    /// It grows with the failures but is capped: failures from many
+    /// addresses slow the name's owner down, never lock them out.
+    pub(crate) fn delay(&self, failures: i64) -> Duration {
+        let over = failures.saturating_sub(self.max_failures);
+        if over < 0 {
+            return Duration::ZERO;
+        }
+        let doublings = u32::try_from(over).unwrap_or(u32::MAX).min(31);
+        FIRST_DELAY
+            .checked_mul(2_u32.saturating_pow(doublings))
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    fn window(&self) -> f64 {
+        self.window_secs as f64
+    }
+}
+
+/// What the login limit says about an attempt.
+#[derive(Debug)]
+pub(crate) enum LoginGate {
+    /// Too many recent failures from this address: retry after this many
+    /// seconds.
+    Blocked { retry_after: u64 },
+    /// The attempt may go on after `delay`; it is already counted as a
+    /// failure, stamped `attempt`, until [`withdraw_attempt`] takes it back.
+    Open {
+        attempt: OffsetDateTime,
+        delay: Duration,
+    },
+}
+
+/// Decides whether `username` may try to log in from `client` and, if so,
+/// records a provisional failure for the attempt in the same transaction.
+/// The advisory lock of the pair (name, address) serializes the count and
+/// the insert, so however many attempts from one address run in parallel
+/// at most `max_failures` get past here within the window. The name's
+/// failures from every address decide the delay. Failures of this name
+/// older than the window are forgotten on the way.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn begin_login(
     pool: &PgPool,
     username: &Username,
+    client: &ClientAddr,
+    limits: &LoginLimits,
 ) -> Result<LoginGate, AuthError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind(username.as_str())
+        .bind(&client.0)
         .execute(&mut *tx)
         .await?;
     let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), \
-                EXTRACT(EPOCH FROM (min(failed_at) + make_interval(secs => $2) - clock_timestamp()))::float8 \
+                EXTRACT(EPOCH FROM (min(failed_at) + make_interval(secs => $3) - clock_timestamp()))::float8 \
          FROM (SELECT failed_at FROM login_failures \
-               WHERE username = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2) \
-               ORDER BY failed_at DESC LIMIT $3) recent",
+               WHERE username = $1 AND client_addr = $2 \
+                 AND failed_at > clock_timestamp() - make_interval(secs => $3) \
+               ORDER BY failed_at DESC LIMIT $4) recent",
     )
     .bind(username.as_str())
-    .bind(window_secs())
-    .bind(LOGIN_MAX_FAILURES)
+    .bind(&client.0)
+    .bind(limits.window())
+    .bind(limits.max_failures)
     .fetch_one(&mut *tx)
     .await?;
-    if count >= LOGIN_MAX_FAILURES {
+    if count >= limits.max_failures {
         tx.rollback().await?;
         let retry_after = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
         return Ok(LoginGate::Blocked { retry_after });
     }
-    let stamp: OffsetDateTime = sqlx::query_scalar(
-        "WITH old AS (DELETE FROM login_failures \
-                      WHERE username = $1 AND failed_at <= clock_timestamp() - make_interval(secs => $2)) \
-         INSERT INTO login_failures (username) VALUES ($1) RETURNING failed_at",
+    // Counted only as far as the delay can grow.
+    let everywhere: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM login_failures \
+           WHERE username = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2) \
+           LIMIT $3) recent",
     )
     .bind(username.as_str())
-    .bind(window_secs())
+    .bind(limits.window())
+    .bind(limits.max_failures + 64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let attempt: OffsetDateTime = sqlx::query_scalar(
+        "WITH old AS (DELETE FROM login_failures \
+                      WHERE username = $1 AND failed_at <= clock_timestamp() - make_interval(secs => $3)) \
+         INSERT INTO login_failures (username, client_addr) VALUES ($1, $2) RETURNING failed_at",
+    )
+    .bind(username.as_str())
+    .bind(&client.0)
+    .bind(limits.window())
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(LoginGate::Open(stamp))
+    Ok(LoginGate::Open {
+        attempt,
+        delay: limits.delay(everywhere),
+    })
 }
 
 /// Withdraws the provisional failure [`begin_login`] recorded for an
-/// attempt that turned out right. Attempts of one name are stamped one
-/// after another under its lock, so the stamp picks that row; should two
-/// ever share a stamp, only one of them goes.
+/// attempt that turned out right (or was never decided). Attempts of one
+/// name and address are stamped one after another under their lock, so
+/// the stamp picks that row; should two ever share a stamp, only one of
+/// them goes.
 #[tracing::instrument(skip_all)]
-pub(crate) async fn login_succeeded(
+pub(crate) async fn withdraw_attempt(
     pool: &PgPool,
     username: &Username,
+    client: &ClientAddr,
     attempt: OffsetDateTime,
 ) -> Result<(), AuthError> {
     sqlx::query(
         "DELETE FROM login_failures WHERE ctid = \
-           (SELECT ctid FROM login_failures WHERE username = $1 AND failed_at = $2 LIMIT 1)",
+           (SELECT ctid FROM login_failures \
+            WHERE username = $1 AND client_addr = $2 AND failed_at = $3 LIMIT 1)",
     )
     .bind(username.as_str())
+    .bind(&client.0)
     .bind(attempt)
     .execute(pool)
     .await?;
@@ -145,18 +225,17 @@ pub(crate) async fn login_succeeded(
 /// Forgets every name's failures older than the window: names that are
 /// never tried again would otherwise keep their rows forever.
 #[tracing::instrument(skip_all)]
-pub(crate) async fn prune_login_failures(pool: &PgPool) -> Result<u64, AuthError> {
+pub(crate) async fn prune_login_failures(
+    pool: &PgPool,
+    limits: &LoginLimits,
+) -> Result<u64, AuthError> {
     Ok(sqlx::query(
         "DELETE FROM login_failures WHERE failed_at <= clock_timestamp() - make_interval(secs => $1)",
     )
-    .bind(window_secs())
+    .bind(limits.window())
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-fn window_secs() -> f64 {
-    LOGIN_WINDOW_SECS as f64
 }
 
 /// How long a session's tokens live.
@@ -362,4 +441,22 @@ async fn revoke_in(
         outbox::session_revoked(tx, ns, &revoked).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_starts_at_the_limit_doubles_and_is_capped() {
+        let limits = LoginLimits {
+            max_failures: 5,
+            window_secs: 900,
+            max_delay: Duration::from_secs(5),
+        };
+        let ms = |failures| limits.delay(failures).as_millis();
+        assert_eq!([ms(0), ms(4)], [0, 0]);
+        assert_eq!([ms(5), ms(6), ms(7), ms(10)], [100, 200, 400, 3200]);
+        assert_eq!([ms(11), ms(69), ms(i64::MAX)], [5000, 5000, 5000]);
+    }
 }

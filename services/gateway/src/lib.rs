@@ -26,7 +26,7 @@ use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Condition, Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
 use natter_platform::token::TokenKeys;
-use natter_platform::{Config, cache, db, http_error, nats};
+use natter_platform::{Config, cache, db, http_error, nats, serve};
 use natter_protocol::close;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::http::paths;
@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub rate: u32,
     pub burst: u32,
     pub request_timeout: Duration,
+    /// Sockets one user may hold across all gateways.
+    pub sockets_per_user: usize,
 }
 
 /// What every socket task and handler shares.
@@ -144,6 +146,7 @@ impl Runnable for Gateway {
                 rate: config.ws_rate,
                 burst: config.ws_burst,
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+                sockets_per_user: config.sockets_per_user,
             },
             readiness: lifecycle.readiness(),
             sockets: Arc::new(Semaphore::new(config.ws_max_sockets)),
@@ -175,7 +178,7 @@ impl Runnable for Gateway {
     /// revocations, deliveries and the heartbeat, and clears its presence.
     ///
     /// # Errors
-    /// When subscribing fails or the server fails.
+    /// When subscribing fails.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
         let lifecycle = self.lifecycle;
@@ -217,16 +220,19 @@ impl Runnable for Gateway {
         tracing::info!(addr = %self.listener.local_addr()?, gateway_id = %shared.gateway_id, "gateway listening");
 
         let intake = lifecycle.intake();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(intake.clone().cancelled_owned())
-            .into_future();
+        let server = serve::serve(
+            self.listener,
+            router,
+            lifecycle.http_limits(),
+            intake.clone(),
+        );
         let sockets = async {
             intake.cancelled().await;
             drain(&shared).await;
-            Ok(())
         };
         let work = async {
-            tokio::try_join!(async { server.await.context("gateway server") }, sockets).map(|_| ())
+            tokio::join!(server, sockets);
+            Ok(())
         };
         let stopped = lifecycle.run(shutdown, work).await;
         shared.presence.retire().await;

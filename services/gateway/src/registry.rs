@@ -202,15 +202,20 @@ impl Registry {
             .contains_key(&id)
     }
 
-    /// Registers a new socket with a queue of `queue` items: its id and
-    /// control.
+    /// A fresh socket id, for a socket about to be registered.
+    pub(crate) fn next_id(&self) -> SocketId {
+        SocketId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Registers socket `id` (from [`Registry::next_id`]) with a queue of
+    /// `queue` items: its control.
     pub(crate) fn register(
         &self,
+        id: SocketId,
         user_id: UserId,
         session_id: SessionId,
         queue: usize,
-    ) -> (SocketId, Arc<Control>) {
-        let id = SocketId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+    ) -> Arc<Control> {
         let control = Arc::new(Control::new(user_id, queue));
         self.sockets
             .lock()
@@ -230,7 +235,7 @@ impl Registry {
         {
             control.close(request);
         }
-        (id, control)
+        control
     }
 
     /// Forgets a socket.
@@ -323,7 +328,8 @@ mod tests {
     async fn a_full_queue_closes_the_socket_as_a_slow_consumer() {
         let registry = Registry::default();
         let (user, session) = ids();
-        let (id, control) = registry.register(user, session, 2);
+        let id = registry.next_id();
+        let control = registry.register(id, user, session, 2);
         let frame = Outbound::Frame("{}".into());
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 1);
@@ -346,8 +352,9 @@ mod tests {
     fn sessions_index_their_sockets_until_removed() {
         let registry = Registry::default();
         let (user, session) = ids();
-        let (a, _) = registry.register(user, session, 4);
-        let (b, _) = registry.register(user, session, 4);
+        let (a, b) = (registry.next_id(), registry.next_id());
+        registry.register(a, user, session, 4);
+        registry.register(b, user, session, 4);
         assert_eq!(registry.session(session).len(), 2);
         registry.remove(a, session);
         assert_eq!(registry.session(session).len(), 1);
@@ -366,20 +373,19 @@ mod tests {
             last_frame: None,
             drain: true,
         };
-        let (_, before) = registry.register(user, session, 4);
+        let before = registry.register(registry.next_id(), user, session, 4);
         assert_eq!(registry.close_all(&drain), 1);
-        let (_, after) = registry.register(user, session, 4);
+        let after = registry.register(registry.next_id(), user, session, 4);
         assert_eq!(before.closed().await.code, close::SERVICE_RESTART);
         assert_eq!(after.closed().await.code, close::SERVICE_RESTART);
     }
 
     #[test]
     fn socket_ids_start_from_the_seed_so_restarts_do_not_reuse_them() {
-        let (user, session) = ids();
-        let first = Registry::new(1_000).register(user, session, 1).0;
+        let first = Registry::new(1_000).next_id();
         assert_eq!(first, SocketId(1_001));
-        let a = Registry::default().register(user, session, 1).0;
-        let b = Registry::default().register(user, session, 1).0;
+        let a = Registry::default().next_id();
+        let b = Registry::default().next_id();
         assert_ne!(a, b);
     }
 

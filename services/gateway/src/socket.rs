@@ -10,10 +10,11 @@ use crate::registry::{CloseRequest, Control, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::future::BoxFuture;
 use natter_platform::metrics;
+use natter_platform::presence::PresenceWriter;
 use natter_platform::token::Claims;
 use natter_protocol::frames::{ClientFrame, Request, ServerFrame};
 use natter_protocol::rpc::{Caller, SocketRef};
-use natter_protocol::{ChannelId, ErrorBody, ErrorCode, close};
+use natter_protocol::{ChannelId, ErrorBody, ErrorCode, SocketId, UserId, close};
 use opentelemetry::KeyValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,12 +24,24 @@ use tokio::time::Instant;
 
 /// A write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Frames written per flush when the queue has several.
 const WRITE_BATCH: usize = 64;
 /// Requests waiting behind the one in flight, by count and by bytes (a
-/// client pipelining 64 KiB frames must not hold megabytes).
+/// client pipelining 64 KiB frames must not hold megabytes); more are
+/// refused with `rate_limited`.
 const MAX_PENDING: usize = 128;
 const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// Answers queued in all (requests waiting and answers already known, such
+/// as refusals): at this many the socket is not read until some are sent,
+/// so TCP pushes back on the client and a flood of refused frames costs the
+/// gateway nothing more (docs/protocol.md §2.6).
+const MAX_QUEUED: usize = 2 * MAX_PENDING;
+/// Frames refused with `rate_limited` one after another before the socket
+/// is closed with 1008: a client that keeps sending into refusals is not
+/// backing off.
+const MAX_REFUSALS_IN_A_ROW: u32 = 100;
 
 /// A queued answer: a request to run, or an answer already known (a bad
 /// frame, a rate limit) that still waits its turn, because answers go out
@@ -98,26 +111,62 @@ struct Socket {
     caller: Caller,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// `rate_limited` answers since the last frame that was taken.
+    refusals_in_a_row: u32,
     inflight: Option<BoxFuture<'static, Done>>,
     bucket: Bucket,
     last_seen: Instant,
+}
+
+/// A socket admitted at the upgrade: its user and id, already counted in
+/// presence. Dropped before its socket runs (the upgrade failed), it has
+/// presence forget the socket.
+pub(crate) struct Admitted {
+    pub user_id: UserId,
+    pub socket_id: SocketId,
+    claims: Option<Claims>,
+    presence: PresenceWriter,
+}
+
+impl Admitted {
+    pub(crate) fn new(
+        user_id: UserId,
+        socket_id: SocketId,
+        claims: Claims,
+        presence: PresenceWriter,
+    ) -> Self {
+        Self {
+            user_id,
+            socket_id,
+            claims: Some(claims),
+            presence,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.claims.is_some() {
+            self.presence.forget_later(self.user_id, self.socket_id);
+        }
+    }
 }
 
 /// Runs one upgraded socket to its end.
 pub(crate) async fn run(
     ws: WebSocket,
     shared: Arc<Shared>,
-    claims: Claims,
+    mut admitted: Admitted,
     permit: OwnedSemaphorePermit,
 ) {
-    let Ok(user_id) = claims.user_id() else {
+    let Some(claims) = admitted.claims.take() else {
         return;
     };
+    let (user_id, socket_id) = (admitted.user_id, admitted.socket_id);
     let session_id = claims.session_id();
-    let (socket_id, control) = shared
+    let control = shared
         .registry
-        .register(user_id, session_id, shared.settings.queue);
-    shared.presence.set(user_id, socket_id, None).await;
+        .register(socket_id, user_id, session_id, shared.settings.queue);
     metrics::get().sockets.add(1, &[]);
     // A logout that raced the upgrade was not in the cache at the check
     // before upgrading; now that the socket is registered, a revocation
@@ -141,6 +190,7 @@ pub(crate) async fn run(
         control,
         pending: VecDeque::new(),
         pending_bytes: 0,
+        refusals_in_a_row: 0,
         inflight: None,
         last_seen: Instant::now(),
     };
@@ -202,7 +252,8 @@ impl Socket {
                         return end;
                     }
                 }
-                msg = self.ws.recv() => {
+                // Not read while its answers are queued to the brim.
+                msg = self.ws.recv(), if self.pending.len() < MAX_QUEUED => {
                     if let Err(end) = Box::pin(self.on_message(msg)).await {
                         return end;
                     }
@@ -243,35 +294,48 @@ impl Socket {
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                let answer = if self.admit(0) {
-                    count_request("invalid", "invalid_request");
-                    ServerFrame::error(
-                        None,
-                        ErrorBody::new(
-                            ErrorCode::InvalidRequest,
-                            "binary frames are not accepted; send JSON text",
-                        ),
-                    )
-                } else {
-                    rate_limited(None, "invalid")
-                };
-                self.pending.push_back(Pending::Ready(answer));
+                if !self.admit(0)? {
+                    self.pending
+                        .push_back(Pending::Ready(rate_limited(None, "invalid")));
+                    return self.start_next().await;
+                }
+                count_request("invalid", "invalid_request");
+                self.pending.push_back(Pending::Ready(ServerFrame::error(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        "binary frames are not accepted; send JSON text",
+                    ),
+                )));
                 self.start_next().await
             }
             _ => Ok(()),
         }
     }
 
-    /// Every frame, valid or not, spends a token; a full queue refuses too.
-    fn admit(&mut self, bytes: usize) -> bool {
-        self.bucket.take()
-            && self.pending.len() < MAX_PENDING
-            && self.pending_bytes + bytes <= MAX_PENDING_BYTES
+    /// Every frame, valid or not, spends a token; a full queue of requests
+    /// refuses too. The refusal that follows [`MAX_REFUSALS_IN_A_ROW`] others
+    /// ends the socket with 1008 instead.
+    fn admit(&mut self, bytes: usize) -> Result<bool, End> {
+        let runs =
+            self.pending.len() < MAX_PENDING && self.pending_bytes + bytes <= MAX_PENDING_BYTES;
+        if self.bucket.take() && runs {
+            self.refusals_in_a_row = 0;
+            return Ok(true);
+        }
+        self.refusals_in_a_row += 1;
+        if self.refusals_in_a_row > MAX_REFUSALS_IN_A_ROW {
+            return Err(End::Close(
+                close::POLICY_VIOLATION,
+                "too many refused frames",
+            ));
+        }
+        Ok(false)
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let decoded = ClientFrame::decode(text);
-        let entry = if self.admit(text.len()) {
+        let entry = if self.admit(text.len())? {
             match decoded {
                 Ok(frame) => {
                     self.pending_bytes += text.len();
@@ -424,12 +488,29 @@ impl Socket {
         End::Close(request.code, request.reason)
     }
 
+    /// Sends the close frame, then reads (and drops) what the client still
+    /// sends until its own close frame, for at most [`CLOSE_LINGER`]:
+    /// closing the TCP socket with unread data in it would reset the
+    /// connection, and the client might lose the close frame and its code.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         }));
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(frame)).await;
+        if !matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(frame)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(msg)) = self.ws.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn write_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {

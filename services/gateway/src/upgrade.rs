@@ -1,8 +1,10 @@
 //! `GET /ws/v1/message`: authenticate, then upgrade. A missing, invalid,
 //! expired or revoked token gets 401 with the JSON error body and no
-//! socket; a draining or full gateway gets 503. Revoked means known
-//! revoked from the sessions stream, or not live in Postgres (checked
-//! last, as the one step that costs a round trip).
+//! socket; a draining or full gateway gets 503; a user who already holds
+//! as many sockets as they may, on any gateway, gets 429. Revoked means
+//! known revoked from the sessions stream, or not live in Postgres
+//! (checked after the cheap refusals, as the one step that costs a round
+//! trip, and before the socket counts against the user's limit).
 
 use crate::{Shared, socket};
 use axum::extract::State;
@@ -10,7 +12,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use natter_platform::http_error::ApiError;
-use natter_platform::token;
+use natter_platform::{presence, token};
 use natter_protocol::ErrorCode;
 use natter_protocol::limits::MAX_FRAME_BYTES;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ pub(crate) async fn upgrade(
     let Ok(claims) = shared.keys.verify(raw) else {
         return unauthorized();
     };
-    let Ok(user) = claims.user_id() else {
+    let Ok(user_id) = claims.user_id() else {
         return unauthorized();
     };
     if shared.revoked.contains(claims.session_id()) {
@@ -51,7 +53,7 @@ pub(crate) async fn upgrade(
         return ApiError::new(ErrorCode::Unavailable, "gateway is full; try another")
             .into_response();
     };
-    if !shared.sessions.is_live(claims.session_id(), user).await {
+    if !shared.sessions.is_live(claims.session_id(), user_id).await {
         return unauthorized();
     }
     let ws = match ws {
@@ -60,13 +62,24 @@ pub(crate) async fn upgrade(
             return ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()).into_response();
         }
     };
+    let socket_id = shared.registry.next_id();
+    let limit = shared.settings.sockets_per_user;
+    if !shared.presence.admit(user_id, socket_id, limit).await {
+        let mut refusal = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("you already hold {limit} sockets; close one first"),
+        );
+        refusal.retry_after = Some(presence::HEARTBEAT.as_secs());
+        return refusal.into_response();
+    }
+    let admitted = socket::Admitted::new(user_id, socket_id, claims, shared.presence.clone());
     let tracked = shared.tracker.token();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |ws| async move {
-            socket::run(ws, shared, claims, permit).await;
+            socket::run(ws, shared, admitted, permit).await;
             drop(tracked);
         })
 }

@@ -8,6 +8,15 @@ pub enum DomainError {
     /// A rule of docs/protocol.md §2.2 refused; the code says which.
     #[error("{0}")]
     Rule(ErrorBody),
+    /// A configured limit refused (`over_limit`); `limit` names which, for
+    /// the `natter.limit.rejections` metric.
+    #[error("{body}")]
+    Limit {
+        /// `head` or `memberships`.
+        limit: &'static str,
+        /// The `over_limit` answer.
+        body: ErrorBody,
+    },
     /// Postgres or NATS failed: logged, answered as `internal`.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -19,6 +28,14 @@ impl DomainError {
         Self::Rule(ErrorBody::new(code, message))
     }
 
+    /// An `over_limit` refusal by the limit named `limit`.
+    pub fn limit(limit: &'static str, message: impl Into<String>) -> Self {
+        Self::Limit {
+            limit,
+            body: ErrorBody::new(ErrorCode::OverLimit, message),
+        }
+    }
+
     /// The wire form; internals are logged and hidden. Postgres out of
     /// reach or too slow is `unavailable` (the client may retry), logged
     /// only at debug level: `/readyz` and its log say so once, not once per
@@ -26,7 +43,7 @@ impl DomainError {
     #[must_use]
     pub fn into_body(self) -> ErrorBody {
         match self {
-            Self::Rule(body) => body,
+            Self::Rule(body) | Self::Limit { body, .. } => body,
             Self::Internal(e)
                 if e.chain()
                     .filter_map(|c| c.downcast_ref::<sqlx::Error>())

@@ -60,16 +60,29 @@ pub(crate) async fn handle(
                     "usernames must not include your own",
                 ));
             }
-            let limit = state.limits.head_limit;
-            result(&channels::create(pool, &state.ns, limit, me, &title, &usernames).await?)
+            let limits = state.limits;
+            result(&channels::create(pool, &state.ns, limits, me, &title, &usernames).await?)
         }
         Request::Join { invite_code } => {
-            let limit = state.limits.head_limit;
-            result(&channels::join(pool, &state.ns, limit, actor, &invite_code).await?)
+            result(&channels::join(pool, &state.ns, state.limits, actor, &invite_code).await?)
         }
-        Request::FetchChannels => result(&Channels {
-            channels: channels::list(pool, me).await?,
-        }),
+        Request::FetchChannels => {
+            let mut channels = channels::list(pool, me).await?;
+            let fit = limits::fitting(&channels, limits::MAX_LIST_BYTES);
+            if fit < channels.len() {
+                // Unreachable within the default limits (README
+                // "Security"): only a raised NATTER_CHANNELS_PER_USER gets
+                // here, and the reply must still fit.
+                tracing::warn!(
+                    user = %me,
+                    channels = channels.len(),
+                    listed = fit,
+                    "fetch_channels cut to the reply size limit"
+                );
+                channels.truncate(fit);
+            }
+            result(&Channels { channels })
+        }
         Request::FetchMembers { channel_id } => fetch_members(state, caller, channel_id).await,
         Request::FetchChannelInviteCode { channel_id } => {
             let member = channels::membership(pool, channel_id, me).await?;
@@ -131,32 +144,54 @@ pub(crate) async fn handle(
     }
 }
 
-/// `fetch_connections` with each partner's `online` flag.
+/// Most rows a connection list reads: as many of the smallest entries
+/// (`{"username":"abc","status":"pending","online":true},`, 52 bytes) as
+/// fit in a reply.
+const MAX_CONNECTION_ROWS: i64 = (limits::MAX_LIST_BYTES / 52 + 1) as i64;
+
+/// `fetch_connections` with each partner's `online` flag, as many as fit
+/// in a reply (docs/protocol.md §2.6). Accepted connections always fit
+/// (1,000 of at most 83 bytes); received invitations have no limit of
+/// their own, so a flood of them lists the first that fit, and answering
+/// those brings up the rest.
 async fn fetch_connections(
     state: &AppState,
     caller: &Caller,
     filter: ConnectionFilter,
 ) -> Result<serde_json::Value, DomainError> {
-    let partners = connections::list(&state.pool, caller.user_id, filter).await?;
-    let ids: Vec<_> = partners.iter().map(|(id, _)| *id).collect();
-    let online = state.presence.online(&ids).await?;
+    let partners =
+        connections::list(&state.pool, caller.user_id, filter, MAX_CONNECTION_ROWS).await?;
     let status = match filter {
         ConnectionFilter::Accepted => ConnectionStatus::Accepted,
         ConnectionFilter::Pending => ConnectionStatus::Pending,
     };
+    // Sized with `online: false`, the longer value, before presence is
+    // asked about only the users listed.
+    let mut entries: Vec<ConnectionEntry> = partners
+        .iter()
+        .map(|(_, username)| ConnectionEntry {
+            username: username.clone(),
+            status,
+            online: false,
+        })
+        .collect();
+    entries.truncate(limits::fitting(&entries, limits::MAX_LIST_BYTES));
+    let ids: Vec<_> = partners[..entries.len()]
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    let online = state.presence.online(&ids).await?;
+    for (entry, id) in entries.iter_mut().zip(&ids) {
+        entry.online = online.contains(id);
+    }
     result(&Connections {
-        connections: partners
-            .into_iter()
-            .map(|(id, username)| ConnectionEntry {
-                username,
-                status,
-                online: online.contains(&id),
-            })
-            .collect(),
+        connections: entries,
     })
 }
 
-/// `fetch_members` with each member's `online` flag.
+/// `fetch_members` with each member's `online` flag, as many as fit in a
+/// reply (docs/protocol.md §2.6): all of them within the default head
+/// limit; only a raised `NATTER_HEAD_LIMIT` can list fewer.
 async fn fetch_members(
     state: &AppState,
     caller: &Caller,
@@ -169,17 +204,22 @@ async fn fetch_members(
         state.limits.head_limit,
     )
     .await?;
-    let ids: Vec<_> = members.iter().map(|(id, _)| *id).collect();
+    // Sized with `online: false`, the longer value, before presence is
+    // asked about only the members listed.
+    let mut entries: Vec<MemberEntry> = members
+        .iter()
+        .map(|(_, username)| MemberEntry {
+            username: username.clone(),
+            online: false,
+        })
+        .collect();
+    entries.truncate(limits::fitting(&entries, limits::MAX_LIST_BYTES));
+    let ids: Vec<_> = members[..entries.len()].iter().map(|(id, _)| *id).collect();
     let online = state.presence.online(&ids).await?;
-    result(&Members {
-        members: members
-            .into_iter()
-            .map(|(id, username)| MemberEntry {
-                username,
-                online: online.contains(&id),
-            })
-            .collect(),
-    })
+    for (entry, id) in entries.iter_mut().zip(&ids) {
+        entry.online = online.contains(id);
+    }
+    result(&Members { members: entries })
 }
 
 /// `typing`: ephemeral, so published with core NATS on its own subject,

@@ -49,13 +49,16 @@ pub(crate) struct AppState {
     pub writer: writer::Writer,
 }
 
-/// The per-user and per-channel limits of docs/protocol.md §2.2 (from config).
+/// The per-user and per-channel limits of docs/protocol.md §2.2 and §2.6
+/// (from config).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Most accepted connections per user.
     pub connection_limit: i32,
     /// Most members per channel, creator included.
     pub head_limit: i32,
+    /// Most channels a user is a member of (docs/protocol.md §2.6).
+    pub channels_per_user: i32,
 }
 
 /// A bound, ready-to-run message service.
@@ -99,6 +102,7 @@ impl Runnable for Message {
                 limits: Limits {
                     connection_limit: config.connection_limit,
                     head_limit: config.head_limit,
+                    channels_per_user: config.channels_per_user,
                 },
                 writer,
             },

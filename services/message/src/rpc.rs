@@ -9,7 +9,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use natter_platform::telemetry::propagation;
 use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
-use natter_protocol::{ErrorBody, ErrorCode};
+use natter_protocol::{ErrorBody, ErrorCode, limits};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,9 @@ async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {
     match serde_json::from_slice::<RpcRequest>(payload) {
         Ok(req) => {
             let kind = req.request.kind();
-            let result = handlers::handle(state, &req.caller, req.request).await;
+            let result = handlers::handle(state, &req.caller, req.request)
+                .await
+                .and_then(|value| within_reply_limit(kind, value));
             if let Err(e) = &result {
                 tracing::debug!(request = kind, error = %e, "request refused");
                 count_limit_rejection(e);
@@ -100,16 +102,35 @@ async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {
     }
 }
 
-/// Counts refusals by the connection or head limit.
+/// The last guard of docs/protocol.md §2.6's reply size: every list is
+/// bounded where it is read, so a result over the limit is a bug, answered
+/// `internal` rather than sent (NATS would drop it, and the gateway answer
+/// `unavailable` seconds later).
+fn within_reply_limit(
+    kind: &'static str,
+    value: serde_json::Value,
+) -> Result<serde_json::Value, crate::DomainError> {
+    if limits::fitting([&value], limits::MAX_RESULT_BYTES) == 1 {
+        Ok(value)
+    } else {
+        Err(crate::DomainError::Internal(anyhow::anyhow!(
+            "the {kind} result exceeds the reply size limit"
+        )))
+    }
+}
+
+/// Counts refusals by the connection, head or membership limit.
 fn count_limit_rejection(e: &crate::DomainError) {
-    let crate::DomainError::Rule(body) = e else {
-        return;
-    };
-    let limit = match body.code {
-        ErrorCode::ConnectionLimitReached | ErrorCode::PartnerConnectionLimitReached => {
+    let limit = match e {
+        crate::DomainError::Limit { limit, .. } => *limit,
+        crate::DomainError::Rule(body)
+            if matches!(
+                body.code,
+                ErrorCode::ConnectionLimitReached | ErrorCode::PartnerConnectionLimitReached
+            ) =>
+        {
             "connection"
         }
-        ErrorCode::OverLimit => "head",
         _ => return,
     };
     natter_platform::metrics::get()

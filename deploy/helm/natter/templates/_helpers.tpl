@@ -75,6 +75,12 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.partitions | quote }}
 - name: NATTER_PUSH_LEASE_SECS
   value: {{ .Values.pushLeaseSecs | quote }}
+- name: NATTER_CHANNELS_PER_USER
+  value: {{ .Values.channelsPerUser | quote }}
+- name: NATTER_SOCKETS_PER_USER
+  value: {{ .Values.socketsPerUser | quote }}
+- name: NATTER_TRUSTED_PROXIES
+  value: {{ .Values.trustedProxies | quote }}
 - name: NATTER_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: NATTER_AUTH_ADDR

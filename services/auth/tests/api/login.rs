@@ -1,7 +1,8 @@
 use natter_auth::Auth;
 use natter_protocol::http::{TokenResponse, UserView, paths};
 use natter_testkit::{PASSWORD, TestService};
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn login_returns_a_bearer_token_that_opens_me() {
@@ -145,16 +146,18 @@ async fn failures_older_than_the_window_are_pruned_for_every_name() {
     let mut app = TestService::<Auth>::spawn().await;
     app.stop_service().await;
     sqlx::query(
-        "INSERT INTO login_failures (username, failed_at) \
-         SELECT 'name' || i, now() - interval '16 minutes' FROM generate_series(1, 50) AS i",
+        "INSERT INTO login_failures (username, client_addr, failed_at) \
+         SELECT 'name' || i, '192.0.2.1', now() - interval '16 minutes' FROM generate_series(1, 50) AS i",
     )
     .execute(&app.pool)
     .await
     .expect("old failures");
-    sqlx::query("INSERT INTO login_failures (username) VALUES ('recent')")
-        .execute(&app.pool)
-        .await
-        .expect("recent failure");
+    sqlx::query(
+        "INSERT INTO login_failures (username, client_addr) VALUES ('recent', '192.0.2.1')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("recent failure");
     app.start_service().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -172,4 +175,95 @@ async fn failures_older_than_the_window_are_pruned_for_every_name() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// `POST /login` as if from `client`, through a proxy that says so in
+/// `X-Forwarded-For`.
+async fn login_from(
+    app: &TestService<Auth>,
+    client: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    app.http
+        .post(format!("{}{}", app.url(), paths::LOGIN))
+        .header("x-forwarded-for", client)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("auth answers")
+}
+
+#[tokio::test]
+async fn an_attackers_address_is_locked_out_and_the_owner_still_logs_in() {
+    let app = TestService::<Auth>::spawn_with(|c| c.trusted_proxies = "127.0.0.1".into()).await;
+    app.client().register("alice", PASSWORD).await;
+    let attacker = "203.0.113.9";
+    for _ in 0..5 {
+        let r = login_from(&app, attacker, "alice", "wrong password").await;
+        assert_eq!(r.status(), 401);
+    }
+    // The attacker's address is refused, even with the right password.
+    let r = login_from(&app, attacker, "alice", PASSWORD).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // The owner, from their own address, is not.
+    let r = login_from(&app, "198.51.100.7", "alice", PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let failures: Vec<(String, String)> =
+        sqlx::query_as("SELECT username, client_addr FROM login_failures")
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+    assert_eq!(failures.len(), 5);
+    assert!(failures.iter().all(|(u, a)| u == "alice" && a == attacker));
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let app = TestService::<Auth>::spawn().await;
+    app.client().register("alice", PASSWORD).await;
+    // Each guess claims another address; the peer (127.0.0.1) is no
+    // trusted proxy, so all count against it.
+    for i in 0..5 {
+        let r = login_from(&app, &format!("203.0.113.{i}"), "alice", "wrong password").await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = login_from(&app, "198.51.100.7", "alice", PASSWORD).await;
+    assert_eq!(r.status(), 429);
+    let addresses: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT client_addr FROM login_failures")
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+    assert_eq!(addresses, ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn failures_from_many_addresses_slow_the_name_but_never_lock_it() {
+    let app = TestService::<Auth>::spawn_with(|c| {
+        c.trusted_proxies = "127.0.0.0/8".into();
+        c.login_max_delay_ms = 400;
+    })
+    .await;
+    app.client().register("alice", PASSWORD).await;
+    // 10 addresses, 4 guesses each: none is locked, the name failed 40
+    // times.
+    let guesses = (0..10).flat_map(|a| (0..4).map(move |_| a)).map(|a| {
+        let app = &app;
+        async move {
+            login_from(app, &format!("203.0.113.{a}"), "alice", "wrong password")
+                .await
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // The owner gets in, after the longest delay: the server waits it
+    // before checking the password, so this floor is the server's own,
+    // not a measure of speed.
+    let started = Instant::now();
+    let r = login_from(&app, "198.51.100.7", "alice", PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(400));
 }

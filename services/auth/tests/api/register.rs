@@ -116,3 +116,43 @@ async fn nul_characters_are_invalid_requests_naming_the_field() {
         );
     }
 }
+
+/// With no hashing slot to be had, what needs a hash is refused with 503
+/// and `Retry-After`, and what does not is answered as always: so nothing
+/// hashes for a name that cannot exist or one that is taken.
+#[tokio::test]
+async fn without_a_hashing_slot_only_what_needs_a_hash_is_refused() {
+    let app = TestService::<Auth>::spawn_with(|c| {
+        c.hash_concurrency = Some(0);
+        c.hash_wait_ms = 100;
+    })
+    .await;
+    let api = app.client();
+    for r in [
+        api.register("carol", PASSWORD).await,
+        api.login("carol", PASSWORD).await,
+    ] {
+        assert_eq!(r.status(), 503);
+        let retry = r.headers().get("retry-after").expect("Retry-After");
+        assert_eq!(retry, "1");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["code"], "unavailable");
+    }
+    // A 503 is not a failed login: nothing counts against carol.
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM login_failures")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(failures, 0);
+    sqlx::query(
+        "INSERT INTO users (username, password_hash, invite_code) VALUES ('dave', 'x', 'c')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("dave");
+    assert_eq!(api.register("dave", PASSWORD).await.status(), 409);
+    let r = api.login("Not A Name", PASSWORD).await;
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "invalid_credentials");
+}

@@ -176,3 +176,24 @@ async fn without_redis_the_gateway_is_unready_and_recovers_on_its_own() {
     live_sockets_become(&reader, user_id("alice"), 1, Duration::from_secs(20)).await;
     live_sockets_become(&reader, user_id("bob"), 1, Duration::from_secs(20)).await;
 }
+
+#[tokio::test]
+async fn a_half_sent_upgrade_request_is_dropped_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = GatewayApp::spawn_with(|c| c.http_timeout_secs = 1).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /ws/v1/message HTTP/1.1\r\nHost: natter\r\nUpgrade: websocket\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the half-sent upgrade was dropped")
+        .expect("read");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let (_, mut ws) = connect_user(&app, "alice").await;
+    assert_eq!(ws.call("keep_alive", json!({})).await, Ok(json!({})));
+}

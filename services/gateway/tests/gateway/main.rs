@@ -4,5 +4,6 @@
 
 mod frames;
 mod lifecycle;
+mod limits;
 mod revocations;
 mod support;

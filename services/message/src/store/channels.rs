@@ -3,9 +3,13 @@
 //! `head_count` changes only under the channel's row lock, in the same
 //! transaction as the member row, so it always equals the number of
 //! members and a full channel is refused under the lock, never after the
-//! fact. Joining locks the joiner's user row `FOR SHARE` after the channel
-//! lock, so it cannot race an unregister (which locks channels, then users).
+//! fact. Joining locks the joiner's user row `FOR NO KEY UPDATE` after the
+//! channel lock (create locks its members' rows the same way), so it cannot
+//! race an unregister (which locks channels, then users), and a user's
+//! memberships are counted under that lock: the membership limit
+//! (docs/protocol.md §2.6) holds under any concurrency.
 
+use crate::Limits;
 use crate::error::DomainError;
 use crate::store::retrying;
 use natter_platform::outbox;
@@ -13,9 +17,9 @@ use natter_protocol::events::{Event, Joiner};
 use natter_protocol::frames::LeaveReason;
 use natter_protocol::frames::results::{ChannelCreated, ChannelEntry};
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, ErrorCode, Seq, UserId};
+use natter_protocol::{ChannelId, ErrorCode, Seq, UserId, Username};
 use sqlx::{PgConnection, PgPool};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// What a member sees of a channel.
 #[derive(Debug)]
@@ -71,86 +75,113 @@ pub(crate) fn not_joined(channel: ChannelId) -> DomainError {
 pub(crate) async fn create(
     pool: &PgPool,
     ns: &Namespace,
-    head_limit: i32,
+    limits: Limits,
     creator: UserId,
     title: &str,
     usernames: &[String],
 ) -> Result<ChannelCreated, DomainError> {
-    retrying(|| create_once(pool, ns, head_limit, creator, title, usernames)).await
+    // A name that cannot be a username reveals nothing: no user has it.
+    let impossible: Vec<&str> = usernames
+        .iter()
+        .map(String::as_str)
+        .filter(|n| Username::parse(*n).is_err())
+        .collect();
+    if !impossible.is_empty() {
+        return Err(DomainError::rule(
+            ErrorCode::UnknownUsers,
+            names_message("unknown users", &impossible),
+        ));
+    }
+    retrying(|| create_once(pool, ns, limits, creator, title, usernames)).await
 }
+
+/// Whether `$2` (a user row's id) is an accepted connection of `$1`.
+const ACCEPTED_WITH: &str = "EXISTS (SELECT 1 FROM user_connections c WHERE c.status = 'accepted' \
+     AND c.user_low = LEAST($1, u.id) AND c.user_high = GREATEST($1, u.id))";
 
 async fn create_once(
     pool: &PgPool,
     ns: &Namespace,
-    head_limit: i32,
+    limits: Limits,
     creator: UserId,
     title: &str,
     usernames: &[String],
 ) -> Result<ChannelCreated, DomainError> {
     let mut tx = pool.begin().await?;
-    // Every member's row stays locked (shared) until commit, so none can
-    // unregister or drop the connection between the checks and the insert.
-    let live: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, username FROM users \
-         WHERE (id = $1 OR username = ANY($2)) AND deleted_at IS NULL \
-         ORDER BY id FOR SHARE",
-    )
+    // Only the creator and their connections are locked, and only they
+    // are told apart: every other name — someone's or no one's — is
+    // answered alike (docs/protocol.md §2.6), and naming strangers locks
+    // nothing of theirs. The locks (`FOR NO KEY UPDATE`, users ascending)
+    // serialize every membership change of these users until commit, so
+    // none can unregister, drop the connection or join elsewhere between
+    // the checks and the insert.
+    let locked: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT u.id FROM users u WHERE u.deleted_at IS NULL \
+           AND (u.id = $1 OR (u.username = ANY($2) AND {ACCEPTED_WITH})) \
+         ORDER BY u.id FOR NO KEY UPDATE"
+    ))
     .bind(creator.0)
     .bind(usernames)
     .fetch_all(&mut *tx)
     .await?;
-    if !live.iter().any(|(id, _)| *id == creator.0) {
+    if !locked.contains(&creator.0) {
         return Err(gone());
     }
-    // Maps and sets, not list scans: `usernames` may be long (the service
-    // takes any caller's list), and matching must stay linear in it.
-    let id_of: HashMap<&str, i64> = live
-        .iter()
-        .filter(|(id, _)| *id != creator.0)
-        .map(|(id, name)| (name.as_str(), *id))
-        .collect();
-    let unknown: Vec<&str> = usernames
-        .iter()
-        .map(String::as_str)
-        .filter(|n| !id_of.contains_key(n))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(DomainError::rule(
-            ErrorCode::UnknownUsers,
-            format!("unknown users: {}", unknown.join(", ")),
-        ));
-    }
-    let others: Vec<i64> = usernames
-        .iter()
-        .filter_map(|n| id_of.get(n.as_str()).copied())
-        .collect();
-    let connected: HashSet<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN user_low = $1 THEN user_high ELSE user_low END FROM user_connections \
-         WHERE status = 'accepted' \
-           AND ((user_low = $1 AND user_high = ANY($2)) OR (user_high = $1 AND user_low = ANY($2)))",
-    )
+    // Read again under the locks: the filter above may have seen a pair
+    // that a transaction we waited for has since disconnected.
+    let connected: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(&format!(
+        "SELECT u.username, u.id FROM users u \
+         WHERE u.id = ANY($2) AND u.id <> $1 AND u.deleted_at IS NULL AND {ACCEPTED_WITH}"
+    ))
     .bind(creator.0)
-    .bind(&others)
+    .bind(&locked)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
+    // Maps and sets, not list scans: `usernames` may be long (the service
+    // takes any caller's list), and matching must stay linear in it.
     let unconnected: Vec<&str> = usernames
         .iter()
         .map(String::as_str)
-        .filter(|n| id_of.get(n).is_some_and(|id| !connected.contains(id)))
+        .filter(|n| !connected.contains_key(*n))
         .collect();
     if !unconnected.is_empty() {
         return Err(DomainError::rule(
             ErrorCode::UnconnectedUsers,
-            format!("not connected with: {}", unconnected.join(", ")),
+            names_message("not connected with", &unconnected),
         ));
     }
+    let others: Vec<i64> = usernames
+        .iter()
+        .filter_map(|n| connected.get(n.as_str()).copied())
+        .collect();
     let head_count = i32::try_from(others.len() + 1).unwrap_or(i32::MAX);
-    if head_count > head_limit {
-        return Err(DomainError::rule(
-            ErrorCode::OverLimit,
-            format!("a channel has at most {head_limit} members"),
+    if head_count > limits.head_limit {
+        return Err(DomainError::limit(
+            "head",
+            format!("a channel has at most {} members", limits.head_limit),
+        ));
+    }
+    let mut members = others;
+    members.push(creator.0);
+    members.sort_unstable();
+    let full = at_membership_limit(&mut tx, &members, limits.channels_per_user).await?;
+    if !full.is_empty() {
+        let names: HashMap<i64, &str> = connected.iter().map(|(n, id)| (*id, n.as_str())).collect();
+        let full: Vec<&str> = full
+            .iter()
+            .map(|id| names.get(id).copied().unwrap_or("you"))
+            .collect();
+        return Err(DomainError::limit(
+            "memberships",
+            names_message(
+                &format!(
+                    "in as many channels as a user may ({})",
+                    limits.channels_per_user
+                ),
+                &full,
+            ),
         ));
     }
     let channel: i64 = sqlx::query_scalar(
@@ -163,9 +194,6 @@ async fn create_once(
     .bind(creator.0)
     .fetch_one(&mut *tx)
     .await?;
-    let mut members = others;
-    members.push(creator.0);
-    members.sort_unstable();
     sqlx::query(
         "INSERT INTO channel_members (channel_id, user_id) SELECT $1, u FROM UNNEST($2::bigint[]) AS u",
     )
@@ -174,14 +202,14 @@ async fn create_once(
     .execute(&mut *tx)
     .await?;
     let channel_id = ChannelId(channel);
-    let added = live
+    let mut added: Vec<Joiner> = connected
         .into_iter()
-        .filter(|(id, _)| *id != creator.0)
-        .map(|(id, username)| Joiner {
+        .map(|(username, id)| Joiner {
             user_id: UserId(id),
             username,
         })
         .collect();
+    added.sort_unstable_by_key(|joiner| joiner.user_id.0);
     outbox::event(
         &mut tx,
         ns,
@@ -210,22 +238,53 @@ pub(crate) struct Actor<'a> {
     pub username: &'a str,
 }
 
+/// Most names an error message lists: the reply must stay small however
+/// many a request named.
+const NAMES_LISTED: usize = 20;
+
+/// `"<what>: a, b, c"`, with at most [`NAMES_LISTED`] names and a count of
+/// the rest.
+fn names_message(what: &str, names: &[&str]) -> String {
+    let shown = names[..names.len().min(NAMES_LISTED)].join(", ");
+    match names.len().saturating_sub(NAMES_LISTED) {
+        0 => format!("{what}: {shown}"),
+        more => format!("{what}: {shown} and {more} more"),
+    }
+}
+
+/// Which of `users` (whose rows the caller has locked) are already in as
+/// many channels as a user may be.
+async fn at_membership_limit(
+    tx: &mut PgConnection,
+    users: &[i64],
+    limit: i32,
+) -> Result<Vec<i64>, DomainError> {
+    Ok(sqlx::query_scalar(
+        "SELECT user_id FROM channel_members WHERE user_id = ANY($1) \
+         GROUP BY user_id HAVING count(*) >= $2 ORDER BY user_id",
+    )
+    .bind(users)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
 /// `join` by a channel's invite code.
 #[tracing::instrument(level = "debug", skip(pool, ns, code))]
 pub(crate) async fn join(
     pool: &PgPool,
     ns: &Namespace,
-    head_limit: i32,
+    limits: Limits,
     actor: Actor<'_>,
     code: &str,
 ) -> Result<ChannelCreated, DomainError> {
-    retrying(|| join_once(pool, ns, head_limit, actor, code)).await
+    retrying(|| join_once(pool, ns, limits, actor, code)).await
 }
 
 async fn join_once(
     pool: &PgPool,
     ns: &Namespace,
-    head_limit: i32,
+    limits: Limits,
     actor: Actor<'_>,
     code: &str,
 ) -> Result<ChannelCreated, DomainError> {
@@ -247,10 +306,22 @@ async fn join_once(
             format!("already a member of channel {channel_id}"),
         ));
     }
-    if head_count >= head_limit {
-        return Err(DomainError::rule(
-            ErrorCode::OverLimit,
+    if head_count >= limits.head_limit {
+        return Err(DomainError::limit(
+            "head",
             format!("channel {channel_id} is full"),
+        ));
+    }
+    if !at_membership_limit(&mut tx, &[user.0], limits.channels_per_user)
+        .await?
+        .is_empty()
+    {
+        return Err(DomainError::limit(
+            "memberships",
+            format!(
+                "you are in as many channels as a user may ({})",
+                limits.channels_per_user
+            ),
         ));
     }
     sqlx::query("INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2)")
@@ -431,14 +502,17 @@ async fn is_member(
     .await?)
 }
 
-/// Locks the user's row `FOR SHARE`: an unregister waits for this
-/// transaction, or already marked the user deleted.
+/// Locks the user's row `FOR NO KEY UPDATE`: an unregister waits for this
+/// transaction, or already marked the user deleted, and the user's other
+/// joins and creates wait too, so their membership count holds until
+/// commit.
 async fn lock_live_user(tx: &mut PgConnection, user: UserId) -> Result<(), DomainError> {
-    let live: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
-            .bind(user.0)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let live: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
+    )
+    .bind(user.0)
+    .fetch_optional(&mut *tx)
+    .await?;
     live.map(|_| ()).ok_or_else(gone)
 }
 

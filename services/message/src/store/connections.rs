@@ -285,22 +285,27 @@ pub(crate) async fn list(
     pool: &PgPool,
     me: UserId,
     filter: ConnectionFilter,
+    max_rows: i64,
 ) -> Result<Vec<(UserId, String)>, DomainError> {
     let sql = match filter {
         ConnectionFilter::Accepted => {
             "SELECT u.id, u.username FROM user_connections c \
              JOIN users u ON u.id = CASE WHEN c.user_low = $1 THEN c.user_high ELSE c.user_low END \
              WHERE (c.user_low = $1 OR c.user_high = $1) AND c.status = 'accepted' \
-               AND u.deleted_at IS NULL ORDER BY u.username"
+               AND u.deleted_at IS NULL ORDER BY u.username LIMIT $2"
         }
         ConnectionFilter::Pending => {
             "SELECT u.id, u.username FROM user_connections c \
              JOIN users u ON u.id = c.inviter \
              WHERE (c.user_low = $1 OR c.user_high = $1) AND c.status = 'pending' \
-               AND c.inviter <> $1 AND u.deleted_at IS NULL ORDER BY u.username"
+               AND c.inviter <> $1 AND u.deleted_at IS NULL ORDER BY u.username LIMIT $2"
         }
     };
-    let rows: Vec<(i64, String)> = sqlx::query_as(sql).bind(me.0).fetch_all(pool).await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as(sql)
+        .bind(me.0)
+        .bind(max_rows)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(id, name)| (UserId(id), name))

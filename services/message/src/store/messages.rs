@@ -14,7 +14,7 @@ use natter_protocol::events::Event;
 use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
-use natter_protocol::{ChannelId, Seq, UserId};
+use natter_protocol::{ChannelId, Seq, UserId, limits};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
@@ -295,6 +295,13 @@ const BEFORE: &str = "SELECT m.seq, u.username, m.content, m.sent_at FROM messag
 
 /// `fetch_messages` for a member: ascending by seq, `username` null for a
 /// writer who has unregistered.
+///
+/// The page is byte-bounded too (docs/protocol.md §2.6): rows are taken
+/// in the order read — nearest to `after_seq` / `before_seq` first — while
+/// they fit in a reply, at least one. A shorter page is then still the
+/// start of what was asked, so a client paging on from its last (or first)
+/// seq reads every message. (100 messages of 4,000 CJK chars are 1.2 MB:
+/// unbounded, such a page outgrew the bus and was never answered.)
 #[tracing::instrument(level = "debug", skip(pool))]
 pub(crate) async fn fetch(
     pool: &PgPool,
@@ -308,16 +315,13 @@ pub(crate) async fn fetch(
         Page::After(after) => (AFTER, after.0, false),
         Page::Before(before) => (BEFORE, before.map_or(i64::MAX, |s| s.0), true),
     };
-    let mut rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
+    let rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
         .bind(channel.0)
         .bind(bound)
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    if newest_first {
-        rows.reverse();
-    }
-    Ok(rows
+    let mut entries: Vec<MessageEntry> = rows
         .into_iter()
         .map(|(seq, username, content, sent_at)| MessageEntry {
             seq: Seq(seq),
@@ -325,5 +329,10 @@ pub(crate) async fn fetch(
             content,
             sent_at,
         })
-        .collect())
+        .collect();
+    entries.truncate(limits::fitting(&entries, limits::MAX_LIST_BYTES).max(1));
+    if newest_first {
+        entries.reverse();
+    }
+    Ok(entries)
 }

@@ -10,7 +10,13 @@ use serde_json::json;
 
 #[tokio::test]
 async fn twenty_concurrent_accepts_at_nine_of_ten_let_exactly_one_through() {
-    let app = TestApp::spawn_with(|c| c.connection_limit = 10).await;
+    // The target accepts on 21 sockets at once: more than a user may hold
+    // by default.
+    let app = TestApp::spawn_with(|c| {
+        c.connection_limit = 10;
+        c.sockets_per_user = 32;
+    })
+    .await;
     let mut target = user(&app, "target").await;
     let mut friends = users(&app, "f", 9).await;
     for f in &mut friends {

@@ -5,6 +5,7 @@
 mod channels;
 mod concurrency;
 mod connections;
+mod limits;
 mod members;
 mod messages;
 mod support;
