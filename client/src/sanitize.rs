@@ -8,7 +8,7 @@
 //! sequence (CSI, OSC, DCS/SOS/PM/APC strings and two-byte escapes, in their
 //! 7-bit and C1 forms) is dropped whole, and every other control character
 //! (C0, DEL, C1) is dropped, except newline and tab where the text may span
-//! lines ([`text`]); a one-line field ([`line`]) turns them into spaces.
+//! lines ([`text`]); a one-line field ([`line()`]) turns them into spaces.
 //! Pure, so the hostile cases are unit-tested.
 
 /// Message content: escape sequences and control characters removed,

@@ -10,13 +10,13 @@
 //! [`COMMIT_EVERY`] (and when the partition is released), so a crash
 //! repeats at most that much: at least once, never reordered.
 //!
-//! A failure holds back this partition only: the event is retried with
-//! [`Backoff`] for as long as it takes (a dependency outage is waited out,
-//! never dead-lettered), nothing after it is pulled meanwhile, and the
-//! other partitions go on. Only an event that cannot be decoded, or whose
-//! deliveries NATS will never accept (larger than its payload limit), goes
-//! to the dead-letter stream, in its place in the order, and the partition
-//! moves past it.
+//! A failure holds back this partition only: the event is retried with a
+//! doubling pause (50 ms to 2 s) for as long as it takes (a dependency
+//! outage is waited out, never dead-lettered), nothing after it is pulled
+//! meanwhile, and the other partitions go on. Only an event that cannot be
+//! decoded, or whose deliveries NATS will never accept (larger than its
+//! payload limit), goes to the dead-letter stream, in its place in the
+//! order, and the partition moves past it.
 
 use crate::fanout::{Fanout, Unroutable};
 use crate::leases::Lease;
