@@ -2,7 +2,8 @@
 //! `nats-server -js` or a `redis-server` on a free loopback port, which
 //! the test stops (SIGKILL, as a crash) and starts again on the same port
 //! (and, for NATS, the same store directory, so streams survive). The
-//! machine's shared servers are never touched.
+//! machine's shared servers are never touched. Either can run with a
+//! configuration of the test's own (NATS accounts, TLS certificates).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ pub fn free_port() -> u16 {
 struct Server {
     program: &'static str,
     args: Vec<String>,
+    /// Its working directory, where relative paths in its configuration
+    /// point (the test's temporary directory).
+    dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
     port: u16,
     child: Option<Child>,
 }
@@ -32,8 +37,13 @@ struct Server {
 impl Server {
     fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.program);
-        let child = Command::new(self.program)
+        let mut command = Command::new(self.program);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,11 +75,34 @@ impl Drop for Server {
     }
 }
 
-/// A private `nats-server` with JetStream and a store directory of its
-/// own (deleted on drop).
+/// What a private server runs with beyond its defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Configuration added to the defaults: for NATS, lines of its
+    /// configuration file (an `include`, a `tls` block); for Redis, extra
+    /// command-line arguments, one per line.
+    pub config: String,
+    /// Files written beside it first (an included file, certificates),
+    /// by name; relative paths in `config` find them.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Its environment (passwords a NATS configuration reads).
+    pub env: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn write_files(&self, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("a temporary directory");
+        for (name, contents) in &self.files {
+            std::fs::write(dir.join(name), contents).expect("writing a server file");
+        }
+    }
+}
+
+/// A private `nats-server` with JetStream and a directory of its own
+/// (configuration, store, log; deleted on drop).
 pub struct PrivateNats {
     server: Server,
-    store: PathBuf,
+    dir: PathBuf,
 }
 
 impl PrivateNats {
@@ -79,24 +112,46 @@ impl PrivateNats {
     /// When `nats-server` is not installed or does not start.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(&Setup::default())
+    }
+
+    /// Starts one on a free port with `setup.config` appended to its
+    /// configuration file.
+    ///
+    /// # Panics
+    /// When `nats-server` is not installed or does not start.
+    #[must_use]
+    pub fn start_with(setup: &Setup) -> Self {
         let port = free_port();
-        let store = std::env::temp_dir().join(format!("natter-nats-{}", uuid::Uuid::new_v4()));
+        let dir = std::env::temp_dir().join(format!("natter-nats-{}", uuid::Uuid::new_v4()));
+        setup.write_files(&dir);
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+            dir.join("store").display(),
+            setup.config
+        );
+        std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
         let mut server = Server {
             program: "nats-server",
             args: vec![
-                "-js".into(),
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-sd".into(),
-                store.display().to_string(),
+                "-c".into(),
+                "nats.conf".into(),
+                "-l".into(),
+                "nats.log".into(),
             ],
+            dir: Some(dir.clone()),
+            env: setup.env.clone(),
             port,
             child: None,
         };
         server.start();
-        Self { server, store }
+        Self { server, dir }
+    }
+
+    /// What it has logged so far (permission violations, TLS errors).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -119,13 +174,15 @@ impl PrivateNats {
 impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.server.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// A private `redis-server`, in memory only.
 pub struct PrivateRedis {
     server: Server,
+    dir: PathBuf,
+    tls: bool,
 }
 
 impl PrivateRedis {
@@ -135,30 +192,66 @@ impl PrivateRedis {
     /// When `redis-server` is not installed or does not start.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(&Setup::default())
+    }
+
+    /// Starts one on a free port with the arguments of `setup.config`
+    /// added.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or does not start.
+    #[must_use]
+    pub fn start_with(setup: &Setup) -> Self {
+        Self::spawn(setup, false)
+    }
+
+    /// Starts one that speaks only TLS on a free port (`rediss://`), with
+    /// the arguments of `setup.config` (its `--tls-cert-file` and so on).
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or does not start.
+    #[must_use]
+    pub fn start_tls(setup: &Setup) -> Self {
+        Self::spawn(setup, true)
+    }
+
+    fn spawn(setup: &Setup, tls: bool) -> Self {
         let port = free_port();
+        let dir = std::env::temp_dir().join(format!("natter-redis-{}", uuid::Uuid::new_v4()));
+        setup.write_files(&dir);
+        let ports: Vec<String> = if tls {
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+            ]
+        } else {
+            vec!["--port".into(), port.to_string()]
+        };
+        let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(ports)
+            .chain(setup.config.lines().map(str::to_owned))
+            .collect();
         let mut server = Server {
             program: "redis-server",
-            args: vec![
-                "--port".into(),
-                port.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-            ],
+            args,
+            dir: Some(dir.clone()),
+            env: setup.env.clone(),
             port,
             child: None,
         };
         server.start();
-        Self { server }
+        Self { server, dir, tls }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` with TLS.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.server.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.server.port)
     }
 
     /// Kills it (SIGKILL).
@@ -169,5 +262,12 @@ impl PrivateRedis {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.server.start();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.server.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -4,7 +4,9 @@
 //! every service answers alike; and what needs real processes (a frozen
 //! relay, a crashed gateway) or the operator's `dlq` command.
 
+mod accounts;
 mod auth;
+mod bus;
 mod dlq;
 mod gateway;
 mod presence;
