@@ -26,6 +26,8 @@ pub fn free_port() -> u16 {
 struct Server {
     program: &'static str,
     args: Vec<String>,
+    /// The user and group it runs as, when not ours (Postgres refuses root).
+    user: Option<(u32, u32)>,
     /// Its working directory, where relative paths in its configuration
     /// point (the test's temporary directory).
     dir: Option<PathBuf>,
@@ -40,6 +42,10 @@ impl Server {
         let mut command = Command::new(self.program);
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
+        }
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
         }
         let child = command
             .args(&self.args)
@@ -139,6 +145,7 @@ impl PrivateNats {
                 "-l".into(),
                 "nats.log".into(),
             ],
+            user: None,
             dir: Some(dir.clone()),
             env: setup.env.clone(),
             port,
@@ -238,6 +245,7 @@ impl PrivateRedis {
         let mut server = Server {
             program: "redis-server",
             args,
+            user: None,
             dir: Some(dir.clone()),
             env: setup.env.clone(),
             port,
@@ -270,4 +278,135 @@ impl Drop for PrivateRedis {
         self.server.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Where the Postgres 15 server binaries are.
+const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The server itself.
+const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
+
+/// A private Postgres cluster that takes only TLS connections from
+/// 127.0.0.1, with a password (`scram-sha-256`) for user `postgres`; run as
+/// the system user `postgres`, deleted on drop.
+pub struct PrivatePostgres {
+    server: Server,
+    dir: PathBuf,
+}
+
+impl PrivatePostgres {
+    /// Initializes a cluster whose superuser `postgres` has `password`,
+    /// serving `certificate` and `key` (PEM), and starts it on a free port.
+    ///
+    /// # Panics
+    /// When the Postgres binaries or the `postgres` user are missing, or
+    /// the cluster does not start.
+    #[must_use]
+    pub fn start_tls(certificate: &str, key: &str, password: &str) -> Self {
+        let (uid, gid) = postgres_user();
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("natter-pg-{}", uuid::Uuid::new_v4()));
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let owned = |path: &std::path::Path| {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+        };
+        owned(&dir);
+        let pwfile = dir.join("password");
+        std::fs::write(&pwfile, password).expect("writing the password file");
+        owned(&pwfile);
+        let mut initdb = Command::new(format!("{POSTGRES_BIN}/initdb"));
+        std::os::unix::process::CommandExt::uid(&mut initdb, uid);
+        std::os::unix::process::CommandExt::gid(&mut initdb, gid);
+        let status = initdb
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .arg("-D")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        for (name, contents) in [("server.crt", certificate), ("server.key", key)] {
+            let path = data.join(name);
+            std::fs::write(&path, contents).expect("writing a certificate");
+            owned(&path);
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("writing pg_hba.conf");
+        let mut server = Server {
+            program: POSTGRES,
+            args: [
+                "-D",
+                &data.display().to_string(),
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                &format!("unix_socket_directories={}", dir.display()),
+                "-c",
+                "ssl=on",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=30",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+            user: Some((uid, gid)),
+            dir: Some(dir.clone()),
+            env: Vec::new(),
+            port,
+            child: None,
+        };
+        server.start();
+        Self { server, dir }
+    }
+
+    /// The port it listens on, at 127.0.0.1.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // SIGQUIT: the postmaster takes its backends down with it (SIGKILL
+        // would leave them behind).
+        if let Some(child) = &self.server.child {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+        }
+        self.server.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The uid and gid of the system user `postgres`.
+fn postgres_user() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a user postgres")
+    };
+    (id("-u"), id("-g"))
 }

@@ -13,3 +13,4 @@ mod presence;
 mod process;
 mod readiness;
 mod relay;
+mod tls;
