@@ -24,6 +24,7 @@ use natter_protocol::rpc::{
 };
 use sha2::Sha256;
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -129,12 +130,15 @@ pub struct BusVerifier {
 
 /// The nonces of two consecutive windows: a nonce older than both is
 /// refused by its time anyway, so memory stays bounded by the traffic of
-/// twice the window.
+/// twice the window. Each is kept as a 64-bit hash under a per-process key
+/// (8 bytes, not a string): only a holder of the bus key chooses nonces,
+/// and a collision merely refuses one message.
 #[derive(Debug)]
 struct Nonces {
-    current: HashSet<String>,
-    previous: HashSet<String>,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
     rotated: Instant,
+    hasher: RandomState,
 }
 
 impl BusVerifier {
@@ -147,6 +151,7 @@ impl BusVerifier {
                 current: HashSet::new(),
                 previous: HashSet::new(),
                 rotated: Instant::now(),
+                hasher: RandomState::new(),
             }),
         }
     }
@@ -208,7 +213,8 @@ impl BusVerifier {
             seen.previous = std::mem::take(&mut seen.current);
             seen.rotated = Instant::now();
         }
-        if seen.previous.contains(nonce) || !seen.current.insert(nonce.to_owned()) {
+        let nonce = seen.hasher.hash_one(nonce);
+        if seen.previous.contains(&nonce) || !seen.current.insert(nonce) {
             return Err(BusError::Replayed);
         }
         Ok(())

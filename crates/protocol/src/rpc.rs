@@ -23,8 +23,9 @@ pub const BUS_NONCE_HEADER: &str = "Natter-Bus-Nonce";
 pub const BUS_SIGNATURE_HEADER: &str = "Natter-Bus-Signature";
 /// How far a signed message's time may be from the receiver's clock, in
 /// milliseconds, either way: older messages are refused as replays, and
-/// receivers remember nonces this long.
-pub const BUS_MAX_SKEW_MS: u64 = 30_000;
+/// receivers remember nonces this long (memory grows with the traffic of
+/// the window; pods' clocks under NTP agree within milliseconds).
+pub const BUS_MAX_SKEW_MS: u64 = 10_000;
 
 /// The bytes a bus signature covers: a version tag, the subject the
 /// message is published to, the time and nonce headers, and the payload
