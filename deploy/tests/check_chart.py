@@ -7,7 +7,10 @@ and readiness /readyz on their own port, hardened security contexts, the
 gateway id from the pod name, a preStop drain shorter than the grace period;
 Services for auth and gateway; HPAs for gateway, message and push;
 a PDB per Deployment; the migration hook Job after its Secret; a
-ServiceAccount.
+ServiceAccount; the JWT secret, the bus key and the database password
+(PGPASSWORD, never in the URL) from a Secret; with --ingress (the
+production example) also a NATS user per service and a NetworkPolicy per
+Deployment.
 """
 import sys
 import yaml
@@ -64,8 +67,14 @@ def main():
         ):
             if name not in env:
                 fail(f"{component}: env {name} missing")
-        if "secretKeyRef" not in env["NATTER_JWT_SECRET"].get("valueFrom", {}):
-            fail(f"{component}: the JWT secret must come from a Secret")
+        for secret in ("NATTER_JWT_SECRET", "NATTER_BUS_KEY", "PGPASSWORD"):
+            if "secretKeyRef" not in env.get(secret, {}).get("valueFrom", {}):
+                fail(f"{component}: {secret} must come from a Secret")
+        userinfo = env["NATTER_DATABASE_URL"]["value"].split("://", 1)[1].split("@", 1)[0]
+        if ":" in userinfo:
+            fail(f"{component}: the database password must not be in NATTER_DATABASE_URL")
+        if want_ingress and env.get("NATTER_NATS_USER", {}).get("value") != component:
+            fail(f"{component}: NATTER_NATS_USER must name the service")
         if component == "gateway":
             gw = env.get("NATTER_GATEWAY_ID", {}).get("valueFrom", {}).get("fieldRef", {})
             if gw.get("fieldPath") != "metadata.name":
@@ -100,6 +109,10 @@ def main():
     for s in secrets:
         if int(s["metadata"]["annotations"]["helm.sh/hook-weight"]) >= int(annotations["helm.sh/hook-weight"]):
             fail("the Secret must be created before the migration hook")
+
+    policies = {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in by_kind.get("NetworkPolicy", [])}
+    if want_ingress and not set(PORTS) <= policies:
+        fail(f"NetworkPolicies {policies}")
 
     ingresses = by_kind.get("Ingress", [])
     if want_ingress:

@@ -25,7 +25,9 @@ pub enum LogFormat {
 /// Configuration shared by every service.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Postgres connection URL (the database is created by `migrate`/`all`).
+    /// Postgres connection URL (the database is created by `migrate`/`all`);
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` for TLS. The password
+    /// is best left out and given as `PGPASSWORD`.
     #[arg(
         long,
         env = "NATTER_DATABASE_URL",
@@ -43,13 +45,43 @@ pub struct Config {
     #[arg(long, env = "NATTER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// Redis URL (presence).
+    /// NATS user (with `NATTER_NATS_PASSWORD`): each service its own, with
+    /// the permissions of deploy/nats/natter-accounts.conf.
+    #[arg(long, env = "NATTER_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password of `NATTER_NATS_USER`.
+    #[arg(long, env = "NATTER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS credentials file (a user JWT and nkey seed, for servers run in
+    /// operator mode); instead of a user and password.
+    #[arg(long, env = "NATTER_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// PEM file of the CA that signed the NATS servers' certificates; when
+    /// set, TLS is required (a `tls://` URL requires it too, with the
+    /// system's roots).
+    #[arg(long, env = "NATTER_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+
+    /// Redis URL (presence); `rediss://` for TLS.
     #[arg(
         long,
         env = "NATTER_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+
+    /// Redis password (`AUTH`), kept out of the URL so it can come from a
+    /// Secret; a password in the URL wins.
+    #[arg(long, env = "NATTER_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// PEM file of the CA that signed the Redis server's certificate, for
+    /// `rediss://` (default: the system's roots).
+    #[arg(long, env = "NATTER_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
 
     /// Prefix of every NATS subject, stream, consumer and Redis key:
     /// lowercase letters, digits and `_` (stream names are uppercased, so
@@ -60,6 +92,13 @@ pub struct Config {
     /// HMAC key signing tokens; required by auth and connection.
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Key signing what services send each other over NATS (callers,
+    /// unregister requests, deliveries), at least 32 characters; required
+    /// by auth, gateway, message and push (`all` generates one when unset).
+    /// The same for every instance of every service.
+    #[arg(long, env = "NATTER_BUS_KEY", hide_env_values = true)]
+    pub bus_key: Option<String>,
 
     /// Token lifetime in seconds.
     #[arg(long, env = "NATTER_TOKEN_TTL_SECS", default_value_t = 3600)]
@@ -299,6 +338,19 @@ impl Config {
                     })
             })
             .collect()
+    }
+
+    /// The bus key, checked; `service` names who needs it in the error.
+    ///
+    /// # Errors
+    /// When `NATTER_BUS_KEY` is unset or too short.
+    pub fn bus_key(&self, service: &str) -> anyhow::Result<crate::bus::BusKey> {
+        let secret = self
+            .bus_key
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("NATTER_BUS_KEY is required by {service}"))?;
+        Ok(crate::bus::BusKey::new(secret)?)
     }
 
     /// The sanitized namespace, with the partition count.

@@ -7,12 +7,16 @@
 //! ([`shutdown`]) and the one shutdown sequence with its supervised
 //! background tasks ([`lifecycle`]).
 //!
+//! The signed bus ([`bus`]) authenticates what services send each other
+//! over NATS.
+//!
 //! It also owns the contracts that more than one service reads or writes,
 //! so that each has one definition: the outbox row format and its relay
 //! ([`outbox`]: auth and message write it, message runs the relay) and the
 //! Redis presence schema ([`presence`]: the gateway writes, push and
 //! message read).
 
+pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod db;

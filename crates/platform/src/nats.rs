@@ -8,6 +8,7 @@ use crate::Config;
 use anyhow::Context;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
+use natter_protocol::subjects::Namespace;
 use std::time::Duration;
 
 /// JetStream's de-duplication window on `Nats-Msg-Id`: longer than any
@@ -36,15 +37,35 @@ pub fn servers(url: &str) -> anyhow::Result<Vec<ServerAddr>> {
     Ok(servers)
 }
 
-/// Connects to NATS: to one of the servers of `url` (tried in turn until
-/// one answers), failing over to the others (and to those the cluster
-/// announces) when the connection drops.
+/// Connects to NATS as `config` says: to one of the servers of
+/// `NATTER_NATS_URL` (tried in turn until one answers), failing over to
+/// the others (and to those the cluster announces) when the connection
+/// drops; as `NATTER_NATS_USER` or with `NATTER_NATS_CREDS`; over TLS
+/// verified against `NATTER_NATS_CA` when it is set.
 ///
 /// # Errors
-/// When no server answers.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+/// When the credentials file cannot be read or no server answers.
+pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
+    let url = &config.nats_url;
     let servers = servers(url)?;
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(creds) = &config.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("reading NATTER_NATS_CREDS {}", creds.display()))?;
+    }
+    if let Some(user) = config.nats_user.clone().filter(|u| !u.is_empty()) {
+        // Replies come to an inbox only this user may read.
+        options = options
+            .custom_inbox_prefix(inbox_prefix(&config.namespace(), &user))
+            .user_and_password(user, config.nats_password.clone().unwrap_or_default());
+    }
+    if let Some(ca) = &config.nats_ca {
+        crate::tls::install_crypto_provider();
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    options
         .name(name)
         .subscription_capacity(64 * 1024)
         // A core subscription that overflows drops messages silently:
@@ -65,6 +86,13 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// The inbox prefix of NATS user `user`: deploy/nats/natter-accounts.conf
+/// lets each user subscribe to its own only.
+#[must_use]
+pub fn inbox_prefix(ns: &Namespace, user: &str) -> String {
+    format!("_INBOX_{}_{user}", ns.as_str())
 }
 
 /// A JetStream context on `client`.

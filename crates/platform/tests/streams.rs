@@ -16,7 +16,7 @@ fn config() -> Config {
 }
 
 async fn jetstream() -> jetstream::Context {
-    let client = nats::connect("nats://127.0.0.1:4222", "streams-test")
+    let client = nats::connect(&config(), "streams-test")
         .await
         .expect("NATS answers");
     nats::jetstream(&client)
@@ -125,9 +125,10 @@ async fn a_url_listing_a_dead_server_and_a_live_one_connects() {
         format!("nats://{dead},nats://127.0.0.1:4222"),
         format!("nats://127.0.0.1:4222, nats://{dead}"),
     ] {
-        let client = nats::connect(&url, "list-test").await.expect("connects");
+        let mut config = config();
+        config.nats_url.clone_from(&url);
+        let client = nats::connect(&config, "list-test").await.expect("connects");
         assert_eq!(client.server_info().port, 4222, "{url}");
-        let config = config();
         let js = nats::jetstream(&client);
         let declared = nats::ensure_streams(&js, &config).await;
         delete_streams(&js, &config).await;

@@ -37,6 +37,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 /// The JWT secret of [`test_config`].
 const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+/// The bus key of [`test_config`].
+pub const BUS_KEY: &str = "test-bus-key-that-is-long-enough-to-sign";
 
 /// Starts test logging once per process (later calls do nothing); silent
 /// unless `TEST_LOG` is set.
@@ -45,7 +47,7 @@ pub fn init_logs() {
 }
 
 /// A fresh configuration for one test: its own database and namespace,
-/// every service on 127.0.0.1 port 0, a fixed JWT secret.
+/// every service on 127.0.0.1 port 0, a fixed JWT secret and bus key.
 ///
 /// # Panics
 /// When the defaults cannot be read (never, with sane environment).
@@ -56,6 +58,7 @@ pub fn test_config(database_url: &str) -> Config {
     config.database_url = database_url.to_owned();
     config.namespace = format!("t{}", &id[..16]);
     config.jwt_secret = Some(JWT_SECRET.into());
+    config.bus_key = Some(BUS_KEY.into());
     let local: SocketAddr = ([127, 0, 0, 1], 0).into();
     config.auth_addr = local;
     config.gateway_addr = local;
@@ -86,6 +89,19 @@ pub fn token_for(config: &Config, user: UserId, username: &str) -> String {
     TokenKeys::new(secret.as_bytes(), config.token_ttl_secs)
         .issue(user, username, SessionId(uuid::Uuid::new_v4()))
         .expect("signing a token")
+}
+
+/// The bus signature headers for `payload` published to `subject` under
+/// [`BUS_KEY`], as a gateway, auth or push would sign it: lets a test talk
+/// to a service over NATS directly.
+///
+/// # Panics
+/// Never: [`BUS_KEY`] is long enough.
+#[must_use]
+pub fn bus_signed(subject: &str, payload: &[u8]) -> async_nats::HeaderMap {
+    natter_platform::bus::BusKey::new(BUS_KEY)
+        .expect("the test bus key is long enough")
+        .signed(subject, payload)
 }
 
 /// What one test owns outside its process: a database and a namespace
@@ -145,10 +161,9 @@ pub(crate) fn block_on_cleanup(cleanup: impl std::future::Future<Output = ()> + 
 /// Redis keys.
 fn cleanup_namespace(config: &Config) {
     let ns = config.namespace();
-    let nats_url = config.nats_url.clone();
-    let redis_url = config.redis_url.clone();
+    let config = config.clone();
     block_on_cleanup(async move {
-        if let Ok(client) = natter_platform::nats::connect(&nats_url, "natter-test-cleanup").await {
+        if let Ok(client) = natter_platform::nats::connect(&config, "natter-test-cleanup").await {
             let js = async_nats::jetstream::new(client);
             for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
                 let _ = js.delete_stream(stream).await;
@@ -157,7 +172,7 @@ fn cleanup_namespace(config: &Config) {
                 let _ = js.delete_key_value(bucket).await;
             }
         }
-        if let Ok(client) = redis::Client::open(redis_url.as_str())
+        if let Ok(client) = natter_platform::cache::client(&config)
             && let Ok(mut conn) = client.get_multiplexed_async_connection().await
         {
             let pattern = format!("{}*", ns.redis_prefix());

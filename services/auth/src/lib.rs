@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     /// Core NATS, to ask the message service to release an unregistering
     /// user.
     pub nats: async_nats::Client,
+    /// Signs the unregister request, which message refuses unsigned.
+    pub bus: natter_platform::bus::BusKey,
     /// Signs and verifies tokens.
     pub keys: TokenKeys,
     /// How long tokens and refresh tokens live.
@@ -73,17 +75,18 @@ impl Runnable for Auth {
     /// Connects to Postgres and NATS and binds `config.auth_addr`.
     ///
     /// # Errors
-    /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
-    /// the address cannot be bound.
+    /// When `NATTER_JWT_SECRET` or `NATTER_BUS_KEY` is missing, a dependency
+    /// does not answer or the address cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let secret = config
             .jwt_secret
             .as_deref()
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by auth")?;
+        let bus = config.bus_key("auth")?;
         let trusted_proxies = config.trusted_proxies().map_err(anyhow::Error::msg)?;
         let pool = db::connect(config).await?;
-        let nats = nats::connect(&config.nats_url, "natter-auth").await?;
+        let nats = nats::connect(config, "natter-auth").await?;
         let login_limits = store::LoginLimits {
             max_failures: config.login_max_failures.max(1),
             window_secs: config.login_window_secs.max(1),
@@ -92,6 +95,7 @@ impl Runnable for Auth {
         let state = AppState {
             pool: pool.clone(),
             nats: nats.clone(),
+            bus,
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             lifetimes: store::Lifetimes {
                 token_secs: config.token_ttl_secs,

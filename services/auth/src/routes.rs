@@ -202,11 +202,13 @@ async fn unregister(
         user_id: user.user_id,
     })
     .map_err(|e| AuthError::Internal(e.into()))?;
+    let subject = state.ns.rpc_unregister();
+    let headers = state.bus.signed(&subject, &request);
     let reply = tokio::time::timeout(
         UNREGISTER_TIMEOUT,
         state
             .nats
-            .request(state.ns.rpc_unregister(), request.into()),
+            .request_with_headers(subject, headers, request.into()),
     )
     .await
     .map_err(|_| AuthError::Unavailable)?

@@ -1,20 +1,24 @@
 //! Deliveries from push: one core NATS message per event on this
 //! gateway's subject, carrying frames serialized once; each is queued to
-//! the local sockets it names.
+//! the local sockets it names. Only batches signed with the bus key are
+//! delivered: anyone else who can publish on the subject is ignored.
 
 use crate::registry::{Outbound, Registry};
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
+use natter_platform::bus::BusVerifier;
 use natter_protocol::events::{Delivery, DeliveryBatch};
 use natter_protocol::frames::ServerFrame;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Subscribes to `subject` and delivers until `shutdown`.
+/// Subscribes to `subject` and delivers what `verifier` accepts until
+/// `shutdown`.
 pub(crate) async fn listen(
     nats: &async_nats::Client,
     subject: String,
+    verifier: BusVerifier,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -32,6 +36,10 @@ pub(crate) async fn listen(
             let span = tracing::debug_span!("gateway.deliver");
             natter_platform::telemetry::propagation::adopt(&span, msg.headers.as_ref());
             let _entered = span.enter();
+            if let Err(e) = verifier.verify(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+                tracing::warn!(error = %e, "refused a delivery batch");
+                continue;
+            }
             match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {
                 Ok(batch) => deliver(&registry, batch),
                 Err(e) => tracing::warn!(error = %e, "undecodable delivery batch"),

@@ -5,9 +5,10 @@ use crate::Shared;
 use natter_protocol::rpc::{Caller, RpcReply, RpcRequest};
 use natter_protocol::{ErrorBody, ErrorCode, frames::Request};
 
-/// Sends `request` for `caller`; `unavailable` when message does not
-/// answer in time (the request may or may not have taken effect). The trace
-/// context travels in the NATS headers.
+/// Sends `request` for `caller`, signed with the bus key (the signature
+/// covers the caller, the request and the subject); `unavailable` when
+/// message does not answer in time (the request may or may not have taken
+/// effect). The trace context travels in the NATS headers too.
 #[tracing::instrument(level = "debug", name = "gateway.forward", skip_all, fields(request = request.kind(), user_id = %caller.user_id))]
 pub(crate) async fn forward(
     shared: &Shared,
@@ -17,13 +18,13 @@ pub(crate) async fn forward(
     let kind = request.kind();
     let payload = serde_json::to_vec(&RpcRequest { caller, request })
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+    let mut headers = natter_platform::telemetry::propagation::headers();
+    shared.bus.sign(&shared.rpc_subject, &payload, &mut headers);
     let answer = tokio::time::timeout(
         shared.settings.request_timeout,
-        shared.nats.request_with_headers(
-            shared.rpc_subject.clone(),
-            natter_platform::telemetry::propagation::headers(),
-            payload.into(),
-        ),
+        shared
+            .nats
+            .request_with_headers(shared.rpc_subject.clone(), headers, payload.into()),
     )
     .await;
     let unavailable = || {

@@ -22,6 +22,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::get;
+use natter_platform::bus::{BusKey, BusVerifier};
 use natter_platform::health::{self, Dependencies};
 use natter_platform::lifecycle::{Condition, Lifecycle, Readiness, Runnable};
 use natter_platform::presence::PresenceWriter;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub keys: TokenKeys,
     /// Requests out, deliveries in.
     pub nats: async_nats::Client,
+    /// Signs forwarded requests (their caller) and checks deliveries.
+    pub bus: BusKey,
     /// Where requests go: the message service's subject.
     pub rpc_subject: String,
     /// This gateway's id.
@@ -106,7 +109,7 @@ impl Runnable for Gateway {
     /// Connects to NATS, Redis and Postgres and binds `config.gateway_addr`.
     ///
     /// # Errors
-    /// When `NATTER_JWT_SECRET` is missing, a dependency does not answer or
+    /// When `NATTER_JWT_SECRET` or `NATTER_BUS_KEY` is missing, a dependency does not answer or
     /// the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let secret = config
@@ -114,13 +117,14 @@ impl Runnable for Gateway {
             .as_deref()
             .filter(|s| !s.is_empty())
             .context("NATTER_JWT_SECRET is required by the gateway")?;
+        let bus = config.bus_key("the gateway")?;
         raise_open_file_limit();
-        let nats = nats::connect(&config.nats_url, "natter-gateway").await?;
+        let nats = nats::connect(config, "natter-gateway").await?;
         let js = nats::jetstream(&nats);
         let ns = config.namespace();
         let ttl = Duration::from_secs(config.token_ttl_secs);
         nats::ensure_streams(&js, config).await?;
-        let redis = cache::connect(&config.redis_url).await?;
+        let redis = cache::connect(config).await?;
         // One task asks Postgres about sessions, one query at a time.
         let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
         let gateway_id = config.gateway_id();
@@ -132,6 +136,7 @@ impl Runnable for Gateway {
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
+            bus,
             presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone())
                 .reporting_to(lifecycle.readiness().condition("presence")),
             gateway_id,
@@ -198,6 +203,7 @@ impl Runnable for Gateway {
         let deliveries = deliveries::listen(
             &shared.nats,
             self.ns.gateway_subject(&shared.gateway_id),
+            BusVerifier::new(shared.bus.clone()),
             shared.registry.clone(),
             lifecycle.background(),
         )

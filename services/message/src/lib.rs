@@ -20,6 +20,7 @@ mod store;
 mod writer;
 
 use anyhow::Context;
+use natter_platform::bus::BusVerifier;
 use natter_platform::health::Dependencies;
 use natter_platform::lifecycle::{Lifecycle, Runnable};
 use natter_platform::outbox;
@@ -38,6 +39,8 @@ pub(crate) struct AppState {
     pub pool: sqlx::PgPool,
     /// Requests in, replies out.
     pub nats: async_nats::Client,
+    /// Checks that each request was signed by a gateway (or auth).
+    pub bus: std::sync::Arc<BusVerifier>,
     /// Names of subjects.
     pub ns: natter_protocol::subjects::Namespace,
     /// Presence, for the `online` flag of `fetch_connections` and
@@ -76,12 +79,14 @@ impl Runnable for Message {
     /// health port.
     ///
     /// # Errors
-    /// When a dependency does not answer or the port cannot be bound.
+    /// When `NATTER_BUS_KEY` is missing, a dependency does not answer or
+    /// the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
+        let bus = config.bus_key("message")?;
         let pool = db::connect(config).await?;
-        let client = nats::connect(&config.nats_url, "natter-message").await?;
+        let client = nats::connect(config, "natter-message").await?;
         let js = nats::jetstream(&client);
-        let redis = cache::connect(&config.redis_url).await?;
+        let redis = cache::connect(config).await?;
         let ns = config.namespace();
         nats::ensure_streams(&js, config).await?;
         let health_listener = TcpListener::bind(config.message_addr)
@@ -97,6 +102,7 @@ impl Runnable for Message {
             state: AppState {
                 pool,
                 nats: client,
+                bus: std::sync::Arc::new(BusVerifier::new(bus)),
                 presence: PresenceReader::new(redis, ns.clone()),
                 ns,
                 limits: Limits {

@@ -3,10 +3,14 @@
 //! Every instance subscribes in one queue group, so each request reaches one
 //! instance. Each request runs in its own task (bounded by a semaphore so a
 //! burst cannot exhaust the pool); its answer goes to the reply subject.
+//! A request not signed with the bus key is answered `unauthorized` and
+//! never reaches a handler: the caller inside it is trusted only because
+//! the signature says a gateway wrote it.
 
 use crate::{AppState, handlers, store};
 use anyhow::Context;
 use futures::StreamExt;
+use natter_platform::bus::BusError;
 use natter_platform::telemetry::propagation;
 use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
 use natter_protocol::{ErrorBody, ErrorCode, limits};
@@ -68,9 +72,13 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
         propagation::adopt(&span, msg.headers.as_ref());
         tasks.spawn(
             async move {
-                let reply = match kind {
-                    Kind::Request => answer_request(&state, &msg.payload).await,
-                    Kind::Unregister => answer_unregister(&state, &msg.payload).await,
+                let verified = state
+                    .bus
+                    .verify(&msg.subject, msg.headers.as_ref(), &msg.payload);
+                let reply = match (verified, kind) {
+                    (Err(e), _) => refuse(&e),
+                    (Ok(()), Kind::Request) => answer_request(&state, &msg.payload).await,
+                    (Ok(()), Kind::Unregister) => answer_unregister(&state, &msg.payload).await,
                 };
                 respond(&state.nats, msg.reply, &reply).await;
                 drop(permit);
@@ -83,6 +91,16 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The answer to a request that is unsigned, forged, stale or replayed:
+/// whoever sent it is not a natter service holding the bus key.
+fn refuse(e: &BusError) -> RpcReply {
+    tracing::warn!(error = %e, "refused a bus message");
+    RpcReply::Err(ErrorBody::new(
+        ErrorCode::Unauthorized,
+        format!("refused: {e}"),
+    ))
 }
 
 async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {

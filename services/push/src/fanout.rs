@@ -9,6 +9,7 @@ use crate::recipients::{self, GatewayBatch};
 use anyhow::Context;
 use async_nats::client::PublishErrorKind;
 use futures::StreamExt;
+use natter_platform::bus::BusKey;
 use natter_platform::presence::{LiveSockets, PresenceReader};
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event};
@@ -26,6 +27,8 @@ const TYPING_CONCURRENCY: usize = 16;
 pub struct Fanout {
     /// Gateway batches and invalidation broadcasts go out here.
     pub nats: async_nats::Client,
+    /// Signs gateway batches: a gateway delivers nothing unsigned.
+    pub bus: BusKey,
     /// Subject names.
     pub ns: Namespace,
     /// Channel members (cached).
@@ -121,8 +124,8 @@ impl Fanout {
     /// When NATS refuses a publish; with [`Unroutable`] in the chain when
     /// it always will (a batch larger than NATS accepts).
     pub async fn publish(&self, event: &Event, batches: Vec<GatewayBatch>) -> anyhow::Result<()> {
-        // The trace continues at the gateways; headers only when tracing is on.
-        let trace = Some(propagation::headers()).filter(|h| !h.is_empty());
+        // The trace continues at the gateways.
+        let trace = propagation::headers();
         let kind = event.kind();
         let metrics = natter_platform::metrics::get();
         for out in batches {
@@ -131,17 +134,13 @@ impl Fanout {
                 &natter_platform::metrics::attr("type", kind),
             );
             let subject = self.ns.gateway_subject(&out.gateway);
-            let payload = serde_json::to_vec(&out.batch)
-                .context("encoding a delivery batch")?
-                .into();
-            let published = match &trace {
-                Some(headers) => {
-                    self.nats
-                        .publish_with_headers(subject, headers.clone(), payload)
-                        .await
-                }
-                None => self.nats.publish(subject, payload).await,
-            };
+            let payload = serde_json::to_vec(&out.batch).context("encoding a delivery batch")?;
+            let mut headers = trace.clone();
+            self.bus.sign(&subject, &payload, &mut headers);
+            let published = self
+                .nats
+                .publish_with_headers(subject, headers, payload.into())
+                .await;
             if let Err(e) = published {
                 let permanent = matches!(
                     e.kind(),

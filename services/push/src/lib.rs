@@ -64,12 +64,14 @@ impl Runnable for Push {
     /// the health port.
     ///
     /// # Errors
-    /// When a dependency does not answer or the port cannot be bound.
+    /// When `NATTER_BUS_KEY` is missing, a dependency does not answer or
+    /// the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
+        let bus = config.bus_key("push")?;
         let ns = config.namespace();
         let pool = db::connect(config).await?;
-        let client = nats::connect(&config.nats_url, "natter-push").await?;
-        let redis = cache::connect(&config.redis_url).await?;
+        let client = nats::connect(config, "natter-push").await?;
+        let redis = cache::connect(config).await?;
         let js = nats::jetstream(&client);
         nats::ensure_streams(&js, config).await?;
         let ttl = Duration::from_secs(config.push_lease_secs);
@@ -97,6 +99,7 @@ impl Runnable for Push {
         let lifecycle = Lifecycle::new("push", config);
         let fanout = Fanout {
             nats: client.clone(),
+            bus,
             membership: Membership::new(pool.clone()),
             presence: PresenceReader::new(redis.clone(), ns.clone())
                 .caching_liveness(LIVENESS_CACHE),

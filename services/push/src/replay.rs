@@ -38,12 +38,14 @@ const IDLE: Duration = Duration::from_secs(5);
 /// returns how many messages it re-delivered.
 ///
 /// # Errors
-/// When Postgres, NATS or Redis does not answer, or a delivery fails.
+/// When `NATTER_BUS_KEY` is missing, Postgres, NATS or Redis does not
+/// answer, or a delivery fails.
 pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
+    let bus = config.bus_key("replay")?;
     let ns = config.namespace();
     let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
-    let client = nats::connect(&config.nats_url, "natter-replay").await?;
-    let redis = cache::connect(&config.redis_url).await?;
+    let client = nats::connect(config, "natter-replay").await?;
+    let redis = cache::connect(config).await?;
     let js = nats::jetstream(&client);
     let mut stream = js
         .get_stream(ns.events_stream())
@@ -63,6 +65,7 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
     };
     let fanout = Fanout {
         nats: client.clone(),
+        bus,
         membership: Membership::new(pool),
         presence: PresenceReader::new(redis, ns.clone()).caching_liveness(LIVENESS_CACHE),
         ns,

@@ -136,7 +136,7 @@ pub async fn list(config: &Config) -> anyhow::Result<Vec<DeadLetter>> {
         .collect();
     pool.close().await;
     let ns = config.namespace();
-    let js = nats::jetstream(&nats::connect(&config.nats_url, "natter-dlq").await?);
+    let js = nats::jetstream(&nats::connect(config, "natter-dlq").await?);
     if let Some(stream) = dlq_stream(&js, &ns).await? {
         letters.extend(events(&stream, &ns).await?);
     }
@@ -185,7 +185,7 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
     }
     if seqs.as_ref().is_none_or(|s| !s.is_empty()) {
         let ns = config.namespace();
-        let js = nats::jetstream(&nats::connect(&config.nats_url, "natter-dlq").await?);
+        let js = nats::jetstream(&nats::connect(config, "natter-dlq").await?);
         let stream = dlq_stream(&js, &ns).await?;
         let seqs = match (seqs, &stream) {
             (Some(seqs), _) => seqs,

@@ -159,8 +159,9 @@ fn outcome(
 }
 
 /// `natter-server all`: every service in one process, for development.
-/// Generates a JWT secret if none is set (tokens then do not survive a
-/// restart) and creates and migrates the database first.
+/// Generates a JWT secret and a bus key if none is set (tokens then do not
+/// survive a restart; the four services share the process, so they share
+/// the generated key) and creates and migrates the database first.
 ///
 /// # Errors
 /// As [`migrate`] and [`run`].
@@ -171,6 +172,13 @@ pub async fn all(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
              tokens will not survive a restart"
         );
         config.jwt_secret = Some(natter_platform::random::token(32));
+    }
+    if config.bus_key.as_deref().is_none_or(str::is_empty) {
+        tracing::warn!(
+            "NATTER_BUS_KEY is not set: generated a random one for this process; \
+             services started separately cannot talk to these"
+        );
+        config.bus_key = Some(natter_platform::random::token(32));
     }
     migrate(&config).await?;
     run(&Service::ALL, &config, shutdown).await

@@ -31,9 +31,11 @@ fn spawn(target: &str, database_url: &str) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if target != "all" {
-        cmd.env("NATTER_JWT_SECRET", "a-secret-for-the-binary-test");
+        cmd.env("NATTER_JWT_SECRET", "a-secret-for-the-binary-test")
+            .env("NATTER_BUS_KEY", natter_testkit::BUS_KEY);
     } else {
-        cmd.env_remove("NATTER_JWT_SECRET");
+        cmd.env_remove("NATTER_JWT_SECRET")
+            .env_remove("NATTER_BUS_KEY");
     }
     Server {
         child: cmd.spawn().expect("natter-server starts"),
@@ -104,6 +106,23 @@ fn a_service_refuses_to_start_without_a_jwt_secret() {
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("NATTER_JWT_SECRET"), "{text}");
+}
+
+#[test]
+fn a_service_refuses_to_start_without_a_bus_key() {
+    for target in ["auth", "gateway", "message", "push"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+            .arg(target)
+            .env("NATTER_JWT_SECRET", "a-secret-for-the-binary-test")
+            .env_remove("NATTER_BUS_KEY")
+            .env("NATTER_AUTH_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{target} started");
+        let text =
+            String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("NATTER_BUS_KEY"), "{target}: {text}");
+    }
 }
 
 #[test]

@@ -131,6 +131,7 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
             .env("NATTER_DATABASE_URL", &db.url)
             .env("NATTER_NAMESPACE", &namespace)
             .env("NATTER_JWT_SECRET", "telemetry-test-secret")
+            .env("NATTER_BUS_KEY", natter_testkit::BUS_KEY)
             .env("NATTER_AUTH_ADDR", format!("127.0.0.1:{}", ports[0]))
             .env("NATTER_GATEWAY_ADDR", format!("127.0.0.1:{}", ports[1]))
             .env("NATTER_MESSAGE_ADDR", format!("127.0.0.1:{}", ports[2]))

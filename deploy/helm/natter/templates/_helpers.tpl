@@ -37,22 +37,76 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment every natter-server process reads (the configuration table in README.md). */}}
+{{/* Where tls.caSecret is mounted. */}}
+{{- define "natter.caFile" -}}
+/etc/natter/ca/{{ .Values.tls.caKey }}
+{{- end -}}
+
+{{/* The CA volume and its mount, when tls.caSecret is set. */}}
+{{- define "natter.caVolume" -}}
+{{- if .Values.tls.caSecret }}
+- name: ca
+  secret:
+    secretName: {{ .Values.tls.caSecret }}
+{{- end }}
+{{- end -}}
+{{- define "natter.caMount" -}}
+{{- if .Values.tls.caSecret }}
+- name: ca
+  mountPath: /etc/natter/ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+Environment every natter-server process reads (the configuration table in
+README.md); `component` is the service (its NATS user), `root` the chart.
+The database password goes in PGPASSWORD, which sqlx reads when the URL has
+none: it never appears in the URL, the pod spec or a log line.
+*/}}
 {{- define "natter.env" -}}
-- name: NATTER_DB_PASSWORD
+{{- $root := .root -}}
+{{- with $root }}
+- name: PGPASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "natter.secretName" . }}
       key: database-password
 - name: NATTER_DATABASE_URL
-  value: {{ printf "postgres://%s:$(NATTER_DB_PASSWORD)@%s:%v/%s" .Values.postgres.user .Values.postgres.host .Values.postgres.port .Values.postgres.database | quote }}
+  value: {{ printf "postgres://%s@%s:%v/%s?sslmode=%s%s" .Values.postgres.user .Values.postgres.host .Values.postgres.port .Values.postgres.database .Values.postgres.sslMode (ternary (printf "&sslrootcert=%s" (include "natter.caFile" .)) "" (ne .Values.tls.caSecret "")) | quote }}
 - name: NATTER_JWT_SECRET
   valueFrom:
     secretKeyRef:
       name: {{ include "natter.secretName" . }}
       key: jwt-secret
+- name: NATTER_BUS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "natter.secretName" . }}
+      key: bus-key
 - name: NATTER_NATS_URL
   value: {{ .Values.nats.url | quote }}
+{{- if and .Values.nats.users $.component }}
+- name: NATTER_NATS_USER
+  value: {{ $.component | quote }}
+- name: NATTER_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "natter.secretName" . }}
+      key: nats-{{ $.component }}-password
+{{- end }}
+- name: NATTER_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "natter.secretName" . }}
+      key: redis-password
+      optional: true
+{{- if .Values.tls.caSecret }}
+- name: NATTER_NATS_CA
+  value: {{ include "natter.caFile" . | quote }}
+- name: NATTER_REDIS_CA
+  value: {{ include "natter.caFile" . | quote }}
+{{- end }}
 - name: NATTER_STREAM_REPLICAS
   value: {{ .Values.streams.replicas | quote }}
 - name: NATTER_EVENTS_MAX_AGE
@@ -96,5 +150,6 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.otel.endpoint | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: {{ .Values.otel.protocol | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}

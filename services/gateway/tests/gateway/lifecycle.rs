@@ -21,7 +21,7 @@ async fn an_upgrade_without_a_valid_token_is_refused_with_401() {
 
 /// Presence as push and message read it.
 async fn reader(app: &GatewayApp) -> PresenceReader {
-    let redis = natter_platform::cache::connect(&app.config.redis_url)
+    let redis = natter_platform::cache::connect(&app.config)
         .await
         .expect("redis");
     PresenceReader::new(redis, app.config.namespace())

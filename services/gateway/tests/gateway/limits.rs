@@ -149,7 +149,7 @@ async fn sockets_of_a_gateways_previous_incarnation_stop_counting() {
     let app = GatewayApp::spawn_with(|c| c.sockets_per_user = 2).await;
     let ns = app.config.namespace();
     let alice = user_id("alice");
-    let redis = natter_platform::cache::connect(&app.config.redis_url)
+    let redis = natter_platform::cache::connect(&app.config)
         .await
         .expect("redis");
     // Two sockets written by a gateway that then restarted under the same

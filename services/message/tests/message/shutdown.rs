@@ -65,7 +65,11 @@ async fn readyz_says_draining_while_a_request_in_flight_is_finished() {
     };
     let body = serde_json::to_vec(&request).expect("serialize");
     let subject = config.namespace().rpc_message();
-    let answer = tokio::spawn(async move { nats.request(subject, body.into()).await });
+    let headers = natter_testkit::bus_signed(&subject, &body);
+    let answer = tokio::spawn(async move {
+        nats.request_with_headers(subject, headers, body.into())
+            .await
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     while waiting_on_locks(&pool).await == 0 {
         assert!(

@@ -52,7 +52,7 @@ impl Harness {
             .await
             .expect("NATS answers");
         let js = jetstream::new(nats.clone());
-        let redis = natter_platform::cache::connect(&app.config.redis_url)
+        let redis = natter_platform::cache::connect(&app.config)
             .await
             .expect("Redis answers");
         Self {
@@ -69,7 +69,7 @@ impl Harness {
     /// acted as start over with it, as new incarnations (the restarted
     /// Redis forgot the old ones).
     pub async fn reconnect_redis(&mut self) {
-        self.redis = natter_platform::cache::connect(&self.app.config.redis_url)
+        self.redis = natter_platform::cache::connect(&self.app.config)
             .await
             .expect("Redis answers");
         self.gateways

@@ -299,7 +299,7 @@ async fn online_means_a_socket_on_a_live_gateway() {
     let mut carol = rpc_user(&app, "carol", "gw-test", 3).await;
     connect(&mut bob, &mut alice).await;
     connect(&mut carol, &mut alice).await;
-    let redis = natter_platform::cache::connect(&app.config.redis_url)
+    let redis = natter_platform::cache::connect(&app.config)
         .await
         .expect("redis");
     // bob has a socket on a live gateway; carol only on a dead one.

@@ -53,8 +53,9 @@ impl User {
                     request: serde_json::from_value(frame).expect("a well-formed request"),
                 };
                 let body = serde_json::to_vec(&request).expect("serialize");
+                let headers = natter_testkit::bus_signed(subject, &body);
                 let reply = nats
-                    .request(subject.clone(), body.into())
+                    .request_with_headers(subject.clone(), headers, body.into())
                     .await
                     .expect("the message service answers");
                 match serde_json::from_slice::<RpcReply>(&reply.payload).expect("an RpcReply") {

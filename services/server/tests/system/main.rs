@@ -4,10 +4,13 @@
 //! every service answers alike; and what needs real processes (a frozen
 //! relay, a crashed gateway) or the operator's `dlq` command.
 
+mod accounts;
 mod auth;
+mod bus;
 mod dlq;
 mod gateway;
 mod presence;
 mod process;
 mod readiness;
 mod relay;
+mod tls;

@@ -54,7 +54,7 @@ async fn a_gateway_restarted_under_its_name_clears_what_its_predecessor_left() {
             .await
             .expect("alice"),
     );
-    let redis = natter_platform::cache::connect(&config.redis_url)
+    let redis = natter_platform::cache::connect(&config)
         .await
         .expect("redis");
     let reader = PresenceReader::new(redis, config.namespace());

@@ -43,6 +43,9 @@ impl ServerProcess {
         if let Some(secret) = &config.jwt_secret {
             command.env("NATTER_JWT_SECRET", secret);
         }
+        if let Some(key) = &config.bus_key {
+            command.env("NATTER_BUS_KEY", key);
+        }
         let server = Self {
             child: command.spawn().expect("natter-server starts"),
             port,
