@@ -171,6 +171,26 @@ async fn natter_works_with_each_service_as_its_own_nats_user() {
         .await;
     assert_eq!(gone.status(), 204);
 
+    // The operator's commands run as the service they stand in for.
+    for (user, args) in [
+        ("message", &["dlq", "list"][..]),
+        ("push", &["replay", "--from-seq", "1"][..]),
+    ] {
+        let config = sandbox.config();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_natter-server"))
+            .args(args)
+            .env("NATTER_DATABASE_URL", &config.database_url)
+            .env("NATTER_NATS_URL", &config.nats_url)
+            .env("NATTER_REDIS_URL", &config.redis_url)
+            .env("NATTER_NAMESPACE", &config.namespace)
+            .env("NATTER_BUS_KEY", natter_testkit::BUS_KEY)
+            .env("NATTER_NATS_USER", user)
+            .env("NATTER_NATS_PASSWORD", password(user))
+            .output()
+            .expect("natter-server runs");
+        assert!(output.status.success(), "{args:?} as {user}: {output:?}");
+    }
+
     stop.cancel();
     for task in tasks {
         task.await.expect("joined").expect("stopped cleanly");

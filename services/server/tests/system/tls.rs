@@ -75,6 +75,7 @@ fn database_url(port: u16, sslmode: &str, ca: &Path) -> String {
 
 #[tokio::test]
 async fn natter_reaches_postgres_redis_and_nats_over_tls_only() {
+    natter_platform::tls::install_crypto_provider();
     let (ca, certificate, key) = certificates();
     let dir = std::env::temp_dir().join(format!("natter-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
