@@ -12,5 +12,5 @@ pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
     client
         .get_connection_manager()
         .await
-        .with_context(|| format!("connecting to Redis at {url}"))
+        .with_context(|| format!("connecting to Redis at {}", crate::secret::redact_url(url)))
 }

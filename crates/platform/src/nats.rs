@@ -64,7 +64,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         })
         .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+        .with_context(|| format!("connecting to NATS at {}", crate::secret::redact_url(url)))
 }
 
 /// A JetStream context on `client`.

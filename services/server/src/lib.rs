@@ -170,7 +170,7 @@ pub async fn all(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             "NATTER_JWT_SECRET is not set: generated a random one for this process; \
              tokens will not survive a restart"
         );
-        config.jwt_secret = Some(natter_platform::random::token(32));
+        config.jwt_secret = Some(natter_platform::random::token(32).into());
     }
     migrate(&config).await?;
     run(&Service::ALL, &config, shutdown).await

@@ -4,11 +4,12 @@
 //! pod in Kubernetes); `natter-server all` runs the four in one process for
 //! development, creating and migrating the database first; `natter-server
 //! migrate` only migrates (a helm hook Job); `natter-server dlq
-//! list|redrive` shows and sends again what could not be delivered. This
+//! list|redrive` shows and sends again what could not be delivered;
+//! `natter-server config` prints the configuration it would run with. This
 //! file only reads the command line and starts telemetry: the library
 //! (`lib.rs`) knows the services.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use natter_platform::{Config, shutdown, telemetry};
 use natter_server::Service;
 use natter_server::dlq::{self, DeadLetterId, Selection};
@@ -19,9 +20,13 @@ use natter_server::dlq::{self, DeadLetterId, Selection};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// natter's services. Every flag can also be set by its NATTER_* variable.
+/// The version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NATTER_COMMIT"), ")");
+
+/// natter's services. Every flag can also be set by its NATTER_* variable,
+/// and goes before or after the subcommand.
 #[derive(Parser)]
-#[command(name = "natter-server", version, about)]
+#[command(name = "natter-server", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,6 +60,9 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         since: Option<time::OffsetDateTime>,
     },
+    /// Print the effective configuration (environment, flags and
+    /// defaults) as NATTER_NAME=value lines, secrets redacted, then exit.
+    Config,
     /// What could not be delivered: outbox rows NATS refused (parked) and
     /// events push dead-lettered.
     Dlq {
@@ -104,6 +112,7 @@ impl Command {
             Self::Push => "natter-push",
             Self::All => "natter",
             Self::Replay { .. } => "natter-replay",
+            Self::Config => "natter-config",
             Self::Dlq { .. } => "natter-dlq",
         }
     }
@@ -144,9 +153,24 @@ async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()
     Ok(())
 }
 
+/// The command line, every configuration flag global: clap would otherwise
+/// take `natter-server --ws-rate 20 gateway` but refuse `natter-server
+/// gateway --ws-rate 20`. Done here, once, so that a setting added to
+/// `Config` is global without anyone remembering to say so.
+fn parse_command_line() -> Cli {
+    let matches = Cli::command()
+        .mut_args(|arg| arg.global(true))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
+    if matches!(cli.command, Command::Config) {
+        print!("{}", cli.config.render());
+        return Ok(());
+    }
     let telemetry = if matches!(cli.command, Command::Dlq { .. }) {
         // Its output is stdout; logs must not mix into it.
         telemetry::init_with_writer(
@@ -157,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         telemetry::init(cli.config.log_format, cli.command.log_name())
     };
+    natter_platform::metrics::record_build_info(env!("CARGO_PKG_VERSION"), env!("NATTER_COMMIT"));
     let stop = shutdown::on_signal();
     let config = cli.config;
     let result = match cli.command {
@@ -177,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| tracing::info!(messages = n, "replay finished"))
         }
         Command::Dlq { command } => dead_letters(&config, command).await,
+        Command::Config => Ok(()),
     };
     if let Err(e) = &result {
         tracing::error!(error = ?e, "natter-server failed");

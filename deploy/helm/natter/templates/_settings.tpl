@@ -25,10 +25,16 @@ its own.
   value: {{ .Values.postgres.idleInTransactionTimeoutSecs | quote }}
 - name: NATTER_DATABASE_KEEPALIVE_SECS
   value: {{ .Values.postgres.keepaliveSecs | quote }}
-# Empty (null in values): the CPU count; natter-server reads an empty
-# variable as unset.
 - name: NATTER_HASH_CONCURRENCY
-  value: {{ .Values.auth.hashConcurrency | default "" | quote }}
+{{- if .Values.auth.hashConcurrency }}
+  value: {{ .Values.auth.hashConcurrency | quote }}
+{{- else }}
+  # The CPUs the container may use: its limit, else the node's.
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
+{{- end }}
 - name: NATTER_HASH_WAIT_MS
   value: {{ .Values.auth.hashWaitMs | quote }}
 - name: NATTER_LOGIN_MAX_FAILURES

@@ -41,7 +41,7 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(secret) = &config.jwt_secret {
-            command.env("NATTER_JWT_SECRET", secret);
+            command.env("NATTER_JWT_SECRET", secret.expose());
         }
         let server = Self {
             child: command.spawn().expect("natter-server starts"),
