@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
+    /// Bearer secret of the admin API (message's port, `/admin/v1`) and of
+    /// `natter-server admin`; unset, the admin API refuses every request.
+    #[arg(long, env = "NATTER_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<Secret>,
+
     /// Token lifetime in seconds.
     #[arg(long, env = "NATTER_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,

@@ -130,14 +130,16 @@ fn log_changes(last: &Mutex<Vec<&'static str>>, now: &[&'static str]) {
     *last = now.to_vec();
 }
 
-/// Serves only the health endpoints on `listener` until `shutdown`: what
-/// message and push expose.
+/// Serves the health endpoints and `extra` (message's admin API; empty for
+/// push) on `listener` until `shutdown`: what message and push expose.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
     readiness: Readiness,
+    extra: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await;
+    let app = router(deps, readiness).merge(extra);
+    crate::serve::serve(listener, app, limits, shutdown).await;
 }

@@ -7,9 +7,12 @@
 //! `main.rs` only parses the command line, starts telemetry and calls
 //! here; the in-process test harness (`testing`, behind the `testing`
 //! feature) starts services through the same list and order. The
-//! operator's `dlq` command lives here too ([`dlq`]).
+//! operator's commands live here too: [`admin`], the client of message's
+//! admin API, and [`dlq`] (the dead letters themselves are message's
+//! module, which its admin API serves as well).
 
-pub mod dlq;
+pub mod admin;
+pub use natter_message::dlq;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -63,6 +63,20 @@ enum Command {
     /// Print the effective configuration (environment, flags and
     /// defaults) as NATTER_NAME=value lines, secrets redacted, then exit.
     Config,
+    /// Ask a running natter, through message's admin API: who is online
+    /// and where, disconnect a user, streams and consumers, dead letters.
+    /// Needs NATTER_ADMIN_SECRET; prints JSON.
+    Admin {
+        /// message's address, whose port serves the admin API.
+        #[arg(
+            long,
+            env = "NATTER_ADMIN_URL",
+            default_value = "http://127.0.0.1:8091"
+        )]
+        url: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// What could not be delivered: outbox rows NATS refused (parked) and
     /// events push dead-lettered.
     Dlq {
@@ -83,6 +97,56 @@ enum DlqCommand {
     /// Send them again: parked rows back into the outbox, dead-lettered
     /// events to the subject they came from.
     Redrive(RedriveArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Users with live sockets: each socket's gateway and entered channel.
+    Online,
+    /// Sockets and users per gateway.
+    Gateways,
+    /// Revoke every session of a user: their sockets close, their tokens
+    /// stop working.
+    Disconnect {
+        /// Who.
+        username: String,
+    },
+    /// natter's JetStream streams and key-value buckets, with consumers.
+    Streams,
+    /// The dead letters, as `dlq list` and `dlq redrive` (through the API).
+    Dlq {
+        #[command(subcommand)]
+        command: AdminDlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminDlqCommand {
+    /// List them.
+    List,
+    /// Send them again.
+    Redrive(RedriveArgs),
+}
+
+impl AdminCommand {
+    fn request(self) -> natter_server::admin::Request {
+        use natter_server::admin::Request;
+        match self {
+            Self::Online => Request::Online,
+            Self::Gateways => Request::Gateways,
+            Self::Disconnect { username } => Request::Disconnect(username),
+            Self::Streams => Request::Streams,
+            Self::Dlq {
+                command: AdminDlqCommand::List,
+            } => Request::DeadLetters,
+            Self::Dlq {
+                command: AdminDlqCommand::Redrive(args),
+            } => Request::Redrive(serde_json::json!({
+                "all": args.all,
+                "ids": args.ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -114,6 +178,7 @@ impl Command {
             Self::Replay { .. } => "natter-replay",
             Self::Config => "natter-config",
             Self::Dlq { .. } => "natter-dlq",
+            Self::Admin { .. } => "natter-admin",
         }
     }
 }
@@ -164,6 +229,17 @@ fn parse_command_line() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// Runs `natter-server admin …`, printing the answer to stdout.
+async fn admin(
+    url: &str,
+    secret: Option<&natter_platform::secret::Secret>,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
+    let answer = natter_server::admin::call(url, secret, &command.request()).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = parse_command_line();
@@ -171,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", cli.config.render());
         return Ok(());
     }
-    let telemetry = if matches!(cli.command, Command::Dlq { .. }) {
+    let telemetry = if matches!(cli.command, Command::Dlq { .. } | Command::Admin { .. }) {
         // Its output is stdout; logs must not mix into it.
         telemetry::init_with_writer(
             cli.config.log_format,
@@ -203,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dlq { command } => dead_letters(&config, command).await,
         Command::Config => Ok(()),
+        Command::Admin { url, command } => admin(&url, config.admin_secret.as_ref(), command).await,
     };
     if let Err(e) = &result {
         tracing::error!(error = ?e, "natter-server failed");

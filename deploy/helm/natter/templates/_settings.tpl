@@ -5,6 +5,13 @@ secrets of "natter.env": one NATTER_* variable per value (README
 its own.
 */}}
 {{- define "natter.settingsEnv" -}}
+# The admin API is off while the Secret has no admin-secret.
+- name: NATTER_ADMIN_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "natter.secretName" . }}
+      key: admin-secret
+      optional: true
 - name: RUST_LOG
   value: {{ .Values.rustLog | quote }}
 - name: NATTER_REQUEST_TIMEOUT_SECS

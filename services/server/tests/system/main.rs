@@ -4,6 +4,7 @@
 //! every service answers alike; and what needs real processes (a frozen
 //! relay, a crashed gateway) or the operator's `dlq` command.
 
+mod admin;
 mod auth;
 mod dlq;
 mod gateway;
