@@ -73,9 +73,10 @@ fn resource(default_service: &str) -> Resource {
     }
 }
 
-/// Installs logging and, when configured, OTLP export of traces and
-/// metrics, with W3C trace-context propagation. A second call (tests) keeps
-/// the first subscriber.
+/// Installs logging, the meter provider behind `/metrics` and, when
+/// configured, OTLP export of traces and metrics, with W3C trace-context
+/// propagation. A second call (tests) keeps the first subscriber and meter
+/// provider.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
     init_with_writer(format, service, std::io::stdout)
 }

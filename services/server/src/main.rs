@@ -5,7 +5,8 @@
 //! development, creating and migrating the database first; `natter-server
 //! migrate` only migrates (a helm hook Job); `natter-server dlq
 //! list|redrive` shows and sends again what could not be delivered;
-//! `natter-server config` prints the configuration it would run with. This
+//! `natter-server admin …` asks message's admin API; `natter-server
+//! config` prints the configuration it would run with. This
 //! file only reads the command line and starts telemetry: the library
 //! (`lib.rs`) knows the services.
 
@@ -243,11 +244,11 @@ async fn admin(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = parse_command_line();
-    if matches!(cli.command, Command::Config) {
-        print!("{}", cli.config.render());
-        return Ok(());
-    }
-    let telemetry = if matches!(cli.command, Command::Dlq { .. } | Command::Admin { .. }) {
+    let prints = matches!(
+        cli.command,
+        Command::Dlq { .. } | Command::Admin { .. } | Command::Config
+    );
+    let telemetry = if prints {
         // Its output is stdout; logs must not mix into it.
         telemetry::init_with_writer(
             cli.config.log_format,
@@ -278,7 +279,10 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| tracing::info!(messages = n, "replay finished"))
         }
         Command::Dlq { command } => dead_letters(&config, command).await,
-        Command::Config => Ok(()),
+        Command::Config => {
+            print!("{}", config.render());
+            Ok(())
+        }
         Command::Admin { url, command } => admin(&url, config.admin_secret.as_ref(), command).await,
     };
     if let Err(e) = &result {
