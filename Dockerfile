@@ -1,10 +1,14 @@
 # syntax=docker/dockerfile:1.7
 # One image: natter-server (every service) and natter (the client).
-# Build: docker build -t natter .   Run: docker run natter all
+# Build: docker build --build-arg NATTER_COMMIT=$(git rev-parse --short=12 HEAD) -t natter .
+# Run:   docker run natter all
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# The commit `--version` and natter_build_info name: there is no .git in
+# the build context (build.rs falls back to "unknown").
+ARG NATTER_COMMIT=""
 WORKDIR /src
 # Dependencies and build artefacts live in cache mounts, so a change to
 # natter's own code rebuilds only natter's crates.

@@ -9,11 +9,14 @@ pub const DEFAULT_AUTH_URL: &str = "http://127.0.0.1:8080";
 /// The default gateway address: `natter-server all` on this machine.
 pub const DEFAULT_WS_URL: &str = "ws://127.0.0.1:8090/ws/v1/message";
 
+/// The version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NATTER_COMMIT"), ")");
+
 /// natter's terminal client.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "natter",
-    version,
+    version = VERSION,
     about = "natter's terminal client: chat with your connections in channels",
     after_help = "Without -c and with a terminal on stdin, natter starts an interactive \
                   prompt (type /help there). Otherwise it runs the -c commands, or the \

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
 """Checks that a rendered natter chart holds what the README promises.
 
-Usage: check_chart.py RENDERED.yaml [--ingress]
+Usage: check_chart.py RENDERED.yaml [--ingress] [--extras]
 Four Deployments started as `natter-server <target>` with liveness /healthz
 and readiness /readyz on their own port, hardened security contexts, the
-gateway id from the pod name, a preStop drain shorter than the grace period;
-Services for auth and gateway; HPAs for gateway, message and push;
+gateway id from the pod name, a preStop drain shorter than the grace period,
+every NATTER_* setting of the README's configuration table in the
+environment; a Service per Deployment; HPAs for gateway, message and push;
 a PDB per Deployment; the migration hook Job after its Secret; a
 ServiceAccount; the JWT secret, the bus key and the database password
 (PGPASSWORD, never in the URL) from a Secret; with --ingress (the
 production example) also a NATS user per service and a NetworkPolicy per
-Deployment.
+Deployment. With --extras (rendered with deploy/check's extra values):
+the ServiceMonitor, extraEnv, envFrom, pod annotations and a service's own
+pool.
 """
+import re
 import sys
+from pathlib import Path
+
 import yaml
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 PORTS = {"auth": 8080, "gateway": 8090, "message": 8091, "push": 8092}
 
@@ -21,6 +29,14 @@ PORTS = {"auth": 8080, "gateway": 8090, "message": 8091, "push": 8092}
 def fail(message):
     print(f"check_chart: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+# Set only when a value asks for them (nats.users, tls.caSecret).
+OPTIONAL_SETTINGS = {"NATTER_NATS_USER", "NATTER_NATS_PASSWORD", "NATTER_NATS_CA", "NATTER_REDIS_CA"}
+# The chart authenticates to NATS with a user and password per service
+# (nats.users); a creds file instead is for installs that mount one
+# themselves (extraEnv and a volume).
+NOT_IN_CHART = {"NATTER_NATS_CREDS"}
 
 
 def main():
@@ -85,8 +101,23 @@ def main():
     if len(images) != 1:
         fail(f"one image expected, got {images}")
 
+    settings = configuration_table()
+    env_names = {
+        e["name"]
+        for d in deployments.values()
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    if not settings:
+        fail("no NATTER_* settings found in README's configuration table")
+    # Settings that appear only when a value turns them on (NATS users, a
+    # CA) are looked for in the render with every option on (--extras).
+    optional = OPTIONAL_SETTINGS if "--extras" not in sys.argv[2:] else set()
+    missing = sorted(settings - env_names - optional - NOT_IN_CHART)
+    if missing:
+        fail(f"settings the chart does not set: {missing}")
+
     services = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in by_kind.get("Service", [])}
-    if services != {"auth", "gateway"}:
+    if services != set(PORTS):
         fail(f"Services {services}")
     hpas = {h["spec"]["scaleTargetRef"]["name"].rsplit("-", 1)[-1] for h in by_kind.get("HorizontalPodAutoscaler", [])}
     if not {"gateway", "message", "push"} <= hpas:
@@ -121,7 +152,46 @@ def main():
         paths = {p["path"] for r in ingresses[0]["spec"]["rules"] for p in r["http"]["paths"]}
         if paths != {"/api/", "/ws/"}:
             fail(f"Ingress paths {paths}")
+    if "--extras" in sys.argv[2:]:
+        check_extras(by_kind, deployments)
     print(f"check_chart: {path}: {len(docs)} objects as expected")
+
+
+def configuration_table():
+    """The NATTER_* variables (and RUST_LOG) of README's configuration
+    table, the server's; the client's come after it and are not the
+    chart's."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    return set(re.findall(r"`(NATTER_[A-Z0-9_]+|RUST_LOG)`", table))
+
+
+def check_extras(by_kind, deployments):
+    (monitor,) = by_kind.get("ServiceMonitor", [None])
+    if monitor is None:
+        fail("no ServiceMonitor although metrics.serviceMonitor.enabled")
+    if monitor["metadata"]["labels"].get("release") != "prometheus":
+        fail("ServiceMonitor lacks metrics.serviceMonitor.labels")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    if endpoint["path"] != "/metrics" or endpoint["port"] != "http":
+        fail(f"ServiceMonitor endpoint {endpoint}")
+    for component, d in deployments.items():
+        pod = d["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if env.get("EXTRA") != "yes":
+            fail(f"{component}: extraEnv missing")
+        if container.get("envFrom") != [{"configMapRef": {"name": "natter-extra"}}]:
+            fail(f"{component}: envFrom {container.get('envFrom')}")
+        annotations = pod["metadata"].get("annotations", {})
+        if annotations.get("team") != "chat":
+            fail(f"{component}: podAnnotations {annotations}")
+        if (annotations.get("tier") == "edge") != (component == "gateway"):
+            fail(f"{component}: a service's own podAnnotations {annotations}")
+        pool = {"auth": "16", "message": "4", "push": "16"}.get(component)
+        if env.get("NATTER_DATABASE_POOL") != pool:
+            fail(f"{component}: NATTER_DATABASE_POOL {env.get('NATTER_DATABASE_POOL')}, want {pool}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,24 @@ async fn help_output_is_pinned() {
 }
 
 #[tokio::test]
+async fn version_names_the_commit_it_was_built_from() {
+    let out = Command::new(NATTER)
+        .arg("--version")
+        .output()
+        .await
+        .expect("natter runs");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "natter {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            env!("NATTER_COMMIT")
+        )
+    );
+}
+
+#[tokio::test]
 async fn commands_from_flags_print_one_plain_line_per_event() {
     let app = TestApp::spawn().await;
     let out = natter(&app)

@@ -17,7 +17,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<ConnectionManager> {
     client(config)?
         .get_connection_manager()
         .await
-        .with_context(|| format!("connecting to Redis at {}", config.redis_url))
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {}",
+                crate::secret::redact_url(&config.redis_url)
+            )
+        })
 }
 
 /// A client (not yet connected) as `config` says.

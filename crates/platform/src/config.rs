@@ -6,15 +6,19 @@
 //! `--help`.
 
 use crate::db::SessionSettings;
-use clap::{Args, Parser, ValueEnum};
+use crate::secret::{Secret, redact_url};
+use clap::{Args, CommandFactory, Parser, ValueEnum};
 use ipnet::IpNet;
 use natter_protocol::limits;
 use natter_protocol::subjects::Namespace;
+use serde::{Serialize, Serializer};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Pretty,
@@ -23,7 +27,10 @@ pub enum LogFormat {
 }
 
 /// Configuration shared by every service.
-#[derive(Debug, Clone, Args)]
+///
+/// Its `Debug` (and [`Config::render`]) hides secrets: [`Secret`] fields
+/// print as `[redacted]`, passwords inside URLs as `***`.
+#[derive(Clone, Args, Serialize)]
 pub struct Config {
     /// Postgres connection URL (the database is created by `migrate`/`all`);
     /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` for TLS. The password
@@ -52,7 +59,7 @@ pub struct Config {
 
     /// NATS password of `NATTER_NATS_USER`.
     #[arg(long, env = "NATTER_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    pub nats_password: Option<Secret>,
 
     /// NATS credentials file (a user JWT and nkey seed, for servers run in
     /// operator mode); instead of a user and password.
@@ -76,7 +83,7 @@ pub struct Config {
     /// Redis password (`AUTH`), kept out of the URL so it can come from a
     /// Secret; a password in the URL wins.
     #[arg(long, env = "NATTER_REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
+    pub redis_password: Option<Secret>,
 
     /// PEM file of the CA that signed the Redis server's certificate, for
     /// `rediss://` (default: the system's roots).
@@ -91,14 +98,19 @@ pub struct Config {
 
     /// HMAC key signing tokens; required by auth and connection.
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+
+    /// Bearer secret of the admin API (message's port, `/admin/v1`) and of
+    /// `natter-server admin`; unset, the admin API refuses every request.
+    #[arg(long, env = "NATTER_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<Secret>,
 
     /// Key signing what services send each other over NATS (callers,
     /// unregister requests, deliveries), at least 32 characters; required
     /// by auth, gateway, message and push (`all` generates one when unset).
     /// The same for every instance of every service.
     #[arg(long, env = "NATTER_BUS_KEY", hide_env_values = true)]
-    pub bus_key: Option<String>,
+    pub bus_key: Option<Secret>,
 
     /// Token lifetime in seconds.
     #[arg(long, env = "NATTER_TOKEN_TTL_SECS", default_value_t = 3600)]
@@ -295,6 +307,7 @@ pub struct Config {
     /// JetStream: how long events are kept (for push to catch up and for
     /// `replay`), e.g. `7d`, `12h`, `90m`, `3600s` or plain seconds.
     #[arg(long, env = "NATTER_EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_seconds")]
     pub events_max_age: Duration,
 
     /// JetStream: most bytes the events stream keeps before it drops its
@@ -306,12 +319,67 @@ pub struct Config {
 }
 
 #[derive(Parser)]
+#[command(name = "natter")]
 struct OnlyConfig {
     #[command(flatten)]
     config: Config,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Config");
+        for (name, value) in self.redacted_fields() {
+            out.field(&name, &format_args!("{value}"));
+        }
+        out.finish()
+    }
+}
+
+/// A duration as the flag takes it back: whole seconds with `s`.
+fn as_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{}s", d.as_secs()))
+}
+
 impl Config {
+    /// Every setting as `NATTER_NAME=value`, one a line in the order of
+    /// `--help`, secrets redacted; a setting with no value is a `#`
+    /// comment. What `natter-server config` prints.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let values: std::collections::HashMap<String, String> =
+            self.redacted_fields().into_iter().collect();
+        let command = OnlyConfig::command();
+        let mut out = String::new();
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_string_lossy();
+            match values.get(arg.get_id().as_str()) {
+                Some(value) => out.push_str(&format!("{env}={value}\n")),
+                None => out.push_str(&format!("# {env} is not set\n")),
+            }
+        }
+        out
+    }
+
+    /// Each field's name and value as text, secrets redacted; fields with
+    /// no value are left out.
+    fn redacted_fields(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let text = match value {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(s) => redact_url(&s),
+                    other => other.to_string(),
+                };
+                Some((name, text))
+            })
+            .collect()
+    }
+
     /// Reads the environment (and defaults), as a service started without
     /// flags would.
     ///
@@ -585,6 +653,60 @@ mod tests {
         assert!(nets[1].contains(&"192.0.2.7".parse::<IpAddr>().expect("ip")));
         c.trusted_proxies = "10.0.0.0/8,proxy".into();
         assert!(c.trusted_proxies().is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets_and_passwords_in_urls() {
+        let mut c = parse(&[
+            "--jwt-secret",
+            "jwt-hunter2",
+            "--database-url",
+            "postgres://natter:db-hunter2@db/natter",
+            "--nats-url",
+            "nats://a:nats-hunter2@n1:4222,nats://n2:4222",
+            "--redis-url",
+            "redis://:redis-hunter2@r:6379",
+        ])
+        .expect("parse");
+        c.ws_rate = 7;
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("jwt_secret: [redacted]"), "{shown}");
+        assert!(shown.contains("postgres://natter:***@db/natter"), "{shown}");
+        assert!(shown.contains("ws_rate: 7"), "{shown}");
+    }
+
+    #[test]
+    fn render_names_every_setting_by_its_variable_with_secrets_redacted() {
+        let c = parse(&[
+            "--jwt-secret",
+            "jwt-hunter2",
+            "--database-url",
+            "postgres://natter:db-hunter2@db/natter",
+            "--ws-rate",
+            "7",
+        ])
+        .expect("parse");
+        let text = c.render();
+        assert!(!text.contains("hunter2"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        for wanted in [
+            "NATTER_JWT_SECRET=[redacted]",
+            "NATTER_DATABASE_URL=postgres://natter:***@db/natter",
+            "NATTER_WS_RATE=7",
+            "NATTER_EVENTS_MAX_AGE=604800s",
+            "NATTER_LOG_FORMAT=pretty",
+            "# NATTER_GATEWAY_ID is not set",
+        ] {
+            assert!(lines.contains(&wanted), "{wanted} missing from\n{text}");
+        }
+        let settings = OnlyConfig::command()
+            .get_arguments()
+            .filter(|a| a.get_env().is_some())
+            .count();
+        assert_eq!(lines.len(), settings, "{text}");
+        let reparsed = parse(&["--events-max-age", "604800s"]).expect("what render prints parses");
+        assert_eq!(reparsed.events_max_age, c.events_max_age);
     }
 
     #[test]

@@ -105,7 +105,12 @@ pub async fn connect_with(
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(url)))
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                crate::secret::redact_url(url)
+            )
+        })
 }
 
 /// Creates the database named in `url` if it does not exist, connecting to
@@ -123,7 +128,12 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         .to_owned();
     let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
         .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                crate::secret::redact_url(url)
+            )
+        })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -160,19 +170,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 #[must_use]
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The URL without its password, for logs.
-#[must_use]
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Whether `e` means Postgres did not answer in time or is out of reach
@@ -226,12 +223,6 @@ mod tests {
                 .iter()
                 .any(|(n, _)| *n == "idle_in_transaction_session_timeout")
         );
-    }
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 
     #[test]

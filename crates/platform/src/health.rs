@@ -1,6 +1,6 @@
-//! `/healthz` (alive) and `/readyz` (dependencies answer, no condition
-//! fails, no background task died, not draining), served by every service
-//! on its own port.
+//! `/healthz` (alive), `/readyz` (dependencies answer, no condition
+//! fails, no background task died, not draining) and `/metrics`
+//! (Prometheus text), served by every service on its own port.
 
 use crate::lifecycle::Readiness;
 use crate::serve::HttpLimits;
@@ -70,7 +70,7 @@ struct HealthState {
     last_failing: Arc<Mutex<Vec<&'static str>>>,
 }
 
-/// The two endpoints. `/readyz` answers 503 `draining` once shutdown has
+/// The three endpoints. `/readyz` answers 503 `draining` once shutdown has
 /// begun, so load balancers move on, and 503 `unavailable` naming what
 /// fails: a dependency that does not answer, a condition that fails or a
 /// background task that died.
@@ -78,6 +78,7 @@ pub fn router(deps: Dependencies, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(HealthState {
             deps,
             readiness,
@@ -106,6 +107,16 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
     }
 }
 
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::telemetry::metrics::CONTENT_TYPE,
+        )],
+        crate::telemetry::metrics::render(),
+    )
+}
+
 /// Logs the dependencies that began or stopped failing since the last
 /// check.
 fn log_changes(last: &Mutex<Vec<&'static str>>, now: &[&'static str]) {
@@ -119,14 +130,16 @@ fn log_changes(last: &Mutex<Vec<&'static str>>, now: &[&'static str]) {
     *last = now.to_vec();
 }
 
-/// Serves only the health endpoints on `listener` until `shutdown`: what
-/// message and push expose.
+/// Serves the health endpoints and `extra` (message's admin API; empty for
+/// push) on `listener` until `shutdown`: what message and push expose.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     deps: Dependencies,
     readiness: Readiness,
+    extra: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    crate::serve::serve(listener, router(deps, readiness), limits, shutdown).await;
+    let app = router(deps, readiness).merge(extra);
+    crate::serve::serve(listener, app, limits, shutdown).await;
 }

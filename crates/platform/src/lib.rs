@@ -1,7 +1,8 @@
 //! What every natter service needs, written once: typed configuration
 //! ([`config`]), logging ([`telemetry`]), connections to Postgres
 //! ([`db`]), NATS/JetStream ([`nats`]) and Redis ([`cache`]), tokens
-//! ([`token`]), the TLS crypto provider ([`tls`]), JSON errors for HTTP
+//! ([`token`]), the TLS crypto provider ([`tls`]), secrets kept out of
+//! logs ([`secret`]), JSON errors for HTTP
 //! ([`http_error`]), `/healthz` and `/readyz` ([`health`]), the HTTP
 //! server every listener runs with its timeouts and cap ([`serve`]), signals
 //! ([`shutdown`]) and the one shutdown sequence with its supervised
@@ -28,6 +29,7 @@ pub mod nats;
 pub mod outbox;
 pub mod presence;
 pub mod random;
+pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

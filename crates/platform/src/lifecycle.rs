@@ -339,12 +339,24 @@ impl Lifecycle {
     /// whose only port it is) until the background tasks stop, so that
     /// `draining` stays visible while in-flight work finishes.
     pub fn serve_health(&self, listener: TcpListener, deps: Dependencies) {
+        self.serve_health_with(listener, deps, axum::Router::new());
+    }
+
+    /// [`Lifecycle::serve_health`] with more routes on the same port
+    /// (message's admin API).
+    pub fn serve_health_with(
+        &self,
+        listener: TcpListener,
+        deps: Dependencies,
+        extra: axum::Router,
+    ) {
         self.spawn(
             "health server",
             health::serve(
                 listener,
                 deps,
                 self.readiness(),
+                extra,
                 self.http,
                 self.background(),
             ),

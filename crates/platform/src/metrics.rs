@@ -2,8 +2,8 @@
 //! meaning, so the dashboard (`deploy/dashboards/natter.json`) and the code
 //! cannot drift (a test checks every name it queries is one of [`NAMES`]).
 //!
-//! Instruments come from the global meter: no-ops until telemetry installs
-//! an OTLP meter provider. OpenTelemetry names become Prometheus names with
+//! Instruments come from the global meter provider that telemetry installs
+//! (`/metrics`, and OTLP when configured). OpenTelemetry names become Prometheus names with
 //! `_` and unit suffixes: `natter.requests` → `natter_requests_total`,
 //! `natter.delivery.latency` (s) → `natter_delivery_latency_seconds_*`.
 
@@ -27,6 +27,7 @@ pub const NAMES: &[&str] = &[
     LOGINS,
     REFRESHES,
     NATS_SLOW_CONSUMERS,
+    BUILD_INFO,
 ];
 
 /// Open WebSockets on a gateway.
@@ -61,6 +62,29 @@ pub const REFRESHES: &str = "natter.auth.refreshes";
 
 /// Times a core NATS subscription overflowed and dropped messages.
 pub const NATS_SLOW_CONSUMERS: &str = "natter.nats.slow_consumers";
+
+/// Always 1, labelled with the `version` and the git `commit` the process
+/// was built from: which build runs where.
+pub const BUILD_INFO: &str = "natter.build.info";
+
+/// Records [`BUILD_INFO`] (once, at start: the gauge keeps its value).
+pub fn record_build_info(version: &str, commit: &str) {
+    static GAUGE: OnceLock<Gauge<u64>> = OnceLock::new();
+    GAUGE
+        .get_or_init(|| {
+            opentelemetry::global::meter("natter")
+                .u64_gauge(BUILD_INFO)
+                .with_description("The version and git commit of the running build")
+                .build()
+        })
+        .record(
+            1,
+            &[
+                KeyValue::new("version", version.to_owned()),
+                KeyValue::new("commit", commit.to_owned()),
+            ],
+        );
+}
 
 /// The instruments.
 pub struct Metrics {
@@ -191,7 +215,7 @@ pub fn prometheus_name(name: &str) -> String {
     let base = name.replace('.', "_");
     match name {
         DELIVERY_LATENCY => format!("{base}_seconds"),
-        SOCKETS | CONSUMER_PENDING | OUTBOX_BACKLOG => base,
+        SOCKETS | CONSUMER_PENDING | OUTBOX_BACKLOG | BUILD_INFO => base,
         _ => format!("{base}_total"),
     }
 }

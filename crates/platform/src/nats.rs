@@ -59,7 +59,14 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::
         // Replies come to an inbox only this user may read.
         options = options
             .custom_inbox_prefix(inbox_prefix(&config.namespace(), &user))
-            .user_and_password(user, config.nats_password.clone().unwrap_or_default());
+            .user_and_password(
+                user,
+                config
+                    .nats_password
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
     }
     if let Some(ca) = &config.nats_ca {
         crate::tls::install_crypto_provider();
@@ -85,7 +92,7 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::
         })
         .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+        .with_context(|| format!("connecting to NATS at {}", crate::secret::redact_url(url)))
 }
 
 /// The inbox prefix of NATS user `user`: deploy/nats/natter-accounts.conf

@@ -530,6 +530,43 @@ impl PresenceReader {
         Ok(sockets)
     }
 
+    /// Every user with a live socket, and their sockets: the admin's view.
+    /// Walks the namespace's presence keys with `SCAN` (no blocking
+    /// `KEYS`), then reads them as [`PresenceReader::live_sockets`] does.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn everyone(&self) -> anyhow::Result<LiveSockets> {
+        let prefix = user_key(&self.ns, UserId(0));
+        let prefix = prefix.trim_end_matches('0');
+        let mut conn = self.redis.clone();
+        let mut users = Vec::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .context("listing presence")?;
+            users.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(prefix)?.parse().ok())
+                    .map(UserId),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        users.sort_unstable();
+        users.dedup();
+        self.live_sockets(&users).await
+    }
+
     /// The subset of `users` with at least one live socket.
     ///
     /// # Errors

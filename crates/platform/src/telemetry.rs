@@ -1,7 +1,13 @@
 //! Logs, traces and metrics.
 //!
+//! Metrics are always recorded, and served in the Prometheus text format
+//! on every service's `/metrics` ([`metrics::render`]); the same
+//! instruments are also pushed by OTLP when an endpoint is set.
+//!
 //! Logs go to stdout: human lines by default, JSON on request, level from
-//! `RUST_LOG` (default `info`). Traces and metrics are exported by OTLP
+//! `RUST_LOG` (default `info`). A JSON line written while a traced span is
+//! active carries that span's `trace_id` and `span_id`, so a log line and
+//! its trace can be joined. Traces and metrics are exported by OTLP
 //! (HTTP/protobuf) only when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! the per-signal `…_TRACES_ENDPOINT` / `…_METRICS_ENDPOINT`) is set; unset,
 //! no exporter, no layer and no-op instruments: nothing is paid.
@@ -10,7 +16,7 @@
 use crate::config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -67,9 +73,10 @@ fn resource(default_service: &str) -> Resource {
     }
 }
 
-/// Installs logging and, when configured, OTLP export of traces and
-/// metrics, with W3C trace-context propagation. A second call (tests) keeps
-/// the first subscriber.
+/// Installs logging, the meter provider behind `/metrics` and, when
+/// configured, OTLP export of traces and metrics, with W3C trace-context
+/// propagation. A second call (tests) keeps the first subscriber and meter
+/// provider.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
     init_with_writer(format, service, std::io::stdout)
 }
@@ -129,34 +136,253 @@ where
     } else {
         None
     };
-    if otlp_enabled("METRICS") {
-        match opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .build()
-        {
-            Ok(exporter) => {
-                let provider = SdkMeterProvider::builder()
-                    .with_reader(PeriodicReader::builder(exporter).build())
-                    .with_resource(resource(service))
-                    .build();
-                opentelemetry::global::set_meter_provider(provider.clone());
-                telemetry.metrics = Some(provider);
-            }
-            Err(e) => eprintln!("natter: OTLP metric exporter not started: {e}"),
-        }
-    }
+    telemetry.metrics = metrics::install(service);
+    let dispatcher = trace_ids::Dispatcher::default();
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(writer)
-            .boxed(),
+        LogFormat::Json => trace_ids::json_layer(writer, dispatcher.clone()).boxed(),
     };
     let _ = tracing_subscriber::registry()
         .with(otel_layer)
+        .with(dispatcher)
         .with(fmt.with_filter(filter))
         .try_init();
     telemetry
+}
+
+/// `trace_id` and `span_id` in JSON log lines.
+///
+/// The ids are those of the innermost active span the OpenTelemetry layer
+/// traces. The fmt layer's own context cannot find it: its filter
+/// (`RUST_LOG`, `info` by default) hides the `debug` spans the trace layer
+/// records. So [`Dispatcher`] keeps the subscriber it is registered with,
+/// and the formatter asks the registry for the current span and walks up
+/// to the first one with a trace context.
+mod trace_ids {
+    use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+    use std::fmt;
+    use std::sync::{Arc, OnceLock};
+    use tracing::dispatcher::WeakDispatch;
+    use tracing::{Dispatch, Event, Subscriber};
+    use tracing_subscriber::Registry;
+    use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+    use tracing_subscriber::layer::Layer;
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// A layer that does nothing but remember the subscriber it is part of.
+    #[derive(Clone, Default)]
+    pub(super) struct Dispatcher(Arc<OnceLock<WeakDispatch>>);
+
+    impl<S: Subscriber> Layer<S> for Dispatcher {
+        fn on_register_dispatch(&self, subscriber: &Dispatch) {
+            let _ = self.0.set(subscriber.downgrade());
+        }
+    }
+
+    impl Dispatcher {
+        /// The trace and span id of the innermost traced span active now.
+        fn current_ids(&self) -> Option<(TraceId, SpanId)> {
+            let dispatch = self.0.get()?.upgrade()?;
+            let current = dispatch.current_span();
+            let registry = dispatch.downcast_ref::<Registry>()?;
+            let span = registry.span(current.id()?)?;
+            span.scope().find_map(|s| {
+                let cx = tracing_opentelemetry::get_otel_context(&s.id(), &dispatch)?;
+                let span = cx.span();
+                let context = span.span_context();
+                context
+                    .is_valid()
+                    .then(|| (context.trace_id(), context.span_id()))
+            })
+        }
+    }
+
+    /// The JSON formatter, with the ids put first in the object.
+    pub(super) struct WithTraceIds<F> {
+        inner: F,
+        dispatcher: Dispatcher,
+    }
+
+    impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        F: FormatEvent<S, N>,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            let Some((trace_id, span_id)) = self.dispatcher.current_ids() else {
+                return self.inner.format_event(ctx, writer, event);
+            };
+            let mut line = String::new();
+            self.inner
+                .format_event(ctx, Writer::new(&mut line), event)?;
+            match line.strip_prefix('{') {
+                Some(rest) => write!(
+                    writer,
+                    "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+                ),
+                None => writer.write_str(&line),
+            }
+        }
+    }
+
+    /// The JSON log layer writing to `writer`; `dispatcher` must be a layer
+    /// of the same subscriber.
+    pub(super) fn json_layer<S, W>(
+        writer: W,
+        dispatcher: Dispatcher,
+    ) -> tracing_subscriber::fmt::Layer<S, JsonFields, WithTraceIds<Format<Json>>, W>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .map_event_format(|inner| WithTraceIds { inner, dispatcher })
+            .with_writer(writer)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::SdkTracerProvider;
+        use std::io;
+        use std::sync::{Mutex, PoisonError};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+
+        impl io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(buf);
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl<'w> MakeWriter<'w> for Lines {
+            type Writer = Self;
+
+            fn make_writer(&'w self) -> Self {
+                self.clone()
+            }
+        }
+
+        #[test]
+        fn json_lines_carry_the_ids_of_the_active_traced_span_and_none_outside() {
+            let provider = SdkTracerProvider::builder().build();
+            let lines = Lines::default();
+            let dispatcher = Dispatcher::default();
+            // As in `init`: the trace layer sees debug spans, the log
+            // layer only info and above.
+            let traced = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG);
+            let logs = json_layer(lines.clone(), dispatcher.clone())
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            let subscriber = tracing_subscriber::registry()
+                .with(traced)
+                .with(dispatcher)
+                .with(logs);
+            let expected = tracing::subscriber::with_default(subscriber, || {
+                tracing::info!("outside");
+                let span = tracing::debug_span!("handling");
+                let _entered = span.enter();
+                tracing::info!("inside");
+                let context = span.context();
+                let span_context = context.span().span_context().clone();
+                (span_context.trace_id(), span_context.span_id())
+            });
+            let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            assert!(lines[0].get("trace_id").is_none(), "{text}");
+            assert_eq!(lines[0]["fields"]["message"], "outside");
+            assert_eq!(lines[1]["fields"]["message"], "inside");
+            assert_eq!(lines[1]["trace_id"], expected.0.to_string(), "{text}");
+            assert_eq!(lines[1]["span_id"], expected.1.to_string(), "{text}");
+            assert_ne!(expected.0, TraceId::INVALID);
+        }
+    }
+}
+
+/// The meter provider behind every instrument: a Prometheus reader for
+/// `/metrics` always, an OTLP reader when configured.
+pub mod metrics {
+    use super::{otlp_enabled, resource};
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+    use prometheus::{Encoder, TextEncoder};
+    use std::sync::OnceLock;
+
+    /// What `/metrics` reads: set by the first [`install`].
+    static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
+
+    /// The content type of [`render`]'s text.
+    pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// Installs the global meter provider, once per process (a second
+    /// call, in tests, keeps the first: instruments already created stay
+    /// on it).
+    pub(super) fn install(service: &str) -> Option<SdkMeterProvider> {
+        let registry = prometheus::Registry::new();
+        if REGISTRY.set(registry.clone()).is_err() {
+            return None;
+        }
+        let mut builder = SdkMeterProvider::builder().with_resource(resource(service));
+        match opentelemetry_prometheus::exporter()
+            .with_registry(registry)
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_reader(exporter),
+            Err(e) => eprintln!("natter: Prometheus metrics reader not started: {e}"),
+        }
+        if otlp_enabled("METRICS") {
+            match opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .build()
+            {
+                Ok(exporter) => {
+                    builder = builder.with_reader(PeriodicReader::builder(exporter).build());
+                }
+                Err(e) => eprintln!("natter: OTLP metric exporter not started: {e}"),
+            }
+        }
+        let provider = builder.build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        Some(provider)
+    }
+
+    /// Every instrument's current value in the Prometheus text format
+    /// (empty before telemetry is installed).
+    #[must_use]
+    pub fn render() -> String {
+        let Some(registry) = REGISTRY.get() else {
+            return String::new();
+        };
+        let mut text = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut text) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
 }
 
 /// Trace context across NATS: the W3C `traceparent` travels in message

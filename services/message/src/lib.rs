@@ -11,8 +11,11 @@
 //! `write_message` into shared transactions; `store` is the SQL; `error`
 //! maps domain failures to error codes. The `online` flag of
 //! `fetch_connections` and `fetch_members` is read through
-//! `natter_platform::presence`.
+//! `natter_platform::presence`. Beside the domain, message's port serves
+//! the operator: `admin` (the admin API) and `dlq` (the dead letters).
 
+mod admin;
+pub mod dlq;
 mod error;
 mod handlers;
 mod rpc;
@@ -72,6 +75,8 @@ pub struct Message {
     deps: Dependencies,
     writes: writer::Queue,
     lifecycle: Lifecycle,
+    /// For the admin API (its dead-letter views connect as `dlq` does).
+    config: Config,
 }
 
 impl Runnable for Message {
@@ -117,6 +122,7 @@ impl Runnable for Message {
             deps,
             writes,
             lifecycle: Lifecycle::new("message", config),
+            config: config.clone(),
         })
     }
 
@@ -134,7 +140,13 @@ impl Runnable for Message {
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "message serving health");
         let lifecycle = self.lifecycle;
-        lifecycle.serve_health(self.health_listener, self.deps);
+        let admin = admin::router(
+            &self.config,
+            self.state.pool.clone(),
+            self.state.presence.clone(),
+            self.js.clone(),
+        );
+        lifecycle.serve_health_with(self.health_listener, self.deps, admin);
         lifecycle.spawn(
             "outbox relay",
             outbox::relay::run(

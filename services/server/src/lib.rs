@@ -7,9 +7,12 @@
 //! `main.rs` only parses the command line, starts telemetry and calls
 //! here; the in-process test harness (`testing`, behind the `testing`
 //! feature) starts services through the same list and order. The
-//! operator's `dlq` command lives here too ([`dlq`]).
+//! operator's commands live here too: [`admin`], the client of message's
+//! admin API, and [`dlq`] (the dead letters themselves are message's
+//! module, which its admin API serves as well).
 
-pub mod dlq;
+pub mod admin;
+pub use natter_message::dlq;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -171,14 +174,14 @@ pub async fn all(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             "NATTER_JWT_SECRET is not set: generated a random one for this process; \
              tokens will not survive a restart"
         );
-        config.jwt_secret = Some(natter_platform::random::token(32));
+        config.jwt_secret = Some(natter_platform::random::token(32).into());
     }
     if config.bus_key.as_deref().is_none_or(str::is_empty) {
         tracing::warn!(
             "NATTER_BUS_KEY is not set: generated a random one for this process; \
              services started separately cannot talk to these"
         );
-        config.bus_key = Some(natter_platform::random::token(32));
+        config.bus_key = Some(natter_platform::random::token(32).into());
     }
     migrate(&config).await?;
     run(&Service::ALL, &config, shutdown).await

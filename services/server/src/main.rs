@@ -4,11 +4,13 @@
 //! pod in Kubernetes); `natter-server all` runs the four in one process for
 //! development, creating and migrating the database first; `natter-server
 //! migrate` only migrates (a helm hook Job); `natter-server dlq
-//! list|redrive` shows and sends again what could not be delivered. This
+//! list|redrive` shows and sends again what could not be delivered;
+//! `natter-server admin …` asks message's admin API; `natter-server
+//! config` prints the configuration it would run with. This
 //! file only reads the command line and starts telemetry: the library
 //! (`lib.rs`) knows the services.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use natter_platform::{Config, shutdown, telemetry};
 use natter_server::Service;
 use natter_server::dlq::{self, DeadLetterId, Selection};
@@ -19,9 +21,13 @@ use natter_server::dlq::{self, DeadLetterId, Selection};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// natter's services. Every flag can also be set by its NATTER_* variable.
+/// The version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NATTER_COMMIT"), ")");
+
+/// natter's services. Every flag can also be set by its NATTER_* variable,
+/// and goes before or after the subcommand.
 #[derive(Parser)]
-#[command(name = "natter-server", version, about)]
+#[command(name = "natter-server", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,6 +61,23 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         since: Option<time::OffsetDateTime>,
     },
+    /// Print the effective configuration (environment, flags and
+    /// defaults) as NATTER_NAME=value lines, secrets redacted, then exit.
+    Config,
+    /// Ask a running natter, through message's admin API: who is online
+    /// and where, disconnect a user, streams and consumers, dead letters.
+    /// Needs NATTER_ADMIN_SECRET; prints JSON.
+    Admin {
+        /// message's address, whose port serves the admin API.
+        #[arg(
+            long,
+            env = "NATTER_ADMIN_URL",
+            default_value = "http://127.0.0.1:8091"
+        )]
+        url: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// What could not be delivered: outbox rows NATS refused (parked) and
     /// events push dead-lettered.
     Dlq {
@@ -75,6 +98,56 @@ enum DlqCommand {
     /// Send them again: parked rows back into the outbox, dead-lettered
     /// events to the subject they came from.
     Redrive(RedriveArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Users with live sockets: each socket's gateway and entered channel.
+    Online,
+    /// Sockets and users per gateway.
+    Gateways,
+    /// Revoke every session of a user: their sockets close, their tokens
+    /// stop working.
+    Disconnect {
+        /// Who.
+        username: String,
+    },
+    /// natter's JetStream streams and key-value buckets, with consumers.
+    Streams,
+    /// The dead letters, as `dlq list` and `dlq redrive` (through the API).
+    Dlq {
+        #[command(subcommand)]
+        command: AdminDlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminDlqCommand {
+    /// List them.
+    List,
+    /// Send them again.
+    Redrive(RedriveArgs),
+}
+
+impl AdminCommand {
+    fn request(self) -> natter_server::admin::Request {
+        use natter_server::admin::Request;
+        match self {
+            Self::Online => Request::Online,
+            Self::Gateways => Request::Gateways,
+            Self::Disconnect { username } => Request::Disconnect(username),
+            Self::Streams => Request::Streams,
+            Self::Dlq {
+                command: AdminDlqCommand::List,
+            } => Request::DeadLetters,
+            Self::Dlq {
+                command: AdminDlqCommand::Redrive(args),
+            } => Request::Redrive(serde_json::json!({
+                "all": args.all,
+                "ids": args.ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -104,7 +177,9 @@ impl Command {
             Self::Push => "natter-push",
             Self::All => "natter",
             Self::Replay { .. } => "natter-replay",
+            Self::Config => "natter-config",
             Self::Dlq { .. } => "natter-dlq",
+            Self::Admin { .. } => "natter-admin",
         }
     }
 }
@@ -144,10 +219,36 @@ async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()
     Ok(())
 }
 
+/// The command line, every configuration flag global: clap would otherwise
+/// take `natter-server --ws-rate 20 gateway` but refuse `natter-server
+/// gateway --ws-rate 20`. Done here, once, so that a setting added to
+/// `Config` is global without anyone remembering to say so.
+fn parse_command_line() -> Cli {
+    let matches = Cli::command()
+        .mut_args(|arg| arg.global(true))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Runs `natter-server admin …`, printing the answer to stdout.
+async fn admin(
+    url: &str,
+    secret: Option<&natter_platform::secret::Secret>,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
+    let answer = natter_server::admin::call(url, secret, &command.request()).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let telemetry = if matches!(cli.command, Command::Dlq { .. }) {
+    let cli = parse_command_line();
+    let prints = matches!(
+        cli.command,
+        Command::Dlq { .. } | Command::Admin { .. } | Command::Config
+    );
+    let telemetry = if prints {
         // Its output is stdout; logs must not mix into it.
         telemetry::init_with_writer(
             cli.config.log_format,
@@ -157,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         telemetry::init(cli.config.log_format, cli.command.log_name())
     };
+    natter_platform::metrics::record_build_info(env!("CARGO_PKG_VERSION"), env!("NATTER_COMMIT"));
     let stop = shutdown::on_signal();
     let config = cli.config;
     let result = match cli.command {
@@ -177,6 +279,11 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| tracing::info!(messages = n, "replay finished"))
         }
         Command::Dlq { command } => dead_letters(&config, command).await,
+        Command::Config => {
+            print!("{}", config.render());
+            Ok(())
+        }
+        Command::Admin { url, command } => admin(&url, config.admin_secret.as_ref(), command).await,
     };
     if let Err(e) = &result {
         tracing::error!(error = ?e, "natter-server failed");

@@ -155,3 +155,119 @@ fn migrate_creates_and_migrates_a_database() {
         .count();
     assert_eq!(count, migrations.to_string());
 }
+
+#[test]
+fn flags_go_after_the_subcommand_and_config_prints_them_with_secrets_redacted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        .args(["config", "--ws-rate", "7", "--namespace", "flagged"])
+        .env("NATTER_JWT_SECRET", "jwt-hunter2")
+        .env(
+            "NATTER_DATABASE_URL",
+            "postgres://natter:db-hunter2@db.example:5432/natter",
+        )
+        .env("NATTER_NATS_URL", "nats://natter:nats-hunter2@nats:4222")
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("hunter2"), "{text}");
+    for wanted in [
+        "NATTER_WS_RATE=7",
+        "NATTER_NAMESPACE=flagged",
+        "NATTER_JWT_SECRET=[redacted]",
+        "NATTER_DATABASE_URL=postgres://natter:***@db.example:5432/natter",
+        "NATTER_NATS_URL=nats://natter:***@nats:4222",
+    ] {
+        assert!(text.lines().any(|l| l == wanted), "{wanted} in\n{text}");
+    }
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        .arg("--version")
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.trim(),
+        format!(
+            "natter-server {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            env!("NATTER_COMMIT")
+        )
+    );
+    assert!(!env!("NATTER_COMMIT").is_empty());
+}
+
+/// Every service's `/metrics`, after some traffic, holds the series the
+/// dashboard reads and the build info.
+#[tokio::test]
+async fn every_service_serves_its_metrics_for_prometheus() {
+    let db = TestDatabase::create().await;
+    let server = spawn("all", &db.url);
+    for port in server.ports.clone() {
+        wait_ready(port).await;
+    }
+    let auth = format!("http://127.0.0.1:{}/api/v1/auth", server.ports[0]);
+    let http = reqwest::Client::new();
+    let creds = serde_json::json!({"username": "metered", "password": "correct horse battery"});
+    let r = http
+        .post(format!("{auth}/register"))
+        .json(&creds)
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
+    let login: serde_json::Value = http
+        .post(format!("{auth}/login"))
+        .json(&creds)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("token");
+    let token = login["token"].as_str().expect("token");
+    let url = format!("ws://127.0.0.1:{}/ws/v1/message", server.ports[1]);
+    let mut socket = natter_testkit::ws::connect(&url, Some(token))
+        .await
+        .expect("socket");
+    socket
+        .call("fetch_user_invite_code", serde_json::json!({}))
+        .await
+        .expect("a request");
+
+    let build_info = format!("natter_build_info{{commit=\"{}\"", env!("NATTER_COMMIT"));
+    for port in server.ports.clone() {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("scrape");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        let text = response.text().await.expect("text");
+        let series = |name: &str| {
+            text.lines()
+                .any(|l| l.starts_with(name) && !l.starts_with('#'))
+        };
+        for name in [
+            "natter_auth_logins_total{",
+            "natter_requests_total{",
+            "natter_gateway_sockets",
+            "natter_gateway_frames_in_total",
+            build_info.as_str(),
+        ] {
+            assert!(series(name), "port {port}: no {name} series in\n{text}");
+        }
+        assert!(
+            text.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+    }
+    drop(socket);
+    terminate(server);
+}

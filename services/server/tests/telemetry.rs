@@ -1,8 +1,9 @@
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, one message sent through the
 //! four services, each its own `natter-server` process, produces one
 //! connected trace (gateway → message → outbox → JetStream → push →
-//! gateway) and the metrics the dashboard reads. A real OTLP/HTTP receiver,
-//! built from opentelemetry-proto's types, stands in for the collector.
+//! gateway) and the metrics the dashboard reads, and message's JSON log
+//! lines carry the ids of those traces. A real OTLP/HTTP receiver, built
+//! from opentelemetry-proto's types, stands in for the collector.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -119,14 +120,27 @@ async fn wait_ready(port: u16) {
 }
 
 #[tokio::test]
-async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metrics() {
+async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_the_dashboard_metrics()
+ {
     let (otlp_port, received) = receiver().await;
     let db = TestDatabase::create().await;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut children = Processes(Vec::new());
+    let log_path = std::env::temp_dir().join(format!("natter-telemetry-{namespace}.log"));
+    let message_log = std::fs::File::create(&log_path).expect("log file");
     for target in ["auth", "message", "push", "gateway"] {
-        let child = Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_natter-server"));
+        if target == "message" {
+            // Its queries log inside the spans of the requests it handles.
+            command
+                .env("NATTER_LOG_FORMAT", "json")
+                .env("RUST_LOG", "info,sqlx::query=trace")
+                .stdout(message_log.try_clone().expect("log file"));
+        } else {
+            command.stdout(Stdio::null());
+        }
+        let child = command
             .arg(target)
             .env("NATTER_DATABASE_URL", &db.url)
             .env("NATTER_NAMESPACE", &namespace)
@@ -143,7 +157,6 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
             .env_remove("OTEL_SERVICE_NAME")
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("natter-server starts");
@@ -216,8 +229,12 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (connected, metrics, traces) = {
+        let logged = logged_trace_ids(&log_path);
+        let (connected, metrics, traces, joined) = {
             let r = received.lock().expect("lock");
+            let joined = r.spans.iter().any(|(trace, service, _)| {
+                service == "natter-message" && logged.contains(&hex(trace))
+            });
             let mut services_by_trace: HashMap<&[u8], BTreeSet<&str>> = HashMap::new();
             for (trace, service, _) in &r.spans {
                 services_by_trace.entry(trace).or_default().insert(service);
@@ -231,7 +248,7 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
                 .values()
                 .map(|s| s.iter().copied().collect::<Vec<_>>().join("+"))
                 .collect();
-            (connected, r.metrics.clone(), traces)
+            (connected, r.metrics.clone(), traces, joined)
         };
         let wanted = [
             natter_platform::metrics::REQUESTS,
@@ -241,13 +258,31 @@ async fn one_message_makes_one_trace_across_the_services_and_the_dashboard_metri
             natter_platform::metrics::SOCKETS,
             natter_platform::metrics::LOGINS,
         ];
-        if connected && wanted.iter().all(|w| metrics.contains(*w)) {
+        if connected && joined && wanted.iter().all(|w| metrics.contains(*w)) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no connected trace or metrics missing: connected={connected}, traces={traces:?}, metrics={metrics:?}"
+            "no connected trace, metrics missing or no log line of an exported trace: \
+             connected={connected}, joined={joined}, traces={traces:?}, metrics={metrics:?}, \
+             logged trace ids={logged:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let _ = std::fs::remove_file(&log_path);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `trace_id`s of the JSON log lines in `path` (each line checked to
+/// carry a `span_id` with it).
+fn logged_trace_ids(path: &std::path::Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["span_id"].as_str().is_some_and(|s| s.len() == 16))
+        .filter_map(|line| line["trace_id"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -128,7 +128,7 @@ async fn natter_works_with_each_service_as_its_own_nats_user() {
     let as_user = |service: Service| -> Config {
         let mut config = sandbox.config().clone();
         config.nats_user = Some(service.name().into());
-        config.nats_password = Some(password(service.name()));
+        config.nats_password = Some(password(service.name()).into());
         config
     };
     let stop = CancellationToken::new();

@@ -5,6 +5,7 @@
 //! relay, a crashed gateway) or the operator's `dlq` command.
 
 mod accounts;
+mod admin;
 mod auth;
 mod bus;
 mod dlq;

@@ -41,10 +41,10 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(secret) = &config.jwt_secret {
-            command.env("NATTER_JWT_SECRET", secret);
+            command.env("NATTER_JWT_SECRET", secret.expose());
         }
         if let Some(key) = &config.bus_key {
-            command.env("NATTER_BUS_KEY", key);
+            command.env("NATTER_BUS_KEY", key.expose());
         }
         let server = Self {
             child: command.spawn().expect("natter-server starts"),

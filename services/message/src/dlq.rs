@@ -1,5 +1,6 @@
-//! `natter-server dlq list|redrive`: what natter could not deliver, for
-//! an operator to see and send again. Two places hold it:
+//! The dead letters: what natter could not deliver, for an operator to see
+//! and send again, through `natter-server dlq list|redrive` or the admin
+//! API (`/admin/v1/dlq`). Two places hold it:
 //!
 //! - **parked outbox rows** (`outbox:<id>`): rows NATS refused for good,
 //!   moved aside by the relay (`natter_platform::outbox::parked`). A
@@ -58,6 +59,13 @@ impl FromStr for DeadLetterId {
             Some(("dlq", seq)) => seq.parse().map(Self::Event).map_err(|_| bad()),
             _ => Err(bad()),
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeadLetterId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
