@@ -30,13 +30,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The status of `GET path` on `127.0.0.1:port`, if anything answers
-/// within a second: enough HTTP for a health probe without an async
-/// runtime.
+/// The status of `GET path` on `127.0.0.1:port`, if it answers within
+/// 5 s (a readiness check waits up to 2 s on each dependency): enough
+/// HTTP for a health probe without an async runtime.
 #[must_use]
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let wait = Duration::from_secs(1);
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), wait).ok()?;
+    let wait = Duration::from_secs(5);
+    let connect = Duration::from_secs(1);
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), connect).ok()?;
     stream.set_read_timeout(Some(wait)).ok()?;
     stream.set_write_timeout(Some(wait)).ok()?;
     write!(

@@ -204,6 +204,8 @@ pub struct Progress {
     pub entered: bool,
     /// When each live delivery arrived.
     pub live_at: Vec<Instant>,
+    /// Deliveries filled so far.
+    pub filled: usize,
 }
 
 /// What a receiver saw.
@@ -247,6 +249,7 @@ impl Receiver {
             progress.live_at.push(Instant::now());
         } else {
             self.report.filled += 1;
+            self.progress.lock().expect("progress").filled += 1;
         }
     }
 

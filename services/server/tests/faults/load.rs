@@ -136,6 +136,18 @@ impl Load {
         }
     }
 
+    /// Deliveries so far over every receiver: (live, filled).
+    pub fn totals(&self) -> (usize, usize) {
+        self.channels
+            .iter()
+            .flat_map(|c| &c.receivers)
+            .map(|(_, p)| {
+                let progress = p.lock().expect("progress");
+                (progress.live_at.len(), progress.filled)
+            })
+            .fold((0, 0), |(l, f), (pl, pf)| (l + pl, f + pf))
+    }
+
     /// How long after `since` every receiver had a live delivery again,
     /// waiting at most `within`; `None` if one had none by then.
     pub async fn back_to_live(&self, since: Instant, within: Duration) -> Option<Duration> {

@@ -22,29 +22,54 @@ const BACK_TO_LIVE: Duration = Duration::from_secs(5);
 /// calls a recovery missing.
 const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 
+/// One thing the suite did: how soon delivery was live again after it,
+/// and the deliveries (live, filled) counted from the previous one's
+/// recovery to this one's.
+struct Recovery {
+    what: String,
+    back: Option<Duration>,
+    live: usize,
+    filled: usize,
+}
+
 /// The time back to live delivery after each thing the suite did.
 #[derive(Default)]
-struct Recoveries(Vec<(String, Option<Duration>)>);
+struct Recoveries {
+    done: Vec<Recovery>,
+    counted: (usize, usize),
+}
 
 impl Recoveries {
     /// Waits for every receiver's first live delivery after `since`.
     async fn measure(&mut self, load: &load::Load, what: impl Into<String>, since: Instant) {
         let back = load.back_to_live(since, RECOVERY_WAIT).await;
-        self.0.push((what.into(), back));
+        let (live, filled) = load.totals();
+        self.done.push(Recovery {
+            what: what.into(),
+            back,
+            live: live - self.counted.0,
+            filled: filled - self.counted.1,
+        });
+        self.counted = (live, filled);
     }
 
     fn print(&self) {
-        for (what, back) in &self.0 {
-            match back {
-                Some(back) => println!("faults:   {what}: live again {back:.2?} after its return"),
-                None => println!("faults:   {what}: not live again within {RECOVERY_WAIT:?}"),
+        for r in &self.done {
+            let (what, live, filled) = (&r.what, r.live, r.filled);
+            match r.back {
+                Some(back) => println!(
+                    "faults:   {what}: live again {back:.2?} after its return ({live} live, {filled} filled up to then)"
+                ),
+                None => println!(
+                    "faults:   {what}: not live again within {RECOVERY_WAIT:?} ({live} live, {filled} filled)"
+                ),
             }
         }
     }
 
     /// Every recovery came within `limit`.
     fn assert_within(&self, limit: Duration) {
-        for (what, back) in &self.0 {
+        for Recovery { what, back, .. } in &self.done {
             assert!(
                 back.is_some_and(|b| b <= limit),
                 "after {what}, delivery was live again only after {back:?} (limit {limit:?})"
