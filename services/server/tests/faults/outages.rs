@@ -32,6 +32,7 @@ async fn every_natter_process_killed_and_restarted_in_turn_loses_nothing_and_sta
     );
     report.assert_exact();
     assert!(report.live_share() >= LIVE_SHARE, "live share");
+    assert_eq!(system.respawns, 0, "every process recovered on its own");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -87,5 +88,6 @@ async fn nats_postgres_and_redis_outages_lose_nothing_and_delivery_is_live_again
     );
     report.assert_exact();
     assert!(report.live_share() >= LIVE_SHARE, "live share");
+    assert_eq!(system.respawns, 0, "every process recovered on its own");
     recoveries.assert_within(BACK_TO_LIVE);
 }
