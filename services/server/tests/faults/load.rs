@@ -41,6 +41,8 @@ impl Load {
     /// receivers (alternately homed on each gateway), waits until every
     /// receiver is in its channel, then starts the writers.
     pub async fn start(system: &System, channels: usize, receivers: usize) -> Self {
+        // The workspace's reqwest has rustls without a default provider.
+        natter_platform::tls::install_crypto_provider();
         let auth = AuthClient::new(reqwest::Client::new(), system.auth_url());
         let gateways = system.gateways();
         let stop = CancellationToken::new();
