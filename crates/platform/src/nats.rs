@@ -8,7 +8,8 @@ use crate::Config;
 use anyhow::Context;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// JetStream's de-duplication window on `Nats-Msg-Id`: longer than any
 /// outbox relay retry.
@@ -44,22 +45,54 @@ pub fn servers(url: &str) -> anyhow::Result<Vec<ServerAddr>> {
 /// When no server answers.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let servers = servers(url)?;
+    // Since when the connection is down, if it is: an outage is logged
+    // when it begins and when it ends, not at every reconnection attempt.
+    let outage: Arc<Mutex<Option<Instant>>> = Arc::default();
     async_nats::ConnectOptions::new()
         .name(name)
         .subscription_capacity(64 * 1024)
         // A core subscription that overflows drops messages silently:
         // make every drop loud and counted.
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::SlowConsumer(sid) => {
-                    crate::metrics::get().nats_slow_consumers.add(1, &[]);
-                    tracing::warn!(
-                        subscription = sid,
-                        "NATS subscription overflowed: messages dropped"
-                    );
+        .event_callback(move |event| {
+            let outage = outage.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        crate::metrics::get().nats_slow_consumers.add(1, &[]);
+                        tracing::warn!(
+                            subscription = sid,
+                            "NATS subscription overflowed: messages dropped"
+                        );
+                    }
+                    async_nats::Event::Connected => {
+                        let down = outage.lock().unwrap_or_else(PoisonError::into_inner).take();
+                        match down {
+                            Some(since) => tracing::info!(
+                                after = ?since.elapsed(),
+                                "NATS connected again"
+                            ),
+                            None => tracing::info!("NATS connected"),
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        let mut down = outage.lock().unwrap_or_else(PoisonError::into_inner);
+                        if down.is_none() {
+                            *down = Some(Instant::now());
+                            tracing::warn!("NATS disconnected; reconnecting");
+                        }
+                    }
+                    // Every failed reconnection attempt of an outage
+                    // already announced: once is enough.
+                    other
+                        if outage
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_some() =>
+                    {
+                        tracing::debug!(event = %other, "NATS connection event");
+                    }
+                    other => tracing::warn!(event = %other, "NATS connection event"),
                 }
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                other => tracing::warn!(event = %other, "NATS connection event"),
             }
         })
         .connect(servers)
