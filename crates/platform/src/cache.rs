@@ -6,7 +6,13 @@
 use crate::Config;
 use anyhow::Context;
 use redis::IntoConnectionInfo;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// The longest pause between reconnection attempts. The client's default
+/// backoff grows to seconds, which would keep presence (and so live
+/// delivery) down that long after Redis is back.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Connects to Redis as `config` says.
 ///
@@ -15,7 +21,9 @@ use redis::aio::ConnectionManager;
 /// answer.
 pub async fn connect(config: &Config) -> anyhow::Result<ConnectionManager> {
     client(config)?
-        .get_connection_manager()
+        .get_connection_manager_with_config(
+            ConnectionManagerConfig::new().set_max_delay(RECONNECT_MAX_DELAY),
+        )
         .await
         .with_context(|| {
             format!(

@@ -9,7 +9,8 @@ use anyhow::Context;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
 use natter_protocol::subjects::Namespace;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// JetStream's de-duplication window on `Nats-Msg-Id`: longer than any
 /// outbox relay retry.
@@ -72,22 +73,54 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::
         crate::tls::install_crypto_provider();
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    // Since when the connection is down, if it is: an outage is logged
+    // when it begins and when it ends, not at every reconnection attempt.
+    let outage: Arc<Mutex<Option<Instant>>> = Arc::default();
     options
         .name(name)
         .subscription_capacity(64 * 1024)
         // A core subscription that overflows drops messages silently:
         // make every drop loud and counted.
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::SlowConsumer(sid) => {
-                    crate::metrics::get().nats_slow_consumers.add(1, &[]);
-                    tracing::warn!(
-                        subscription = sid,
-                        "NATS subscription overflowed: messages dropped"
-                    );
+        .event_callback(move |event| {
+            let outage = outage.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        crate::metrics::get().nats_slow_consumers.add(1, &[]);
+                        tracing::warn!(
+                            subscription = sid,
+                            "NATS subscription overflowed: messages dropped"
+                        );
+                    }
+                    async_nats::Event::Connected => {
+                        let down = outage.lock().unwrap_or_else(PoisonError::into_inner).take();
+                        match down {
+                            Some(since) => tracing::info!(
+                                after = ?since.elapsed(),
+                                "NATS connected again"
+                            ),
+                            None => tracing::info!("NATS connected"),
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        let mut down = outage.lock().unwrap_or_else(PoisonError::into_inner);
+                        if down.is_none() {
+                            *down = Some(Instant::now());
+                            tracing::warn!("NATS disconnected; reconnecting");
+                        }
+                    }
+                    // Every failed reconnection attempt of an outage
+                    // already announced: once is enough.
+                    other
+                        if outage
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_some() =>
+                    {
+                        tracing::debug!(event = %other, "NATS connection event");
+                    }
+                    other => tracing::warn!(event = %other, "NATS connection event"),
                 }
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                other => tracing::warn!(event = %other, "NATS connection event"),
             }
         })
         .connect(servers)

@@ -50,8 +50,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How often a gateway refreshes its liveness key.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a gateway refreshes its liveness key, and so how soon it
+/// finds that Redis lost it (a restart, a failover) and registers its
+/// sockets again: one `SET` a second per gateway.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How soon a gateway tries again after a failed heartbeat, so that
+/// presence Redis lost (a restart, a failover) is back moments after
+/// Redis is.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_millis(250);
+/// How long push waits, once Redis answers again after failing, before it
+/// trusts presence: by then every gateway's next (or retried) heartbeat
+/// has registered its sockets again, so a backlog held back through the
+/// outage is not fanned out to an empty presence (and lost to live
+/// delivery).
+pub const REPAIR_WAIT: Duration = Duration::from_secs(2);
 /// Liveness key TTL: a few missed heartbeats and the gateway counts as gone.
 pub const GATEWAY_TTL: Duration = Duration::from_secs(20);
 /// How long push trusts a liveness answer: the check then costs a round
@@ -377,7 +389,8 @@ impl PresenceWriter {
     /// Marks the gateway alive now (before it serves), as this incarnation,
     /// so whatever a predecessor of the same name left in presence stops
     /// counting; then keeps it alive every [`HEARTBEAT`] until `shutdown`,
-    /// repairing what failed.
+    /// repairing what failed (after a failed beat, every
+    /// [`HEARTBEAT_RETRY`] until one succeeds).
     ///
     /// # Errors
     /// When the first beat fails: a gateway Redis cannot see must not serve.
@@ -388,16 +401,21 @@ impl PresenceWriter {
     ) -> redis::RedisResult<tokio::task::JoinHandle<()>> {
         self.beat().await?;
         Ok(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            tick.tick().await;
+            let mut pause = HEARTBEAT;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => break,
                 }
                 match self.heartbeat(local.as_ref()).await {
-                    Ok(()) => self.health.ok(),
-                    Err(e) => self.health.failing(&e),
+                    Ok(()) => {
+                        self.health.ok();
+                        pause = HEARTBEAT;
+                    }
+                    Err(e) => {
+                        self.health.failing(&e);
+                        pause = HEARTBEAT_RETRY;
+                    }
                 }
             }
         }))
@@ -462,6 +480,20 @@ pub struct PresenceReader {
     cache_for: Duration,
     /// What was last heard of each gateway.
     liveness: Arc<Mutex<Liveness>>,
+    /// How long to distrust presence once Redis answers after failing
+    /// (zero: never).
+    repair_wait: Duration,
+    /// Whether the last read failed, and when one succeeded after a
+    /// failure; shared by clones, as the partitions of one push instance
+    /// read concurrently.
+    outage: Arc<Mutex<Outage>>,
+}
+
+/// A reader's memory of the last Redis failure.
+#[derive(Default)]
+struct Outage {
+    failing: bool,
+    answered_again: Option<Instant>,
 }
 
 impl PresenceReader {
@@ -473,7 +505,18 @@ impl PresenceReader {
             ns,
             cache_for: Duration::ZERO,
             liveness: Arc::default(),
+            repair_wait: Duration::ZERO,
+            outage: Arc::default(),
         }
+    }
+
+    /// Once Redis answers again after a failed read, waits until `wait`
+    /// has passed since and reads again before answering (push: see
+    /// [`REPAIR_WAIT`]), so what Redis lost is repaired first.
+    #[must_use]
+    pub fn waiting_for_repair(mut self, wait: Duration) -> Self {
+        self.repair_wait = wait;
+        self
     }
 
     /// Reuses each gateway's liveness answer for `ttl` (push: see
@@ -497,6 +540,32 @@ impl PresenceReader {
         if users.is_empty() {
             return Ok(LiveSockets::new());
         }
+        let read = self.read_live_sockets(users).await;
+        if self.repair_wait.is_zero() {
+            return read;
+        }
+        let repairing = {
+            let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+            if read.is_err() {
+                outage.failing = true;
+            } else if std::mem::take(&mut outage.failing) {
+                outage.answered_again = Some(Instant::now());
+            }
+            outage
+                .answered_again
+                .map(|at| self.repair_wait.saturating_sub(at.elapsed()))
+                .filter(|left| !left.is_zero())
+        };
+        match (read, repairing) {
+            (Ok(_), Some(left)) => {
+                tokio::time::sleep(left).await;
+                self.read_live_sockets(users).await
+            }
+            (read, _) => read,
+        }
+    }
+
+    async fn read_live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
         let mut pipe = redis::pipe();
         for user in users {
             pipe.cmd("HGETALL").arg(user_key(&self.ns, *user));

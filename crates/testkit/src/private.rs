@@ -1,14 +1,23 @@
 //! Dependencies of a test's own, for tests that must kill or age one: a
-//! `nats-server -js` or a `redis-server` on a free loopback port, which
-//! the test stops (SIGKILL, as a crash) and starts again on the same port
-//! (and, for NATS, the same store directory, so streams survive). The
-//! machine's shared servers are never touched. Either can run with a
+//! `nats-server -js` (alone or a three-node cluster), a `redis-server` or
+//! a Postgres cluster on free loopback ports, which the test stops
+//! (SIGKILL, as a crash) and starts again on the same port (and, for NATS
+//! and Postgres, the same store, so data survives). [`Process`] is the
+//! handle beneath them, also for a test's own `natter-server` processes.
+//! Every process is killed when its handle drops, on panic too. The
+//! machine's shared servers are never touched. Each can run with a
 //! configuration of the test's own (NATS accounts, TLS certificates).
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long a started process gets to listen on its port.
+const START_WAIT: Duration = Duration::from_secs(20);
 
 /// A free TCP port on 127.0.0.1.
 ///
@@ -22,63 +31,249 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// One server process that can be killed and started again.
-struct Server {
-    program: &'static str,
+/// The status of `GET path` on `127.0.0.1:port`, if it answers within
+/// 5 s (a readiness check waits up to 2 s on each dependency): enough
+/// HTTP for a health probe without an async runtime.
+#[must_use]
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let wait = Duration::from_secs(5);
+    let connect = Duration::from_secs(1);
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), connect).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    stream.set_write_timeout(Some(wait)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// One child process, started again with the same command as often as a
+/// test likes: SIGKILL for a crash, SIGTERM for an orderly stop. Its
+/// output goes to a log file when one is given (a failing test's best
+/// witness), else nowhere.
+pub struct Process {
+    name: String,
+    program: PathBuf,
     args: Vec<String>,
-    /// The user and group it runs as, when not ours (Postgres refuses root).
+    envs: Vec<(String, String)>,
     user: Option<(u32, u32)>,
     /// Its working directory, where relative paths in its configuration
-    /// point (the test's temporary directory).
+    /// point.
     dir: Option<PathBuf>,
-    env: Vec<(String, String)>,
     port: u16,
+    log: Option<PathBuf>,
     child: Option<Child>,
 }
 
-impl Server {
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.program);
-        let mut command = Command::new(self.program);
+impl Process {
+    /// A process named `name` (for messages) that runs `program` and
+    /// listens on `port` once it is up. Nothing runs until [`Self::spawn`]
+    /// or [`Self::start`].
+    #[must_use]
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            user: None,
+            dir: None,
+            port,
+            log: None,
+            child: None,
+        }
+    }
+
+    /// Adds arguments.
+    #[must_use]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs it as this user and group (a root test starting Postgres).
+    #[must_use]
+    pub fn user(mut self, user: Option<(u32, u32)>) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// Runs it in `dir`.
+    #[must_use]
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Appends its stdout and stderr to `path`.
+    #[must_use]
+    pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log = Some(path.into());
+        self
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where its output goes, if anywhere.
+    #[must_use]
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// Starts it without waiting for anything.
+    ///
+    /// # Panics
+    /// When it is already running or cannot be started.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let output = || match &self.log {
+            Some(path) => File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+            None => Stdio::null(),
+        };
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(output())
+            .stderr(output());
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
         }
-        if let Some((uid, gid)) = self.user {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, gid);
-        }
         let child = command
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{} starts: {e}", self.program));
+            .unwrap_or_else(|e| panic!("{} ({}) starts: {e}", self.name, self.program.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+    }
+
+    /// Starts it and waits until it listens on its port.
+    ///
+    /// # Panics
+    /// When it exits or does not listen within 20 s.
+    pub fn start(&mut self) {
+        assert!(self.try_start(), "{} exited while starting", self.name);
+    }
+
+    /// Starts it and waits until it listens on its port: false when it
+    /// exits first.
+    ///
+    /// # Panics
+    /// When it neither listens nor exits within 20 s.
+    pub fn try_start(&mut self) -> bool {
+        self.spawn();
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if !self.is_running() {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "{} never listened on {}",
-                self.program,
+                self.name,
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn kill(&mut self) {
+    /// Whether it was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !running {
+            self.child = None;
+        }
+        running
+    }
+
+    /// Its process id while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends it `signal` (`-TERM`, `-QUIT`, `-STOP`, …), if it runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Kills it (SIGKILL: no goodbye to anyone) and reaps it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// Stops it with `signal` as an orchestrator does and waits for it to
+    /// exit, killing it after `grace`: how long it took.
+    pub fn stop_with(&mut self, signal: &str, grace: Duration) -> Duration {
+        let started = Instant::now();
+        self.signal(signal);
+        while self.is_running() {
+            if started.elapsed() > grace {
+                self.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
 }
 
-impl Drop for Server {
+impl Drop for Process {
     fn drop(&mut self) {
+        self.signal("-CONT");
         self.kill();
     }
+}
+
+/// A fresh directory under the system's temp dir, `natter-<what>-<uuid>`.
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("natter-{what}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{} created: {e}", dir.display()));
+    dir
 }
 
 /// What a private server runs with beyond its defaults.
@@ -96,18 +291,28 @@ pub struct Setup {
 }
 
 impl Setup {
-    fn write_files(&self, dir: &std::path::Path) {
-        std::fs::create_dir_all(dir).expect("a temporary directory");
+    /// A fresh directory holding [`Self::files`].
+    fn directory(&self, what: &str) -> PathBuf {
+        let dir = scratch_dir(what);
         for (name, contents) in &self.files {
             std::fs::write(dir.join(name), contents).expect("writing a server file");
         }
+        dir
+    }
+
+    /// `process` with this setup's environment.
+    fn environment(&self, mut process: Process) -> Process {
+        for (key, value) in &self.env {
+            process = process.env(key.clone(), value.clone());
+        }
+        process
     }
 }
 
 /// A private `nats-server` with JetStream and a directory of its own
 /// (configuration, store, log; deleted on drop).
 pub struct PrivateNats {
-    server: Server,
+    server: Process,
     dir: PathBuf,
 }
 
@@ -129,28 +334,18 @@ impl PrivateNats {
     #[must_use]
     pub fn start_with(setup: &Setup) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("natter-nats-{}", uuid::Uuid::new_v4()));
-        setup.write_files(&dir);
+        let dir = setup.directory("nats");
         let config = format!(
             "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
             dir.join("store").display(),
             setup.config
         );
         std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
-        let mut server = Server {
-            program: "nats-server",
-            args: vec![
-                "-c".into(),
-                "nats.conf".into(),
-                "-l".into(),
-                "nats.log".into(),
-            ],
-            user: None,
-            dir: Some(dir.clone()),
-            env: setup.env.clone(),
-            port,
-            child: None,
-        };
+        let mut server = setup.environment(
+            Process::new("nats-server", "nats-server", port)
+                .args(["-c", "nats.conf", "-l", "nats.log"])
+                .dir(&dir),
+        );
         server.start();
         Self { server, dir }
     }
@@ -164,7 +359,7 @@ impl PrivateNats {
     /// `nats://127.0.0.1:<port>`.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.server.port)
+        format!("nats://127.0.0.1:{}", self.server.port())
     }
 
     /// Kills it (SIGKILL: no goodbye to its clients).
@@ -185,9 +380,125 @@ impl Drop for PrivateNats {
     }
 }
 
+/// A private JetStream cluster on loopback: each node with its own client,
+/// cluster and monitoring port and its own store directory (all deleted on
+/// drop), so one can be killed and rejoin with what it stored.
+pub struct PrivateNatsCluster {
+    nodes: Vec<Process>,
+    monitors: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl PrivateNatsCluster {
+    /// Starts `size` nodes and waits until JetStream is healthy on each.
+    ///
+    /// # Panics
+    /// When `nats-server` is not installed or the cluster does not form.
+    #[must_use]
+    pub fn start(size: usize) -> Self {
+        let dir = scratch_dir("nats-cluster");
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        let mut monitors = Vec::with_capacity(size);
+        for (i, cluster_port) in cluster_ports.iter().enumerate() {
+            let port = free_port();
+            let monitor = free_port();
+            let name = format!("n{i}");
+            let node = Process::new(format!("nats-server {name}"), "nats-server", port)
+                .args([
+                    "-js".into(),
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                    "-m".into(),
+                    monitor.to_string(),
+                    "-n".into(),
+                    name.clone(),
+                    "-sd".into(),
+                    dir.join(&name).display().to_string(),
+                    "--cluster_name".into(),
+                    "natter".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ])
+                .log(dir.join(format!("{name}.log")));
+            nodes.push(node);
+            monitors.push(monitor);
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        let cluster = Self {
+            nodes,
+            monitors,
+            dir,
+        };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (as `NATTER_NATS_URL` takes them).
+    #[must_use]
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its ports and store, and waits until the
+    /// cluster's JetStream is healthy again.
+    ///
+    /// # Panics
+    /// When it does not rejoin within 30 s.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].start();
+        self.wait_healthy();
+    }
+
+    /// Waits until every running node says JetStream is healthy (it has a
+    /// meta leader and is current).
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (node, monitor) in self.nodes.iter().zip(&self.monitors) {
+            while http_status(*monitor, "/healthz") != Some(200) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never became healthy",
+                    node.name()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A private `redis-server`, in memory only.
 pub struct PrivateRedis {
-    server: Server,
+    server: Process,
     dir: PathBuf,
     tls: bool,
 }
@@ -224,33 +535,25 @@ impl PrivateRedis {
 
     fn spawn(setup: &Setup, tls: bool) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("natter-redis-{}", uuid::Uuid::new_v4()));
-        setup.write_files(&dir);
-        let ports: Vec<String> = if tls {
-            vec![
-                "--port".into(),
-                "0".into(),
-                "--tls-port".into(),
+        let dir = setup.directory("redis");
+        let ports = if tls {
+            [
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
                 port.to_string(),
             ]
+            .to_vec()
         } else {
-            vec!["--port".into(), port.to_string()]
+            ["--port".to_owned(), port.to_string()].to_vec()
         };
-        let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(ports)
-            .chain(setup.config.lines().map(str::to_owned))
-            .collect();
-        let mut server = Server {
-            program: "redis-server",
-            args,
-            user: None,
-            dir: Some(dir.clone()),
-            env: setup.env.clone(),
-            port,
-            child: None,
-        };
+        let mut server = setup.environment(
+            Process::new("redis-server", "redis-server", port)
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(ports)
+                .args(setup.config.lines())
+                .dir(&dir),
+        );
         server.start();
         Self { server, dir, tls }
     }
@@ -259,7 +562,7 @@ impl PrivateRedis {
     #[must_use]
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.server.port)
+        format!("{scheme}://127.0.0.1:{}", self.server.port())
     }
 
     /// Kills it (SIGKILL).
@@ -280,97 +583,112 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// Where the Postgres 15 server binaries are.
-const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The server itself.
-const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
-
-/// A private Postgres cluster that takes only TLS connections from
-/// 127.0.0.1, with a password (`scram-sha-256`) for user `postgres`; run as
-/// the system user `postgres`, deleted on drop.
+/// A private Postgres cluster (`initdb` into a temp dir, then `postgres`
+/// on a free loopback port), run as the `postgres` user when the test runs
+/// as root (Postgres refuses root). Killing it SIGKILLs the postmaster, as
+/// a crashed node; it restarts on the same port and data, with crash
+/// recovery.
 pub struct PrivatePostgres {
-    server: Server,
+    server: Process,
     dir: PathBuf,
 }
 
 impl PrivatePostgres {
-    /// Initializes a cluster whose superuser `postgres` has `password`,
-    /// serving `certificate` and `key` (PEM), and starts it on a free port.
+    /// Creates a cluster (trust authentication, user `postgres`) and
+    /// starts it.
     ///
     /// # Panics
-    /// When the Postgres binaries or the `postgres` user are missing, or
-    /// the cluster does not start.
+    /// When Postgres is not installed (`/usr/lib/postgresql/<v>/bin` or
+    /// `pg_config --bindir`) or does not start.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// Creates a cluster that takes only TLS connections from 127.0.0.1,
+    /// serving `certificate` and `key` (PEM), whose user `postgres` needs
+    /// `password` (`scram-sha-256`), and starts it.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
     #[must_use]
     pub fn start_tls(certificate: &str, key: &str, password: &str) -> Self {
-        let (uid, gid) = postgres_user();
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("natter-pg-{}", uuid::Uuid::new_v4()));
-        let data = dir.join("data");
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let owned = |path: &std::path::Path| {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+        Self::create(Some(Tls {
+            certificate,
+            key,
+            password,
+        }))
+    }
+
+    fn create(tls: Option<Tls<'_>>) -> Self {
+        let bin = postgres_bin();
+        let user = postgres_user();
+        let dir = scratch_dir("postgres");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the data dir");
+        }
+        let owned = |path: &Path| {
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+            }
         };
-        owned(&dir);
-        let pwfile = dir.join("password");
-        std::fs::write(&pwfile, password).expect("writing the password file");
-        owned(&pwfile);
-        let mut initdb = Command::new(format!("{POSTGRES_BIN}/initdb"));
-        std::os::unix::process::CommandExt::uid(&mut initdb, uid);
-        std::os::unix::process::CommandExt::gid(&mut initdb, gid);
-        let status = initdb
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()))
+        let data = dir.join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        if let Some(tls) = &tls {
+            let pwfile = dir.join("password");
+            std::fs::write(&pwfile, tls.password).expect("writing the password file");
+            owned(&pwfile);
+            initdb
+                .arg("--auth-host=scram-sha-256")
+                .arg(format!("--pwfile={}", pwfile.display()));
+        }
+        initdb
             .arg("-D")
             .arg(&data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb runs");
-        assert!(status.success(), "initdb failed");
-        for (name, contents) in [("server.crt", certificate), ("server.key", key)] {
-            let path = data.join(name);
-            std::fs::write(&path, contents).expect("writing a certificate");
-            owned(&path);
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .expect("chmod");
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = user {
+            initdb.uid(uid).gid(gid);
         }
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .expect("writing pg_hba.conf");
-        let mut server = Server {
-            program: POSTGRES,
-            args: [
-                "-D",
-                &data.display().to_string(),
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                &format!("unix_socket_directories={}", dir.display()),
-                "-c",
-                "ssl=on",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=30",
-            ]
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-            user: Some((uid, gid)),
-            dir: Some(dir.clone()),
-            env: Vec::new(),
-            port,
-            child: None,
-        };
+        let status = initdb.status().expect("initdb runs");
+        assert!(status.success(), "initdb failed: {status}");
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1",
+            "fsync=off",
+            "full_page_writes=off",
+        ];
+        if let Some(tls) = &tls {
+            for (name, contents) in [("server.crt", tls.certificate), ("server.key", tls.key)] {
+                let path = data.join(name);
+                std::fs::write(&path, contents).expect("writing a certificate");
+                owned(&path);
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("chmod");
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("writing pg_hba.conf");
+            settings.extend(["ssl=on", "max_connections=30"]);
+        }
+        let port = free_port();
+        let mut server = Process::new("postgres", bin.join("postgres"), port)
+            .args([
+                "-D".into(),
+                data.display().to_string(),
+                "-p".into(),
+                port.to_string(),
+                "-k".into(),
+                dir.display().to_string(),
+            ])
+            .args(settings.into_iter().flat_map(|s| ["-c", s]))
+            .user(user)
+            .log(dir.join("postgres.log"));
         server.start();
         Self { server, dir }
     }
@@ -378,35 +696,84 @@ impl PrivatePostgres {
     /// The port it listens on, at 127.0.0.1.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.server.port
+        self.server.port()
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    #[must_use]
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.server.port()
+        )
+    }
+
+    /// SIGKILLs the postmaster. Its backends notice and exit on their own.
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    /// Starts it again on the same port and data (crash recovery), trying
+    /// again while the killed one's backends still hold its shared memory.
+    ///
+    /// # Panics
+    /// When it does not start within 20 s.
+    pub fn restart(&mut self) {
+        let deadline = Instant::now() + START_WAIT;
+        while !self.server.try_start() {
+            assert!(Instant::now() < deadline, "postgres did not start again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        // SIGQUIT: the postmaster takes its backends down with it (SIGKILL
-        // would leave them behind).
-        if let Some(child) = &self.server.child {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &child.id().to_string()])
-                .status();
-        }
-        self.server.kill();
+        // Immediate shutdown: the postmaster takes its backends along.
+        self.server.stop_with("-QUIT", Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The uid and gid of the system user `postgres`.
-fn postgres_user() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("id runs");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a user postgres")
+/// What a TLS-only private Postgres serves and asks for.
+struct Tls<'a> {
+    certificate: &'a str,
+    key: &'a str,
+    password: &'a str,
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin`, else `pg_config
+/// --bindir`.
+fn postgres_bin() -> PathBuf {
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .max();
+    if let Some((_, bin)) = installed {
+        return bin;
+    }
+    let output = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("Postgres is installed (pg_config)");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// The `postgres` user's uid and gid when we run as root, else none (we
+/// run Postgres as ourselves).
+fn postgres_user() -> Option<(u32, u32)> {
+    let id = |args: &[&str]| -> Option<u32> {
+        let output = Command::new("id").args(args).output().ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
     };
-    (id("-u"), id("-g"))
+    if id(&["-u"])? != 0 {
+        return None;
+    }
+    Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?))
 }

@@ -570,7 +570,13 @@ impl Coordinator {
         if !self.synced {
             return;
         }
-        let (instances, holders) = self.view();
+        let (instances, mut holders) = self.view();
+        // A lease the watch last saw under this instance's own id but that
+        // it no longer holds ran out here while NATS was away (a NATS
+        // restart, a partition): nobody else has written it since, so it
+        // is free to this instance now — `create`, or `reclaim` by
+        // compare-and-set if NATS kept it — instead of a TTL later.
+        holders.retain(|p, holder| *holder != self.me || self.held.contains_key(p));
         let owned: BTreeSet<Partition> = self
             .held
             .iter()

@@ -34,7 +34,7 @@ use leases::Coordinator;
 use membership::Membership;
 use natter_platform::health::Dependencies;
 use natter_platform::lifecycle::{Lifecycle, Runnable};
-use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
+use natter_platform::presence::{LIVENESS_CACHE, PresenceReader, REPAIR_WAIT};
 use natter_platform::{Config, cache, db, nats};
 use offsets::Offsets;
 pub use progress::HELD_BACK;
@@ -102,7 +102,8 @@ impl Runnable for Push {
             bus,
             membership: Membership::new(pool.clone()),
             presence: PresenceReader::new(redis.clone(), ns.clone())
-                .caching_liveness(LIVENESS_CACHE),
+                .caching_liveness(LIVENESS_CACHE)
+                .waiting_for_repair(REPAIR_WAIT),
             ns: ns.clone(),
         };
         let consumers = Consumers {

@@ -15,7 +15,7 @@ use crate::membership::Membership;
 use anyhow::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
-use natter_platform::presence::{LIVENESS_CACHE, PresenceReader};
+use natter_platform::presence::{LIVENESS_CACHE, PresenceReader, REPAIR_WAIT};
 use natter_platform::{Config, cache, db, nats};
 use natter_protocol::events::Event;
 use std::time::Duration;
@@ -67,7 +67,9 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         nats: client.clone(),
         bus,
         membership: Membership::new(pool),
-        presence: PresenceReader::new(redis, ns.clone()).caching_liveness(LIVENESS_CACHE),
+        presence: PresenceReader::new(redis, ns.clone())
+            .caching_liveness(LIVENESS_CACHE)
+            .waiting_for_repair(REPAIR_WAIT),
         ns,
     };
     if last == 0 || matches!(from, ReplayFrom::Sequence(s) if s > last) {

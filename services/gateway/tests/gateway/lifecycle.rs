@@ -1,5 +1,5 @@
 use crate::support::{GatewayApp, connect, connect_user, token, user_id, ws_url};
-use natter_platform::presence::PresenceReader;
+use natter_platform::presence::{PresenceReader, REPAIR_WAIT};
 use natter_protocol::{UserId, close};
 use natter_testkit::ws;
 use serde_json::{Value, json};
@@ -175,6 +175,38 @@ async fn without_redis_the_gateway_is_unready_and_recovers_on_its_own() {
     let reader = reader(&app).await;
     live_sockets_become(&reader, user_id("alice"), 1, Duration::from_secs(20)).await;
     live_sockets_become(&reader, user_id("bob"), 1, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn presence_a_restarted_redis_lost_is_repaired_before_a_waiting_reader_answers() {
+    let mut redis = natter_testkit::private::PrivateRedis::start();
+    let url = redis.url();
+    let app = GatewayApp::spawn_with(|c| c.redis_url = url).await;
+    let (_, _ws) = connect_user(&app, "alice").await;
+    let alice = user_id("alice");
+    // Push's reader: it must not fan a held-back backlog out to an empty
+    // presence the moment Redis is back.
+    let reader = reader(&app).await.waiting_for_repair(REPAIR_WAIT);
+    live_sockets_become(&reader, alice, 1, Duration::from_secs(20)).await;
+    redis.kill();
+    assert!(
+        reader.live_sockets(&[alice]).await.is_err(),
+        "Redis is down"
+    );
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        if let Ok(live) = reader.live_sockets(&[alice]).await {
+            break live;
+        }
+        assert!(std::time::Instant::now() < deadline, "Redis never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        live.get(&alice).map_or(0, Vec::len),
+        1,
+        "the first answer after the outage has the socket again"
+    );
 }
 
 #[tokio::test]
