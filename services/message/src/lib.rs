@@ -36,6 +36,9 @@ pub use error::DomainError;
 pub(crate) struct AppState {
     /// All durable state.
     pub pool: sqlx::PgPool,
+    /// History pages below a seq the caller knows: a replica
+    /// (`NATTER_DATABASE_READ_URL`), or `pool` again when none is set.
+    pub history: sqlx::PgPool,
     /// Requests in, replies out.
     pub nats: async_nats::Client,
     /// Names of subjects.
@@ -79,6 +82,12 @@ impl Runnable for Message {
     /// When a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = db::connect(config).await?;
+        let history = match &config.database_read_url {
+            Some(url) => db::connect_with(url, config.database_pool, &config.database_session())
+                .await
+                .context("connecting to NATTER_DATABASE_READ_URL")?,
+            None => pool.clone(),
+        };
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
         let redis = cache::connect(&config.redis_url).await?;
@@ -96,6 +105,7 @@ impl Runnable for Message {
         Ok(Self {
             state: AppState {
                 pool,
+                history,
                 nats: client,
                 presence: PresenceReader::new(redis, ns.clone()),
                 ns,
