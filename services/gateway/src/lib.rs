@@ -120,7 +120,7 @@ impl Runnable for Gateway {
         let ns = config.namespace();
         let ttl = Duration::from_secs(config.token_ttl_secs);
         nats::ensure_streams(&js, config).await?;
-        let redis = cache::connect(&config.redis_url).await?;
+        let redis = cache::open(config).await?;
         // One task asks Postgres about sessions, one query at a time.
         let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
         let gateway_id = config.gateway_id();

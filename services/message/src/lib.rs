@@ -90,7 +90,7 @@ impl Runnable for Message {
         };
         let client = nats::connect(&config.nats_url, "natter-message").await?;
         let js = nats::jetstream(&client);
-        let redis = cache::connect(&config.redis_url).await?;
+        let redis = cache::open(config).await?;
         let ns = config.namespace();
         nats::ensure_streams(&js, config).await?;
         let health_listener = TcpListener::bind(config.message_addr)

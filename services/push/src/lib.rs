@@ -69,7 +69,7 @@ impl Runnable for Push {
         let ns = config.namespace();
         let pool = db::connect(config).await?;
         let client = nats::connect(&config.nats_url, "natter-push").await?;
-        let redis = cache::connect(&config.redis_url).await?;
+        let redis = cache::open(config).await?;
         let js = nats::jetstream(&client);
         nats::ensure_streams(&js, config).await?;
         let ttl = Duration::from_secs(config.push_lease_secs);

@@ -43,7 +43,7 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
     let ns = config.namespace();
     let pool = db::connect_with(&config.database_url, 2, &config.database_session()).await?;
     let client = nats::connect(&config.nats_url, "natter-replay").await?;
-    let redis = cache::connect(&config.redis_url).await?;
+    let redis = cache::open(config).await?;
     let js = nats::jetstream(&client);
     let mut stream = js
         .get_stream(ns.events_stream())
