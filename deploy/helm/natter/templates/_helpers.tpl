@@ -46,6 +46,10 @@ app.kubernetes.io/component: {{ .component }}
       key: database-password
 - name: NATTER_DATABASE_URL
   value: {{ printf "postgres://%s:$(NATTER_DB_PASSWORD)@%s:%v/%s" .Values.postgres.user .Values.postgres.host .Values.postgres.port .Values.postgres.database | quote }}
+{{- with .Values.postgres.readHost }}
+- name: NATTER_DATABASE_READ_URL
+  value: {{ printf "postgres://%s:$(NATTER_DB_PASSWORD)@%s:%v/%s" $.Values.postgres.user . $.Values.postgres.port $.Values.postgres.database | quote }}
+{{- end }}
 - name: NATTER_JWT_SECRET
   valueFrom:
     secretKeyRef:
@@ -61,6 +65,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.streams.eventsMaxBytes | quote }}
 - name: NATTER_REDIS_URL
   value: {{ .Values.redis.url | quote }}
+- name: NATTER_REDIS_CLUSTER
+  value: {{ .Values.redis.cluster | quote }}
 - name: NATTER_NAMESPACE
   value: {{ .Values.namespace | quote }}
 - name: NATTER_TOKEN_TTL_SECS
