@@ -31,8 +31,15 @@ def fail(message):
     sys.exit(1)
 
 
-# Set only when a value asks for them (nats.users, tls.caSecret).
-OPTIONAL_SETTINGS = {"NATTER_NATS_USER", "NATTER_NATS_PASSWORD", "NATTER_NATS_CA", "NATTER_REDIS_CA"}
+# Set only when a value asks for them (nats.users, tls.caSecret,
+# postgres.readHost).
+OPTIONAL_SETTINGS = {
+    "NATTER_NATS_USER",
+    "NATTER_NATS_PASSWORD",
+    "NATTER_NATS_CA",
+    "NATTER_REDIS_CA",
+    "NATTER_DATABASE_READ_URL",
+}
 # The chart authenticates to NATS with a user and password per service
 # (nats.users); a creds file instead is for installs that mount one
 # themselves (extraEnv and a volume).

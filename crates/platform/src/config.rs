@@ -42,6 +42,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Postgres URL for history pages below a seq the caller already
+    /// knows (message service): a read replica. Unset, the primary
+    /// (`NATTER_DATABASE_URL`) serves them too.
+    #[arg(long, env = "NATTER_DATABASE_READ_URL")]
+    pub database_read_url: Option<String>,
+
     /// Most Postgres connections each service's pool opens.
     #[arg(long, env = "NATTER_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
@@ -72,7 +78,9 @@ pub struct Config {
     #[arg(long, env = "NATTER_NATS_CA")]
     pub nats_ca: Option<std::path::PathBuf>,
 
-    /// Redis URL (presence); `rediss://` for TLS.
+    /// Redis URL (presence), or a comma-separated list of a Redis
+    /// Cluster's nodes (the cluster client then finds the rest);
+    /// `rediss://` for TLS.
     #[arg(
         long,
         env = "NATTER_REDIS_URL",
@@ -89,6 +97,11 @@ pub struct Config {
     /// `rediss://` (default: the system's roots).
     #[arg(long, env = "NATTER_REDIS_CA")]
     pub redis_ca: Option<std::path::PathBuf>,
+
+    /// Talk to `NATTER_REDIS_URL` as a Redis Cluster even when it names
+    /// one node (a cluster's service address).
+    #[arg(long, env = "NATTER_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
 
     /// Prefix of every NATS subject, stream, consumer and Redis key:
     /// lowercase letters, digits and `_` (stream names are uppercased, so

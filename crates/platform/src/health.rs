@@ -2,13 +2,13 @@
 //! fails, no background task died, not draining) and `/metrics`
 //! (Prometheus text), served by every service on its own port.
 
+use crate::cache::Redis;
 use crate::lifecycle::Readiness;
 use crate::serve::HttpLimits;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +23,7 @@ pub struct Dependencies {
     /// Checked by its connection state.
     pub nats: Option<async_nats::Client>,
     /// Checked with `PING`.
-    pub redis: Option<ConnectionManager>,
+    pub redis: Option<Redis>,
 }
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,7 +4,7 @@
 //! [`PresenceReader`].
 //!
 //! Keys (all under the namespace, see [`user_key`] and [`gateway_key`]):
-//! - `<ns>:presence:<user>`, a hash: one field `<gateway>:<socket>` per
+//! - `<ns>:presence:{<user>}`, a hash: one field `<gateway>:<socket>` per
 //!   live socket, valued `<entered>@<incarnation>`: the entered channel id
 //!   (decimal) or nothing, and the incarnation of the gateway that wrote
 //!   it;
@@ -31,6 +31,13 @@
 //! a dead incarnation's stop counting with its liveness, and it cannot
 //! leak.
 //!
+//! Redis Cluster (see [`crate::cache`]): a user's hash is the only key a
+//! script or a multi-key command touches, and its hash tag `{<user>}`
+//! names its slot. The liveness keys live wherever their own slots are,
+//! so they are read before the admission script (which then touches only
+//! the user's hash), and commands about many users go out through
+//! [`Redis::each`], never as one cross-slot pipeline.
+//!
 //! Nothing here is the only copy of anything: if Redis loses it (flush,
 //! failover), the heartbeat finds its liveness key missing and registers
 //! every local socket again. A write that fails in a Redis blip is
@@ -39,11 +46,11 @@
 //! [`PresenceWriter::reporting_to`]), logged once when it begins and once
 //! when it ends, not once per socket.
 
+use crate::cache::Redis;
 use crate::lifecycle::Condition;
 use anyhow::Context;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, SocketId, UserId};
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,10 +77,11 @@ pub const GATEWAY_TTL: Duration = Duration::from_secs(20);
 /// trip per second, not one per event.
 pub const LIVENESS_CACHE: Duration = Duration::from_millis(1500);
 
-/// The hash of `user`'s live sockets.
+/// The hash of `user`'s live sockets; `{<user>}` is its Redis Cluster
+/// hash tag.
 #[must_use]
 pub fn user_key(ns: &Namespace, user: UserId) -> String {
-    format!("{}presence:{user}", ns.redis_prefix())
+    format!("{}presence:{{{user}}}", ns.redis_prefix())
 }
 
 /// The liveness key of `gateway`.
@@ -101,39 +109,48 @@ pub fn parse_socket_field(field: &str) -> Option<(&str, SocketId)> {
     valid.then_some((gateway, SocketId(socket.parse().ok()?)))
 }
 
-/// [`PresenceWriter::admit`]: counts the fields of `KEYS[1]` that are live
-/// by the module's rule — their gateway (the part before the last `:`, as
-/// [`parse_socket_field`] reads it) has its liveness key `ARGV[3] ..
-/// gateway`, and the incarnation after the value's last `@`, if any, is
-/// the one that key names — deleting the others; below `ARGV[1]` it sets
-/// field `ARGV[2]` to `ARGV[4]` (not in a channel, this incarnation) and
-/// returns 1, else 0. One script, so two gateways admitting the same
-/// user's sockets at once cannot both pass the limit.
+/// [`PresenceWriter::admit`], run on `KEYS[1]`, the user's hash, with
+/// `ARGV[1]` the limit and `ARGV[2]`, `ARGV[3]` the new socket's field and
+/// value. With `ARGV[4]` = `quick`, it admits at once when the hash has
+/// fewer fields than the limit, dead or alive (the usual case, one round
+/// trip), and otherwise returns -1: the caller then reads the gateways'
+/// liveness and runs it again with `ARGV[4]` = `checked` and `ARGV[5..]`
+/// the fields it found dead, each with the value it was judged by. Then it
+/// deletes those that still have that value and counts the other fields
+/// that look like sockets (`<gateway>:<socket>`, as
+/// [`parse_socket_field`] reads them): below the limit it sets the field
+/// and returns 1, else 0. One script, so two gateways admitting the same
+/// user's sockets at once cannot both pass the limit. It touches only the
+/// user's hash (one Redis Cluster slot): a field written since its
+/// gateway was checked counts, and a dead field rewritten since (a
+/// restarted gateway reusing a socket id) is kept.
 const ADMIT_SCRIPT: &str = r"
+local limit = tonumber(ARGV[1])
+if ARGV[4] == 'quick' then
+  if redis.call('HLEN', KEYS[1]) < limit then
+    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+    return 1
+  end
+  return -1
+end
+local dead = {}
+for i = 5, #ARGV, 2 do
+  dead[ARGV[i]] = ARGV[i + 1]
+end
 local live = 0
-local current = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local field, value = entries[i], entries[i + 1]
-  local gateway = string.match(field, '^([%w_%-]+):%d+$')
-  if gateway then
-    if current[gateway] == nil then
-      current[gateway] = redis.call('GET', ARGV[3] .. gateway) or false
-    end
-    local incarnation = string.match(value, '@([^@]*)$')
-    local alive = current[gateway]
-      and (incarnation == nil or incarnation == current[gateway])
-    if alive then
-      live = live + 1
-    else
-      redis.call('HDEL', KEYS[1], field)
-    end
+  if dead[field] == value then
+    redis.call('HDEL', KEYS[1], field)
+  elseif string.match(field, '^[%w_%-]+:%d+$') then
+    live = live + 1
   end
 end
-if live >= tonumber(ARGV[1]) then
+if live >= limit then
   return 0
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 ";
 
@@ -190,7 +207,7 @@ pub trait LocalSockets: Send + Sync + 'static {
 /// One gateway's presence writes and heartbeat; cheap to clone.
 #[derive(Clone)]
 pub struct PresenceWriter {
-    redis: ConnectionManager,
+    redis: Redis,
     ns: Namespace,
     gateway: String,
     /// New at every start: see the module's liveness rule.
@@ -206,7 +223,7 @@ pub struct PresenceWriter {
 impl PresenceWriter {
     /// Writes for gateway `gateway`, as a new incarnation of it.
     #[must_use]
-    pub fn new(redis: ConnectionManager, ns: Namespace, gateway: String) -> Self {
+    pub fn new(redis: Redis, ns: Namespace, gateway: String) -> Self {
         Self {
             redis,
             ns,
@@ -247,29 +264,78 @@ impl PresenceWriter {
 
     /// Records a new socket (not in a channel) unless its user already has
     /// `limit` live sockets on any gateway: whether it was admitted. Fields
-    /// of dead gateways, and of gateways' dead incarnations, met on the way
-    /// are deleted and do not count. Redis failing does not lock users
+    /// of dead gateways, and of gateways' dead incarnations, do not count,
+    /// and are deleted once the user's hash is full (readers delete those
+    /// they meet before). Redis failing does not lock users
     /// out: the socket is admitted, the `presence` condition fails, and the
     /// heartbeat registers it once it runs.
     pub async fn admit(&self, user: UserId, socket: SocketId, limit: usize) -> bool {
+        self.try_admit(user, socket, limit)
+            .await
+            .unwrap_or_else(|e| {
+                self.dirty.store(true, Ordering::Relaxed);
+                self.health.failing(
+                    &anyhow::Error::new(e)
+                        .context("presence admission failed; admitting the socket"),
+                );
+                true
+            })
+    }
+
+    /// [`Self::admit`]: [`ADMIT_SCRIPT`] at once, and when the user has as
+    /// many fields as the limit, again after reading the liveness of the
+    /// gateways they name, with the fields found dead.
+    async fn try_admit(
+        &self,
+        user: UserId,
+        socket: SocketId,
+        limit: usize,
+    ) -> redis::RedisResult<bool> {
+        let key = user_key(&self.ns, user);
+        let admit = |mode: &str| {
+            let mut script = redis::cmd("EVAL");
+            script
+                .arg(ADMIT_SCRIPT)
+                .arg(1)
+                .arg(&key)
+                .arg(limit)
+                .arg(socket_field(&self.gateway, socket))
+                .arg(entry_value(None, &self.incarnation))
+                .arg(mode);
+            script
+        };
         let mut conn = self.redis.clone();
-        let admitted: redis::RedisResult<bool> = redis::cmd("EVAL")
-            .arg(ADMIT_SCRIPT)
-            .arg(1)
-            .arg(user_key(&self.ns, user))
-            .arg(limit)
-            .arg(socket_field(&self.gateway, socket))
-            .arg(gateway_key(&self.ns, ""))
-            .arg(entry_value(None, &self.incarnation))
+        let quick: i64 = admit("quick").query_async(&mut conn).await?;
+        if quick >= 0 {
+            return Ok(quick == 1);
+        }
+        let hash: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
             .query_async(&mut conn)
-            .await;
-        admitted.unwrap_or_else(|e| {
-            self.dirty.store(true, Ordering::Relaxed);
-            self.health.failing(
-                &anyhow::Error::new(e).context("presence admission failed; admitting the socket"),
-            );
-            true
-        })
+            .await?;
+        let entries: Vec<(Entry, String)> = hash
+            .into_iter()
+            .filter_map(|(field, value)| Some((Entry::parse(user, field, &value)?, value)))
+            .collect();
+        let gateways: HashSet<&str> = entries
+            .iter()
+            .map(|(e, _)| e.socket.gateway.as_str())
+            .collect();
+        let gateways: Vec<&str> = gateways.into_iter().collect();
+        let alive = liveness(&self.redis, &self.ns, &gateways).await?;
+        let mut checked = admit("checked");
+        for (entry, value) in &entries {
+            let current = gateways
+                .iter()
+                .position(|g| *g == entry.socket.gateway)
+                .and_then(|i| alive.get(i))
+                .and_then(Option::as_deref);
+            if !entry.is_live(current) {
+                checked.arg(&entry.field).arg(value);
+            }
+        }
+        let admitted: i64 = checked.query_async(&mut conn).await?;
+        Ok(admitted == 1)
     }
 
     /// Forgets a socket later, without waiting: for a socket admitted but
@@ -297,15 +363,16 @@ impl PresenceWriter {
     }
 
     async fn remove_all(&self, sockets: &[(UserId, SocketId)]) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        for (user, socket) in sockets {
-            pipe.cmd("HDEL")
-                .arg(user_key(&self.ns, *user))
-                .arg(socket_field(&self.gateway, *socket))
-                .ignore();
-        }
-        let mut conn = self.redis.clone();
-        pipe.query_async(&mut conn).await
+        let commands = sockets
+            .iter()
+            .map(|(user, socket)| {
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(user_key(&self.ns, *user))
+                    .arg(socket_field(&self.gateway, *socket));
+                hdel
+            })
+            .collect();
+        self.redis.each::<()>(commands).await.map(drop)
     }
 
     /// Refreshes the liveness key; returns whether it had expired, been
@@ -328,16 +395,17 @@ impl PresenceWriter {
     /// meanwhile is removed again, so no stale entry is written back.
     async fn register_all(&self, local: &impl LocalSockets) -> redis::RedisResult<()> {
         let sockets = local.snapshot();
-        let mut pipe = redis::pipe();
-        for s in &sockets {
-            pipe.cmd("HSET")
-                .arg(user_key(&self.ns, s.user))
-                .arg(socket_field(&self.gateway, s.socket))
-                .arg(entry_value(s.entered, &self.incarnation))
-                .ignore();
-        }
-        let mut conn = self.redis.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        let commands = sockets
+            .iter()
+            .map(|s| {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(user_key(&self.ns, s.user))
+                    .arg(socket_field(&self.gateway, s.socket))
+                    .arg(entry_value(s.entered, &self.incarnation));
+                hset
+            })
+            .collect();
+        self.redis.each::<()>(commands).await?;
         let gone: Vec<(UserId, SocketId)> = sockets
             .iter()
             .filter(|s| !local.holds(s.socket))
@@ -432,6 +500,25 @@ impl PresenceWriter {
     }
 }
 
+/// The incarnation each of `gateways` names in its liveness key, `None`
+/// for those not alive; one round trip (liveness keys lie in many
+/// cluster slots: see [`Redis::each`]).
+async fn liveness(
+    redis: &Redis,
+    ns: &Namespace,
+    gateways: &[&str],
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let commands = gateways
+        .iter()
+        .map(|gw| {
+            let mut get = redis::cmd("GET");
+            get.arg(gateway_key(ns, gw));
+            get
+        })
+        .collect();
+    redis.each(commands).await
+}
+
 /// One field of a presence hash, parsed.
 struct Entry {
     user: UserId,
@@ -474,7 +561,7 @@ type Liveness = HashMap<String, (Option<String>, Instant)>;
 /// Presence lookups; cheap to clone (clones share the liveness cache).
 #[derive(Clone)]
 pub struct PresenceReader {
-    redis: ConnectionManager,
+    redis: Redis,
     ns: Namespace,
     /// How long a liveness answer is reused; zero asks every time.
     cache_for: Duration,
@@ -499,7 +586,7 @@ struct Outage {
 impl PresenceReader {
     /// Lookups that ask Redis about every gateway's liveness each time.
     #[must_use]
-    pub fn new(redis: ConnectionManager, ns: Namespace) -> Self {
+    pub fn new(redis: Redis, ns: Namespace) -> Self {
         Self {
             redis,
             ns,
@@ -566,13 +653,17 @@ impl PresenceReader {
     }
 
     async fn read_live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HGETALL").arg(user_key(&self.ns, *user));
-        }
-        let mut conn = self.redis.clone();
-        let hashes: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut conn)
+        let commands = users
+            .iter()
+            .map(|user| {
+                let mut hgetall = redis::cmd("HGETALL");
+                hgetall.arg(user_key(&self.ns, *user));
+                hgetall
+            })
+            .collect();
+        let hashes: Vec<HashMap<String, String>> = self
+            .redis
+            .each(commands)
             .await
             .context("reading presence")?;
         let entries: Vec<Entry> = users
@@ -670,13 +761,8 @@ impl PresenceReader {
         if unknown.is_empty() {
             return Ok(known);
         }
-        let mut pipe = redis::pipe();
-        for gw in &unknown {
-            pipe.cmd("GET").arg(gateway_key(&self.ns, gw));
-        }
-        let mut conn = self.redis.clone();
-        let answers: Vec<Option<String>> = pipe
-            .query_async(&mut conn)
+        let asked: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        let answers = liveness(&self.redis, &self.ns, &asked)
             .await
             .context("checking gateway liveness")?;
         let now = Instant::now();
@@ -693,15 +779,15 @@ impl PresenceReader {
     /// Deletes fields of dead gateways. Best effort: a failure only means
     /// they are skipped again next time.
     async fn clean(&self, dead: &[Entry]) {
-        let mut pipe = redis::pipe();
-        for e in dead {
-            pipe.cmd("HDEL")
-                .arg(user_key(&self.ns, e.user))
-                .arg(&e.field)
-                .ignore();
-        }
-        let mut conn = self.redis.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let commands = dead
+            .iter()
+            .map(|e| {
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(user_key(&self.ns, e.user)).arg(&e.field);
+                hdel
+            })
+            .collect();
+        if let Err(e) = self.redis.each::<()>(commands).await {
             tracing::debug!(error = %e, "cleaning stale presence failed");
         } else {
             tracing::debug!(fields = dead.len(), "cleaned presence of dead gateways");
@@ -716,7 +802,7 @@ mod tests {
     #[test]
     fn keys_live_under_the_namespace() {
         let ns = Namespace::new("Test.1");
-        assert_eq!(user_key(&ns, UserId(3)), "test_1:presence:3");
+        assert_eq!(user_key(&ns, UserId(3)), "test_1:presence:{3}");
         assert_eq!(gateway_key(&ns, "gw-a"), "test_1:gw:gw-a");
         assert!(user_key(&ns, UserId(3)).starts_with(&ns.redis_prefix()));
     }

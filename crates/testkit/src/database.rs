@@ -75,6 +75,29 @@ impl TestDatabase {
         }
     }
 
+    /// Creates an empty database, without even the migrations: for tests
+    /// of the migrations themselves.
+    ///
+    /// # Panics
+    /// When Postgres does not answer.
+    pub async fn empty() -> Self {
+        let admin_url = server_url();
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres answers on NATTER_TEST_DATABASE_URL (start it: see README)");
+        let name = format!("natter_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {}", db::quote_ident(&name)))
+            .execute(&mut admin)
+            .await
+            .expect("creating an empty database");
+        admin.close().await.ok();
+        Self {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
     /// A small pool on it.
     ///
     /// # Panics

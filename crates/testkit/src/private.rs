@@ -777,3 +777,101 @@ fn postgres_user() -> Option<(u32, u32)> {
     }
     Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?))
 }
+
+/// A private three-node Redis Cluster (no replicas), in memory only, each
+/// node with its own directory for its `nodes.conf` (deleted on drop).
+pub struct PrivateRedisCluster {
+    nodes: Vec<Process>,
+    dir: PathBuf,
+}
+
+impl PrivateRedisCluster {
+    /// Starts three `redis-server --cluster-enabled yes` on free ports and
+    /// joins them with `redis-cli --cluster create`, waiting until every
+    /// node reports the cluster `ok`.
+    ///
+    /// # Panics
+    /// When `redis-server` or `redis-cli` is not installed, or the cluster
+    /// does not form.
+    #[must_use]
+    pub fn start() -> Self {
+        let dir = scratch_dir("redis-cluster");
+        let mut nodes = Vec::new();
+        for n in 0..3 {
+            let node_dir = dir.join(n.to_string());
+            std::fs::create_dir_all(&node_dir).expect("a node directory");
+            let port = free_port();
+            let mut server =
+                Process::new(format!("redis-server {n}"), "redis-server", port).args([
+                    "--port".into(),
+                    port.to_string(),
+                    "--bind".into(),
+                    "127.0.0.1".into(),
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                    "--dir".into(),
+                    node_dir.display().to_string(),
+                    "--save".into(),
+                    String::new(),
+                    "--appendonly".into(),
+                    "no".into(),
+                ]);
+            server.start();
+            nodes.push(server);
+        }
+        let cluster = Self { nodes, dir };
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.addresses())
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the Redis Cluster never formed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect()
+    }
+
+    /// Every node's `redis://` URL, comma-separated (`NATTER_REDIS_URL`).
+    #[must_use]
+    pub fn url(&self) -> String {
+        self.addresses()
+            .iter()
+            .map(|a| format!("redis://{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

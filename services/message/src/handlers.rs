@@ -133,7 +133,8 @@ pub(crate) async fn handle(
             let limit = limit.unwrap_or(limits::FETCH_LIMIT_DEFAULT);
             result(&Messages {
                 channel_id,
-                messages: messages::fetch(pool, channel_id, me, page, limit).await?,
+                messages: messages::fetch(pool, &state.history, channel_id, me, page, limit)
+                    .await?,
             })
         }
         Request::Read { channel_id, seq } => {

@@ -40,6 +40,9 @@ pub use error::DomainError;
 pub(crate) struct AppState {
     /// All durable state.
     pub pool: sqlx::PgPool,
+    /// History pages below a seq the caller knows: a replica
+    /// (`NATTER_DATABASE_READ_URL`), or `pool` again when none is set.
+    pub history: sqlx::PgPool,
     /// Requests in, replies out.
     pub nats: async_nats::Client,
     /// Checks that each request was signed by a gateway (or auth).
@@ -89,6 +92,12 @@ impl Runnable for Message {
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let bus = config.bus_key("message")?;
         let pool = db::connect(config).await?;
+        let history = match &config.database_read_url {
+            Some(url) => db::connect_with(url, config.database_pool, &config.database_session())
+                .await
+                .context("connecting to NATTER_DATABASE_READ_URL")?,
+            None => pool.clone(),
+        };
         let client = nats::connect(config, "natter-message").await?;
         let js = nats::jetstream(&client);
         let redis = cache::connect(config).await?;
@@ -106,6 +115,7 @@ impl Runnable for Message {
         Ok(Self {
             state: AppState {
                 pool,
+                history,
                 nats: client,
                 bus: std::sync::Arc::new(BusVerifier::new(bus)),
                 presence: PresenceReader::new(redis, ns.clone()),

@@ -74,6 +74,10 @@ none: it never appears in the URL, the pod spec or a log line.
       key: database-password
 - name: NATTER_DATABASE_URL
   value: {{ printf "postgres://%s@%s:%v/%s?sslmode=%s%s" .Values.postgres.user .Values.postgres.host .Values.postgres.port .Values.postgres.database .Values.postgres.sslMode (ternary (printf "&sslrootcert=%s" (include "natter.caFile" .)) "" (ne .Values.tls.caSecret "")) | quote }}
+{{- with .Values.postgres.readHost }}
+- name: NATTER_DATABASE_READ_URL
+  value: {{ printf "postgres://%s@%s:%v/%s?sslmode=%s%s" $root.Values.postgres.user . $root.Values.postgres.port $root.Values.postgres.database $root.Values.postgres.sslMode (ternary (printf "&sslrootcert=%s" (include "natter.caFile" $root)) "" (ne $root.Values.tls.caSecret "")) | quote }}
+{{- end }}
 - name: NATTER_JWT_SECRET
   valueFrom:
     secretKeyRef:
@@ -115,6 +119,8 @@ none: it never appears in the URL, the pod spec or a log line.
   value: {{ .Values.streams.eventsMaxBytes | quote }}
 - name: NATTER_REDIS_URL
   value: {{ .Values.redis.url | quote }}
+- name: NATTER_REDIS_CLUSTER
+  value: {{ .Values.redis.cluster | quote }}
 - name: NATTER_NAMESPACE
   value: {{ .Values.namespace | quote }}
 - name: NATTER_TOKEN_TTL_SECS

@@ -3,7 +3,8 @@
 //! A batch is one transaction (ARCHITECTURE.md "Hot paths"): its channels are
 //! locked in id order (so concurrent batches never deadlock), membership is
 //! checked under those locks, each channel's `last_seq` advances once for
-//! all of its messages, and messages and outbox rows go in with one
+//! all of its messages, and messages, their idempotency keys
+//! (`message_keys`, migration 0007) and outbox rows go in with one
 //! `UNNEST` insert each. `sent_at` is `clock_timestamp()` per row, inserted
 //! in seq order, so it follows seq within a channel.
 
@@ -80,9 +81,10 @@ pub(crate) async fn write_batch(
 
     let (key_users, key_ids): (Vec<i64>, Vec<&str>) = first_of.keys().copied().unzip();
     let stored: Vec<(i64, String, i64, i64, OffsetDateTime)> = sqlx::query_as(
-        "SELECT m.user_id, m.client_msg_id, m.channel_id, m.seq, m.sent_at FROM messages m \
-         JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, client_msg_id) \
-           USING (user_id, client_msg_id)",
+        "SELECT k.user_id, k.client_msg_id, k.channel_id, k.seq, m.sent_at FROM message_keys k \
+         JOIN UNNEST($1::bigint[], $2::text[]) AS q(user_id, client_msg_id) \
+           USING (user_id, client_msg_id) \
+         JOIN messages m ON m.channel_id = k.channel_id AND m.seq = k.seq",
     )
     .bind(&key_users)
     .bind(&key_ids)
@@ -231,6 +233,16 @@ async fn insert_accepted(
     .into_iter()
     .map(|(c, s, t)| ((c, s), t))
     .collect();
+    sqlx::query(
+        "INSERT INTO message_keys (user_id, client_msg_id, channel_id, seq) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .bind(&channels)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
 
     let mut read_to: HashMap<(i64, i64), i64> = HashMap::new();
     let mut events = Vec::with_capacity(accepted.len());
@@ -296,31 +308,49 @@ const BEFORE: &str = "SELECT m.seq, u.username, m.content, m.sent_at FROM messag
 /// `fetch_messages` for a member: ascending by seq, `username` null for a
 /// writer who has unregistered.
 ///
+/// A page of rows before a seq the caller names is read from `history`
+/// (`NATTER_DATABASE_READ_URL`, a replica; the primary when unset): those
+/// rows were committed before the caller could know that seq, and seqs
+/// have no gaps, so a complete answer is recognizable — the `limit` seqs
+/// just below it, or all of them down to 1. A replica that lags (or fails)
+/// gives an incomplete one, and the page is read from `pool` instead.
+/// Membership, the newest page and gap filling (`after_seq`) are always
+/// read from the primary: a replica may not have them yet.
+///
 /// The page is byte-bounded too (docs/protocol.md §2.6): rows are taken
 /// in the order read — nearest to `after_seq` / `before_seq` first — while
 /// they fit in a reply, at least one. A shorter page is then still the
 /// start of what was asked, so a client paging on from its last (or first)
 /// seq reads every message. (100 messages of 4,000 CJK chars are 1.2 MB:
 /// unbounded, such a page outgrew the bus and was never answered.)
-#[tracing::instrument(level = "debug", skip(pool))]
+#[tracing::instrument(level = "debug", skip(pool, history))]
 pub(crate) async fn fetch(
     pool: &PgPool,
+    history: &PgPool,
     channel: ChannelId,
     user: UserId,
     page: Page,
     limit: i64,
 ) -> Result<Vec<MessageEntry>, DomainError> {
     membership(pool, channel, user).await?;
-    let (sql, bound, newest_first) = match page {
-        Page::After(after) => (AFTER, after.0, false),
-        Page::Before(before) => (BEFORE, before.map_or(i64::MAX, |s| s.0), true),
+    let rows = match page {
+        Page::After(after) => read_page(pool, AFTER, channel, after.0, limit).await?,
+        Page::Before(None) => read_page(pool, BEFORE, channel, i64::MAX, limit).await?,
+        Page::Before(Some(before)) => {
+            let wanted = limit.min(before.0 - 1).max(0);
+            match read_page(history, BEFORE, channel, before.0, limit).await {
+                Ok(rows) if is_complete(&rows, before, wanted) => rows,
+                Ok(_) => {
+                    tracing::debug!("the history replica lags; reading the page from the primary");
+                    read_page(pool, BEFORE, channel, before.0, limit).await?
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the history replica failed; reading the page from the primary");
+                    read_page(pool, BEFORE, channel, before.0, limit).await?
+                }
+            }
+        }
     };
-    let rows: Vec<(i64, Option<String>, String, OffsetDateTime)> = sqlx::query_as(sql)
-        .bind(channel.0)
-        .bind(bound)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
     let mut entries: Vec<MessageEntry> = rows
         .into_iter()
         .map(|(seq, username, content, sent_at)| MessageEntry {
@@ -331,8 +361,176 @@ pub(crate) async fn fetch(
         })
         .collect();
     entries.truncate(limits::fitting(&entries, limits::MAX_LIST_BYTES).max(1));
-    if newest_first {
+    if matches!(page, Page::Before(_)) {
         entries.reverse();
     }
     Ok(entries)
+}
+
+/// One row of a page: seq, username, content, sent_at.
+type Row = (i64, Option<String>, String, OffsetDateTime);
+
+async fn read_page(
+    pool: &PgPool,
+    sql: &str,
+    channel: ChannelId,
+    bound: i64,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(sql)
+        .bind(channel.0)
+        .bind(bound)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Whether `rows` (newest first) are the `wanted` seqs just below
+/// `before`, as a caught-up database answers.
+fn is_complete(rows: &[Row], before: Seq, wanted: i64) -> bool {
+    usize::try_from(wanted).is_ok_and(|n| rows.len() == n)
+        && rows
+            .iter()
+            .zip(1..)
+            .all(|((seq, ..), below)| *seq == before.0 - below)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_platform::db;
+    use sqlx::migrate::Migrator;
+    use std::borrow::Cow;
+
+    /// The migration that partitions `messages` (0007).
+    const PARTITIONING: i64 = 7;
+
+    fn request(user: i64, channel: i64, key: &str) -> WriteRequest {
+        WriteRequest {
+            user_id: UserId(user),
+            username: "alice".into(),
+            origin: SocketRef {
+                gateway_id: "gw".into(),
+                socket_id: natter_protocol::SocketId(1),
+            },
+            channel_id: ChannelId(channel),
+            client_msg_id: key.into(),
+            content: format!("new {key}"),
+            traceparent: None,
+        }
+    }
+
+    /// A database that already held messages before 0007 keeps them:
+    /// they read back in order, and their `client_msg_id`s still make a
+    /// repeat write return the first seq, while a new write takes the
+    /// next seq.
+    #[tokio::test]
+    async fn messages_stored_before_partitioning_read_back_and_stay_idempotent() {
+        let database = natter_testkit::TestDatabase::empty().await;
+        let pool = database.pool().await;
+        let before = Migrator {
+            migrations: Cow::Owned(
+                db::MIGRATOR
+                    .iter()
+                    .filter(|m| m.version < PARTITIONING)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        before.run(&pool).await.expect("migrations before 0007");
+        let alice: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, invite_code) \
+             VALUES ('alice', 'x', 'code-alice') RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("user");
+        let mut channels = Vec::new();
+        for title in ["one", "two", "three"] {
+            let channel: i64 = sqlx::query_scalar(
+                "INSERT INTO channels (title, invite_code, head_count, last_seq, created_by) \
+                 VALUES ($1, $1, 1, 3, $2) RETURNING id",
+            )
+            .bind(title)
+            .bind(alice)
+            .fetch_one(&pool)
+            .await
+            .expect("channel");
+            sqlx::query(
+                "INSERT INTO channel_members (channel_id, user_id, last_read_seq) VALUES ($1, $2, 3)",
+            )
+            .bind(channel)
+            .bind(alice)
+            .execute(&pool)
+            .await
+            .expect("member");
+            sqlx::query(
+                "INSERT INTO messages (channel_id, seq, user_id, client_msg_id, content, sent_at) \
+                 SELECT $1, n, $2, $3 || '-' || n, 'old ' || n, now() FROM generate_series(1, 3) AS n",
+            )
+            .bind(channel)
+            .bind(alice)
+            .bind(title)
+            .execute(&pool)
+            .await
+            .expect("messages");
+            channels.push(channel);
+        }
+
+        db::migrate(&pool)
+            .await
+            .expect("0007 on a database with messages");
+
+        let kind: String =
+            sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'messages'")
+                .fetch_one(&pool)
+                .await
+                .expect("relkind");
+        assert_eq!(kind, "p", "messages is partitioned");
+        for &channel in &channels {
+            let page = fetch(
+                &pool,
+                &pool,
+                ChannelId(channel),
+                UserId(alice),
+                Page::Before(None),
+                10,
+            )
+            .await
+            .expect("page");
+            let read: Vec<(i64, &str)> =
+                page.iter().map(|m| (m.seq.0, m.content.as_str())).collect();
+            assert_eq!(read, [(1, "old 1"), (2, "old 2"), (3, "old 3")]);
+        }
+        let ns = Namespace::new("migration-test");
+        let written = write_batch(
+            &pool,
+            &ns,
+            &[
+                request(alice, channels[0], "two-2"),
+                request(alice, channels[0], "fresh"),
+            ],
+        )
+        .await
+        .expect("batch");
+        let seqs: Vec<(i64, i64)> = written
+            .iter()
+            .map(|w| {
+                let w = w.as_ref().expect("written");
+                (w.channel_id.0, w.seq.0)
+            })
+            .collect();
+        assert_eq!(seqs, [(channels[1], 2), (channels[0], 4)]);
+    }
+
+    #[test]
+    fn a_page_is_complete_when_it_holds_every_seq_just_below_the_bound() {
+        let row = |seq: i64| (seq, None, String::new(), OffsetDateTime::UNIX_EPOCH);
+        let rows: Vec<Row> = vec![row(9), row(8), row(7)];
+        assert!(is_complete(&rows, Seq(10), 3));
+        assert!(!is_complete(&rows, Seq(11), 3), "seq 10 is missing");
+        assert!(!is_complete(&rows[..2], Seq(10), 3), "seq 7 is missing");
+        assert!(is_complete(&[], Seq(1), 0));
+    }
 }

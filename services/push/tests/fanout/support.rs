@@ -4,6 +4,7 @@
 use async_nats::jetstream;
 use futures::StreamExt;
 use natter_platform::Config;
+use natter_platform::cache::Redis;
 use natter_platform::lifecycle;
 use natter_platform::presence::{self, PresenceWriter};
 use natter_protocol::events::{Delivery, DeliveryBatch, Event, UnreadTarget};
@@ -12,7 +13,6 @@ use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use natter_push::Push;
 use natter_testkit::TestService;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ pub struct Harness {
     pub ns: Namespace,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     /// One presence writer per gateway acted as: its entries count only
     /// for the incarnation that marked it alive.
     gateways: Mutex<HashMap<String, PresenceWriter>>,

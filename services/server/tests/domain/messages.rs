@@ -444,3 +444,72 @@ async fn nul_characters_are_invalid_requests_not_internal_errors() {
     );
     write(&mut alice, id, "k", "still fine").await;
 }
+
+fn contents(page: &Value) -> Vec<&str> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["content"].as_str().expect("content"))
+        .collect()
+}
+
+/// `NATTER_DATABASE_READ_URL` serves the history pages below a seq the
+/// caller knows, when it has them all; what it lacks (it lags), the
+/// newest page and gap filling come from the primary. The "replica" here
+/// is a second database whose rows say where they were read.
+#[tokio::test]
+async fn history_pages_below_a_known_seq_come_from_the_read_database() {
+    let replica = natter_server::testing::TestDatabase::create().await;
+    let app = TestApp::spawn_with(|c| c.database_read_url = Some(replica.url.clone())).await;
+    let mut alice = user(&app, "alice").await;
+    let mut bob = user(&app, "bob").await;
+    let id = channel(&mut alice, &mut [&mut bob]).await;
+    for n in 1..=5 {
+        write(&mut alice, id, &format!("k{n}"), &format!("primary {n}")).await;
+    }
+    // The replica has replayed up to seq 3 only; its rows need no users
+    // or channels of their own.
+    let pool = replica.pool().await;
+    sqlx::query(
+        "ALTER TABLE messages DROP CONSTRAINT messages_channel_id_fkey, \
+         DROP CONSTRAINT messages_user_id_fkey",
+    )
+    .execute(&pool)
+    .await
+    .expect("replica schema");
+    sqlx::query(
+        "INSERT INTO messages (channel_id, seq, user_id, client_msg_id, content, sent_at) \
+         SELECT $1, n, $2, 'k' || n, 'replica ' || n, now() FROM generate_series(1, 3) AS n",
+    )
+    .bind(id)
+    .bind(alice.id)
+    .execute(&pool)
+    .await
+    .expect("replica rows");
+
+    let page = |before: Option<i64>, after: Option<i64>| {
+        let mut fields = json!({"channel_id": id, "limit": 3});
+        if let Some(before) = before {
+            fields["before_seq"] = json!(before);
+        }
+        if let Some(after) = after {
+            fields["after_seq"] = json!(after);
+        }
+        fields
+    };
+    let from_replica = bob.ok("fetch_messages", page(Some(4), None)).await;
+    assert_eq!(
+        contents(&from_replica),
+        ["replica 1", "replica 2", "replica 3"]
+    );
+    let replica_lags = bob.ok("fetch_messages", page(Some(6), None)).await;
+    assert_eq!(
+        contents(&replica_lags),
+        ["primary 3", "primary 4", "primary 5"]
+    );
+    let newest = bob.ok("fetch_messages", page(None, None)).await;
+    assert_eq!(contents(&newest), ["primary 3", "primary 4", "primary 5"]);
+    let gap_fill = bob.ok("fetch_messages", page(None, Some(0))).await;
+    assert_eq!(contents(&gap_fill), ["primary 1", "primary 2", "primary 3"]);
+}

@@ -332,3 +332,41 @@ async fn replay_redelivers_stored_messages_from_a_sequence_and_only_messages() {
         .await;
     app.stop().await;
 }
+
+/// `NATTER_REDIS_URL` listing the nodes of a Redis Cluster (three real
+/// `redis-server --cluster-enabled yes`): gateways admit and register
+/// sockets there, the per-user limit still counts every socket of a user
+/// (one hash, one slot), and push finds each member's sockets whichever
+/// node holds them.
+#[tokio::test]
+async fn presence_on_a_redis_cluster_admits_limits_and_delivers() {
+    let cluster = natter_testkit::private::PrivateRedisCluster::start();
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = cluster.url();
+        c.sockets_per_user = 2;
+    })
+    .await;
+    let two = SecondGateway::start(&app).await;
+    let (channel, mut alice, mut bob) = pair(&app).await;
+    let bob_token = app.token("bob").await;
+    let mut bob_too = two.ws(&bob_token).await;
+    enter(&mut bob_too, &channel).await;
+    let url = format!("ws://{}{}", two.addr, paths::WEBSOCKET);
+    match ws::connect(&url, Some(&bob_token)).await {
+        Ok(_) => panic!("a third socket of bob's opened past the limit of 2"),
+        Err((status, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert!(body.contains("rate_limited"), "{body}");
+        }
+    }
+
+    let mut written = Vec::new();
+    for i in 0..10 {
+        written.push(write(&mut alice, &channel, &format!("c{i}")).await);
+    }
+    for ws in [&mut bob, &mut bob_too] {
+        assert_eq!(seqs(ws, 10).await, written, "each message once, in order");
+    }
+    two.stop().await;
+    app.stop().await;
+}
