@@ -131,6 +131,22 @@ pub async fn call(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<Valu
     bail!("socket closed")
 }
 
+/// [`call`], again (with a fresh id) while natter answers `unavailable`,
+/// which every request may be retried after (protocol §2.6); a write keeps
+/// its `client_msg_id`, so it is stored once.
+pub async fn call_retrying(ws: &mut Ws, id: u64, frame: Value) -> anyhow::Result<Value> {
+    let mut attempt = 0;
+    loop {
+        match call(ws, id * 100 + attempt, frame.clone()).await {
+            Err(e) if attempt < 50 && e.to_string().contains("\"unavailable\"") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// Makes a channel of the users behind `sockets` (`sockets[0]` creates it;
 /// every user once): the creator connects with the second member and
 /// creates the channel with them, everyone else joins by the channel's

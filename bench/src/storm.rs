@@ -10,7 +10,7 @@
 //! and the time from the kill until every socket has seen every seq of its
 //! channel.
 
-use crate::client::{Client, Ws, call, enter_all, make_channel};
+use crate::client::{Client, Ws, call_retrying, enter_all, make_channel};
 use crate::frame::Frame;
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
@@ -161,14 +161,12 @@ pub async fn run(client: &Client, prefix: &str, s: Storm) -> anyhow::Result<Valu
     }))
 }
 
+/// Writes message `i` of `channel` (retried while natter is overloaded:
+/// the storm loads the message service too).
 async fn write(ws: &mut Ws, channel: i64, i: i64) -> anyhow::Result<()> {
-    call(
-        ws,
-        u64::try_from(i)? + 1000,
-        json!({"type": "write_message", "channel_id": channel,
-               "client_msg_id": format!("storm-{channel}-{i}"), "content": "storm"}),
-    )
-    .await?;
+    let frame = json!({"type": "write_message", "channel_id": channel,
+                       "client_msg_id": format!("storm-{channel}-{i}"), "content": "storm"});
+    call_retrying(ws, u64::try_from(i)? + 10, frame).await?;
     Ok(())
 }
 
@@ -211,10 +209,10 @@ async fn storm_socket(
     };
     drop(slot);
     let upgraded = killed_at.elapsed().as_secs_f64();
-    call(&mut ws, 1, json!({"type": "enter", "channel_id": channel})).await?;
+    call_retrying(&mut ws, 1, json!({"type": "enter", "channel_id": channel})).await?;
     let mut id = 2;
     while seen < final_seq {
-        let page = call(
+        let page = call_retrying(
             &mut ws,
             id,
             json!({"type": "fetch_messages", "channel_id": channel, "after_seq": seen, "limit": 100}),
