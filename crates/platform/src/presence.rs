@@ -693,12 +693,15 @@ impl PresenceReader {
     /// Every user with a live socket, and their sockets: the admin's view.
     /// Walks the namespace's presence keys with `SCAN` (no blocking
     /// `KEYS`), then reads them as [`PresenceReader::live_sockets`] does.
+    /// On a Redis Cluster `SCAN` walks the node it is routed to only, so
+    /// the view there is partial.
     ///
     /// # Errors
     /// When Redis does not answer.
     pub async fn everyone(&self) -> anyhow::Result<LiveSockets> {
-        let prefix = user_key(&self.ns, UserId(0));
-        let prefix = prefix.trim_end_matches('0');
+        // `<prefix>presence:{<user>}`: glob treats the braces literally.
+        let prefix = format!("{}presence:", self.ns.redis_prefix());
+        let prefix = prefix.as_str();
         let mut conn = self.redis.clone();
         let mut users = Vec::new();
         let mut cursor = 0_u64;
@@ -714,7 +717,13 @@ impl PresenceReader {
                 .context("listing presence")?;
             users.extend(
                 keys.iter()
-                    .filter_map(|k| k.strip_prefix(prefix)?.parse().ok())
+                    .filter_map(|k| {
+                        k.strip_prefix(prefix)?
+                            .strip_prefix('{')?
+                            .strip_suffix('}')?
+                            .parse()
+                            .ok()
+                    })
                     .map(UserId),
             );
             if next == 0 {
