@@ -133,14 +133,27 @@ pub async fn call(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<Valu
 
 /// [`call`], again (with a fresh id) while natter answers `unavailable`,
 /// which every request may be retried after (protocol §2.6); a write keeps
-/// its `client_msg_id`, so it is stored once.
+/// its `client_msg_id`, so it is stored once. Backs off as a client should
+/// when the service sheds load: exponentially to 0.5 s, with jitter so that
+/// thousands of sockets refused at once do not come back at once, for at
+/// most a minute.
 pub async fn call_retrying(ws: &mut Ws, id: u64, frame: Value) -> anyhow::Result<Value> {
-    let mut attempt = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut attempt: u32 = 0;
     loop {
-        match call(ws, id * 100 + attempt, frame.clone()).await {
-            Err(e) if attempt < 50 && e.to_string().contains("\"unavailable\"") => {
+        match call(ws, id * 1000 + u64::from(attempt), frame.clone()).await {
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && e.to_string().contains("\"unavailable\"") =>
+            {
+                let backoff = 100_u64.saturating_mul(1 << attempt.min(3)).min(500);
+                // Jitter from the clock's nanoseconds: good enough to spread
+                // sockets, and no random generator to carry around.
+                let spread = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()) % 250);
+                tokio::time::sleep(Duration::from_millis(backoff + spread)).await;
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             answer => return answer,
         }
