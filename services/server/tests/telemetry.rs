@@ -106,17 +106,20 @@ impl Drop for Processes {
     }
 }
 
-async fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits for `service` on `port` to be ready: a minute, since the fault
+/// suite's processes may share the machine with it.
+async fn wait_ready(service: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
-            && r.status() == 200
-        {
-            return;
+        match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            Ok(r) if r.status() == 200 => return,
+            Ok(r) => last = r.text().await.unwrap_or_default(),
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("port {port} never became ready");
+    panic!("{service} (port {port}) never became ready: {last}");
 }
 
 #[tokio::test]
@@ -146,6 +149,9 @@ async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_
             .env("NATTER_NAMESPACE", &namespace)
             .env("NATTER_JWT_SECRET", "telemetry-test-secret")
             .env("NATTER_BUS_KEY", natter_testkit::BUS_KEY)
+            // JetStream reserves a stream's max bytes up front: keep this
+            // test's reservation small on the shared server.
+            .env("NATTER_EVENTS_MAX_BYTES", "64MiB")
             .env("NATTER_AUTH_ADDR", format!("127.0.0.1:{}", ports[0]))
             .env("NATTER_GATEWAY_ADDR", format!("127.0.0.1:{}", ports[1]))
             .env("NATTER_MESSAGE_ADDR", format!("127.0.0.1:{}", ports[2]))
@@ -162,8 +168,8 @@ async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_
             .expect("natter-server starts");
         children.0.push(child);
     }
-    for port in &ports {
-        wait_ready(*port).await;
+    for (service, port) in ["auth", "gateway", "message", "push"].iter().zip(&ports) {
+        wait_ready(service, *port).await;
     }
 
     let auth = format!("http://127.0.0.1:{}", ports[0]);
