@@ -396,6 +396,18 @@ impl PrivateNatsCluster {
     /// When `nats-server` is not installed or the cluster does not form.
     #[must_use]
     pub fn start(size: usize) -> Self {
+        // A port picked free can be taken by another test before the node
+        // binds it: a node that exits while starting means new ports.
+        for _ in 0..2 {
+            if let Some(cluster) = Self::try_start(size) {
+                return cluster;
+            }
+        }
+        Self::try_start(size).expect("a nats-server node exited while starting, three times")
+    }
+
+    /// [`Self::start`] once: none when a node exits while starting.
+    fn try_start(size: usize) -> Option<Self> {
         let dir = scratch_dir("nats-cluster");
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let routes = cluster_ports
@@ -433,16 +445,16 @@ impl PrivateNatsCluster {
             nodes.push(node);
             monitors.push(monitor);
         }
-        for node in &mut nodes {
-            node.start();
-        }
-        let cluster = Self {
+        let mut cluster = Self {
             nodes,
             monitors,
             dir,
         };
+        if !cluster.nodes.iter_mut().all(Process::try_start) {
+            return None;
+        }
         cluster.wait_healthy();
-        cluster
+        Some(cluster)
     }
 
     /// Every node's URL, comma-separated (as `NATTER_NATS_URL` takes them).
