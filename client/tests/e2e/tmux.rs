@@ -164,21 +164,23 @@ async fn an_incoming_message_prints_above_a_half_typed_line_which_survives() {
     tmux.send("half a thou");
     tmux.wait_for("typed text", |s| prompt_line(s).contains("half a thou"));
     alice.ok("hello while you type").await;
-    let screen = tmux.wait_for("the message", |s| s.contains("alice: hello while you type"));
-
-    // The message is above the prompt, and the prompt still holds the text.
-    let message_row = screen
-        .lines()
-        .position(|l| l.contains("alice: hello while you type"));
-    let rows: Vec<&str> = screen.lines().collect();
-    let prompt_row = rows.iter().rposition(|l| l.contains("half a thou"));
-    assert!(
-        message_row < prompt_row,
-        "message not above the prompt:\n{screen}"
-    );
-    assert!(
-        prompt_line(&screen).starts_with("bob@general › half a thou"),
-        "{screen}"
+    // The printer writes the message and then redraws the prompt: wait for
+    // the screen that has both, the message above the half-typed line.
+    let settled = |s: &str| {
+        let rows: Vec<&str> = s.lines().collect();
+        let message_row = rows
+            .iter()
+            .position(|l| l.contains("alice: hello while you type"));
+        let prompt_row = rows.iter().rposition(|l| l.contains("half a thou"));
+        message_row.is_some()
+            && message_row < prompt_row
+            && prompt_line(s).starts_with("bob@general › half a thou")
+    };
+    let screen = tmux.wait_for("the message above the half-typed prompt", settled);
+    assert_eq!(
+        screen.matches("half a thou").count(),
+        1,
+        "the half-typed line is shown once:\n{screen}"
     );
 
     // Finishing the line sends the whole thing, shown once.
