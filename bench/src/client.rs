@@ -114,7 +114,18 @@ impl Client {
 }
 
 /// Sends one request and waits for its answer (pushes are skipped).
-pub async fn call(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<Value> {
+pub async fn call(ws: &mut Ws, id: u64, frame: Value) -> anyhow::Result<Value> {
+    call_seeing(ws, id, frame, &mut |_| {}).await
+}
+
+/// [`call`], handing every other frame that arrives before the answer (the
+/// pushes) to `push`.
+pub async fn call_seeing(
+    ws: &mut Ws,
+    id: u64,
+    mut frame: Value,
+    push: &mut impl FnMut(&str),
+) -> anyhow::Result<Value> {
     frame["id"] = json!(id);
     ws.send(Message::text(frame.to_string())).await?;
     while let Some(msg) = ws.next().await {
@@ -126,6 +137,7 @@ pub async fn call(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<Valu
                 }
                 bail!("request {frame} failed: {v}");
             }
+            push(&text);
         }
     }
     bail!("socket closed")
@@ -133,15 +145,25 @@ pub async fn call(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<Valu
 
 /// [`call`], again (with a fresh id) while natter answers `unavailable`,
 /// which every request may be retried after (protocol §2.6); a write keeps
-/// its `client_msg_id`, so it is stored once. Backs off as a client should
-/// when the service sheds load: exponentially to 0.5 s, with jitter so that
-/// thousands of sockets refused at once do not come back at once, for at
-/// most a minute.
+/// its `client_msg_id`, so it is stored once.
 pub async fn call_retrying(ws: &mut Ws, id: u64, frame: Value) -> anyhow::Result<Value> {
+    call_retrying_seeing(ws, id, frame, &mut |_| {}).await
+}
+
+/// [`call_seeing`], retried as [`call_retrying`] is. Backs off as a client
+/// should when the service sheds load: exponentially to 0.5 s, with jitter
+/// so that thousands of sockets refused at once do not come back at once,
+/// for at most a minute.
+pub async fn call_retrying_seeing(
+    ws: &mut Ws,
+    id: u64,
+    frame: Value,
+    push: &mut impl FnMut(&str),
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut attempt: u32 = 0;
     loop {
-        match call(ws, id * 1000 + u64::from(attempt), frame.clone()).await {
+        match call_seeing(ws, id * 1000 + u64::from(attempt), frame.clone(), push).await {
             Err(e)
                 if tokio::time::Instant::now() < deadline
                     && e.to_string().contains("\"unavailable\"") =>

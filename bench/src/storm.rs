@@ -5,16 +5,19 @@
 //! (SIGKILL to `--kill-pid`) and more messages are written through the
 //! surviving gateway (`--ws-url`). Every socket reconnects there
 //! (`--concurrency` handshakes in flight, as clients with backoff would
-//! spread them), enters its channel again and fetches what it missed after
-//! the last seq it saw. Reported: the survivor's authenticated upgrades/s
+//! spread them), enters its channel again, fetches what it missed after
+//! the last seq it saw and reads what is pushed from then on, as the client
+//! does (it does not poll: 10,000 sockets polling would be a load of their
+//! own, not a reconnect storm). Reported: the survivor's authenticated upgrades/s
 //! and the time from the kill until every socket has seen every seq of its
 //! channel.
 
-use crate::client::{Client, Ws, call_retrying, enter_all, make_channel};
+use crate::client::{Client, Ws, call_retrying, call_retrying_seeing, enter_all, make_channel};
 use crate::frame::Frame;
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -24,6 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 const BEFORE: i64 = 3;
 /// How long the storm may take before the run gives up.
 const GIVE_UP: Duration = Duration::from_secs(120);
+/// A recovering socket that hears nothing for this long fetches again.
+const GAP_FILL_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Clone)]
 pub struct Storm {
@@ -55,6 +60,8 @@ struct Outcome {
     upgraded: f64,
     recovered: f64,
     failed_attempts: u64,
+    /// `fetch_messages` calls it needed (1 unless a push went missing).
+    fetches: u64,
 }
 
 pub async fn run(client: &Client, prefix: &str, s: Storm) -> anyhow::Result<Value> {
@@ -157,6 +164,7 @@ pub async fn run(client: &Client, prefix: &str, s: Storm) -> anyhow::Result<Valu
         "first_upgrade_s": upgraded_first, "last_upgrade_s": upgraded_last,
         "reconnect_upgrades_per_s": (outcomes.len() as f64 / upgraded_last.max(0.001)).round(),
         "failed_attempts": outcomes.iter().map(|o| o.failed_attempts).sum::<u64>(),
+        "gap_fills_after_the_first": outcomes.iter().map(|o| o.fetches.saturating_sub(1)).sum::<u64>(),
         "seqs_per_channel": final_seq,
     }))
 }
@@ -170,9 +178,39 @@ async fn write(ws: &mut Ws, channel: i64, i: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads pushes until the victim dies, then reconnects to the survivor,
-/// enters the channel and fetches after the last seq seen until it has
-/// seen `final_seq`.
+/// The seqs one socket has seen of its channel: all up to `upto`, and
+/// those that came early (a push can overtake a gap-fill page).
+struct Seen {
+    upto: i64,
+    early: BTreeSet<i64>,
+}
+
+impl Seen {
+    fn add(&mut self, seq: i64) {
+        if seq > self.upto {
+            self.early.insert(seq);
+        }
+        while self.early.remove(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+    }
+
+    /// Notes the seq of a `message` push (other frames are not messages).
+    fn push(&mut self, text: &str) {
+        if let Ok(frame) = Frame::parse(text)
+            && frame.kind == "message"
+            && let Some(seq) = frame.seq
+        {
+            self.add(seq);
+        }
+    }
+}
+
+/// Reads pushes until the victim dies, then reconnects to the survivor and
+/// recovers as a client does: enters the channel (from then on new messages
+/// are pushed), fetches what was stored after the last seq it saw, and
+/// reads pushes until it has seen `final_seq`, fetching again only after a
+/// silence (a push lost would otherwise never be noticed).
 async fn storm_socket(
     mut ws: Ws,
     client: &Client,
@@ -182,14 +220,13 @@ async fn storm_socket(
     slots: &Semaphore,
     mut killed: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> anyhow::Result<Outcome> {
-    let mut seen = 0i64;
+    let mut seen = Seen {
+        upto: 0,
+        early: BTreeSet::new(),
+    };
     while let Some(Ok(msg)) = ws.next().await {
-        if let Message::Text(text) = msg
-            && let Ok(frame) = Frame::parse(&text)
-            && frame.kind == "message"
-            && frame.seq == Some(seen + 1)
-        {
-            seen += 1;
+        if let Message::Text(text) = msg {
+            seen.push(&text);
         }
     }
     drop(ws);
@@ -209,31 +246,38 @@ async fn storm_socket(
     };
     drop(slot);
     let upgraded = killed_at.elapsed().as_secs_f64();
-    call_retrying(&mut ws, 1, json!({"type": "enter", "channel_id": channel})).await?;
+    let enter = json!({"type": "enter", "channel_id": channel});
+    call_retrying_seeing(&mut ws, 1, enter, &mut |t| seen.push(t)).await?;
     let mut id = 2;
-    while seen < final_seq {
-        let page = call_retrying(
-            &mut ws,
-            id,
-            json!({"type": "fetch_messages", "channel_id": channel, "after_seq": seen, "limit": 100}),
-        )
-        .await?;
+    let mut fetches = 0;
+    while seen.upto < final_seq {
+        let fetch = json!({"type": "fetch_messages", "channel_id": channel,
+                           "after_seq": seen.upto, "limit": 100});
+        let page = call_retrying_seeing(&mut ws, id, fetch, &mut |t| seen.push(t)).await?;
         id += 1;
+        fetches += 1;
         for m in page["messages"]
             .as_array()
             .context("fetch_messages: messages")?
         {
-            if m["seq"].as_i64() == Some(seen + 1) {
-                seen += 1;
+            if let Some(seq) = m["seq"].as_i64() {
+                seen.add(seq);
             }
         }
-        if seen < final_seq {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        while seen.upto < final_seq {
+            match tokio::time::timeout(GAP_FILL_AFTER, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => seen.push(&text),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(anyhow::Error::from(e).context("recovering")),
+                Ok(None) => bail!("the survivor closed a recovering socket"),
+                Err(_) => break,
+            }
         }
     }
     Ok(Outcome {
         upgraded,
         recovered: killed_at.elapsed().as_secs_f64(),
         failed_attempts,
+        fetches,
     })
 }
