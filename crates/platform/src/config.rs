@@ -180,6 +180,13 @@ pub struct Config {
     #[arg(long, env = "NATTER_WS_QUEUE", default_value_t = 256)]
     pub ws_queue: usize,
 
+    /// Gateway: pushes to one socket are written at most once per this
+    /// many milliseconds; those queued meanwhile go out together, in one
+    /// write (one syscall, one TCP segment). A push after a quiet spell is
+    /// written at once. 0 writes every push as it comes.
+    #[arg(long, env = "NATTER_WS_COALESCE_MS", default_value_t = 10)]
+    pub ws_coalesce_ms: u64,
+
     /// Gateway: requests per second per socket (token bucket rate).
     #[arg(long, env = "NATTER_WS_RATE", default_value_t = 50)]
     pub ws_rate: u32,
