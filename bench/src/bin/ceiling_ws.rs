@@ -3,9 +3,9 @@
 //! sends goes to every socket, through one `tokio::sync::broadcast`
 //! channel; no auth, no routing, no storage: what a WebSocket fan-out
 //! costs on this machine with nothing else. It writes the way a careful
-//! server would: everything already queued for a socket, then one flush;
-//! and with the gateway's buffer sizes (tungstenite's default read buffer,
-//! 128 KiB, would make the memory comparison meaningless).
+//! server would: everything already queued for a socket, then one flush
+//! (one write); and with the gateway's buffer sizes (tungstenite's default
+//! read buffer, 128 KiB, would make the memory comparison meaningless).
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,8 +15,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Frames a slow socket may fall behind before it skips some.
 const QUEUE: usize = 4096;
-/// The gateway's read buffer (services/gateway/src/upgrade.rs).
+/// The gateway's read and write buffers (services/gateway/src/upgrade.rs).
 const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -41,7 +42,7 @@ async fn serve(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>) -> anyhow::R
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
+        .write_buffer_size(WRITE_BUFFER);
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
     let (mut sink, mut source) = ws.split();
     let mut rx = tx.subscribe();

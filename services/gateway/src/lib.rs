@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub ping: Duration,
     pub idle: Duration,
     pub queue: usize,
+    /// Pushes to one socket are written at most once per this long.
+    pub coalesce: Duration,
     pub rate: u32,
     pub burst: u32,
     pub request_timeout: Duration,
@@ -148,6 +150,7 @@ impl Runnable for Gateway {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
                 idle: Duration::from_secs(config.ws_idle_secs.max(1)),
                 queue: config.ws_queue,
+                coalesce: Duration::from_millis(config.ws_coalesce_ms),
                 rate: config.ws_rate,
                 burst: config.ws_burst,
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),

@@ -98,6 +98,15 @@ impl Control {
         items
     }
 
+    /// Whether anything is queued.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Resolves when something may have been queued since the last call.
     pub(crate) async fn queued(&self) {
         self.queued.notified().await;

@@ -116,6 +116,11 @@ struct Socket {
     inflight: Option<BoxFuture<'static, Done>>,
     bucket: Bucket,
     last_seen: Instant,
+    /// When queued pushes were last written.
+    last_flush: Instant,
+    /// When the pushes queued now are written, if they wait to be
+    /// coalesced with those that follow them.
+    flush_at: Option<Instant>,
 }
 
 /// A socket admitted at the upgrade: its user and id, already counted in
@@ -193,6 +198,8 @@ pub(crate) async fn run(
         refusals_in_a_row: 0,
         inflight: None,
         last_seen: Instant::now(),
+        last_flush: Instant::now(),
+        flush_at: None,
     };
     let end = socket.serve().await;
     if let End::Close(code, reason) = end {
@@ -247,8 +254,21 @@ impl Socket {
                         return end;
                     }
                 }
-                () = control.queued() => {
+                () = tokio::time::sleep_until(self.flush_at.unwrap_or(next_ping)), if self.flush_at.is_some() => {
+                    self.flush_at = None;
                     if let Err(end) = Box::pin(self.write_queued()).await {
+                        return end;
+                    }
+                }
+                () = control.queued(), if self.flush_at.is_none() => {
+                    // Written at once after a quiet spell; pushes that come
+                    // faster wait to go out together in one write.
+                    let due = self.last_flush + self.shared.settings.coalesce;
+                    if Instant::now() < due {
+                        if self.control.has_queued() {
+                            self.flush_at = Some(due);
+                        }
+                    } else if let Err(end) = Box::pin(self.write_queued()).await {
                         return end;
                     }
                 }
@@ -462,6 +482,7 @@ impl Socket {
             }
             metrics::get().frames_out.add(written, &[]);
             self.flush().await?;
+            self.last_flush = Instant::now();
         }
     }
 

@@ -21,6 +21,12 @@ use std::sync::Arc;
 /// KiB, would cost 25 GiB at 200,000 sockets); frames larger than this
 /// still arrive, the buffer grows for them.
 const READ_BUFFER: usize = 1024;
+/// Bytes of frames tungstenite gathers before it writes them; a flush
+/// writes the rest. With 0 (every frame written as it is fed) a batch of
+/// queued pushes cost a `sendto` each. tungstenite keeps the buffer's
+/// capacity once grown, so this also bounds what a busy socket holds
+/// between writes; an idle socket holds none.
+const WRITE_BUFFER: usize = 8 * 1024;
 
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
@@ -75,7 +81,7 @@ pub(crate) async fn upgrade(
     let admitted = socket::Admitted::new(user_id, socket_id, claims, shared.presence.clone());
     let tracked = shared.tracker.token();
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |ws| async move {

@@ -56,6 +56,8 @@ its own.
   value: {{ .Values.gateway.ws.idleSecs | quote }}
 - name: NATTER_WS_QUEUE
   value: {{ .Values.gateway.ws.queue | quote }}
+- name: NATTER_WS_COALESCE_MS
+  value: {{ .Values.gateway.ws.coalesceMs | quote }}
 - name: NATTER_WS_RATE
   value: {{ .Values.gateway.ws.rate | quote }}
 - name: NATTER_WS_BURST
