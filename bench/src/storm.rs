@@ -27,7 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 const BEFORE: i64 = 3;
 /// How long the storm may take before the run gives up.
 const GIVE_UP: Duration = Duration::from_secs(120);
-/// A recovering socket that hears nothing for this long fetches again.
+/// A recovering socket that has seen a gap and hears nothing for this long
+/// fetches again.
 const GAP_FILL_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Clone)]
@@ -143,11 +144,15 @@ pub async fn run(client: &Client, prefix: &str, s: Storm) -> anyhow::Result<Valu
     if !status.success() {
         bail!("could not kill the victim gateway {}", s.kill_pid);
     }
-    for (channel, mut writer) in writers {
+    // Each channel's writer writes on its own, as independent users do.
+    futures::future::try_join_all(writers.into_iter().map(|(channel, mut writer)| async move {
         for i in BEFORE..final_seq {
             write(&mut writer, channel, i).await?;
         }
-    }
+        anyhow::Ok(())
+    }))
+    .await?;
+    let writes_done = killed_at.elapsed().as_secs_f64();
     let mut outcomes = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + GIVE_UP;
     while let Ok(Some(r)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -163,6 +168,7 @@ pub async fn run(client: &Client, prefix: &str, s: Storm) -> anyhow::Result<Valu
         "all_recovered_s": if outcomes.len() == count { json!(recovered_last) } else { Value::Null },
         "first_upgrade_s": upgraded_first, "last_upgrade_s": upgraded_last,
         "reconnect_upgrades_per_s": (outcomes.len() as f64 / upgraded_last.max(0.001)).round(),
+        "writes_acknowledged_s": writes_done,
         "failed_attempts": outcomes.iter().map(|o| o.failed_attempts).sum::<u64>(),
         "gap_fills_after_the_first": outcomes.iter().map(|o| o.fetches.saturating_sub(1)).sum::<u64>(),
         "seqs_per_channel": final_seq,
@@ -209,8 +215,8 @@ impl Seen {
 /// Reads pushes until the victim dies, then reconnects to the survivor and
 /// recovers as a client does: enters the channel (from then on new messages
 /// are pushed), fetches what was stored after the last seq it saw, and
-/// reads pushes until it has seen `final_seq`, fetching again only after a
-/// silence (a push lost would otherwise never be noticed).
+/// reads pushes until it has seen `final_seq`, fetching again only when a
+/// push shows a gap that stays open.
 async fn storm_socket(
     mut ws: Ws,
     client: &Client,
@@ -265,7 +271,14 @@ async fn storm_socket(
             }
         }
         while seen.upto < final_seq {
-            match tokio::time::timeout(GAP_FILL_AFTER, ws.next()).await {
+            // A gap (a later seq here, an earlier one missing) is filled
+            // after a moment; otherwise the next push is waited for.
+            let wait = if seen.early.is_empty() {
+                GIVE_UP
+            } else {
+                GAP_FILL_AFTER
+            };
+            match tokio::time::timeout(wait, ws.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => seen.push(&text),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => return Err(anyhow::Error::from(e).context("recovering")),
