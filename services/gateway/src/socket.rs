@@ -254,10 +254,24 @@ impl Socket {
                         return end;
                     }
                 }
-                () = tokio::time::sleep_until(self.flush_at.unwrap_or(next_ping)), if self.flush_at.is_some() => {
-                    self.flush_at = None;
-                    if let Err(end) = Box::pin(self.write_queued()).await {
-                        return end;
+                // One timer for the coalesced write and the ping (each timer
+                // costs every idle socket memory); before reads, so a client
+                // that never stops sending still gets its pushes and pings.
+                () = tokio::time::sleep_until(self.flush_at.map_or(next_ping, |at| at.min(next_ping))) => {
+                    if self.flush_at.is_some_and(|at| at <= Instant::now()) {
+                        self.flush_at = None;
+                        if let Err(end) = Box::pin(self.write_queued()).await {
+                            return end;
+                        }
+                    }
+                    if next_ping <= Instant::now() {
+                        if self.last_seen.elapsed() >= idle {
+                            return End::Close(close::GOING_AWAY, "idle timeout");
+                        }
+                        if let Err(end) = self.write(Message::Ping(bytes::Bytes::new())).await {
+                            return end;
+                        }
+                        next_ping = Instant::now() + ping_every;
                     }
                 }
                 () = control.queued(), if self.flush_at.is_none() => {
@@ -277,15 +291,6 @@ impl Socket {
                     if let Err(end) = Box::pin(self.on_message(msg)).await {
                         return end;
                     }
-                }
-                () = tokio::time::sleep_until(next_ping) => {
-                    if self.last_seen.elapsed() >= idle {
-                        return End::Close(close::GOING_AWAY, "idle timeout");
-                    }
-                    if let Err(end) = self.write(Message::Ping(bytes::Bytes::new())).await {
-                        return end;
-                    }
-                    next_ping = Instant::now() + ping_every;
                 }
             }
         }
