@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 const MAX_BATCH: usize = 256;
 /// How long the collector waits for more writes after the first.
 const WINDOW: Duration = Duration::from_millis(1);
-/// Batches committing at once (each holds a pool connection).
-const CONCURRENT_BATCHES: usize = 4;
+/// Batches committing at once (each holds a pool connection). Batches that
+/// share a channel take turns on its row lock, so more would mostly wait;
+/// two let one batch's reads overlap the other's commit.
+const CONCURRENT_BATCHES: usize = 2;
 /// Writes waiting for the collector.
 const QUEUE: usize = 4096;
 /// Times a batch is run before its writers get `internal`.
@@ -65,22 +67,40 @@ impl Writer {
 
 /// Collects and commits batches until every [`Writer`] is dropped, then
 /// finishes the batches in flight.
+///
+/// A batch takes a commit slot before it is gathered, not after: while
+/// every slot is busy, writes pile up in the queue and the next batch
+/// takes them all (group commit). Under load batches grow with the load
+/// instead of staying at what arrives in one [`WINDOW`], and Postgres
+/// spends its fixed cost per transaction on many messages.
 pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
     let Queue(mut rx) = queue;
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     let tasks = TaskTracker::new();
     while let Some(first) = rx.recv().await {
+        let (slot, waited) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match slots.clone().acquire_owned().await {
+                Ok(slot) => (slot, true),
+                Err(_) => break,
+            },
+        };
         let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + WINDOW;
         while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // Under load (no slot was free) the queue just drained is the
+        // batch; waiting for more would only leave Postgres idle.
+        let deadline = tokio::time::Instant::now() + WINDOW;
+        while !waited && jobs.len() < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) | Err(_) => break,
             }
         }
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let (pool, ns) = (pool.clone(), ns.clone());
         tasks.spawn(async move {
             commit(&pool, &ns, jobs).await;

@@ -80,11 +80,19 @@ pub(crate) async fn write_batch(
     let mut outcome: Vec<Option<Outcome>> = vec![None; batch.len()];
 
     let (key_users, key_ids): (Vec<i64>, Vec<&str>) = first_of.keys().copied().unzip();
+    // One primary-key lookup per key, whatever the tables' statistics say:
+    // `OFFSET 0` keeps each lateral subquery from being flattened into a
+    // join, which the planner (on a young table, or with a generic plan
+    // made while it was small) turned into a hash join over a sequential
+    // scan of every partition of `message_keys` — per batch, the largest
+    // cost of a write on Postgres's side.
     let stored: Vec<(i64, String, i64, i64, OffsetDateTime)> = sqlx::query_as(
-        "SELECT k.user_id, k.client_msg_id, k.channel_id, k.seq, m.sent_at FROM message_keys k \
-         JOIN UNNEST($1::bigint[], $2::text[]) AS q(user_id, client_msg_id) \
-           USING (user_id, client_msg_id) \
-         JOIN messages m ON m.channel_id = k.channel_id AND m.seq = k.seq",
+        "SELECT q.user_id, q.client_msg_id, k.channel_id, k.seq, m.sent_at \
+         FROM UNNEST($1::bigint[], $2::text[]) AS q(user_id, client_msg_id) \
+         CROSS JOIN LATERAL (SELECT channel_id, seq FROM message_keys \
+           WHERE user_id = q.user_id AND client_msg_id = q.client_msg_id OFFSET 0) AS k \
+         CROSS JOIN LATERAL (SELECT sent_at FROM messages \
+           WHERE channel_id = k.channel_id AND seq = k.seq OFFSET 0) AS m",
     )
     .bind(&key_users)
     .bind(&key_ids)
