@@ -84,7 +84,12 @@ impl Fanout {
         everyone.sort_unstable();
         everyone.dedup();
         let live = self.presence.live_sockets(&everyone).await?;
-        let lives: Vec<LiveSockets> = audiences.iter().map(|a| only(&live, a)).collect();
+        // One event's audience is everyone read: its sockets need no copy.
+        let lives: Vec<LiveSockets> = if audiences.len() == 1 {
+            vec![live]
+        } else {
+            audiences.iter().map(|a| only(&live, a)).collect()
+        };
         let unread: Vec<Vec<UserId>> = events
             .iter()
             .zip(&lives)

@@ -269,7 +269,13 @@ fn by_gateway<'a>(
 ) -> BTreeMap<String, Vec<SocketId>> {
     let mut map: BTreeMap<String, Vec<SocketId>> = BTreeMap::new();
     for s in sockets {
-        map.entry(s.gateway.clone()).or_default().push(s.socket);
+        // A gateway's name is copied once, not once per socket.
+        match map.get_mut(s.gateway.as_str()) {
+            Some(ids) => ids.push(s.socket),
+            None => {
+                map.insert(s.gateway.clone(), vec![s.socket]);
+            }
+        }
     }
     for ids in map.values_mut() {
         ids.sort_unstable();
