@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// A write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,58 +158,82 @@ impl Drop for Admitted {
     }
 }
 
-/// Runs one upgraded socket to its end.
-pub(crate) async fn run(
+/// Registers one upgraded socket and returns the future that runs it to
+/// its end; `tracked` is held until then.
+///
+/// The setup runs here, outside the future, and the future captures only
+/// the socket and what its end needs: an async fn would keep its
+/// arguments (the WebSocket, the admission) in its state for its whole
+/// life beside the socket built from them, and every idle socket would
+/// carry them twice.
+pub(crate) fn run(
     ws: WebSocket,
     shared: Arc<Shared>,
     mut admitted: Admitted,
     permit: OwnedSemaphorePermit,
-) {
-    let Some(claims) = admitted.claims.take() else {
-        return;
-    };
-    let (user_id, socket_id) = (admitted.user_id, admitted.socket_id);
-    let session_id = claims.session_id();
-    let control = shared
-        .registry
-        .register(socket_id, user_id, session_id, shared.settings.queue);
-    metrics::get().sockets.add(1, &[]);
-    // A logout that raced the upgrade was not in the cache at the check
-    // before upgrading; now that the socket is registered, a revocation
-    // either is in the cache or will find the socket.
-    if shared.revoked.contains(session_id) {
-        crate::revocations::close_session(&shared.registry, session_id);
-    }
-    let mut socket = Socket {
-        ws,
-        caller: Caller {
-            user_id,
-            username: claims.name,
-            session_id,
-            socket: SocketRef {
-                gateway_id: shared.gateway_id.clone(),
-                socket_id,
+    tracked: TaskTrackerToken,
+) -> impl Future<Output = ()> + Send {
+    let mut socket = admitted.claims.take().map(|claims| {
+        let (user_id, socket_id) = (admitted.user_id, admitted.socket_id);
+        let session_id = claims.session_id();
+        let control =
+            shared
+                .registry
+                .register(socket_id, user_id, session_id, shared.settings.queue);
+        metrics::get().sockets.add(1, &[]);
+        // A logout that raced the upgrade was not in the cache at the check
+        // before upgrading; now that the socket is registered, a revocation
+        // either is in the cache or will find the socket.
+        if shared.revoked.contains(session_id) {
+            crate::revocations::close_session(&shared.registry, session_id);
+        }
+        Socket {
+            ws,
+            caller: Caller {
+                user_id,
+                username: claims.name,
+                session_id,
+                socket: SocketRef {
+                    gateway_id: shared.gateway_id.clone(),
+                    socket_id,
+                },
             },
-        },
-        bucket: Bucket::new(shared.settings.rate, shared.settings.burst),
-        shared: shared.clone(),
-        control,
-        pending: VecDeque::new(),
-        pending_bytes: 0,
-        refusals_in_a_row: 0,
-        inflight: None,
-        last_seen: Instant::now(),
-        last_flush: Instant::now(),
-        flush_at: None,
-    };
-    let end = socket.serve().await;
-    if let End::Close(code, reason) = end {
-        socket.close(code, reason).await;
+            bucket: Bucket::new(shared.settings.rate, shared.settings.burst),
+            shared: shared.clone(),
+            control,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            refusals_in_a_row: 0,
+            inflight: None,
+            last_seen: Instant::now(),
+            last_flush: Instant::now(),
+            flush_at: None,
+        }
+    });
+    drop(admitted);
+    async move {
+        // Used in place: bound by value, it would be copied out of the
+        // captured one, and the state would hold it twice.
+        let Some(running) = socket.as_mut() else {
+            return;
+        };
+        let end = running.serve().await;
+        // The closing steps are boxed: inline, their futures (a Redis
+        // round trip, two timeouts) would size every idle socket's future,
+        // which is as large as its largest await.
+        if let End::Close(code, reason) = end {
+            Box::pin(running.close(code, reason)).await;
+        }
+        let caller = &running.caller;
+        let (user_id, session_id) = (caller.user_id, caller.session_id);
+        let socket_id = caller.socket.socket_id;
+        drop(socket.take());
+        shared.registry.remove(socket_id, session_id);
+        Box::pin(shared.presence.remove(user_id, socket_id)).await;
+        metrics::get().sockets.add(-1, &[]);
+        drop(permit);
+        drop(tracked);
     }
-    shared.registry.remove(socket_id, session_id);
-    shared.presence.remove(user_id, socket_id).await;
-    metrics::get().sockets.add(-1, &[]);
-    drop(permit);
 }
 
 fn rate_limited(id: Option<u64>, kind: &'static str) -> ServerFrame {
@@ -268,7 +293,8 @@ impl Socket {
                         if self.last_seen.elapsed() >= idle {
                             return End::Close(close::GOING_AWAY, "idle timeout");
                         }
-                        if let Err(end) = self.write(Message::Ping(bytes::Bytes::new())).await {
+                        let ping = Message::Ping(bytes::Bytes::new());
+                        if let Err(end) = Box::pin(self.write(ping)).await {
                             return end;
                         }
                         next_ping = Instant::now() + ping_every;

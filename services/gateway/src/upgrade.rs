@@ -84,8 +84,5 @@ pub(crate) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |ws| async move {
-            socket::run(ws, shared, admitted, permit).await;
-            drop(tracked);
-        })
+        .on_upgrade(move |ws| socket::run(ws, shared, admitted, permit, tracked))
 }
