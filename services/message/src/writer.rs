@@ -78,12 +78,9 @@ pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     let tasks = TaskTracker::new();
     while let Some(first) = rx.recv().await {
-        let (slot, waited) = match slots.clone().try_acquire_owned() {
-            Ok(slot) => (slot, false),
-            Err(_) => match slots.clone().acquire_owned().await {
-                Ok(slot) => (slot, true),
-                Err(_) => break,
-            },
+        let waited = slots.available_permits() == 0;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
         };
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
