@@ -74,6 +74,35 @@ pub struct RpcRequest {
     pub request: Request,
 }
 
+/// Gateway → message: requests of many sockets sent as one
+/// (`rpc.message.batch`), answered by one [`RpcBatchReply`]. The gateway
+/// gathers `write_message`s while earlier batches are in flight, so under
+/// load the bus carries one request and one reply for many writes: one
+/// signature, one nonce, one round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcBatch {
+    /// The requests, each with its own caller.
+    pub requests: Vec<BatchedRequest>,
+}
+
+/// One request of an [`RpcBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchedRequest {
+    /// The request, as it would be sent alone.
+    pub rpc: RpcRequest,
+    /// Its W3C trace context (the batch's NATS headers carry none, since
+    /// its requests belong to different traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The answers to an [`RpcBatch`], in its order, one per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcBatchReply {
+    /// One answer per request.
+    pub replies: Vec<RpcReply>,
+}
+
 /// Auth → message: release and mark deleted a user who unregisters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnregisterRequest {
@@ -123,6 +152,34 @@ mod tests {
         assert_ne!(
             input,
             signed_input("n.rpc.unregister", 1_700_000_000_000, "abc", b"{}")
+        );
+    }
+
+    #[test]
+    fn a_batched_request_holds_the_request_as_sent_alone_and_its_trace() {
+        let rpc = RpcRequest {
+            caller: Caller {
+                user_id: UserId(7),
+                username: "alice".into(),
+                session_id: SessionId(uuid::Uuid::nil()),
+                socket: SocketRef {
+                    gateway_id: "gw".into(),
+                    socket_id: SocketId(3),
+                },
+            },
+            request: Request::KeepAlive,
+        };
+        let alone = serde_json::to_value(&rpc).expect("serialize");
+        let batched = BatchedRequest {
+            rpc: rpc.clone(),
+            traceparent: Some("00-abc-def-01".into()),
+        };
+        let value = serde_json::to_value(&batched).expect("serialize");
+        assert_eq!(value["rpc"], alone);
+        assert_eq!(value["traceparent"], "00-abc-def-01");
+        assert_eq!(
+            serde_json::from_value::<BatchedRequest>(value).expect("decode"),
+            batched
         );
     }
 

@@ -77,6 +77,13 @@ impl Namespace {
         format!("{}.rpc.message", self.name)
     }
 
+    /// Core NATS subject of [`crate::rpc::RpcBatch`]es, answered by the
+    /// same queue group as [`Self::rpc_message`].
+    #[must_use]
+    pub fn rpc_message_batch(&self) -> String {
+        format!("{}.rpc.message.batch", self.name)
+    }
+
     /// Core NATS subject for auth's unregister request to message.
     #[must_use]
     pub fn rpc_unregister(&self) -> String {

@@ -1,24 +1,54 @@
 //! Forwarding a client request to the message service: core NATS
 //! request/reply to the message queue group, bounded by a timeout.
+//!
+//! `write_message`s, the hot request, go through the [`Batcher`]: every
+//! socket's writes queue there, and one task sends what has queued as one
+//! [`RpcBatch`] while at most [`BATCHES_IN_FLIGHT`] batches are
+//! unanswered. A write that finds a batch slot free goes out at once, alone;
+//! under load the slots are busy and the next batch takes every write that
+//! queued meanwhile (group commit, as the message writer does with
+//! Postgres). The bus then carries one request and one reply, with one
+//! signature, for many writes.
 
 use crate::Shared;
-use natter_protocol::rpc::{Caller, RpcReply, RpcRequest};
+use bytes::Bytes;
+use natter_platform::bus::BusKey;
+use natter_platform::lifecycle::Condition;
+use natter_platform::telemetry::propagation;
+use natter_protocol::rpc::{BatchedRequest, Caller, RpcBatch, RpcBatchReply, RpcReply, RpcRequest};
 use natter_protocol::{ErrorBody, ErrorCode, frames::Request};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Batches awaiting their answer at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Most requests in one batch.
+const MAX_BATCH: usize = 256;
+/// Most bytes one batch may take, by [`encoded_bound`]: well under NATS's
+/// default 1 MiB payload limit.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Writes waiting for a batch.
+const QUEUE: usize = 4096;
 
 /// Sends `request` for `caller`, signed with the bus key (the signature
 /// covers the caller, the request and the subject); `unavailable` when
 /// message does not answer in time (the request may or may not have taken
-/// effect). The trace context travels in the NATS headers too.
+/// effect). The trace context travels in the NATS headers too, or beside
+/// the request in a batch.
 #[tracing::instrument(level = "debug", name = "gateway.forward", skip_all, fields(request = request.kind(), user_id = %caller.user_id))]
 pub(crate) async fn forward(
     shared: &Shared,
     caller: Caller,
     request: Request,
 ) -> Result<serde_json::Value, ErrorBody> {
+    if matches!(request, Request::WriteMessage { .. }) {
+        return shared.writes.send(caller, request).await;
+    }
     let kind = request.kind();
     let payload = serde_json::to_vec(&RpcRequest { caller, request })
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
-    let mut headers = natter_platform::telemetry::propagation::headers();
+    let mut headers = propagation::headers();
     shared.bus.sign(&shared.rpc_subject, &payload, &mut headers);
     let answer = tokio::time::timeout(
         shared.settings.request_timeout,
@@ -27,12 +57,6 @@ pub(crate) async fn forward(
             .request_with_headers(shared.rpc_subject.clone(), headers, payload.into()),
     )
     .await;
-    let unavailable = || {
-        ErrorBody::new(
-            ErrorCode::Unavailable,
-            "the message service did not answer in time; the request may or may not have taken effect",
-        )
-    };
     let msg = match answer {
         Ok(Ok(msg)) => {
             shared.message_answers.ok();
@@ -56,7 +80,204 @@ pub(crate) async fn forward(
         Ok(RpcReply::Err(body)) => Err(body),
         Err(e) => {
             tracing::error!(request = kind, error = %e, "undecodable reply from message");
-            Err(ErrorBody::new(ErrorCode::Internal, "internal error"))
+            Err(internal())
+        }
+    }
+}
+
+fn unavailable() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Unavailable,
+        "the message service did not answer in time; the request may or may not have taken effect",
+    )
+}
+
+fn internal() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, "internal error")
+}
+
+/// One queued request and where its answer goes.
+struct Queued {
+    item: BatchedRequest,
+    bytes: usize,
+    reply: oneshot::Sender<Result<serde_json::Value, ErrorBody>>,
+}
+
+/// Where sockets hand in batched requests.
+pub(crate) struct Batcher {
+    queue: mpsc::Sender<Queued>,
+    timeout: Duration,
+}
+
+/// What the batching task needs to send a batch.
+pub(crate) struct BatchSender {
+    pub nats: async_nats::Client,
+    pub bus: BusKey,
+    /// `rpc.message.batch`.
+    pub subject: String,
+    pub timeout: Duration,
+    /// Whether message answers, shared with single requests.
+    pub answers: Condition,
+}
+
+impl Batcher {
+    /// A batcher and the task that sends its batches, which ends when
+    /// every [`Batcher`] is dropped and the batches in flight are answered.
+    pub(crate) fn start(sender: BatchSender) -> (Self, impl Future<Output = ()> + Send) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let batcher = Self {
+            queue,
+            timeout: sender.timeout,
+        };
+        (batcher, run(Arc::new(sender), rx))
+    }
+
+    /// Queues a request in the current span's trace and waits for its
+    /// answer, `unavailable` if none comes within the request timeout
+    /// (queueing included).
+    async fn send(&self, caller: Caller, request: Request) -> Result<serde_json::Value, ErrorBody> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            bytes: encoded_bound(&request),
+            item: BatchedRequest {
+                rpc: RpcRequest { caller, request },
+                traceparent: propagation::traceparent(),
+            },
+            reply,
+        };
+        let answered = tokio::time::timeout(self.timeout, async {
+            self.queue.send(queued).await.map_err(|_| unavailable())?;
+            answer.await.map_err(|_| unavailable())?
+        })
+        .await;
+        answered.unwrap_or_else(|_| Err(unavailable()))
+    }
+}
+
+/// An upper bound of a request's encoded size in a batch: JSON escapes a
+/// character in at most 6 bytes, and what is not user text (caller, ids,
+/// trace context, field names) fits in 1 KiB.
+fn encoded_bound(request: &Request) -> usize {
+    let text = match request {
+        Request::WriteMessage {
+            client_msg_id,
+            content,
+            ..
+        } => client_msg_id.len() + content.len(),
+        _ => 0,
+    };
+    text * 6 + 1024
+}
+
+/// Gathers queued requests into batches and sends each in its own task,
+/// at most [`BATCHES_IN_FLIGHT`] at once; a batch is gathered only once a
+/// slot is free, so it takes everything that queued while none was.
+async fn run(sender: Arc<BatchSender>, mut rx: mpsc::Receiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut next: Option<Queued> = None;
+    loop {
+        let first = match next.take() {
+            Some(queued) => queued,
+            None => match rx.recv().await {
+                Some(queued) => queued,
+                None => break,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(queued) = rx.try_recv() else { break };
+            if bytes + queued.bytes > MAX_BATCH_BYTES {
+                next = Some(queued);
+                break;
+            }
+            bytes += queued.bytes;
+            batch.push(queued);
+        }
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            sender.send(batch).await;
+            drop(slot);
+        });
+    }
+    // Every batch still in flight holds a slot until it is answered.
+    let _ = slots
+        .acquire_many(u32::try_from(BATCHES_IN_FLIGHT).unwrap_or(u32::MAX))
+        .await;
+}
+
+impl BatchSender {
+    /// Sends one batch and hands each request its answer.
+    async fn send(&self, batch: Vec<Queued>) {
+        let (items, replies): (Vec<BatchedRequest>, Vec<_>) =
+            batch.into_iter().map(|q| (q.item, q.reply)).unzip();
+        let answers = match self.request(RpcBatch { requests: items }).await {
+            Ok(answers) if answers.len() == replies.len() => answers
+                .into_iter()
+                .map(|reply| match reply {
+                    RpcReply::Ok(result) => Ok(result),
+                    RpcReply::Err(body) => Err(body),
+                })
+                .collect(),
+            Ok(answers) => {
+                tracing::error!(
+                    sent = replies.len(),
+                    answered = answers.len(),
+                    "a batch reply from message does not match its batch"
+                );
+                vec![Err(internal()); replies.len()]
+            }
+            Err(body) => vec![Err(body); replies.len()],
+        };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            // A socket that stopped waiting (it timed out or closed) needs
+            // no answer.
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// The answers to `batch`, or the error every request of it gets.
+    async fn request(&self, batch: RpcBatch) -> Result<Vec<RpcReply>, ErrorBody> {
+        let payload = serde_json::to_vec(&batch)
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        self.bus.sign(&self.subject, &payload, &mut headers);
+        let answer = tokio::time::timeout(
+            self.timeout,
+            self.nats
+                .request_with_headers(self.subject.clone(), headers, Bytes::from(payload)),
+        )
+        .await;
+        let msg = match answer {
+            Ok(Ok(msg)) => {
+                self.answers.ok();
+                msg
+            }
+            Ok(Err(e)) => {
+                self.answers
+                    .failing(&anyhow::Error::new(e).context("forwarding a batch failed"));
+                return Err(unavailable());
+            }
+            Err(_) => {
+                self.answers
+                    .failing(&anyhow::anyhow!("forwarding a batch timed out"));
+                return Err(unavailable());
+            }
+        };
+        if let Ok(reply) = serde_json::from_slice::<RpcBatchReply>(&msg.payload) {
+            return Ok(reply.replies);
+        }
+        // A batch refused whole (unsigned, undecodable, overloaded) is
+        // answered with one error.
+        match serde_json::from_slice::<RpcReply>(&msg.payload) {
+            Ok(RpcReply::Err(body)) => Err(body),
+            Ok(RpcReply::Ok(_)) | Err(_) => {
+                tracing::error!("undecodable batch reply from message");
+                Err(internal())
+            }
         }
     }
 }

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub bus: BusKey,
     /// Where requests go: the message service's subject.
     pub rpc_subject: String,
+    /// Where `write_message`s go: batched to the message service.
+    pub writes: forward::Batcher,
     /// This gateway's id.
     pub gateway_id: String,
     /// The sockets held.
@@ -135,9 +137,21 @@ impl Runnable for Gateway {
             .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
         let lifecycle = Lifecycle::new("gateway", config);
         let (sessions, session_checker) = revocations::Sessions::new(pool);
+        let message_answers = Condition::detached("message service");
+        let request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        // Ends when the gateway (every socket's handle) is gone.
+        let (writes, batches) = forward::Batcher::start(forward::BatchSender {
+            nats: nats.clone(),
+            bus: bus.clone(),
+            subject: ns.rpc_message_batch(),
+            timeout: request_timeout,
+            answers: message_answers.clone(),
+        });
+        tokio::spawn(batches);
         let shared = Arc::new(Shared {
             keys: TokenKeys::new(secret.as_bytes(), config.token_ttl_secs),
             rpc_subject: ns.rpc_message(),
+            writes,
             bus,
             presence: PresenceWriter::new(redis.clone(), ns.clone(), gateway_id.clone())
                 .reporting_to(lifecycle.readiness().condition("presence")),
@@ -145,7 +159,7 @@ impl Runnable for Gateway {
             registry: Arc::default(),
             revoked: Arc::new(revocations::Revoked::new(ttl)),
             sessions,
-            message_answers: Condition::detached("message service"),
+            message_answers,
             settings: Settings {
                 ping: Duration::from_secs(config.ws_ping_secs.max(1)),
                 idle: Duration::from_secs(config.ws_idle_secs.max(1)),
@@ -153,7 +167,7 @@ impl Runnable for Gateway {
                 coalesce: Duration::from_millis(config.ws_coalesce_ms),
                 rate: config.ws_rate,
                 burst: config.ws_burst,
-                request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+                request_timeout,
                 sockets_per_user: config.sockets_per_user,
             },
             readiness: lifecycle.readiness(),

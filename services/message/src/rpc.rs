@@ -3,6 +3,9 @@
 //! Every instance subscribes in one queue group, so each request reaches one
 //! instance. Each request runs in its own task (bounded by a semaphore so a
 //! burst cannot exhaust the pool); its answer goes to the reply subject.
+//! A batch (`rpc.message.batch`, the gateways' `write_message`s) is one
+//! task whose requests run concurrently, each in its own trace, and is
+//! answered once all are done.
 //! A request not signed with the bus key is answered `unauthorized` and
 //! never reaches a handler: the caller inside it is trusted only because
 //! the signature says a gateway wrote it.
@@ -12,7 +15,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use natter_platform::bus::BusError;
 use natter_platform::telemetry::propagation;
-use natter_protocol::rpc::{RpcReply, RpcRequest, UnregisterRequest};
+use natter_protocol::rpc::{RpcBatch, RpcBatchReply, RpcReply, RpcRequest, UnregisterRequest};
 use natter_protocol::{ErrorBody, ErrorCode, limits};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -26,6 +29,7 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Which subscription a message came from.
 enum Kind {
     Request,
+    Batch,
     Unregister,
 }
 
@@ -37,15 +41,21 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
         .queue_subscribe(state.ns.rpc_message(), group.clone())
         .await
         .context("subscribing to requests")?;
+    let batches = state
+        .nats
+        .queue_subscribe(state.ns.rpc_message_batch(), group.clone())
+        .await
+        .context("subscribing to request batches")?;
     let unregister = state
         .nats
         .queue_subscribe(state.ns.rpc_unregister(), group)
         .await
         .context("subscribing to unregister requests")?;
-    let mut incoming = futures::stream::select(
-        requests.map(|m| (Kind::Request, m)),
-        unregister.map(|m| (Kind::Unregister, m)),
-    );
+    let mut incoming = futures::stream::select_all([
+        requests.map(|m| (Kind::Request, m)).boxed(),
+        batches.map(|m| (Kind::Batch, m)).boxed(),
+        unregister.map(|m| (Kind::Unregister, m)).boxed(),
+    ]);
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tasks = TaskTracker::new();
     loop {
@@ -57,16 +67,13 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
         // Never stop reading to wait for a permit: a subscription that is
         // not read overflows and drops requests silently. Shed instead.
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            let busy = RpcReply::Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "the message service is overloaded; retry",
-            ));
-            respond(&state.nats, msg.reply, &busy).await;
+            respond(&state.nats, msg.reply, &overloaded()).await;
             continue;
         };
-        let state = state.clone();
+        let (state, limit) = (state.clone(), limit.clone());
         let span = match kind {
             Kind::Request => tracing::debug_span!("message.request"),
+            Kind::Batch => tracing::debug_span!("message.batch"),
             Kind::Unregister => tracing::debug_span!("message.unregister"),
         };
         propagation::adopt(&span, msg.headers.as_ref());
@@ -75,12 +82,28 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
                 let verified = state
                     .bus
                     .verify(&msg.subject, msg.headers.as_ref(), &msg.payload);
-                let reply = match (verified, kind) {
-                    (Err(e), _) => refuse(&e),
-                    (Ok(()), Kind::Request) => answer_request(&state, &msg.payload).await,
-                    (Ok(()), Kind::Unregister) => answer_unregister(&state, &msg.payload).await,
-                };
-                respond(&state.nats, msg.reply, &reply).await;
+                match (verified, kind) {
+                    (Err(e), _) => respond(&state.nats, msg.reply, &refuse(&e)).await,
+                    (Ok(()), Kind::Request) => {
+                        let reply = match serde_json::from_slice::<RpcRequest>(&msg.payload) {
+                            Ok(req) => answer(&state, req).await,
+                            Err(e) => invalid(&e),
+                        };
+                        respond(&state.nats, msg.reply, &reply).await;
+                    }
+                    (Ok(()), Kind::Batch) => match serde_json::from_slice::<RpcBatch>(&msg.payload)
+                    {
+                        Ok(batch) => {
+                            let replies = answer_batch(&state, &limit, batch).await;
+                            respond(&state.nats, msg.reply, &replies).await;
+                        }
+                        Err(e) => respond(&state.nats, msg.reply, &invalid(&e)).await,
+                    },
+                    (Ok(()), Kind::Unregister) => {
+                        let reply = answer_unregister(&state, &msg.payload).await;
+                        respond(&state.nats, msg.reply, &reply).await;
+                    }
+                }
                 drop(permit);
             }
             .instrument(span),
@@ -103,20 +126,50 @@ fn refuse(e: &BusError) -> RpcReply {
     ))
 }
 
-async fn answer_request(state: &AppState, payload: &[u8]) -> RpcReply {
-    match serde_json::from_slice::<RpcRequest>(payload) {
-        Ok(req) => {
-            let kind = req.request.kind();
-            let result = handlers::handle(state, &req.caller, req.request)
-                .await
-                .and_then(|value| within_reply_limit(kind, value));
-            if let Err(e) = &result {
-                tracing::debug!(request = kind, error = %e, "request refused");
-                count_limit_rejection(e);
-            }
-            result.map_err(crate::DomainError::into_body).into()
+fn invalid(e: &serde_json::Error) -> RpcReply {
+    RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()))
+}
+
+fn overloaded() -> RpcReply {
+    RpcReply::Err(ErrorBody::new(
+        ErrorCode::Unavailable,
+        "the message service is overloaded; retry",
+    ))
+}
+
+async fn answer(state: &AppState, req: RpcRequest) -> RpcReply {
+    let kind = req.request.kind();
+    let result = handlers::handle(state, &req.caller, req.request)
+        .await
+        .and_then(|value| within_reply_limit(kind, value));
+    if let Err(e) = &result {
+        tracing::debug!(request = kind, error = %e, "request refused");
+        count_limit_rejection(e);
+    }
+    result.map_err(crate::DomainError::into_body).into()
+}
+
+/// Answers every request of `batch` at once, each under its own span in
+/// its own trace. The batch holds one permit already; it takes one more
+/// per further request, or is answered `unavailable` whole.
+async fn answer_batch(state: &AppState, limit: &Arc<Semaphore>, batch: RpcBatch) -> RpcBatchReply {
+    let more = u32::try_from(batch.requests.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    let Ok(_permits) = limit.clone().try_acquire_many_owned(more) else {
+        return RpcBatchReply {
+            replies: batch.requests.iter().map(|_| overloaded()).collect(),
+        };
+    };
+    let replies = batch.requests.into_iter().map(|item| {
+        let span = tracing::debug_span!("message.request");
+        if let Some(traceparent) = item.traceparent.as_deref() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("traceparent", traceparent);
+            propagation::adopt(&span, Some(&headers));
         }
-        Err(e) => RpcReply::Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())),
+        answer(state, item.rpc).instrument(span)
+    });
+    RpcBatchReply {
+        replies: futures::future::join_all(replies).await,
     }
 }
 
@@ -169,7 +222,7 @@ async fn answer_unregister(state: &AppState, payload: &[u8]) -> RpcReply {
 async fn respond(
     nats: &async_nats::Client,
     reply_to: Option<async_nats::Subject>,
-    reply: &RpcReply,
+    reply: &impl serde::Serialize,
 ) {
     let Some(subject) = reply_to else { return };
     match serde_json::to_vec(reply) {

@@ -7,6 +7,7 @@ use crate::support::{
 };
 use natter_server::testing::TestApp;
 use serde_json::json;
+use std::collections::HashMap;
 
 #[tokio::test]
 async fn twenty_concurrent_accepts_at_nine_of_ten_let_exactly_one_through() {
@@ -145,4 +146,54 @@ async fn concurrent_joins_and_quits_keep_head_count_equal_to_members() {
     assert_eq!(i64::from(head_count), members);
     assert_eq!(members, 2 + i64::try_from(joined).expect("small"));
     assert!(head_count <= 15);
+}
+
+/// Writes sent at once from many sockets travel to the message service
+/// in shared batches; each writer still gets the answer to its own write:
+/// the seq its text is stored under, or its own error.
+#[tokio::test]
+async fn concurrent_writes_from_many_sockets_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let mut owner = user(&app, "owner").await;
+    let mut writers = users(&app, "w", 30).await;
+    let mut outsider = user(&app, "outsider").await;
+    let id = {
+        let mut members: Vec<&mut User> = writers.iter_mut().collect();
+        channel(&mut owner, &mut members).await
+    };
+    let write =
+        |content: String| json!({"channel_id": id, "client_msg_id": "k", "content": content});
+    let writes = writers.iter_mut().map(|w| {
+        let text = format!("from {}", w.name);
+        async move { (text.clone(), w.call("write_message", write(text)).await) }
+    });
+    let (written, refused) = tokio::join!(
+        futures::future::join_all(writes),
+        outsider.call("write_message", write("from outsider".into()))
+    );
+    assert_eq!(refused.expect_err("not a member").code, "not_joined");
+
+    let page = owner
+        .ok(
+            "fetch_messages",
+            json!({"channel_id": id, "after_seq": 0, "limit": 100}),
+        )
+        .await;
+    let stored: HashMap<i64, String> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            let seq = m["seq"].as_i64().expect("seq");
+            (seq, m["content"].as_str().expect("content").to_owned())
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for (text, answer) in written {
+        let seq = answer.expect("written")["seq"].as_i64().expect("seq");
+        assert_eq!(stored.get(&seq), Some(&text), "seq {seq}");
+        seqs.push(seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=30).collect::<Vec<i64>>());
 }

@@ -6,7 +6,10 @@ use natter_platform::bus::BusKey;
 use natter_platform::presence::PresenceReader;
 use natter_protocol::events::{Delivery, DeliveryBatch};
 use natter_protocol::frames::{Request, ServerFrame};
-use natter_protocol::rpc::{Caller, RpcReply, RpcRequest, SocketRef, UnregisterRequest};
+use natter_protocol::rpc::{
+    BatchedRequest, Caller, RpcBatch, RpcBatchReply, RpcReply, RpcRequest, SocketRef,
+    UnregisterRequest,
+};
 use natter_protocol::{ErrorCode, SessionId, SocketId, UserId};
 use natter_server::testing::{PASSWORD, TestApp};
 use natter_testkit::bus_signed;
@@ -23,7 +26,11 @@ async fn user_id(app: &TestApp, name: &str) -> UserId {
 }
 
 fn as_caller(user: UserId, name: &str) -> Vec<u8> {
-    serde_json::to_vec(&RpcRequest {
+    serde_json::to_vec(&request_of(user, name, Request::FetchUserInviteCode)).expect("serialize")
+}
+
+fn request_of(user: UserId, name: &str, request: Request) -> RpcRequest {
+    RpcRequest {
         caller: Caller {
             user_id: user,
             username: name.into(),
@@ -33,9 +40,8 @@ fn as_caller(user: UserId, name: &str) -> Vec<u8> {
                 socket_id: SocketId(1),
             },
         },
-        request: Request::FetchUserInviteCode,
-    })
-    .expect("serialize")
+        request,
+    }
 }
 
 async fn ask(
@@ -88,6 +94,62 @@ async fn message_refuses_a_caller_that_is_unsigned_forged_replayed_or_moved() {
     assert!(matches!(first, RpcReply::Ok(_)), "{first:?}");
     let replayed = ask(&nats, &subject, Some(signed), body).await;
     assert!(is_unauthorized(&replayed), "{replayed:?}");
+}
+
+/// A batch of requests is refused whole unless signed for its subject;
+/// signed, each request gets its own answer, in order.
+#[tokio::test]
+async fn message_answers_a_signed_batch_request_by_request_and_refuses_an_unsigned_one() {
+    let app = TestApp::spawn().await;
+    app.user("alice").await;
+    let alice = user_id(&app, "alice").await;
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let subject = app.config.namespace().rpc_message_batch();
+    let batch = RpcBatch {
+        requests: [
+            Request::FetchUserInviteCode,
+            Request::FetchChannels,
+            Request::Enter {
+                channel_id: natter_protocol::ChannelId(999_999),
+            },
+        ]
+        .into_iter()
+        .map(|request| BatchedRequest {
+            rpc: request_of(alice, "alice", request),
+            traceparent: None,
+        })
+        .collect(),
+    };
+    let body = serde_json::to_vec(&batch).expect("serialize");
+
+    let unsigned = ask(&nats, &subject, None, body.clone()).await;
+    assert!(is_unauthorized(&unsigned), "{unsigned:?}");
+    let moved = bus_signed(&app.config.namespace().rpc_message(), &body);
+    let moved = ask(&nats, &subject, Some(moved), body.clone()).await;
+    assert!(is_unauthorized(&moved), "{moved:?}");
+
+    let reply = nats
+        .request_with_headers(subject.clone(), bus_signed(&subject, &body), body.into())
+        .await
+        .expect("message answers");
+    let replies = serde_json::from_slice::<RpcBatchReply>(&reply.payload)
+        .expect("an RpcBatchReply")
+        .replies;
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert!(
+        matches!(&replies[0], RpcReply::Ok(v) if v["invite_code"].is_string()),
+        "{replies:?}"
+    );
+    assert!(
+        matches!(&replies[1], RpcReply::Ok(v) if v["channels"].is_array()),
+        "{replies:?}"
+    );
+    assert!(
+        matches!(&replies[2], RpcReply::Err(e) if e.code == ErrorCode::NotFound),
+        "{replies:?}"
+    );
 }
 
 #[tokio::test]
