@@ -100,7 +100,16 @@ async fn accept(
 )> {
     let slot = slots.clone().acquire_owned().await.ok()?;
     match listener.accept().await {
-        Ok((stream, peer)) => Some((stream, peer, slot)),
+        Ok((stream, peer)) => {
+            // Without it, Nagle's algorithm holds a small write (a pushed
+            // frame, a reply) while an earlier one is unacknowledged, and a
+            // client that only reads acknowledges late (delayed ACK, up to
+            // 40 ms on Linux): every push after the first waited that long.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+            }
+            Some((stream, peer, slot))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "accepting a connection failed");
             tokio::time::sleep(ACCEPT_BACKOFF).await;
