@@ -50,37 +50,51 @@ pub(crate) async fn forward(
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
     let mut headers = propagation::headers();
     shared.bus.sign(&shared.rpc_subject, &payload, &mut headers);
-    let answer = tokio::time::timeout(
+    let msg = ask(
+        &shared.nats,
+        &shared.message_answers,
         shared.settings.request_timeout,
-        shared
-            .nats
-            .request_with_headers(shared.rpc_subject.clone(), headers, payload.into()),
+        (shared.rpc_subject.clone(), headers, payload),
+        kind,
     )
-    .await;
-    let msg = match answer {
-        Ok(Ok(msg)) => {
-            shared.message_answers.ok();
-            msg
-        }
-        Ok(Err(e)) => {
-            shared
-                .message_answers
-                .failing(&anyhow::Error::new(e).context(format!("forwarding {kind} failed")));
-            return Err(unavailable());
-        }
-        Err(_) => {
-            shared
-                .message_answers
-                .failing(&anyhow::anyhow!("forwarding {kind} timed out"));
-            return Err(unavailable());
-        }
-    };
+    .await?;
     match serde_json::from_slice::<RpcReply>(&msg.payload) {
         Ok(RpcReply::Ok(result)) => Ok(result),
         Ok(RpcReply::Err(body)) => Err(body),
         Err(e) => {
             tracing::error!(request = kind, error = %e, "undecodable reply from message");
             Err(internal())
+        }
+    }
+}
+
+/// Sends one NATS request (subject, headers, payload) and waits for its
+/// answer, reporting to `answers` whether message answered; `unavailable`
+/// when it did not in time. `what` names the request in the report.
+async fn ask(
+    nats: &async_nats::Client,
+    answers: &Condition,
+    timeout: Duration,
+    (subject, headers, payload): (String, async_nats::HeaderMap, Vec<u8>),
+    what: &str,
+) -> Result<async_nats::Message, ErrorBody> {
+    let answer = tokio::time::timeout(
+        timeout,
+        nats.request_with_headers(subject, headers, Bytes::from(payload)),
+    )
+    .await;
+    match answer {
+        Ok(Ok(msg)) => {
+            answers.ok();
+            Ok(msg)
+        }
+        Ok(Err(e)) => {
+            answers.failing(&anyhow::Error::new(e).context(format!("forwarding {what} failed")));
+            Err(unavailable())
+        }
+        Err(_) => {
+            answers.failing(&anyhow::anyhow!("forwarding {what} timed out"));
+            Err(unavailable())
         }
     }
 }
@@ -245,28 +259,14 @@ impl BatchSender {
             .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         self.bus.sign(&self.subject, &payload, &mut headers);
-        let answer = tokio::time::timeout(
+        let msg = ask(
+            &self.nats,
+            &self.answers,
             self.timeout,
-            self.nats
-                .request_with_headers(self.subject.clone(), headers, Bytes::from(payload)),
+            (self.subject.clone(), headers, payload),
+            "a batch",
         )
-        .await;
-        let msg = match answer {
-            Ok(Ok(msg)) => {
-                self.answers.ok();
-                msg
-            }
-            Ok(Err(e)) => {
-                self.answers
-                    .failing(&anyhow::Error::new(e).context("forwarding a batch failed"));
-                return Err(unavailable());
-            }
-            Err(_) => {
-                self.answers
-                    .failing(&anyhow::anyhow!("forwarding a batch timed out"));
-                return Err(unavailable());
-            }
-        };
+        .await?;
         if let Ok(reply) = serde_json::from_slice::<RpcBatchReply>(&msg.payload) {
             return Ok(reply.replies);
         }
