@@ -76,15 +76,39 @@ impl Control {
     }
 
     /// Queues an item for the socket's task, without waiting.
+    ///
+    /// The socket's task is woken when the queue stops being empty and
+    /// again when it fills to half its capacity ([`Control::is_filling`]):
+    /// a task holding pushes back to write them together must not wait
+    /// while a burst (a backlog delivered after an outage) fills the queue
+    /// and closes the socket as a slow consumer.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), Full> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if queue.len() >= self.capacity {
             return Err(Full);
         }
+        let was_empty = queue.is_empty();
         queue.push_back(item);
+        let filling = queue.len() == self.half();
         drop(queue);
-        self.queued.notify_one();
+        if was_empty || filling {
+            self.queued.notify_one();
+        }
         Ok(())
+    }
+
+    fn half(&self) -> usize {
+        self.capacity.div_ceil(2)
+    }
+
+    /// Whether the queue holds half its capacity or more: time to write
+    /// it, however recently the socket was written.
+    pub(crate) fn is_filling(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+            >= self.half()
     }
 
     /// Takes up to `max` queued items, oldest first.
@@ -126,14 +150,17 @@ impl Control {
             .store(channel.map_or(0, |c| c.0), Ordering::Relaxed);
     }
 
-    /// Asks the socket to close; the first request wins.
-    pub(crate) fn close(&self, request: CloseRequest) {
+    /// Asks the socket to close; the first request wins: whether this one
+    /// did.
+    pub(crate) fn close(&self, request: CloseRequest) -> bool {
         let mut slot = self.close.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(request);
-            drop(slot);
-            self.notify.notify_one();
+        if slot.is_some() {
+            return false;
         }
+        *slot = Some(request);
+        drop(slot);
+        self.notify.notify_one();
+        true
     }
 
     /// Resolves when a close is requested: the request.
@@ -265,17 +292,21 @@ impl Registry {
     /// Queues `item` for each socket in `ids` that is still here; a full
     /// queue closes that socket as a slow consumer, without waiting.
     pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> usize {
-        let controls: Vec<Arc<Control>> = {
+        let controls: Vec<(SocketId, Arc<Control>)> = {
             let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
             ids.iter()
-                .filter_map(|id| sockets.get(id).cloned())
+                .filter_map(|id| sockets.get(id).map(|c| (*id, c.clone())))
                 .collect()
         };
         let mut sent = 0;
-        for control in controls {
+        for (id, control) in controls {
             match control.push(item.clone()) {
                 Ok(()) => sent += 1,
-                Err(Full) => control.close(SLOW_CONSUMER),
+                Err(Full) => {
+                    if control.close(SLOW_CONSUMER) {
+                        tracing::info!(socket_id = %id, user_id = %control.user_id, "queue full: closing a slow consumer");
+                    }
+                }
             }
         }
         sent
@@ -344,6 +375,38 @@ mod tests {
         assert_eq!(registry.send(&[id], &frame), 1);
         assert_eq!(registry.send(&[id], &frame), 0);
         assert_eq!(control.closed().await.code, close::TRY_AGAIN_LATER);
+    }
+
+    /// Whether the socket's task would be woken now.
+    async fn woken(control: &Control) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(20), control.queued())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_queue_wakes_its_socket_when_it_stops_being_empty_and_at_half_full() {
+        let control = Control::new(UserId(1), 8);
+        let frame = || Outbound::Frame("{}".into());
+        control.push(frame()).expect("room");
+        assert!(woken(&control).await, "the first push wakes the socket");
+        for _ in 2..4 {
+            control.push(frame()).expect("room");
+        }
+        assert!(
+            !woken(&control).await,
+            "pushes into a non-empty queue do not"
+        );
+        assert!(!control.is_filling());
+        control.push(frame()).expect("room");
+        assert!(control.is_filling());
+        assert!(
+            woken(&control).await,
+            "the push that fills half the queue does"
+        );
+        assert_eq!(control.take(usize::MAX).len(), 4);
+        control.push(frame()).expect("room");
+        assert!(woken(&control).await, "an emptied queue wakes it again");
     }
 
     #[test]

@@ -300,16 +300,20 @@ impl Socket {
                         next_ping = Instant::now() + ping_every;
                     }
                 }
-                () = control.queued(), if self.flush_at.is_none() => {
+                () = control.queued() => {
                     // Written at once after a quiet spell; pushes that come
-                    // faster wait to go out together in one write.
+                    // faster wait to go out together in one write, unless
+                    // they fill half the queue first.
                     let due = self.last_flush + self.shared.settings.coalesce;
-                    if Instant::now() < due {
-                        if self.control.has_queued() {
+                    if Instant::now() < due && !self.control.is_filling() {
+                        if self.flush_at.is_none() && self.control.has_queued() {
                             self.flush_at = Some(due);
                         }
-                    } else if let Err(end) = Box::pin(self.write_queued()).await {
-                        return end;
+                    } else {
+                        self.flush_at = None;
+                        if let Err(end) = Box::pin(self.write_queued()).await {
+                            return end;
+                        }
                     }
                 }
                 // Not read while its answers are queued to the brim.
