@@ -182,8 +182,9 @@ pub struct Config {
 
     /// Gateway: pushes to one socket are written at most once per this
     /// many milliseconds; those queued meanwhile go out together, in one
-    /// write (one syscall, one TCP segment). A push after a quiet spell is
-    /// written at once. 0 writes every push as it comes.
+    /// write (one syscall, one TCP segment). A push after a quiet spell,
+    /// and a queue half full (of `NATTER_WS_QUEUE`), are written at once.
+    /// 0 writes every push as it comes.
     #[arg(long, env = "NATTER_WS_COALESCE_MS", default_value_t = 10)]
     pub ws_coalesce_ms: u64,
 
