@@ -398,6 +398,9 @@ pub mod propagation {
     use opentelemetry::propagation::{Extractor, Injector};
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+    /// The W3C trace context header.
+    const TRACEPARENT: &str = "traceparent";
+
     struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
 
     impl Injector for HeaderInjector<'_> {
@@ -434,7 +437,15 @@ pub mod propagation {
     /// beside an outbox row; `None` when tracing is off.
     #[must_use]
     pub fn traceparent() -> Option<String> {
-        headers().get("traceparent").map(|v| v.as_str().to_owned())
+        headers().get(TRACEPARENT).map(|v| v.as_str().to_owned())
+    }
+
+    /// Makes `span` a child of the context a [`traceparent`] string names
+    /// (one carried beside a request rather than in its headers).
+    pub fn adopt_traceparent(span: &tracing::Span, traceparent: &str) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TRACEPARENT, traceparent);
+        adopt(span, Some(&headers));
     }
 
     /// Makes `span` a child of the context in `headers`, if any.

@@ -128,6 +128,15 @@ impl RpcReply {
     }
 }
 
+impl From<RpcReply> for Result<serde_json::Value, ErrorBody> {
+    fn from(r: RpcReply) -> Self {
+        match r {
+            RpcReply::Ok(v) => Ok(v),
+            RpcReply::Err(e) => Err(e),
+        }
+    }
+}
+
 impl From<Result<serde_json::Value, ErrorBody>> for RpcReply {
     fn from(r: Result<serde_json::Value, ErrorBody>) -> Self {
         match r {

@@ -59,8 +59,7 @@ pub(crate) async fn forward(
     )
     .await?;
     match serde_json::from_slice::<RpcReply>(&msg.payload) {
-        Ok(RpcReply::Ok(result)) => Ok(result),
-        Ok(RpcReply::Err(body)) => Err(body),
+        Ok(reply) => reply.into(),
         Err(e) => {
             tracing::error!(request = kind, error = %e, "undecodable reply from message");
             Err(internal())
@@ -229,13 +228,9 @@ impl BatchSender {
         let (items, replies): (Vec<BatchedRequest>, Vec<_>) =
             batch.into_iter().map(|q| (q.item, q.reply)).unzip();
         let answers = match self.request(RpcBatch { requests: items }).await {
-            Ok(answers) if answers.len() == replies.len() => answers
-                .into_iter()
-                .map(|reply| match reply {
-                    RpcReply::Ok(result) => Ok(result),
-                    RpcReply::Err(body) => Err(body),
-                })
-                .collect(),
+            Ok(answers) if answers.len() == replies.len() => {
+                answers.into_iter().map(Into::into).collect()
+            }
             Ok(answers) => {
                 tracing::error!(
                     sent = replies.len(),

@@ -82,28 +82,24 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
                 let verified = state
                     .bus
                     .verify(&msg.subject, msg.headers.as_ref(), &msg.payload);
-                match (verified, kind) {
-                    (Err(e), _) => respond(&state.nats, msg.reply, &refuse(&e)).await,
+                let reply = match (verified, kind) {
+                    (Err(e), _) => Reply::One(refuse(&e)),
                     (Ok(()), Kind::Request) => {
-                        let reply = match serde_json::from_slice::<RpcRequest>(&msg.payload) {
+                        Reply::One(match serde_json::from_slice::<RpcRequest>(&msg.payload) {
                             Ok(req) => answer(&state, req).await,
                             Err(e) => invalid(&e),
-                        };
-                        respond(&state.nats, msg.reply, &reply).await;
+                        })
                     }
                     (Ok(()), Kind::Batch) => match serde_json::from_slice::<RpcBatch>(&msg.payload)
                     {
-                        Ok(batch) => {
-                            let replies = answer_batch(&state, &limit, batch).await;
-                            respond(&state.nats, msg.reply, &replies).await;
-                        }
-                        Err(e) => respond(&state.nats, msg.reply, &invalid(&e)).await,
+                        Ok(batch) => Reply::Batch(answer_batch(&state, &limit, batch).await),
+                        Err(e) => Reply::One(invalid(&e)),
                     },
                     (Ok(()), Kind::Unregister) => {
-                        let reply = answer_unregister(&state, &msg.payload).await;
-                        respond(&state.nats, msg.reply, &reply).await;
+                        Reply::One(answer_unregister(&state, &msg.payload).await)
                     }
-                }
+                };
+                respond(&state.nats, msg.reply, &reply).await;
                 drop(permit);
             }
             .instrument(span),
@@ -114,6 +110,15 @@ pub(crate) async fn serve(state: AppState, shutdown: CancellationToken) -> anyho
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// What goes back to the asker: one answer, or a batch's answers (a
+/// batch refused whole gets one).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Reply {
+    One(RpcReply),
+    Batch(RpcBatchReply),
 }
 
 /// The answer to a request that is unsigned, forged, stale or replayed:
@@ -162,9 +167,7 @@ async fn answer_batch(state: &AppState, limit: &Arc<Semaphore>, batch: RpcBatch)
     let replies = batch.requests.into_iter().map(|item| {
         let span = tracing::debug_span!("message.request");
         if let Some(traceparent) = item.traceparent.as_deref() {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("traceparent", traceparent);
-            propagation::adopt(&span, Some(&headers));
+            propagation::adopt_traceparent(&span, traceparent);
         }
         answer(state, item.rpc).instrument(span)
     });
