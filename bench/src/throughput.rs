@@ -10,6 +10,7 @@ use anyhow::bail;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -82,6 +83,9 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let acked = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let mut tasks = tokio::task::JoinSet::new();
     let mut writer_index = 0u32;
     for (channel_id, sockets) in all {
@@ -97,7 +101,11 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
             } else {
                 Role::Reader
             };
-            let (totals, latency) = (totals.clone(), latency.clone());
+            let histograms = Histograms {
+                delivered: latency.clone(),
+                acked: acked.clone(),
+            };
+            let totals = totals.clone();
             let socket = Socket {
                 channel_id,
                 member: m,
@@ -105,7 +113,7 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
                 epoch,
                 stop_at,
             };
-            tasks.spawn(async move { socket.run(ws, role, &totals, &latency).await });
+            tasks.spawn(async move { socket.run(ws, role, &totals, &histograms).await });
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -113,6 +121,7 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
     }
     let seconds = load.seconds as f64;
     let h = latency.lock().await;
+    let a = acked.lock().await;
     let written = totals.written.load(Ordering::Relaxed);
     let delivered = totals.delivered.load(Ordering::Relaxed);
     Ok(json!({
@@ -122,7 +131,17 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
         "deliveries": delivered, "deliveries_per_s": (delivered as f64 / seconds).round(),
         "paced_sends_skipped": totals.skipped.load(Ordering::Relaxed),
         "latency_ms": crate::latency_json(&h),
+        "acked_latency_ms": crate::latency_json(&a),
     }))
+}
+
+/// Where every socket adds its latencies at the end.
+struct Histograms {
+    /// Write → delivered, at every receiver.
+    delivered: Arc<Mutex<Histogram<u64>>>,
+    /// Write → acknowledged (stored), at the writer: the part of the
+    /// delivered latency spent before the relay takes the message.
+    acked: Arc<Mutex<Histogram<u64>>>,
 }
 
 enum Role {
@@ -150,11 +169,14 @@ impl Socket {
         mut ws: Ws,
         role: Role,
         totals: &Totals,
-        latency: &Mutex<Histogram<u64>>,
+        histograms: &Histograms,
     ) -> anyhow::Result<()> {
         let mut next_id: u64 = 100;
-        let mut in_flight = 0usize;
+        // Send times of the writes in flight: the gateway answers a
+        // socket's requests in order.
+        let mut in_flight = VecDeque::new();
         let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut local_acked = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let end = self.stop_at + GRACE;
         let (is_writer, mut ticker) = match role {
             Role::Writer { pacing } => (
@@ -170,13 +192,12 @@ impl Socket {
         loop {
             let now = Instant::now();
             let writing = is_writer && now < self.stop_at;
-            if now >= end || (is_writer && !writing && in_flight == 0) {
+            if now >= end || (is_writer && !writing && in_flight.is_empty()) {
                 break;
             }
             if writing && ticker.is_none() {
-                while in_flight < self.window {
-                    self.write(&mut ws, &mut next_id).await?;
-                    in_flight += 1;
+                while in_flight.len() < self.window {
+                    in_flight.push_back(self.write(&mut ws, &mut next_id).await?);
                 }
             }
             let tick = async {
@@ -187,9 +208,8 @@ impl Socket {
             };
             let next = tokio::select! {
                 _ = tick => {
-                    if in_flight < self.window {
-                        self.write(&mut ws, &mut next_id).await?;
-                        in_flight += 1;
+                    if in_flight.len() < self.window {
+                        in_flight.push_back(self.write(&mut ws, &mut next_id).await?);
                     } else {
                         totals.skipped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -203,7 +223,9 @@ impl Socket {
             let frame = Frame::parse(&text)?;
             match frame.kind.as_ref() {
                 "reply" => {
-                    in_flight = in_flight.saturating_sub(1);
+                    if let Some(sent) = in_flight.pop_front() {
+                        local_acked.record(micros_since(self.epoch).saturating_sub(sent).max(1))?;
+                    }
                     if Instant::now() <= self.stop_at + Duration::from_millis(50) {
                         totals.written.fetch_add(1, Ordering::Relaxed);
                     }
@@ -219,18 +241,21 @@ impl Socket {
                 _ => {}
             }
         }
-        latency.lock().await.add(&local)?;
+        histograms.delivered.lock().await.add(&local)?;
+        histograms.acked.lock().await.add(&local_acked)?;
         Ok(())
     }
 
-    async fn write(&self, ws: &mut Ws, next_id: &mut u64) -> anyhow::Result<()> {
+    /// Sends one write: its send time, in µs since the epoch.
+    async fn write(&self, ws: &mut Ws, next_id: &mut u64) -> anyhow::Result<u64> {
+        let sent = micros_since(self.epoch);
         let frame = json!({
             "id": *next_id, "type": "write_message", "channel_id": self.channel_id,
             "client_msg_id": format!("{}-{}-{}", self.channel_id, self.member, next_id),
-            "content": micros_since(self.epoch).to_string(),
+            "content": sent.to_string(),
         });
         *next_id += 1;
         ws.send(Message::text(frame.to_string())).await?;
-        Ok(())
+        Ok(sent)
     }
 }
