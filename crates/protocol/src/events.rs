@@ -173,6 +173,56 @@ pub enum Delivery {
     },
 }
 
+/// The first part of a [`Event::MessageStored`]'s JSON, written by the
+/// message writer before it knows the message's seq, time and channel
+/// title: the object up to, not including, its closing brace, without
+/// those three. The writer's one Postgres call (migrations/0009) appends
+/// `,"title":…,"seq":…,"sent_at":"…"}` once they are known, so the
+/// event is encoded in one place of Rust and completed in one place of SQL.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MessageStoredHead<'a> {
+    kind: &'static str,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The writer.
+    pub user_id: UserId,
+    /// Their name.
+    pub username: &'a str,
+    /// The text.
+    pub content: &'a str,
+    /// The writing socket, which gets no echo.
+    pub origin: &'a SocketRef,
+}
+
+impl<'a> MessageStoredHead<'a> {
+    /// The head of the event for these fields.
+    #[must_use]
+    pub fn new(
+        channel_id: ChannelId,
+        user_id: UserId,
+        username: &'a str,
+        content: &'a str,
+        origin: &'a SocketRef,
+    ) -> Self {
+        Self {
+            kind: "message_stored",
+            channel_id,
+            user_id,
+            username,
+            content,
+            origin,
+        }
+    }
+
+    /// The JSON text, open at the end.
+    #[must_use]
+    pub fn json(&self) -> String {
+        let mut json = serde_json::to_string(self).unwrap_or_default();
+        json.pop();
+        json
+    }
+}
+
 /// What push publishes to one gateway for one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryBatch {
@@ -192,6 +242,48 @@ pub struct SessionRevoked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head with the tail migrations/0009 appends (built here the way
+    /// the SQL builds it: `to_json` of the title, the seq, the time with
+    /// six fraction digits) decodes to the event Rust would have encoded.
+    #[test]
+    fn a_message_stored_head_completed_as_postgres_completes_it_is_the_event() {
+        let origin = SocketRef {
+            gateway_id: "gw-1".into(),
+            socket_id: SocketId(7),
+        };
+        let sent_at =
+            OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).expect("time");
+        let title = "the \"quoted\" room\n";
+        let head = MessageStoredHead::new(
+            ChannelId(3),
+            UserId(5),
+            "bob",
+            "hi \u{1F600} \"x\"",
+            &origin,
+        );
+        let json = format!(
+            "{},\"title\":{},\"seq\":{},\"sent_at\":\"{}\"}}",
+            head.json(),
+            serde_json::to_string(title).expect("title"),
+            42,
+            time_format::format(sent_at)
+        );
+        let event: Event = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(
+            event,
+            Event::MessageStored {
+                channel_id: ChannelId(3),
+                title: title.into(),
+                seq: Seq(42),
+                user_id: UserId(5),
+                username: "bob".into(),
+                content: "hi \u{1F600} \"x\"".into(),
+                sent_at,
+                origin,
+            }
+        );
+    }
 
     #[test]
     fn events_are_tagged_by_kind() {

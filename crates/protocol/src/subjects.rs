@@ -10,7 +10,7 @@
 
 use crate::ChannelId;
 use crate::events::Event;
-use crate::partition::{DEFAULT_PARTITIONS, Partition};
+use crate::partition::{DEFAULT_PARTITIONS, Partition, PartitionKey};
 
 /// A sanitized namespace: lowercase `[a-z0-9_-]`, never empty; with the
 /// number of event partitions.
@@ -114,6 +114,14 @@ impl Namespace {
     pub fn event_subject(&self, event: &Event) -> String {
         let partition = event.partition_key().partition(self.partitions);
         self.partition_subject(partition, &event.subject_suffix())
+    }
+
+    /// Where a channel's events are published: [`Self::event_subject`] of
+    /// any event of `channel`.
+    #[must_use]
+    pub fn channel_event_subject(&self, channel: ChannelId) -> String {
+        let partition = PartitionKey::Channel(channel).partition(self.partitions);
+        self.partition_subject(partition, &format!("channel.{channel}"))
     }
 
     /// A subject in `partition`: `<ns>.evt.p<k>.<suffix>`.
@@ -262,6 +270,10 @@ mod tests {
             username: None,
         };
         assert_eq!(ns.event_subject(&joined), "t.evt.p4.channel.4");
+        assert_eq!(
+            ns.channel_event_subject(ChannelId(4)),
+            ns.event_subject(&joined)
+        );
         let invited = Event::InviteReceived {
             to: crate::UserId(4),
             from_username: "a".into(),

@@ -75,7 +75,7 @@ impl OutboxRow {
 
     fn new(subject: String, payload: Vec<u8>, traceparent: Option<String>) -> Self {
         Self {
-            msg_id: uuid::Uuid::now_v7(),
+            msg_id: new_msg_id(),
             subject,
             payload,
             headers: headers_json(traceparent),
@@ -152,8 +152,15 @@ pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> anyhow::Resu
     Ok(())
 }
 
+/// A fresh `msg_id`, for an outbox row written by a caller's own SQL.
+#[must_use]
+pub fn new_msg_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
 /// The `headers` column for a trace context.
-fn headers_json(traceparent: Option<String>) -> String {
+#[must_use]
+pub fn headers_json(traceparent: Option<String>) -> String {
     traceparent.map_or_else(
         || "{}".to_owned(),
         |t| serde_json::json!({ "traceparent": t }).to_string(),

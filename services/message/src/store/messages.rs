@@ -1,23 +1,25 @@
 //! Messages: the batched write and the history reads.
 //!
-//! A batch is one transaction (ARCHITECTURE.md "Hot paths"): its channels are
-//! locked in id order (so concurrent batches never deadlock), membership is
-//! checked under those locks, each channel's `last_seq` advances once for
-//! all of its messages, and messages, their idempotency keys
-//! (`message_keys`, migration 0007) and outbox rows go in with one
-//! `UNNEST` insert each. `sent_at` is `clock_timestamp()` per row, inserted
-//! in seq order, so it follows seq within a channel.
+//! A batch is one call of the `write_messages` function (migration 0009),
+//! one statement and so one transaction and one round trip
+//! (ARCHITECTURE.md "Hot paths"): its channels are locked in id order (so
+//! concurrent batches never deadlock), membership is checked under those
+//! locks, each channel's `last_seq` advances once for all of its messages,
+//! and messages, their idempotency keys (`message_keys`, migration 0007),
+//! the writers' read pointers and outbox rows go in with one insert each.
+//! `sent_at` is `clock_timestamp()` per row, inserted in seq order, so it
+//! follows seq within a channel.
 
 use crate::error::DomainError;
 use crate::store::channels::{membership, not_found, not_joined};
-use natter_platform::outbox::{self, OutboxRow};
-use natter_protocol::events::Event;
+use natter_platform::outbox;
+use natter_protocol::events::MessageStoredHead;
 use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId, limits};
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use time::OffsetDateTime;
 
 /// One `write_message`, with who wrote it.
@@ -38,6 +40,10 @@ pub(crate) struct WriteRequest {
     /// The request's trace context, carried by its outbox row.
     pub traceparent: Option<String>,
 }
+
+/// One row of `write_messages`: a request's 1-based position, how it
+/// ended, its channel, and its message when there is one.
+type OutcomeRow = (i32, String, i64, Option<i64>, Option<OffsetDateTime>);
 
 /// How one request of a batch ended; cheap to copy to its repeats.
 #[derive(Debug, Clone)]
@@ -68,231 +74,100 @@ pub(crate) async fn write_batch(
     ns: &Namespace,
     batch: &[WriteRequest],
 ) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
-    let mut tx = pool.begin().await?;
-
-    // The first request of each key decides the answer of its repeats.
+    // Each key goes to Postgres once; its repeats get its answer.
     let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
-    let primary: Vec<usize> = batch
+    let mut keys: Vec<usize> = Vec::new();
+    let position: Vec<usize> = batch
         .iter()
         .enumerate()
-        .map(|(i, r)| *first_of.entry((r.user_id.0, &r.client_msg_id)).or_insert(i))
+        .map(|(i, r)| {
+            *first_of
+                .entry((r.user_id.0, &r.client_msg_id))
+                .or_insert_with(|| {
+                    keys.push(i);
+                    keys.len() - 1
+                })
+        })
         .collect();
-    let mut outcome: Vec<Option<Outcome>> = vec![None; batch.len()];
 
-    let (key_users, key_ids): (Vec<i64>, Vec<&str>) = first_of.keys().copied().unzip();
-    // One primary-key lookup per key, whatever the tables' statistics say:
-    // `OFFSET 0` keeps each lateral subquery from being flattened into a
-    // join, which the planner (on a young table, or with a generic plan
-    // made while it was small) turned into a hash join over a sequential
-    // scan of every partition of `message_keys` — per batch, the largest
-    // cost of a write on Postgres's side.
-    let stored: Vec<(i64, String, i64, i64, OffsetDateTime)> = sqlx::query_as(
-        "SELECT q.user_id, q.client_msg_id, k.channel_id, k.seq, m.sent_at \
-         FROM UNNEST($1::bigint[], $2::text[]) AS q(user_id, client_msg_id) \
-         CROSS JOIN LATERAL (SELECT channel_id, seq FROM message_keys \
-           WHERE user_id = q.user_id AND client_msg_id = q.client_msg_id OFFSET 0) AS k \
-         CROSS JOIN LATERAL (SELECT sent_at FROM messages \
-           WHERE channel_id = k.channel_id AND seq = k.seq OFFSET 0) AS m",
+    let requests = keys.iter().map(|&i| &batch[i]);
+    let users: Vec<i64> = requests.clone().map(|r| r.user_id.0).collect();
+    let client_msg_ids: Vec<&str> = requests.clone().map(|r| r.client_msg_id.as_str()).collect();
+    let channels: Vec<i64> = requests.clone().map(|r| r.channel_id.0).collect();
+    let contents: Vec<&str> = requests.clone().map(|r| r.content.as_str()).collect();
+    let msg_ids: Vec<uuid::Uuid> = requests.clone().map(|_| outbox::new_msg_id()).collect();
+    let subjects: Vec<String> = requests
+        .clone()
+        .map(|r| ns.channel_event_subject(r.channel_id))
+        .collect();
+    let heads: Vec<String> = requests
+        .clone()
+        .map(|r| {
+            MessageStoredHead::new(r.channel_id, r.user_id, &r.username, &r.content, &r.origin)
+                .json()
+        })
+        .collect();
+    let headers: Vec<String> = requests
+        .map(|r| outbox::headers_json(r.traceparent.clone()))
+        .collect();
+
+    let rows: Vec<OutcomeRow> = sqlx::query_as(
+        "SELECT n, outcome, channel_id, seq, sent_at \
+         FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(&key_users)
-    .bind(&key_ids)
-    .fetch_all(&mut *tx)
+    .bind(&users)
+    .bind(&client_msg_ids)
+    .bind(&channels)
+    .bind(&contents)
+    .bind(&msg_ids)
+    .bind(&subjects)
+    .bind(&heads)
+    .bind(&headers)
+    .fetch_all(pool)
     .await?;
-    for (user, key, channel, seq, sent_at) in stored {
-        if let Some(&i) = first_of.get(&(user, key.as_str())) {
-            outcome[i] = Some(Outcome::Written(Written {
-                channel_id: ChannelId(channel),
-                seq: Seq(seq),
-                sent_at,
-            }));
-        }
-    }
-    let fresh: Vec<usize> = (0..batch.len())
-        .filter(|&i| primary[i] == i && outcome[i].is_none())
-        .collect();
 
-    let mut channel_ids: Vec<i64> = fresh.iter().map(|&i| batch[i].channel_id.0).collect();
-    channel_ids.sort_unstable();
-    channel_ids.dedup();
-    let titles: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
-        "SELECT id, title FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-    )
-    .bind(&channel_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    let (member_channels, member_users): (Vec<i64>, Vec<i64>) = fresh
-        .iter()
-        .map(|&i| (batch[i].channel_id.0, batch[i].user_id.0))
-        .unzip();
-    let members: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT channel_id, user_id FROM channel_members \
-         JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(channel_id, user_id) \
-           USING (channel_id, user_id)",
-    )
-    .bind(&member_channels)
-    .bind(&member_users)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-
-    let mut accepted = Vec::with_capacity(fresh.len());
-    let mut per_channel: BTreeMap<i64, i64> = BTreeMap::new();
-    for i in fresh {
-        let r = &batch[i];
-        if !titles.contains_key(&r.channel_id.0) {
-            outcome[i] = Some(Outcome::NotFound(r.channel_id));
-        } else if !members.contains(&(r.channel_id.0, r.user_id.0)) {
-            outcome[i] = Some(Outcome::NotJoined(r.channel_id));
-        } else {
-            *per_channel.entry(r.channel_id.0).or_default() += 1;
-            accepted.push(i);
-        }
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; keys.len()];
+    let mut written = 0;
+    for (n, outcome, channel, seq, sent_at) in rows {
+        let channel_id = ChannelId(channel);
+        let outcome = match (outcome.as_str(), seq, sent_at) {
+            ("written" | "stored", Some(seq), Some(sent_at)) => {
+                written += u64::from(outcome == "written");
+                Outcome::Written(Written {
+                    channel_id,
+                    seq: Seq(seq),
+                    sent_at,
+                })
+            }
+            ("not_found", ..) => Outcome::NotFound(channel_id),
+            ("not_joined", ..) => Outcome::NotJoined(channel_id),
+            _ => {
+                return Err(DomainError::Internal(anyhow::anyhow!(
+                    "write_messages answered {outcome} without a message"
+                )));
+            }
+        };
+        let slot = usize::try_from(n - 1)
+            .ok()
+            .and_then(|k| outcomes.get_mut(k))
+            .ok_or_else(|| {
+                DomainError::Internal(anyhow::anyhow!("write_messages answered request {n}"))
+            })?;
+        *slot = Some(outcome);
     }
-
-    if !accepted.is_empty() {
-        insert_accepted(
-            &mut tx,
-            ns,
-            batch,
-            &accepted,
-            &per_channel,
-            &titles,
-            &mut outcome,
-        )
-        .await?;
-    }
-    tx.commit().await?;
     natter_platform::metrics::get()
         .messages_stored
-        .add(accepted.len() as u64, &[]);
+        .add(written, &[]);
 
-    Ok((0..batch.len())
-        .map(|i| match &outcome[primary[i]] {
+    Ok(position
+        .into_iter()
+        .map(|k| match &outcomes[k] {
             Some(o) => o.clone().into_result(),
             None => Err(DomainError::Internal(anyhow::anyhow!(
-                "write {i} of a batch got no outcome"
+                "write_messages did not answer a request"
             ))),
         })
         .collect())
-}
-
-/// Assigns seqs, inserts the accepted messages and their outbox rows, and
-/// moves each writer's read pointer.
-async fn insert_accepted(
-    tx: &mut sqlx::PgConnection,
-    ns: &Namespace,
-    batch: &[WriteRequest],
-    accepted: &[usize],
-    per_channel: &BTreeMap<i64, i64>,
-    titles: &HashMap<i64, String>,
-    outcome: &mut [Option<Outcome>],
-) -> Result<(), DomainError> {
-    let (ids, counts): (Vec<i64>, Vec<i64>) = per_channel.iter().map(|(c, n)| (*c, *n)).unzip();
-    let advanced: Vec<(i64, i64)> = sqlx::query_as(
-        "UPDATE channels c SET last_seq = c.last_seq + u.n \
-         FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, n) WHERE c.id = u.id \
-         RETURNING c.id, c.last_seq",
-    )
-    .bind(&ids)
-    .bind(&counts)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut next_seq: HashMap<i64, i64> = advanced
-        .into_iter()
-        .map(|(id, last)| (id, last - per_channel.get(&id).copied().unwrap_or(0) + 1))
-        .collect();
-
-    let mut seqs = Vec::with_capacity(accepted.len());
-    for &i in accepted {
-        let next = next_seq.get_mut(&batch[i].channel_id.0).ok_or_else(|| {
-            DomainError::Internal(anyhow::anyhow!("a locked channel was not advanced"))
-        })?;
-        seqs.push(*next);
-        *next += 1;
-    }
-    // Arrival order keeps each channel's rows in seq order, which is the
-    // order clock_timestamp() is evaluated in.
-    let channels: Vec<i64> = accepted.iter().map(|&i| batch[i].channel_id.0).collect();
-    let users: Vec<i64> = accepted.iter().map(|&i| batch[i].user_id.0).collect();
-    let keys: Vec<&str> = accepted
-        .iter()
-        .map(|&i| batch[i].client_msg_id.as_str())
-        .collect();
-    let contents: Vec<&str> = accepted
-        .iter()
-        .map(|&i| batch[i].content.as_str())
-        .collect();
-    let sent: HashMap<(i64, i64), OffsetDateTime> = sqlx::query_as::<_, (i64, i64, OffsetDateTime)>(
-        "INSERT INTO messages (channel_id, seq, user_id, client_msg_id, content, sent_at) \
-         SELECT c, s, u, k, t, clock_timestamp() \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) AS x(c, s, u, k, t) \
-         RETURNING channel_id, seq, sent_at",
-    )
-    .bind(&channels)
-    .bind(&seqs)
-    .bind(&users)
-    .bind(&keys)
-    .bind(&contents)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(c, s, t)| ((c, s), t))
-    .collect();
-    sqlx::query(
-        "INSERT INTO message_keys (user_id, client_msg_id, channel_id, seq) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])",
-    )
-    .bind(&users)
-    .bind(&keys)
-    .bind(&channels)
-    .bind(&seqs)
-    .execute(&mut *tx)
-    .await?;
-
-    let mut read_to: HashMap<(i64, i64), i64> = HashMap::new();
-    let mut events = Vec::with_capacity(accepted.len());
-    for (&i, &seq) in accepted.iter().zip(&seqs) {
-        let r = &batch[i];
-        let sent_at = sent.get(&(r.channel_id.0, seq)).copied().ok_or_else(|| {
-            DomainError::Internal(anyhow::anyhow!("message {seq} was not returned"))
-        })?;
-        let read = read_to.entry((r.channel_id.0, r.user_id.0)).or_default();
-        *read = (*read).max(seq);
-        let event = Event::MessageStored {
-            channel_id: r.channel_id,
-            title: titles.get(&r.channel_id.0).cloned().unwrap_or_default(),
-            seq: Seq(seq),
-            user_id: r.user_id,
-            username: r.username.clone(),
-            content: r.content.clone(),
-            sent_at,
-            origin: r.origin.clone(),
-        };
-        events.push(OutboxRow::event(ns, &event, r.traceparent.clone())?);
-        outcome[i] = Some(Outcome::Written(Written {
-            channel_id: r.channel_id,
-            seq: Seq(seq),
-            sent_at,
-        }));
-    }
-
-    let (read_keys, read_seqs): (Vec<(i64, i64)>, Vec<i64>) = read_to.into_iter().unzip();
-    let (read_channels, read_users): (Vec<i64>, Vec<i64>) = read_keys.into_iter().unzip();
-    sqlx::query(
-        "UPDATE channel_members m SET last_read_seq = GREATEST(m.last_read_seq, u.seq) \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(channel_id, user_id, seq) \
-         WHERE m.channel_id = u.channel_id AND m.user_id = u.user_id",
-    )
-    .bind(&read_channels)
-    .bind(&read_users)
-    .bind(&read_seqs)
-    .execute(&mut *tx)
-    .await?;
-    outbox::insert(tx, &events).await?;
-    Ok(())
 }
 
 /// Which page of `fetch_messages`.
@@ -407,6 +282,7 @@ fn is_complete(rows: &[Row], before: Seq, wanted: i64) -> bool {
 mod tests {
     use super::*;
     use natter_platform::db;
+    use natter_protocol::events::Event;
     use sqlx::migrate::Migrator;
     use std::borrow::Cow;
 
@@ -530,6 +406,83 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [(channels[1], 2), (channels[0], 4)]);
+    }
+
+    /// The outbox row of a written message is its `message_stored` event
+    /// as Rust encodes it, completed by Postgres with the channel's title,
+    /// the seq and the time the writer was answered with, on the channel's
+    /// subject and with the request's trace context.
+    #[tokio::test]
+    async fn a_written_message_s_outbox_row_is_its_event_with_the_answered_seq_and_time() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, invite_code) \
+             VALUES ('alice', 'x', 'code-alice') RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("user");
+        let title = "a \"quoted\" \\ room";
+        let channel: i64 = sqlx::query_scalar(
+            "INSERT INTO channels (title, invite_code, head_count, created_by) \
+             VALUES ($1, 'room', 1, $2) RETURNING id",
+        )
+        .bind(title)
+        .bind(alice)
+        .fetch_one(&pool)
+        .await
+        .expect("channel");
+        sqlx::query("INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2)")
+            .bind(channel)
+            .bind(alice)
+            .execute(&pool)
+            .await
+            .expect("member");
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut first = request(alice, channel, "k1");
+        first.content = "line one\nand \"two\" \u{1F600}".into();
+        first.traceparent = Some(traceparent.into());
+        let ns = Namespace::new("outbox-test");
+        let answers = write_batch(&pool, &ns, &[first, request(alice, channel, "k2")])
+            .await
+            .expect("batch");
+        let written: Vec<Written> = answers.into_iter().map(|a| a.expect("written")).collect();
+
+        let rows: Vec<(String, Vec<u8>, serde_json::Value)> =
+            sqlx::query_as("SELECT subject, payload, headers FROM outbox ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("outbox");
+        assert_eq!(rows.len(), 2);
+        let events: Vec<Event> = rows
+            .iter()
+            .map(|(_, payload, _)| serde_json::from_slice(payload).expect("an event"))
+            .collect();
+        let expected = |w: &Written, content: &str| Event::MessageStored {
+            channel_id: ChannelId(channel),
+            title: title.into(),
+            seq: w.seq,
+            user_id: UserId(alice),
+            username: "alice".into(),
+            content: content.into(),
+            sent_at: w.sent_at,
+            origin: SocketRef {
+                gateway_id: "gw".into(),
+                socket_id: natter_protocol::SocketId(1),
+            },
+        };
+        assert_eq!(
+            events,
+            [
+                expected(&written[0], "line one\nand \"two\" \u{1F600}"),
+                expected(&written[1], "new k2"),
+            ]
+        );
+        assert_eq!(written.iter().map(|w| w.seq.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(rows[0].0, ns.event_subject(&events[0]));
+        assert_eq!(rows[0].2, serde_json::json!({ "traceparent": traceparent }));
+        assert_eq!(rows[1].2, serde_json::json!({}));
     }
 
     #[test]
