@@ -304,6 +304,17 @@ mod tests {
         }
     }
 
+    /// The user `alice`: her id.
+    async fn insert_alice(pool: &PgPool) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, invite_code) \
+             VALUES ('alice', 'x', 'code-alice') RETURNING id",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("user")
+    }
+
     /// A database that already held messages before 0007 keeps them:
     /// they read back in order, and their `client_msg_id`s still make a
     /// repeat write return the first seq, while a new write takes the
@@ -323,13 +334,7 @@ mod tests {
             ..Migrator::DEFAULT
         };
         before.run(&pool).await.expect("migrations before 0007");
-        let alice: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, invite_code) \
-             VALUES ('alice', 'x', 'code-alice') RETURNING id",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("user");
+        let alice = insert_alice(&pool).await;
         let mut channels = Vec::new();
         for title in ["one", "two", "three"] {
             let channel: i64 = sqlx::query_scalar(
@@ -416,13 +421,7 @@ mod tests {
     async fn a_written_message_s_outbox_row_is_its_event_with_the_answered_seq_and_time() {
         let database = natter_testkit::TestDatabase::create().await;
         let pool = database.pool().await;
-        let alice: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, invite_code) \
-             VALUES ('alice', 'x', 'code-alice') RETURNING id",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("user");
+        let alice = insert_alice(&pool).await;
         let title = "a \"quoted\" \\ room";
         let channel: i64 = sqlx::query_scalar(
             "INSERT INTO channels (title, invite_code, head_count, created_by) \
