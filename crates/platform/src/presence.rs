@@ -661,7 +661,10 @@ impl PresenceReader {
                 hgetall
             })
             .collect();
-        let hashes: Vec<HashMap<String, String>> = self
+        // Field-value pairs, not a map per user: push reads every member's
+        // hash for every message, and building 2,000 hash maps per message
+        // was a measurable share of a gateway-and-push core in fan-out.
+        let hashes: Vec<Vec<(String, String)>> = self
             .redis
             .each(commands)
             .await
