@@ -25,6 +25,18 @@ async fn user_id(app: &TestApp, name: &str) -> UserId {
     )
 }
 
+/// A running app with `alice` registered, her id, and a NATS client that
+/// holds no bus key.
+async fn alice_and_a_bus_client() -> (TestApp, UserId, async_nats::Client) {
+    let app = TestApp::spawn().await;
+    app.user("alice").await;
+    let alice = user_id(&app, "alice").await;
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    (app, alice, nats)
+}
+
 fn as_caller(user: UserId, name: &str) -> Vec<u8> {
     serde_json::to_vec(&request_of(user, name, Request::FetchUserInviteCode)).expect("serialize")
 }
@@ -63,12 +75,7 @@ fn is_unauthorized(reply: &RpcReply) -> bool {
 
 #[tokio::test]
 async fn message_refuses_a_caller_that_is_unsigned_forged_replayed_or_moved() {
-    let app = TestApp::spawn().await;
-    app.user("alice").await;
-    let alice = user_id(&app, "alice").await;
-    let nats = async_nats::connect(&app.config.nats_url)
-        .await
-        .expect("nats");
+    let (app, alice, nats) = alice_and_a_bus_client().await;
     let subject = app.config.namespace().rpc_message();
     let body = as_caller(alice, "alice");
 
@@ -100,12 +107,7 @@ async fn message_refuses_a_caller_that_is_unsigned_forged_replayed_or_moved() {
 /// signed, each request gets its own answer, in order.
 #[tokio::test]
 async fn message_answers_a_signed_batch_request_by_request_and_refuses_an_unsigned_one() {
-    let app = TestApp::spawn().await;
-    app.user("alice").await;
-    let alice = user_id(&app, "alice").await;
-    let nats = async_nats::connect(&app.config.nats_url)
-        .await
-        .expect("nats");
+    let (app, alice, nats) = alice_and_a_bus_client().await;
     let subject = app.config.namespace().rpc_message_batch();
     let batch = RpcBatch {
         requests: [
@@ -154,12 +156,7 @@ async fn message_answers_a_signed_batch_request_by_request_and_refuses_an_unsign
 
 #[tokio::test]
 async fn an_unsigned_unregister_deletes_nobody() {
-    let app = TestApp::spawn().await;
-    app.user("alice").await;
-    let alice = user_id(&app, "alice").await;
-    let nats = async_nats::connect(&app.config.nats_url)
-        .await
-        .expect("nats");
+    let (app, alice, nats) = alice_and_a_bus_client().await;
     let body = serde_json::to_vec(&UnregisterRequest { user_id: alice }).expect("serialize");
     let reply = ask(&nats, &app.config.namespace().rpc_unregister(), None, body).await;
     assert!(is_unauthorized(&reply), "{reply:?}");
