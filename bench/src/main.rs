@@ -114,7 +114,8 @@ enum Mode {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// Delete a run's JetStream streams (the scripts call it on exit).
+    /// Delete a run's JetStream streams and key-value buckets (the scripts
+    /// call it on exit).
     Cleanup {
         /// NATS URL.
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
@@ -197,6 +198,11 @@ async fn main() -> anyhow::Result<()> {
             let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
             for stream in [ns.events_stream(), ns.dlq_stream(), ns.sessions_stream()] {
                 let _ = js.delete_stream(stream).await;
+            }
+            // Push's leases and offsets live in key-value buckets (streams
+            // too): left behind, every run added two to the server.
+            for bucket in [ns.push_leases_bucket(), ns.push_offsets_bucket()] {
+                let _ = js.delete_key_value(bucket).await;
             }
             json!({"cleaned": namespace})
         }
