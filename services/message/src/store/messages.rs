@@ -413,6 +413,21 @@ mod tests {
         assert_eq!(seqs, [(channels[1], 2), (channels[0], 4)]);
     }
 
+    /// Planning its statements again at every call was most of the cost of
+    /// a small batch (migration 0010).
+    #[tokio::test]
+    async fn write_messages_runs_with_the_plans_it_made_once() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let settings: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(proconfig) FROM pg_proc WHERE proname = 'write_messages'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("function settings");
+        assert_eq!(settings, ["plan_cache_mode=force_generic_plan"]);
+    }
+
     /// The outbox row of a written message is its `message_stored` event
     /// as Rust encodes it, completed by Postgres with the channel's title,
     /// the seq and the time the writer was answered with, on the channel's
