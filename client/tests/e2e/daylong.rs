@@ -81,7 +81,9 @@ async fn what_is_shown_inside_a_channel_is_read_and_nothing_more() {
 
 #[tokio::test]
 async fn many_unread_messages_are_shown_from_the_first_and_paged() {
-    let app = TestApp::spawn().await;
+    // Bob writes 120 messages back to back: more than the default burst of
+    // the per-socket rate limit, which is not what this test is about.
+    let app = TestApp::spawn_with(|c| c.ws_burst = 1_000).await;
     let mut alice = Client::online(&app, "alice").await;
     let mut bob = Client::online(&app, "bob").await;
     let id = pair(&mut alice, &mut bob).await;
