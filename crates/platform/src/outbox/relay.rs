@@ -9,7 +9,8 @@
 //! order, pipelined (all publishes of a batch in flight, acks awaited
 //! together). Each publish carries `Nats-Msg-Id` = the row's `msg_id`, so a
 //! crash between publish and delete republishes a row that JetStream then
-//! drops as a duplicate. It wakes on `LISTEN natter_outbox` (a trigger
+//! drops as a duplicate; for the same reason the delete does not wait for
+//! its commit to reach the disk. It wakes on `LISTEN natter_outbox` (a trigger
 //! notifies on insert), with a slow timer only as a safety net.
 //!
 //! A failure is one of two kinds:
@@ -32,6 +33,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Rows published per round.
@@ -104,28 +106,48 @@ async fn publish_while_leading(
 ) -> anyhow::Result<()> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
-    while lease.is_held() {
-        let round = publish_batch(pool, js).await?;
-        let pause = match round.stalled {
-            Some(e) => {
-                health.failing(&e);
-                RETRY
+    // The previous round's rows, being deleted (or parked) while the next
+    // round is published; that round skips them.
+    let mut settling: Option<(Vec<i64>, JoinHandle<anyhow::Result<()>>)> = None;
+    let result = async {
+        while lease.is_held() {
+            let skip = settling.as_ref().map_or(&[][..], |(ids, _)| ids.as_slice());
+            let (round, settle) = publish_round(pool, js, skip).await?;
+            if let Some((_, previous)) = settling.take() {
+                previous.await.context("settling an outbox round")??;
             }
-            None => {
-                health.ok();
-                if round.published + round.parked >= BATCH as usize {
-                    continue;
+            let pause = match &round.stalled {
+                Some(e) => {
+                    health.failing(e);
+                    RETRY
                 }
-                IDLE_POLL
+                None => {
+                    health.ok();
+                    IDLE_POLL
+                }
+            };
+            let full = round.published + round.parked >= BATCH as usize;
+            if !settle.is_empty() {
+                let ids = settle.ids();
+                let pool = pool.clone();
+                settling = Some((ids, tokio::spawn(async move { settle.run(&pool).await })));
             }
-        };
-        tokio::select! {
-            n = listener.recv(), if pause == IDLE_POLL => { n.context("outbox notification")?; }
-            () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return Ok(()),
+            if full && round.stalled.is_none() {
+                continue;
+            }
+            tokio::select! {
+                n = listener.recv(), if pause == IDLE_POLL => { n.context("outbox notification")?; }
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if let Some((_, last)) = settling {
+        last.await.context("settling an outbox round")??;
+    }
+    result
 }
 
 /// What one round did.
@@ -149,18 +171,96 @@ struct Row {
     headers: String,
 }
 
+/// What a round leaves to do in Postgres: the rows JetStream stored, to
+/// delete, and those NATS refused for good, to park (with the subject and
+/// reason, for the log).
+struct Settle {
+    done: Vec<i64>,
+    to_park: Vec<(i64, String, String)>,
+}
+
+impl Settle {
+    fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.to_park.is_empty()
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.done
+            .iter()
+            .copied()
+            .chain(self.to_park.iter().map(|(id, ..)| *id))
+            .collect()
+    }
+
+    /// Deletes the published rows and parks the refused ones, in one
+    /// transaction.
+    async fn run(self, pool: &PgPool) -> anyhow::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        // Not waiting for the commit's WAL flush: a delete lost in a crash
+        // only means those rows are published again, and JetStream drops
+        // them as duplicates of their `Nats-Msg-Id`.
+        let mut tx = pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?;
+        if !self.to_park.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = self
+                .to_park
+                .iter()
+                .map(|(id, _, error)| (*id, error.clone()))
+                .unzip();
+            parked::park(&mut tx, &ids, &errors).await?;
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&self.done)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        for (id, subject, error) in &self.to_park {
+            tracing::error!(
+                id,
+                subject,
+                error,
+                "outbox row parked: NATS refused it for good"
+            );
+        }
+        if !self.to_park.is_empty() {
+            crate::metrics::get()
+                .outbox_parked
+                .add(self.to_park.len() as u64, &[]);
+        }
+        Ok(())
+    }
+}
+
 /// Publishes up to `BATCH` rows, deletes those JetStream acknowledged (a
 /// prefix, in order), parks those it refused for good, and says what it
-/// did. Only the active relay calls it.
+/// did.
 ///
 /// # Errors
 /// When Postgres fails.
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<Round> {
+    let (round, settle) = publish_round(pool, js, &[]).await?;
+    settle.run(pool).await?;
+    Ok(round)
+}
+
+/// Publishes up to `BATCH` rows in id order, but for those in `skip` (the
+/// previous round's, still being settled), and says what it did and what
+/// is left to settle. Only the active relay calls it.
+#[tracing::instrument(level = "debug", skip_all)]
+async fn publish_round(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    skip: &[i64],
+) -> anyhow::Result<(Round, Settle)> {
     let rows: Vec<Row> = sqlx::query_as::<_, (i64, uuid::Uuid, String, Vec<u8>, String)>(
-        "SELECT id, msg_id, subject, payload, headers::text FROM outbox ORDER BY id LIMIT $1",
+        "SELECT id, msg_id, subject, payload, headers::text FROM outbox \
+         WHERE id <> ALL($2) ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
+    .bind(skip)
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -172,7 +272,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
         headers,
     })
     .collect();
-    let mut to_park: Vec<(i64, String)> = Vec::new();
+    let mut to_park: Vec<(i64, String, String)> = Vec::new();
     let mut stalled = None;
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -185,7 +285,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             Err(e) => {
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) {
-                    to_park.push((row.id, format!("{e:#}")));
+                    to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
                 } else {
                     stalled = Some(e.context("publishing an outbox row"));
                     break;
@@ -202,7 +302,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             Err(e) => {
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) || no_stream_takes(js, &row.subject, &e).await {
-                    to_park.push((row.id, format!("{e:#}")));
+                    to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
                 } else {
                     stalled = Some(e.context("an outbox row was not acknowledged"));
                     break;
@@ -211,42 +311,15 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
         }
     }
     let parked = to_park.len();
-    if !done.is_empty() || !to_park.is_empty() {
-        let mut tx = pool.begin().await?;
-        if !to_park.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = to_park.iter().cloned().unzip();
-            parked::park(&mut tx, &ids, &errors).await?;
-        }
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&done)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    for (id, error) in &to_park {
-        let subject = rows
-            .iter()
-            .find(|r| r.id == *id)
-            .map(|r| r.subject.as_str());
-        tracing::error!(
-            id,
-            subject,
-            error,
-            "outbox row parked: NATS refused it for good"
-        );
-    }
-    let metrics = crate::metrics::get();
-    if parked > 0 {
-        metrics.outbox_parked.add(parked as u64, &[]);
-    }
-    metrics
+    crate::metrics::get()
         .outbox_backlog
         .record((rows.len() - done.len() - parked) as u64, &[]);
-    Ok(Round {
+    let round = Round {
         published: done.len(),
         parked,
         stalled,
-    })
+    };
+    Ok((round, Settle { done, to_park }))
 }
 
 /// Whether NATS refused a publish in a way no retry can change: larger

@@ -1,6 +1,7 @@
 //! The outbox survives the message service stopping between commit and
-//! publish, JetStream keeps each event once however often it is
-//! published, a row NATS refuses for good is parked instead of holding
+//! publish, a backlog of many rounds goes out whole and in order (each
+//! round is published while the one before it is still being deleted),
+//! JetStream keeps each event once however often it is published, a row NATS refuses for good is parked instead of holding
 //! back the rest, an outage parks nothing, and only the lease holder
 //! publishes.
 
@@ -74,6 +75,21 @@ async fn rows_committed_while_the_service_is_down_are_published_once_after_resta
     app.start_service().await;
     drained(&app).await;
     assert_eq!(stored_events(&app).await, 4);
+}
+
+#[tokio::test]
+async fn a_backlog_of_several_rounds_is_published_whole_and_in_order() {
+    let mut app = TestService::<Message>::spawn().await;
+    app.stop_service().await;
+    // The relay publishes 1,000 rows a round: this is three rounds, each
+    // selected while the previous one's rows are being deleted.
+    let rows: Vec<OutboxRow> = (1..=2_500).map(|n| joined(&app, n)).collect();
+    let mut conn = app.pool.acquire().await.expect("connection");
+    outbox::insert(&mut conn, &rows).await.expect("outbox rows");
+    drop(conn);
+    app.start_service().await;
+    drained(&app).await;
+    assert_eq!(stored_joins(&app).await, (1..=2_500).collect::<Vec<i64>>());
 }
 
 #[tokio::test]
