@@ -184,8 +184,11 @@ pub struct Config {
     /// many milliseconds; those queued meanwhile go out together, in one
     /// write (one syscall, one TCP segment). A push after a quiet spell,
     /// and a queue half full (of `NATTER_WS_QUEUE`), are written at once.
-    /// 0 writes every push as it comes.
-    #[arg(long, env = "NATTER_WS_COALESCE_MS", default_value_t = 10)]
+    /// 0 (the default) writes a push as soon as the socket's task runs,
+    /// with whatever else has queued by then: holding pushes back cost
+    /// every delivery milliseconds at light load and did not raise what a
+    /// gateway fans out (README "Benchmarks").
+    #[arg(long, env = "NATTER_WS_COALESCE_MS", default_value_t = 0)]
     pub ws_coalesce_ms: u64,
 
     /// Gateway: requests per second per socket (token bucket rate).
