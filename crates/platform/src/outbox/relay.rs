@@ -144,10 +144,16 @@ async fn publish_while_leading(
         Ok(())
     }
     .await;
-    if let Some((_, last)) = settling {
-        last.await.context("settling an outbox round")??;
-    }
-    result
+    // The last round is settled whatever stopped the loop; the loop's own
+    // error, if any, is the one reported.
+    let settled = match settling {
+        Some((_, last)) => last
+            .await
+            .context("settling an outbox round")
+            .and_then(|settled| settled),
+        None => Ok(()),
+    };
+    result.and(settled)
 }
 
 /// What one round did.
