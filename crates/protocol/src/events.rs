@@ -104,21 +104,11 @@ impl Event {
         }
     }
 
-    /// The subject suffix under `<ns>.evt.p<k>.`: events of one channel
-    /// share a subject so their order is plain to see; user events go by
-    /// user.
+    /// The subject suffix under `<ns>.evt.p<k>.`: that of its
+    /// [`Event::partition_key`].
     #[must_use]
     pub fn subject_suffix(&self) -> String {
-        match self {
-            Self::MessageStored { channel_id, .. }
-            | Self::ChannelCreated { channel_id, .. }
-            | Self::MemberJoined { channel_id, .. }
-            | Self::MemberLeft { channel_id, .. }
-            | Self::Typing { channel_id, .. } => format!("channel.{channel_id}"),
-            Self::InviteReceived { to, .. }
-            | Self::InviteAccepted { to, .. }
-            | Self::ConnectionEnded { to, .. } => format!("user.{to}"),
-        }
+        self.partition_key().subject_suffix()
     }
 }
 

@@ -47,6 +47,17 @@ impl PartitionKey {
         let bucket = mix(id.cast_unsigned()) % u64::from(partitions.max(1));
         Partition(u16::try_from(bucket).unwrap_or(0))
     }
+
+    /// The subject suffix under `<ns>.evt.p<k>.`: events of one channel
+    /// share a subject so their order is plain to see; user events go by
+    /// user.
+    #[must_use]
+    pub fn subject_suffix(self) -> String {
+        match self {
+            Self::Channel(channel) => format!("channel.{channel}"),
+            Self::User(user) => format!("user.{user}"),
+        }
+    }
 }
 
 /// The SplitMix64 finalizer (Steele, Lea, Flood 2014): consecutive ids

@@ -112,16 +112,19 @@ impl Namespace {
     /// first (see `Event::partition_key`, `Event::subject_suffix`).
     #[must_use]
     pub fn event_subject(&self, event: &Event) -> String {
-        let partition = event.partition_key().partition(self.partitions);
-        self.partition_subject(partition, &event.subject_suffix())
+        self.key_subject(event.partition_key())
     }
 
     /// Where a channel's events are published: [`Self::event_subject`] of
     /// any event of `channel`.
     #[must_use]
     pub fn channel_event_subject(&self, channel: ChannelId) -> String {
-        let partition = PartitionKey::Channel(channel).partition(self.partitions);
-        self.partition_subject(partition, &format!("channel.{channel}"))
+        self.key_subject(PartitionKey::Channel(channel))
+    }
+
+    /// Where the events of `key` are published.
+    fn key_subject(&self, key: PartitionKey) -> String {
+        self.partition_subject(key.partition(self.partitions), &key.subject_suffix())
     }
 
     /// A subject in `partition`: `<ns>.evt.p<k>.<suffix>`.
