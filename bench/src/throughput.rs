@@ -219,7 +219,13 @@ impl Socket {
             };
             let Ok(next) = next else { continue };
             let Some(msg) = next else { break };
-            let Message::Text(text) = msg? else { continue };
+            let text = match msg? {
+                Message::Text(text) => text,
+                // The gateway closes a socket that fell 256 pushes behind
+                // (or broke a rule): a run that loses one is not measured.
+                Message::Close(frame) => bail!("natter closed the socket: {frame:?}"),
+                _ => continue,
+            };
             let frame = Frame::parse(&text)?;
             match frame.kind.as_ref() {
                 "reply" => {
