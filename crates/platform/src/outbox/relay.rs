@@ -207,6 +207,20 @@ impl Settle {
         // Not waiting for the commit's WAL flush: a delete lost in a crash
         // only means those rows are published again, and JetStream drops
         // them as duplicates of their `Nats-Msg-Id`.
+        if self.to_park.is_empty() {
+            // The usual round: one statement, so one round trip instead of
+            // BEGIN, DELETE and COMMIT. It is its own transaction, and
+            // `set_config(…, true)` holds until that transaction commits.
+            sqlx::query(
+                "WITH unsynced AS MATERIALIZED \
+                     (SELECT set_config('synchronous_commit', 'off', true)) \
+                 DELETE FROM outbox WHERE id = ANY($1) AND EXISTS (SELECT FROM unsynced)",
+            )
+            .bind(&self.done)
+            .execute(pool)
+            .await?;
+            return Ok(());
+        }
         let mut tx = pool
             .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
