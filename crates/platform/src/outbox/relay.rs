@@ -199,7 +199,7 @@ impl Settle {
     }
 
     /// Deletes the published rows and parks the refused ones, in one
-    /// transaction.
+    /// transaction (one statement when nothing is parked).
     async fn run(self, pool: &PgPool) -> anyhow::Result<()> {
         if self.is_empty() {
             return Ok(());
@@ -224,14 +224,12 @@ impl Settle {
         let mut tx = pool
             .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
-        if !self.to_park.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = self
-                .to_park
-                .iter()
-                .map(|(id, _, error)| (*id, error.clone()))
-                .unzip();
-            parked::park(&mut tx, &ids, &errors).await?;
-        }
+        let (ids, errors): (Vec<i64>, Vec<String>) = self
+            .to_park
+            .iter()
+            .map(|(id, _, error)| (*id, error.clone()))
+            .unzip();
+        parked::park(&mut tx, &ids, &errors).await?;
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&self.done)
             .execute(&mut *tx)
@@ -245,11 +243,9 @@ impl Settle {
                 "outbox row parked: NATS refused it for good"
             );
         }
-        if !self.to_park.is_empty() {
-            crate::metrics::get()
-                .outbox_parked
-                .add(self.to_park.len() as u64, &[]);
-        }
+        crate::metrics::get()
+            .outbox_parked
+            .add(self.to_park.len() as u64, &[]);
         Ok(())
     }
 }
