@@ -9,7 +9,8 @@
 //! background tasks ([`lifecycle`]).
 //!
 //! The signed bus ([`bus`]) authenticates what services send each other
-//! over NATS.
+//! over NATS; [`tail`] follows a stream's subjects in order without the
+//! stalls of nats-server 2.9's silently dropped pull requests.
 //!
 //! It also owns the contracts that more than one service reads or writes,
 //! so that each has one definition: the outbox row format and its relay
@@ -32,6 +33,7 @@ pub mod random;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;
+pub mod tail;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

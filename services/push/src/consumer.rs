@@ -1,8 +1,10 @@
 //! Consuming one owned partition: strictly in stream order, from the
 //! committed position onward, for as long as the lease is held.
 //!
-//! The partition is read with an ordered consumer of its own (no acks;
-//! filtered on `<ns>.evt.p<k>.>`, starting after the committed position).
+//! The partition is read with a [`Tail`] of its own (an ephemeral consumer
+//! without acks, filtered on `<ns>.evt.p<k>.>`, starting after the
+//! committed position, whose overlapping pull requests never leave it
+//! waiting on a request the server dropped).
 //! What has arrived is handled as one batch — one presence read, one query
 //! of read positions — and delivered event by event, in order, each only
 //! while the lease is still held. The position moves after each event's
@@ -23,14 +25,14 @@ use crate::leases::Lease;
 use crate::offsets::{Committed, Offsets};
 use crate::progress::{Backoff, Outage, Progress};
 use anyhow::Context;
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
+use natter_platform::tail::Tail;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{DLQ_REASON_HEADER, Event};
 use natter_protocol::partition::Partition;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,9 +44,6 @@ const BATCH: usize = 256;
 /// How often the position is committed while events flow: what a crash
 /// delivers twice.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
-/// The longest pull request: bounds how long a consumer the server lost
-/// (a NATS restart) goes unnoticed.
-const PULL_EXPIRES: Duration = Duration::from_secs(4);
 
 /// What every partition's consumer shares; cheap to clone.
 #[derive(Clone)]
@@ -148,25 +147,25 @@ impl Worker {
         self.position = committed.sequence;
         loop {
             let from = self.position + 1;
-            let stream = &self.consumers.stream;
+            let (js, stream) = (&self.consumers.js, &self.consumers.stream);
             let filter = ns.partition_wildcard(partition);
             let opened = self
-                .retry(|| open(stream.clone(), filter.clone(), from))
+                .retry(|| Tail::open(js, stream, filter.clone(), from))
                 .await;
-            let messages = match opened {
-                Ok(m) => m,
+            let tail = match opened {
+                Ok(t) => t,
                 Err(halt) => return halt,
             };
-            if let Err(halt) = self.follow(messages).await {
+            if let Err(halt) = self.follow(tail).await {
                 return halt;
             }
         }
     }
 
-    /// Handles what `messages` brings until it fails (the caller reopens
-    /// it after the position) or the partition halts.
-    async fn follow(&mut self, messages: Ordered) -> Result<(), Halt> {
-        let mut chunks = messages.ready_chunks(BATCH);
+    /// Handles what `tail` brings until it fails (the caller opens a new
+    /// one after the position) or the partition halts.
+    async fn follow(&mut self, tail: Tail) -> Result<(), Halt> {
+        let mut chunks = pin!(tail.messages().ready_chunks(BATCH));
         let mut backoff = Backoff::new();
         loop {
             let uncommitted = self.committed.is_some_and(|c| self.position > c.sequence);
@@ -408,25 +407,6 @@ impl Worker {
 enum Attempt {
     Halt(Halt),
     Failed(anyhow::Error),
-}
-
-/// An ordered consumer of one partition's subjects from stream sequence
-/// `from`.
-async fn open(stream: Stream, filter: String, from: u64) -> anyhow::Result<Ordered> {
-    stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter,
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            max_expires: PULL_EXPIRES,
-            ..Default::default()
-        })
-        .await
-        .context("creating a partition's consumer")?
-        .messages()
-        .await
-        .context("reading a partition")
 }
 
 /// A header value: one line, bounded.

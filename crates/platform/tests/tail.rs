@@ -1,0 +1,174 @@
+//! Following a stream with [`Tail`] against the real NATS server: order,
+//! backlogs larger than a request, quiet spells longer than a request
+//! lasts, and a consumer that disappears.
+
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use natter_platform::tail::{EXPIRES, SILENCE, Tail, TailError};
+use natter_platform::{Config, nats};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A stream of its own on the shared server, deleted on drop.
+struct Scratch {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    name: String,
+}
+
+impl Scratch {
+    async fn new() -> Self {
+        let config = Config::from_env().expect("defaults");
+        let client = nats::connect(&config, "tail-test")
+            .await
+            .expect("NATS answers");
+        let js = nats::jetstream(&client);
+        let name = format!("TAIL{}", uuid::Uuid::new_v4().simple());
+        let stream = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{name}.>")],
+                storage: stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .expect("stream created");
+        Self { js, stream, name }
+    }
+
+    fn subject(&self, part: u32) -> String {
+        format!("{}.p{part}.x", self.name)
+    }
+
+    fn filter(&self, part: u32) -> String {
+        format!("{}.p{part}.>", self.name)
+    }
+
+    /// Publishes `payload` on `part`; its stream sequence.
+    async fn publish(&self, part: u32, payload: String) -> u64 {
+        self.js
+            .publish(self.subject(part), payload.into())
+            .await
+            .expect("published")
+            .await
+            .expect("stored")
+            .sequence
+    }
+
+    async fn open(&self, part: u32, from: u64) -> Tail {
+        Tail::open(&self.js, &self.stream, self.filter(part), from)
+            .await
+            .expect("tail opened")
+    }
+
+    /// The server's view of the stream's one consumer.
+    async fn consumer(&self) -> jetstream::consumer::Info {
+        let mut infos = self.stream.consumers();
+        let info = infos
+            .next()
+            .await
+            .expect("a consumer exists")
+            .expect("consumer info");
+        assert!(infos.next().await.is_none(), "one consumer only");
+        info
+    }
+
+    async fn delete(self) {
+        self.js.delete_stream(&self.name).await.expect("deleted");
+    }
+}
+
+/// Reads `tail` on a task of its own, forwarding what it yields.
+fn follow(tail: Tail) -> mpsc::UnboundedReceiver<Result<jetstream::Message, TailError>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = std::pin::pin!(tail.messages());
+        while let Some(next) = messages.next().await {
+            if tx.send(next).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn next_within(
+    rx: &mut mpsc::UnboundedReceiver<Result<jetstream::Message, TailError>>,
+    limit: Duration,
+) -> Result<jetstream::Message, TailError> {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .expect("the tail yields in time")
+        .expect("the tail goes on")
+}
+
+#[tokio::test]
+async fn a_tail_reads_its_subjects_in_stream_order_from_the_start_sequence_through_a_backlog() {
+    let scratch = Scratch::new().await;
+    // Three requests' worth on partition 0, interleaved with partition 1.
+    let mut wanted = Vec::new();
+    for i in 0..1_600 {
+        let sequence = scratch.publish(0, format!("m{i}")).await;
+        scratch.publish(1, format!("other{i}")).await;
+        if i >= 100 {
+            wanted.push((sequence, format!("m{i}")));
+        }
+    }
+    let mut rx = follow(scratch.open(0, wanted[0].0).await);
+    for (sequence, payload) in &wanted {
+        let message = next_within(&mut rx, Duration::from_secs(10))
+            .await
+            .expect("a message");
+        let info = message.info().expect("JetStream metadata");
+        assert_eq!(info.stream_sequence, *sequence);
+        assert_eq!(std::str::from_utf8(&message.payload), Ok(payload.as_str()));
+    }
+    let later = scratch.publish(0, "live".into()).await;
+    let message = next_within(&mut rx, Duration::from_secs(10))
+        .await
+        .expect("a live message");
+    assert_eq!(message.info().expect("metadata").stream_sequence, later);
+    scratch.delete().await;
+}
+
+/// The fix for nats-server 2.9 dropping an expiring request without its
+/// 408: a second request waits before the first expires, and a quiet tail
+/// outlives its requests without taking the silence for a lost consumer.
+#[tokio::test]
+async fn a_quiet_tail_keeps_a_second_request_waiting_and_outlives_its_requests() {
+    let scratch = Scratch::new().await;
+    let mut rx = follow(scratch.open(0, 1).await);
+    tokio::time::sleep(EXPIRES / 2 + Duration::from_millis(500)).await;
+    assert_eq!(
+        scratch.consumer().await.num_waiting,
+        2,
+        "a second request waits while the first has time left"
+    );
+    tokio::time::sleep(EXPIRES + SILENCE).await;
+    assert!(rx.try_recv().is_err(), "nothing came, no error either");
+    let sequence = scratch.publish(0, "after a quiet spell".into()).await;
+    let message = next_within(&mut rx, Duration::from_secs(5))
+        .await
+        .expect("the tail is alive");
+    assert_eq!(message.info().expect("metadata").stream_sequence, sequence);
+    scratch.delete().await;
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_ends_the_tail_with_an_error() {
+    let scratch = Scratch::new().await;
+    scratch.publish(0, "first".into()).await;
+    let mut rx = follow(scratch.open(0, 1).await);
+    next_within(&mut rx, Duration::from_secs(5))
+        .await
+        .expect("the first message");
+    let name = scratch.consumer().await.name;
+    scratch
+        .stream
+        .delete_consumer(&name)
+        .await
+        .expect("consumer deleted");
+    let ended = next_within(&mut rx, SILENCE + Duration::from_secs(5)).await;
+    assert!(ended.is_err(), "the tail ends: {ended:?}");
+    scratch.delete().await;
+}
