@@ -19,8 +19,10 @@ use std::sync::Arc;
 
 /// Bytes tungstenite reserves to read into per socket (its default, 128
 /// KiB, would cost 25 GiB at 200,000 sockets); frames larger than this
-/// still arrive, the buffer grows for them.
-const READ_BUFFER: usize = 1024;
+/// still arrive, the buffer grows for them. Every idle socket keeps this
+/// much: at 512 instead of 1,024 an idle socket measured ~700 B less (3.2
+/// against 3.9–4.1 KB) and throughput the same within the noise.
+const READ_BUFFER: usize = 512;
 /// Bytes of frames tungstenite gathers before it writes them; a flush
 /// writes the rest. With 0 (every frame written as it is fed) a batch of
 /// queued pushes cost a `sendto` each. tungstenite keeps the buffer's
