@@ -1,11 +1,13 @@
 //! Following a stream with [`Tail`] against the real NATS server: order,
 //! backlogs larger than a request, quiet spells longer than a request
-//! lasts, and a consumer that disappears.
+//! lasts, and a consumer that disappears (deleted, or lost with a NATS
+//! server killed under it: a private one).
 
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use natter_platform::tail::{EXPIRES, SILENCE, Tail, TailError};
 use natter_platform::{Config, nats};
+use natter_testkit::private::PrivateNats;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -18,7 +20,11 @@ struct Scratch {
 
 impl Scratch {
     async fn new() -> Self {
-        let config = Config::from_env().expect("defaults");
+        Self::on(Config::from_env().expect("defaults")).await
+    }
+
+    /// On the NATS server of `config`; its events survive a restart.
+    async fn on(config: Config) -> Self {
         let client = nats::connect(&config, "tail-test")
             .await
             .expect("NATS answers");
@@ -28,7 +34,7 @@ impl Scratch {
             .create_stream(stream::Config {
                 name: name.clone(),
                 subjects: vec![format!("{name}.>")],
-                storage: stream::StorageType::Memory,
+                storage: stream::StorageType::File,
                 ..Default::default()
             })
             .await
@@ -170,5 +176,45 @@ async fn a_deleted_consumer_ends_the_tail_with_an_error() {
         .expect("consumer deleted");
     let ended = next_within(&mut rx, SILENCE + Duration::from_secs(5)).await;
     assert!(ended.is_err(), "the tail ends: {ended:?}");
+    scratch.delete().await;
+}
+
+#[tokio::test]
+async fn a_tail_ends_when_its_server_dies_and_a_new_one_resumes_after_the_restart() {
+    let mut server = PrivateNats::start();
+    let mut config = Config::from_env().expect("defaults");
+    config.nats_url = server.url();
+    let scratch = Scratch::on(config).await;
+    let first = scratch.publish(0, "before".into()).await;
+    let mut rx = follow(scratch.open(0, first).await);
+    let message = next_within(&mut rx, Duration::from_secs(5))
+        .await
+        .expect("the first message");
+    assert_eq!(message.info().expect("metadata").stream_sequence, first);
+
+    server.kill();
+    let ended = next_within(&mut rx, SILENCE + Duration::from_secs(5)).await;
+    assert!(
+        matches!(ended, Err(TailError::Silent)),
+        "the tail ends on the silence: {ended:?}"
+    );
+
+    server.restart();
+    // The consumer lived in the dead server's memory; the events did not.
+    let later = loop {
+        match scratch.js.publish(scratch.subject(0), "after".into()).await {
+            Ok(ack) => match ack.await {
+                Ok(ack) => break ack.sequence,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut rx = follow(scratch.open(0, first + 1).await);
+    let message = next_within(&mut rx, Duration::from_secs(5))
+        .await
+        .expect("the message after the restart");
+    assert_eq!(message.info().expect("metadata").stream_sequence, later);
+    assert_eq!(&message.payload[..], b"after");
     scratch.delete().await;
 }
