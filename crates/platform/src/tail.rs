@@ -10,10 +10,13 @@
 //! 5 s about every 40 s here (the server's `nextWaiting` removes an expired
 //! request silently; 2.15 answers and did not stall in the same run).
 //!
-//! A [`Tail`] never waits for a 408. It sends a request every half expiry,
-//! and as soon as half a request's batch has arrived, so another request is
-//! always waiting when one ends, however it ends. The server hands each
-//! message to the oldest waiting request, so the order is the stream's.
+//! A [`Tail`] never waits for a 408. It asks again for as many messages as
+//! have arrived whenever half a batch has (so what the server may send
+//! ahead stays between half a batch and a batch and a half, whatever the
+//! rate), and for a whole batch after half an expiry without asking: so
+//! another request is always waiting when one ends, however it ends. The
+//! server hands each message to the oldest waiting request, so the order
+//! is the stream's.
 //!
 //! What cannot be recovered in place ends the tail with a [`TailError`],
 //! and the caller opens a new one after the last sequence it handled:
@@ -51,11 +54,17 @@ pub const SILENCE: Duration = Duration::from_secs(3);
 /// margin. Shorter than [`RENEW_EVERY`], so renewing does not keep putting
 /// off the verdict on a consumer that is gone.
 const FIRST_WORD: Duration = Duration::from_millis(1500);
-/// Most messages one request asks for; the next request goes out when half
-/// of them have arrived.
+/// Messages a request asks for after a quiet spell; after half of this
+/// has arrived, the next one asks for what arrived.
 const REQUEST_BATCH: usize = 512;
 /// How long the server keeps a consumer nobody asks anything of.
 pub const INACTIVE: Duration = Duration::from_secs(30);
+
+// A request sent after a quiet spell is waiting before the last one
+// expires, and renewing cannot keep putting off the verdict on silence.
+const _: () = assert!(2 * RENEW_EVERY.as_millis() <= EXPIRES.as_millis());
+const _: () = assert!(FIRST_WORD.as_millis() < RENEW_EVERY.as_millis());
+const _: () = assert!(HEARTBEAT.as_millis() < FIRST_WORD.as_millis());
 
 /// Why a tail ended: open a new one after the last sequence handled.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +155,7 @@ impl Tail {
             since_request: 0,
             owed_by: now + SILENCE,
         };
-        tail.request().await?;
+        tail.request(REQUEST_BATCH).await?;
         Ok(tail)
     }
 
@@ -154,8 +163,8 @@ impl Tail {
     /// closed for good; an error ends the tail.
     pub async fn next(&mut self) -> Option<Result<jetstream::Message, TailError>> {
         loop {
-            if self.renewal_due()
-                && let Err(e) = self.request().await
+            if let Some(batch) = renewal(self.since_request, self.requested.elapsed())
+                && let Err(e) = self.request(batch).await
             {
                 return Some(Err(e));
             }
@@ -222,15 +231,9 @@ impl Tail {
         }
     }
 
-    /// Time for another request: half the last one's time has passed, or
-    /// half its batch has arrived.
-    fn renewal_due(&self) -> bool {
-        self.requested.elapsed() >= RENEW_EVERY || self.since_request >= REQUEST_BATCH / 2
-    }
-
-    async fn request(&mut self) -> Result<(), TailError> {
+    async fn request(&mut self, batch: usize) -> Result<(), TailError> {
         let request = BatchConfig {
-            batch: REQUEST_BATCH,
+            batch,
             expires: Some(EXPIRES),
             idle_heartbeat: HEARTBEAT,
             ..BatchConfig::default()
@@ -243,5 +246,45 @@ impl Tail {
         self.since_request = 0;
         self.owed_by = self.owed_by.max(self.requested + FIRST_WORD);
         Ok(())
+    }
+}
+
+/// How many messages to ask for now, if it is time: as many as arrived
+/// since the last request once that is half a batch (what was taken is
+/// given back, so what the server may send ahead stays bounded however
+/// fast events come), else a batch once [`RENEW_EVERY`] has passed (the
+/// overlap that outlives a request dropped without its 408).
+fn renewal(since_request: usize, since_last: Duration) -> Option<usize> {
+    if since_request >= REQUEST_BATCH / 2 {
+        Some(since_request)
+    } else if since_last >= RENEW_EVERY {
+        Some(REQUEST_BATCH)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gives_back_what_arrived_once_half_a_batch_has() {
+        assert_eq!(renewal(0, Duration::ZERO), None);
+        assert_eq!(renewal(REQUEST_BATCH / 2 - 1, Duration::ZERO), None);
+        assert_eq!(
+            renewal(REQUEST_BATCH / 2, Duration::ZERO),
+            Some(REQUEST_BATCH / 2)
+        );
+        assert_eq!(
+            renewal(REQUEST_BATCH / 2, RENEW_EVERY),
+            Some(REQUEST_BATCH / 2)
+        );
+    }
+
+    #[test]
+    fn a_whole_batch_is_asked_for_after_half_an_expiry_without_asking() {
+        assert_eq!(renewal(3, RENEW_EVERY - Duration::from_millis(1)), None);
+        assert_eq!(renewal(3, RENEW_EVERY), Some(REQUEST_BATCH));
     }
 }
