@@ -97,6 +97,18 @@ pub enum TailError {
     Request(#[source] BatchRequestError),
 }
 
+/// A message as a [`Tail`] hands it out, with the positions it read from
+/// its metadata, so the caller need not parse them again.
+#[derive(Debug)]
+pub struct Tailed {
+    /// The message.
+    pub message: jetstream::Message,
+    /// Its sequence in the stream.
+    pub stream_sequence: u64,
+    /// How many messages matching the filter were behind it when it was sent.
+    pub pending: u64,
+}
+
 /// One subject filter of a stream, read in stream order.
 pub struct Tail {
     js: jetstream::Context,
@@ -161,7 +173,7 @@ impl Tail {
 
     /// The next message in stream order. `None` when the connection is
     /// closed for good; an error ends the tail.
-    pub async fn next(&mut self) -> Option<Result<jetstream::Message, TailError>> {
+    pub async fn next(&mut self) -> Option<Result<Tailed, TailError>> {
         loop {
             if let Some(batch) = renewal(self.since_request, self.requested.elapsed())
                 && let Err(e) = self.request(batch).await
@@ -190,7 +202,7 @@ impl Tail {
     }
 
     /// The messages of [`Tail::next`], as a stream.
-    pub fn messages(self) -> impl Stream<Item = Result<jetstream::Message, TailError>> + Send {
+    pub fn messages(self) -> impl Stream<Item = Result<Tailed, TailError>> + Send {
         futures::stream::unfold(self, |mut tail| async move {
             let next = tail.next().await?;
             Some((next, tail))
@@ -198,20 +210,16 @@ impl Tail {
     }
 
     /// A message for the caller, `None` for a heartbeat or an expiry.
-    fn accept(
-        &mut self,
-        message: async_nats::Message,
-    ) -> Result<Option<jetstream::Message>, TailError> {
+    fn accept(&mut self, message: async_nats::Message) -> Result<Option<Tailed>, TailError> {
         match message.status {
             None | Some(StatusCode::OK) => {
                 let message = jetstream::Message {
                     message,
                     context: self.js.clone(),
                 };
-                let got = message
-                    .info()
-                    .map_err(|_| TailError::Malformed)?
-                    .consumer_sequence;
+                let info = message.info().map_err(|_| TailError::Malformed)?;
+                let (got, stream_sequence, pending) =
+                    (info.consumer_sequence, info.stream_sequence, info.pending);
                 if got != self.delivered + 1 {
                     return Err(TailError::Gap {
                         after: self.delivered,
@@ -220,7 +228,11 @@ impl Tail {
                 }
                 self.delivered = got;
                 self.since_request += 1;
-                Ok(Some(message))
+                Ok(Some(Tailed {
+                    message,
+                    stream_sequence,
+                    pending,
+                }))
             }
             // Signs of life: the requests after this one are still waiting.
             Some(StatusCode::IDLE_HEARTBEAT | StatusCode::TIMEOUT) => Ok(None),

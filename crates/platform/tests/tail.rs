@@ -5,7 +5,7 @@
 
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
-use natter_platform::tail::{EXPIRES, SILENCE, Tail, TailError};
+use natter_platform::tail::{EXPIRES, SILENCE, Tail, TailError, Tailed};
 use natter_platform::{Config, nats};
 use natter_testkit::private::PrivateNats;
 use std::time::Duration;
@@ -85,7 +85,7 @@ impl Scratch {
 }
 
 /// Reads `tail` on a task of its own, forwarding what it yields.
-fn follow(tail: Tail) -> mpsc::UnboundedReceiver<Result<jetstream::Message, TailError>> {
+fn follow(tail: Tail) -> mpsc::UnboundedReceiver<Result<Tailed, TailError>> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = std::pin::pin!(tail.messages());
@@ -99,9 +99,9 @@ fn follow(tail: Tail) -> mpsc::UnboundedReceiver<Result<jetstream::Message, Tail
 }
 
 async fn next_within(
-    rx: &mut mpsc::UnboundedReceiver<Result<jetstream::Message, TailError>>,
+    rx: &mut mpsc::UnboundedReceiver<Result<Tailed, TailError>>,
     limit: Duration,
-) -> Result<jetstream::Message, TailError> {
+) -> Result<Tailed, TailError> {
     tokio::time::timeout(limit, rx.recv())
         .await
         .expect("the tail yields in time")
@@ -121,19 +121,27 @@ async fn a_tail_reads_its_subjects_in_stream_order_from_the_start_sequence_throu
         }
     }
     let mut rx = follow(scratch.open(0, wanted[0].0).await);
-    for (sequence, payload) in &wanted {
-        let message = next_within(&mut rx, Duration::from_secs(10))
+    for (i, (sequence, payload)) in wanted.iter().enumerate() {
+        let behind = (wanted.len() - 1 - i) as u64;
+        let tailed = next_within(&mut rx, Duration::from_secs(10))
             .await
             .expect("a message");
-        let info = message.info().expect("JetStream metadata");
-        assert_eq!(info.stream_sequence, *sequence);
-        assert_eq!(std::str::from_utf8(&message.payload), Ok(payload.as_str()));
+        let info = tailed.message.info().expect("JetStream metadata");
+        assert_eq!(
+            (tailed.stream_sequence, info.stream_sequence),
+            (*sequence, *sequence)
+        );
+        assert_eq!(tailed.pending, behind, "the rest of the backlog");
+        assert_eq!(
+            std::str::from_utf8(&tailed.message.payload),
+            Ok(payload.as_str())
+        );
     }
     let later = scratch.publish(0, "live".into()).await;
-    let message = next_within(&mut rx, Duration::from_secs(10))
+    let tailed = next_within(&mut rx, Duration::from_secs(10))
         .await
         .expect("a live message");
-    assert_eq!(message.info().expect("metadata").stream_sequence, later);
+    assert_eq!((tailed.stream_sequence, tailed.pending), (later, 0));
     scratch.delete().await;
 }
 
@@ -153,10 +161,10 @@ async fn a_quiet_tail_keeps_a_second_request_waiting_and_outlives_its_requests()
     tokio::time::sleep(EXPIRES + SILENCE).await;
     assert!(rx.try_recv().is_err(), "nothing came, no error either");
     let sequence = scratch.publish(0, "after a quiet spell".into()).await;
-    let message = next_within(&mut rx, Duration::from_secs(5))
+    let tailed = next_within(&mut rx, Duration::from_secs(5))
         .await
         .expect("the tail is alive");
-    assert_eq!(message.info().expect("metadata").stream_sequence, sequence);
+    assert_eq!(tailed.stream_sequence, sequence);
     scratch.delete().await;
 }
 
@@ -187,10 +195,10 @@ async fn a_tail_ends_when_its_server_dies_and_a_new_one_resumes_after_the_restar
     let scratch = Scratch::on(config).await;
     let first = scratch.publish(0, "before".into()).await;
     let mut rx = follow(scratch.open(0, first).await);
-    let message = next_within(&mut rx, Duration::from_secs(5))
+    let tailed = next_within(&mut rx, Duration::from_secs(5))
         .await
         .expect("the first message");
-    assert_eq!(message.info().expect("metadata").stream_sequence, first);
+    assert_eq!(tailed.stream_sequence, first);
 
     server.kill();
     let ended = next_within(&mut rx, SILENCE + Duration::from_secs(5)).await;
@@ -211,10 +219,10 @@ async fn a_tail_ends_when_its_server_dies_and_a_new_one_resumes_after_the_restar
         }
     };
     let mut rx = follow(scratch.open(0, first + 1).await);
-    let message = next_within(&mut rx, Duration::from_secs(5))
+    let tailed = next_within(&mut rx, Duration::from_secs(5))
         .await
         .expect("the message after the restart");
-    assert_eq!(message.info().expect("metadata").stream_sequence, later);
-    assert_eq!(&message.payload[..], b"after");
+    assert_eq!(tailed.stream_sequence, later);
+    assert_eq!(&tailed.message.payload[..], b"after");
     scratch.delete().await;
 }

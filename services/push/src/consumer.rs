@@ -28,7 +28,7 @@ use anyhow::Context;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use natter_platform::tail::Tail;
+use natter_platform::tail::{Tail, Tailed};
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{DLQ_REASON_HEADER, Event};
 use natter_protocol::partition::Partition;
@@ -211,17 +211,14 @@ impl Worker {
 
     /// Handles `messages` in order: runs of decodable events as batches,
     /// each undecodable one dead-lettered in its place.
-    async fn handle(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Halt> {
+    async fn handle(&mut self, messages: Vec<Tailed>) -> Result<(), Halt> {
         let mut run = Vec::new();
-        for msg in messages {
-            let Ok(info) = msg.info().map(|i| (i.stream_sequence, i.pending)) else {
-                tracing::warn!(
-                    partition = self.partition.0,
-                    "an event without stream metadata skipped"
-                );
-                continue;
-            };
-            let (sequence, pending) = info;
+        for Tailed {
+            message: msg,
+            stream_sequence: sequence,
+            pending,
+        } in messages
+        {
             if sequence <= self.position {
                 continue;
             }
