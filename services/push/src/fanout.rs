@@ -5,12 +5,12 @@
 //! notices arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
-use crate::recipients::{self, GatewayBatch};
+use crate::recipients::{self, GatewayBatch, Live};
 use anyhow::Context;
 use async_nats::client::PublishErrorKind;
 use futures::StreamExt;
 use natter_platform::bus::BusKey;
-use natter_platform::presence::{LiveSockets, PresenceReader};
+use natter_platform::presence::PresenceReader;
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
@@ -84,16 +84,16 @@ impl Fanout {
         everyone.sort_unstable();
         everyone.dedup();
         let live = self.presence.live_sockets(&everyone).await?;
-        // One event's audience is everyone read: its sockets need no copy.
-        let lives: Vec<LiveSockets> = if audiences.len() == 1 {
-            vec![live]
+        // One event's audience is everyone read.
+        let lives: Vec<Live> = if audiences.len() == 1 {
+            vec![Live::all(&live)]
         } else {
-            audiences.iter().map(|a| only(&live, a)).collect()
+            audiences.iter().map(|a| Live::of(&live, a)).collect()
         };
         let unread: Vec<Vec<UserId>> = events
             .iter()
             .zip(&lives)
-            .map(|(event, live)| recipients::unread_users(event, live))
+            .map(|(event, live)| recipients::unread_users(event, *live))
             .collect();
         let wanted: Vec<(ChannelId, UserId)> = events
             .iter()
@@ -117,7 +117,7 @@ impl Fanout {
                         .collect(),
                     _ => HashMap::new(),
                 };
-                recipients::deliveries(event, live, &last_read)
+                recipients::deliveries(event, *live, &last_read)
             })
             .collect())
     }
@@ -181,14 +181,6 @@ impl std::fmt::Display for Unroutable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("the event cannot be delivered")
     }
-}
-
-/// The live sockets of `audience` only.
-fn only(live: &LiveSockets, audience: &[UserId]) -> LiveSockets {
-    audience
-        .iter()
-        .filter_map(|u| live.get(u).map(|sockets| (*u, sockets.clone())))
-        .collect()
 }
 
 /// How many socket deliveries a batch makes (leave notices are not

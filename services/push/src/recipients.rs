@@ -25,6 +25,60 @@ pub struct GatewayBatch {
     pub batch: DeliveryBatch,
 }
 
+/// The live sockets one event may reach: a batch's presence read (everyone
+/// in any of its events' audiences), seen through this event's
+/// [`audience`]. A view, not a copy: a batch of events to a channel of
+/// thousands would otherwise copy thousands of users' sockets per event.
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    sockets: &'a LiveSockets,
+    /// `None`: everyone in `sockets` is in the audience.
+    audience: Option<&'a [UserId]>,
+}
+
+impl<'a> Live<'a> {
+    /// Everyone in `sockets`: the read was made for this event alone.
+    #[must_use]
+    pub fn all(sockets: &'a LiveSockets) -> Self {
+        Self {
+            sockets,
+            audience: None,
+        }
+    }
+
+    /// The sockets of `audience` (each user once) among `sockets`.
+    #[must_use]
+    pub fn of(sockets: &'a LiveSockets, audience: &'a [UserId]) -> Self {
+        Self {
+            sockets,
+            audience: Some(audience),
+        }
+    }
+
+    /// Every user of the audience who has live sockets, with them.
+    fn iter(self) -> impl Iterator<Item = (UserId, &'a [LiveSocket])> {
+        let (everyone, some) = match self.audience {
+            None => (Some(self.sockets.iter()), None),
+            Some(users) => (None, Some(users.iter())),
+        };
+        let sockets = self.sockets;
+        everyone
+            .into_iter()
+            .flatten()
+            .map(|(user, live)| (*user, live.as_slice()))
+            .chain(
+                some.into_iter()
+                    .flatten()
+                    .filter_map(move |user| sockets.get(user).map(|live| (*user, live.as_slice()))),
+            )
+    }
+
+    /// The sockets of `user`, who must come from [`Live::iter`].
+    fn get(self, user: UserId) -> Option<&'a [LiveSocket]> {
+        self.sockets.get(&user).map(Vec::as_slice)
+    }
+}
+
 /// The channel whose members decide an event's recipients, for the events
 /// that go to "sockets that have entered" or to members. (A created
 /// channel's members travel in its event.)
@@ -78,7 +132,7 @@ pub fn audience(event: &Event, members: &[UserId]) -> Vec<UserId> {
 /// their sockets in the channel, not the writer — so only their read
 /// positions are fetched. Sorted, for a stable query.
 #[must_use]
-pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
+pub fn unread_users(event: &Event, live: Live<'_>) -> Vec<UserId> {
     let Event::MessageStored {
         channel_id,
         user_id: writer,
@@ -90,25 +144,25 @@ pub fn unread_users(event: &Event, live: &LiveSockets) -> Vec<UserId> {
     let mut users: Vec<UserId> = live
         .iter()
         .filter(|(user, sockets)| {
-            *user != writer
+            user != writer
                 && !sockets.is_empty()
                 && !sockets.iter().any(|s| s.entered == Some(*channel_id))
         })
-        .map(|(user, _)| *user)
+        .map(|(user, _)| user)
         .collect();
     users.sort_unstable();
     users
 }
 
 /// The deliveries for one event: one batch per gateway that has a
-/// recipient, ordered by gateway id. `live` holds the sockets of the
+/// recipient, ordered by gateway id. `live` shows the sockets of the
 /// event's [`audience`] and no one else's. `last_read` holds the read positions
 /// of [`unread_users`]; a user missing from it (no longer a member) gets no
 /// `unread`.
 #[must_use]
 pub fn deliveries(
     event: &Event,
-    live: &LiveSockets,
+    live: Live<'_>,
     last_read: &HashMap<UserId, Seq>,
 ) -> Vec<GatewayBatch> {
     let mut out = Batches::default();
@@ -135,7 +189,7 @@ pub fn deliveries(
             });
             out.frame(&frame, entered);
             for user in unread_users(event, live) {
-                let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(&user)) else {
+                let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(user)) else {
                     continue;
                 };
                 out.unread(
@@ -241,7 +295,7 @@ pub fn deliveries(
 /// The sockets inside `channel` of every user in `live` but `user`: where
 /// news of `user` joining or leaving goes.
 fn entered_by_others(
-    live: &LiveSockets,
+    live: Live<'_>,
     channel: ChannelId,
     user: UserId,
 ) -> BTreeMap<String, Vec<SocketId>> {
@@ -254,13 +308,13 @@ fn is_origin(socket: &LiveSocket, origin: &SocketRef) -> bool {
 
 /// Socket ids by gateway of every socket that `keep` accepts, sorted.
 fn sockets_where(
-    live: &LiveSockets,
+    live: Live<'_>,
     keep: impl Fn(UserId, &LiveSocket) -> bool,
 ) -> BTreeMap<String, Vec<SocketId>> {
     let keep = &keep;
     let chosen = live
         .iter()
-        .flat_map(|(user, sockets)| sockets.iter().filter(move |s| keep(*user, s)));
+        .flat_map(|(user, sockets)| sockets.iter().filter(move |s| keep(user, s)));
     by_gateway(chosen)
 }
 
@@ -314,7 +368,7 @@ impl Batches {
     /// `member_joined` for `user` to the other members inside the channel.
     fn member_joined(
         &mut self,
-        live: &LiveSockets,
+        live: Live<'_>,
         channel_id: ChannelId,
         user: UserId,
         username: &str,
@@ -457,7 +511,7 @@ mod tests {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
         let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(5))]);
-        let batches = deliveries(&event, &live, &last_read);
+        let batches = deliveries(&event, Live::all(&live), &last_read);
 
         assert_eq!(batches.len(), 2, "one batch per gateway");
         assert_eq!(batches[0].gateway, "a");
@@ -474,9 +528,9 @@ mod tests {
     fn members_who_have_not_entered_get_their_own_unread_count() {
         let event = stored(5, ALICE, origin("a", 1));
         let live = busy_channel();
-        assert_eq!(unread_users(&event, &live), vec![CAROL, DAVE]);
+        assert_eq!(unread_users(&event, Live::all(&live)), vec![CAROL, DAVE]);
         let last_read = HashMap::from([(CAROL, Seq(2)), (DAVE, Seq(4))]);
-        let batches = deliveries(&event, &live, &last_read);
+        let batches = deliveries(&event, Live::all(&live), &last_read);
 
         assert_eq!(
             unreads(&batches[0]),
@@ -522,8 +576,8 @@ mod tests {
             (BOB, vec![socket("a", 3, None)]),
         ]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert_eq!(unread_users(&event, &live), vec![BOB]);
-        let batches = deliveries(&event, &live, &HashMap::from([(BOB, Seq(0))]));
+        assert_eq!(unread_users(&event, Live::all(&live)), vec![BOB]);
+        let batches = deliveries(&event, Live::all(&live), &HashMap::from([(BOB, Seq(0))]));
         assert_eq!(batches.len(), 1);
         assert!(frames(&batches[0]).is_empty(), "nobody has entered");
         assert_eq!(
@@ -542,8 +596,8 @@ mod tests {
             vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
         )]);
         let event = stored(3, ALICE, origin("a", 1));
-        assert!(unread_users(&event, &live).is_empty());
-        let batches = deliveries(&event, &live, &HashMap::new());
+        assert!(unread_users(&event, Live::all(&live)).is_empty());
+        let batches = deliveries(&event, Live::all(&live), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert!(unreads(&batches[0]).is_empty());
@@ -552,7 +606,11 @@ mod tests {
     #[test]
     fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
         let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
-        let batches = deliveries(&stored(3, ALICE, origin("a", 1)), &live, &HashMap::new());
+        let batches = deliveries(
+            &stored(3, ALICE, origin("a", 1)),
+            Live::all(&live),
+            &HashMap::new(),
+        );
         assert!(batches.is_empty());
     }
 
@@ -561,7 +619,7 @@ mod tests {
         let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
         let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
-            &live,
+            Live::all(&live),
             &HashMap::from([(BOB, Seq(9))]),
         );
         assert_eq!(unreads(&batches[0])[0].unread, 0);
@@ -571,7 +629,7 @@ mod tests {
     fn the_message_frame_is_serialized_once_and_shared_by_gateways() {
         let batches = deliveries(
             &stored(5, ALICE, origin("a", 1)),
-            &busy_channel(),
+            Live::all(&busy_channel()),
             &HashMap::new(),
         );
         let texts: Vec<&String> = batches
@@ -594,7 +652,7 @@ mod tests {
             username: "alice".into(),
             origin: origin("a", 1),
         };
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, Live::all(&busy_channel()), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].gateway, "b");
         assert_eq!(
@@ -604,7 +662,7 @@ mod tests {
                 json!({"type": "typing", "channel_id": 7, "username": "alice"})
             )]
         );
-        assert!(unread_users(&event, &busy_channel()).is_empty());
+        assert!(unread_users(&event, Live::all(&busy_channel())).is_empty());
     }
 
     #[test]
@@ -614,7 +672,7 @@ mod tests {
             from_username: "alice".into(),
         };
         assert_eq!(audience(&event, &[]), vec![CAROL]);
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, Live::all(&busy_channel()), &HashMap::new());
         let expected = json!({"type": "invite_received", "username": "alice"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
@@ -623,7 +681,7 @@ mod tests {
             to: BOB,
             from_username: "carol".into(),
         };
-        let batches = deliveries(&accepted, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&accepted, Live::all(&busy_channel()), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(
             frames(&batches[0]),
@@ -657,7 +715,7 @@ mod tests {
             (BOB, vec![socket("b", 10, None)]),
             (CAROL, vec![socket("a", 3, None), socket("b", 11, None)]),
         ]);
-        let batches = deliveries(&event, &live, &HashMap::new());
+        let batches = deliveries(&event, Live::all(&live), &HashMap::new());
         let expected = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![10, 11], expected)]);
@@ -682,7 +740,7 @@ mod tests {
             ),
             (CAROL, vec![socket("a", 3, None)]),
         ]);
-        let batches = deliveries(&event, &live, &HashMap::new());
+        let batches = deliveries(&event, Live::all(&live), &HashMap::new());
         let joined =
             |name: &str| json!({"type": "member_joined", "channel_id": 7, "username": name});
         let channel_joined = json!({"type": "channel_joined", "channel_id": 7, "title": "general"});
@@ -719,7 +777,7 @@ mod tests {
             ),
             (CAROL, vec![socket("a", 3, None)]),
         ]);
-        let batches = deliveries(&event, &live, &HashMap::new());
+        let batches = deliveries(&event, Live::all(&live), &HashMap::new());
         assert_eq!(batches.len(), 1);
         assert_eq!(
             frames(&batches[0]),
@@ -741,7 +799,7 @@ mod tests {
         assert_eq!(channel_of(&event), Some(CHANNEL));
         assert_eq!(membership_change(&event), Some(CHANNEL));
         assert_eq!(audience(&event, &[BOB, CAROL]), vec![BOB, CAROL, ALICE]);
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, Live::all(&busy_channel()), &HashMap::new());
         assert_eq!(batches.len(), 2);
         assert_eq!(
             batches[0].batch.items,
@@ -767,7 +825,7 @@ mod tests {
             username: Some("carol".into()),
             reason: LeaveReason::Unregistered,
         };
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, Live::all(&busy_channel()), &HashMap::new());
         let left = json!({"type": "member_left", "channel_id": 7, "username": "carol", "reason": "unregistered"});
         assert_eq!(frames(&batches[0]), vec![(vec![1, 2], left.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![10], left)]);
@@ -780,14 +838,14 @@ mod tests {
             user_id: CAROL,
             username: None,
         };
-        assert!(deliveries(&joined, &busy_channel(), &HashMap::new()).is_empty());
+        assert!(deliveries(&joined, Live::all(&busy_channel()), &HashMap::new()).is_empty());
         let left = Event::MemberLeft {
             channel_id: CHANNEL,
             user_id: DAVE,
             username: None,
             reason: LeaveReason::Quit,
         };
-        let batches = deliveries(&left, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&left, Live::all(&busy_channel()), &HashMap::new());
         assert_eq!(
             batches,
             vec![GatewayBatch {
@@ -811,7 +869,7 @@ mod tests {
         assert_eq!(channel_of(&event), None);
         assert_eq!(membership_change(&event), None);
         assert_eq!(audience(&event, &[]), vec![CAROL]);
-        let batches = deliveries(&event, &busy_channel(), &HashMap::new());
+        let batches = deliveries(&event, Live::all(&busy_channel()), &HashMap::new());
         let expected = json!({"type": "connection_ended", "username": "alice"});
         assert_eq!(frames(&batches[0]), vec![(vec![3], expected.clone())]);
         assert_eq!(frames(&batches[1]), vec![(vec![11], expected)]);
@@ -835,10 +893,35 @@ mod tests {
         assert!(
             deliveries(
                 &stored(1, ALICE, origin("a", 1)),
-                &HashMap::new(),
+                Live::all(&HashMap::new()),
                 &HashMap::new()
             )
             .is_empty()
         );
+    }
+
+    /// A batch reads presence once for every event's audience; each event
+    /// still reaches only its own.
+    #[test]
+    fn an_event_of_a_batch_reaches_its_own_audience_only() {
+        let live = busy_channel();
+        let audience = [ALICE, CAROL];
+        let event = stored(5, ALICE, origin("a", 1));
+        let own = Live::of(&live, &audience);
+        assert_eq!(unread_users(&event, Live::all(&live)), vec![CAROL, DAVE]);
+        assert_eq!(unread_users(&event, own), vec![CAROL]);
+        let last_read = HashMap::from([(CAROL, Seq(1)), (DAVE, Seq(1))]);
+        let batches = deliveries(&event, own, &last_read);
+        let framed: Vec<Vec<u64>> = batches
+            .iter()
+            .flat_map(|b| frames(b).into_iter().map(|(ids, _)| ids))
+            .collect();
+        assert_eq!(framed, vec![vec![2]], "Alice's other socket, not Bob's");
+        let unread: Vec<u64> = batches
+            .iter()
+            .flat_map(unreads)
+            .flat_map(|t| t.sockets.iter().map(|s| s.0).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(unread, vec![3, 11], "Carol's sockets, not Dave's");
     }
 }
