@@ -81,7 +81,13 @@ pub const LIVENESS_CACHE: Duration = Duration::from_millis(1500);
 /// hash tag.
 #[must_use]
 pub fn user_key(ns: &Namespace, user: UserId) -> String {
-    format!("{}presence:{{{user}}}", ns.redis_prefix())
+    user_key_under(&ns.redis_prefix(), user)
+}
+
+/// [`user_key`] with the namespace's prefix made once, for reads of
+/// thousands of users.
+fn user_key_under(prefix: &str, user: UserId) -> String {
+    format!("{prefix}presence:{{{user}}}")
 }
 
 /// The liveness key of `gateway`.
@@ -653,11 +659,12 @@ impl PresenceReader {
     }
 
     async fn read_live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
+        let prefix = self.ns.redis_prefix();
         let commands = users
             .iter()
             .map(|user| {
                 let mut hgetall = redis::cmd("HGETALL");
-                hgetall.arg(user_key(&self.ns, *user));
+                hgetall.arg(user_key_under(&prefix, *user));
                 hgetall
             })
             .collect();

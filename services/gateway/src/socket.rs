@@ -23,7 +23,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// A write that takes longer than this means the peer is gone.
+/// Writes (a batch of frames and its flush) that take longer than this
+/// mean the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -501,11 +502,14 @@ impl Socket {
             if batch.is_empty() {
                 return Ok(());
             }
+            // One deadline for the batch's writes: a clock read per frame
+            // was a measurable share of a fan-out to thousands of sockets.
+            let by = Instant::now() + WRITE_TIMEOUT;
             let mut written: u64 = 0;
             for out in batch {
                 match out {
                     Outbound::Frame(text) => {
-                        self.feed(Message::Text(text)).await?;
+                        self.feed(Message::Text(text), by).await?;
                         written += 1;
                     }
                     Outbound::Leave(channel) => {
@@ -516,7 +520,7 @@ impl Socket {
                 }
             }
             metrics::get().frames_out.add(written, &[]);
-            self.flush().await?;
+            self.flush(by).await?;
             self.last_flush = Instant::now();
         }
     }
@@ -524,21 +528,22 @@ impl Socket {
     /// Honours a close request: writes queued frames first unless the
     /// socket is a slow consumer, then the last frame, then closes.
     async fn finish(&mut self, request: CloseRequest) -> End {
+        let by = Instant::now() + WRITE_TIMEOUT;
         if request.drain {
             for out in self.control.take(usize::MAX) {
                 if let Outbound::Frame(text) = out
-                    && self.feed(Message::Text(text)).await.is_err()
+                    && self.feed(Message::Text(text), by).await.is_err()
                 {
                     return End::Gone;
                 }
             }
         }
         if let Some(frame) = request.last_frame
-            && self.feed(Message::Text(frame)).await.is_err()
+            && self.feed(Message::Text(frame), by).await.is_err()
         {
             return End::Gone;
         }
-        if self.flush().await.is_err() {
+        if self.flush(by).await.is_err() {
             return End::Gone;
         }
         End::Close(request.code, request.reason)
@@ -582,17 +587,20 @@ impl Socket {
         }
     }
 
-    async fn feed(&mut self, msg: Message) -> Result<(), End> {
+    /// Buffers `msg`; the peer is gone if that cannot happen `by` then.
+    async fn feed(&mut self, msg: Message, by: Instant) -> Result<(), End> {
         use futures::SinkExt;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.feed(msg)).await {
+        match tokio::time::timeout_at(by, self.ws.feed(msg)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
     }
 
-    async fn flush(&mut self) -> Result<(), End> {
+    /// Writes what is buffered; the peer is gone if that is not done `by`
+    /// then.
+    async fn flush(&mut self, by: Instant) -> Result<(), End> {
         use futures::SinkExt;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush()).await {
+        match tokio::time::timeout_at(by, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
