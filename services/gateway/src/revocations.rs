@@ -1,7 +1,7 @@
 //! Revoked sessions: the gateway verifies tokens itself, so it must learn
 //! every logout and unregister. Auth and message announce them through the
 //! outbox into the sessions stream, kept as long as a token lives; the
-//! gateway reads it from the start with an ordered consumer, so one that
+//! gateway reads it from the start with a tail, so one that
 //! starts late still knows every revocation younger than a token, and it
 //! closes the sockets of a session when its revocation arrives.
 //!
@@ -17,8 +17,8 @@
 use crate::registry::{CloseRequest, Registry};
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
-use futures::StreamExt;
 use natter_platform::lifecycle::Condition;
+use natter_platform::tail::Tail;
 use natter_protocol::events::SessionRevoked;
 use natter_protocol::frames::ServerFrame;
 use natter_protocol::subjects::Namespace;
@@ -191,6 +191,8 @@ pub(crate) fn close_session(registry: &Registry, session: SessionId) {
 const CATCH_UP_POLL: Duration = Duration::from_secs(1);
 /// How long catching up may take in all before the gateway gives up.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// The pause before a tail that ended is opened again.
+const REOPEN_PAUSE: Duration = Duration::from_millis(200);
 
 /// Reads the sessions stream: first up to its current end (returns once
 /// caught up, so no revoked token is accepted after start), then follows
@@ -201,6 +203,12 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 /// out, so the gateway also counts itself caught up once the stream holds
 /// nothing up to it any more: after a quiet hour there is nothing to wait
 /// for.
+///
+/// The stream is read with a [`Tail`], as push reads the events: an
+/// ordered consumer can wait 5 s for nothing on nats-server 2.9, and a
+/// revoked session would keep its sockets that long. A tail that ends (a
+/// NATS restart, a lost consumer) is opened again after the last
+/// revocation applied.
 pub(crate) async fn follow(
     js: async_nats::jetstream::Context,
     ns: &Namespace,
@@ -212,14 +220,19 @@ pub(crate) async fn follow(
         .get_stream(ns.sessions_stream())
         .await
         .context("sessions stream")?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .context("sessions consumer")?;
-    let mut messages = consumer.messages().await.context("sessions messages")?;
+    let subject = ns.session_revoked_subject();
+    let open = {
+        let (js, stream) = (js.clone(), stream.clone());
+        move |after: u64| {
+            let (js, stream, subject) = (js.clone(), stream.clone(), subject.clone());
+            async move {
+                Tail::open(&js, &stream, subject, after + 1)
+                    .await
+                    .context("following the sessions stream")
+            }
+        }
+    };
+    let mut tail = open(0).await?;
     let apply = move |payload: &[u8]| match serde_json::from_slice::<SessionRevoked>(payload) {
         Ok(r) => {
             revoked.insert(r.session_id);
@@ -241,13 +254,15 @@ pub(crate) async fn follow(
     let started = tokio::time::Instant::now();
     let mut seen = 0;
     while seen < last {
-        match tokio::time::timeout(CATCH_UP_POLL, messages.next()).await {
-            Ok(Some(Ok(msg))) => {
-                seen = msg.info().map_or(seen, |i| i.stream_sequence);
-                apply(&msg.payload);
+        match tokio::time::timeout(CATCH_UP_POLL, tail.next()).await {
+            Ok(Some(Ok(next))) => {
+                seen = next.stream_sequence;
+                apply(&next.message.payload);
             }
             Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "sessions consumer error while catching up");
+                tracing::debug!(error = %e, "the sessions tail ended while catching up");
+                tokio::time::sleep(REOPEN_PAUSE).await;
+                tail = open(seen).await?;
             }
             Ok(None) => anyhow::bail!("revoked sessions stream ended while catching up"),
             Err(_) => {
@@ -271,17 +286,33 @@ pub(crate) async fn follow(
     Ok(tokio::spawn(async move {
         loop {
             let next = tokio::select! {
-                n = messages.next() => n,
+                n = tail.next() => n,
                 () = shutdown.cancelled() => break,
             };
             match next {
-                Some(Ok(msg)) => {
+                Some(Ok(next)) => {
                     following.ok();
-                    apply(&msg.payload);
+                    seen = next.stream_sequence;
+                    apply(&next.message.payload);
                 }
                 Some(Err(e)) => {
-                    following.failing(&anyhow::Error::new(e).context("revoked sessions consumer"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    following.failing(&anyhow::Error::new(e).context("revoked sessions tail"));
+                    // Until a new tail is open after the last revocation
+                    // applied, or the gateway stops.
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(REOPEN_PAUSE) => {}
+                            () = shutdown.cancelled() => return,
+                        }
+                        match open(seen).await {
+                            Ok(reopened) => {
+                                following.ok();
+                                tail = reopened;
+                                break;
+                            }
+                            Err(e) => following.failing(&e),
+                        }
+                    }
                 }
                 None => break,
             }

@@ -115,3 +115,44 @@ async fn a_gateway_that_starts_after_a_revocation_refuses_its_token() {
     let alice = token(&app, "alice").await;
     connect(&app, &alice).await.close().await;
 }
+
+/// The follower's consumer lives in the NATS server's memory: after a
+/// restart it is gone, and the follower must open a new one after the
+/// last revocation it applied (a private server, killed and restarted).
+#[tokio::test]
+async fn a_revocation_after_a_nats_restart_still_closes_its_session() {
+    let mut nats = natter_testkit::private::PrivateNats::start();
+    let url = nats.url();
+    let app = GatewayApp::spawn_with(|c| c.nats_url = url).await;
+    let (alice, alice_session) = session_token(&app, "alice").await;
+    let mut socket = connect(&app, &alice).await;
+
+    nats.kill();
+    // Long enough for the follower to find its consumer gone.
+    tokio::time::sleep(natter_platform::tail::SILENCE + Duration::from_secs(1)).await;
+    nats.restart();
+    let js = jetstream(&app).await;
+    let revoked = SessionRevoked {
+        session_id: alice_session,
+        user_id: user_id("alice"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let published = js
+            .publish(
+                app.config.namespace().session_revoked_subject(),
+                serde_json::to_vec(&revoked).expect("encoded").into(),
+            )
+            .await;
+        if let Ok(ack) = published
+            && ack.await.is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "JetStream never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = socket.closed_within(Duration::from_secs(10)).await;
+    assert_eq!(closed.code, natter_protocol::close::POLICY_VIOLATION);
+    assert!(refused(&app, &alice).await, "and its token is refused");
+}
