@@ -5,8 +5,9 @@
 //! queue. The queue is a plain `VecDeque` that allocates only when
 //! something is queued (a channel would reserve a block per socket up
 //! front; at 200,000 idle sockets that is a quarter of a gigabyte). The
-//! locks are std mutexes held for queue and map operations only, never
-//! across `.await`.
+//! locks are std mutexes held for queue and map operations only (a
+//! delivery queues to its sockets under the map's lock), never across
+//! `.await`.
 
 use axum::extract::ws::Utf8Bytes;
 use natter_platform::presence::{LocalSocket, LocalSockets};
@@ -296,17 +297,24 @@ impl Registry {
     /// short lock of the socket's queue, and a copy of thousands of control
     /// blocks per delivery first was a measurable share of a fan-out.
     pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> usize {
-        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         let mut sent = 0;
-        for (id, control) in ids.iter().filter_map(|id| Some((id, sockets.get(id)?))) {
-            match control.push(item.clone()) {
-                Ok(()) => sent += 1,
-                Err(Full) => {
-                    if control.close(SLOW_CONSUMER) {
-                        tracing::info!(socket_id = %id, user_id = %control.user_id, "queue full: closing a slow consumer");
+        let mut slow = Vec::new();
+        {
+            let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, control) in ids.iter().filter_map(|id| Some((id, sockets.get(id)?))) {
+                match control.push(item.clone()) {
+                    Ok(()) => sent += 1,
+                    Err(Full) => {
+                        if control.close(SLOW_CONSUMER) {
+                            slow.push((*id, control.user_id));
+                        }
                     }
                 }
             }
+        }
+        // Logged without the lock: a backlog can close thousands at once.
+        for (socket_id, user_id) in slow {
+            tracing::info!(%socket_id, %user_id, "queue full: closing a slow consumer");
         }
         sent
     }

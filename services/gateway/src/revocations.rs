@@ -232,7 +232,25 @@ pub(crate) async fn follow(
             }
         }
     };
-    let mut tail = open(0).await?;
+    let started = tokio::time::Instant::now();
+    // A consumer NATS refuses for a moment does not stop the start; one it
+    // refuses for as long as catching up may take does.
+    let open_while_starting = |after: u64| {
+        let open = open.clone();
+        async move {
+            loop {
+                match open(after).await {
+                    Ok(tail) => return Ok(tail),
+                    Err(e) if started.elapsed() + REOPEN_PAUSE < CATCH_UP_LIMIT => {
+                        tracing::debug!(error = %e, "opening the sessions tail again");
+                        tokio::time::sleep(REOPEN_PAUSE).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    };
+    let mut tail = open_while_starting(0).await?;
     let apply = move |payload: &[u8]| match serde_json::from_slice::<SessionRevoked>(payload) {
         Ok(r) => {
             revoked.insert(r.session_id);
@@ -251,7 +269,6 @@ pub(crate) async fn follow(
     } else {
         state.last_sequence
     };
-    let started = tokio::time::Instant::now();
     let mut seen = 0;
     while seen < last {
         match tokio::time::timeout(CATCH_UP_POLL, tail.next()).await {
@@ -262,7 +279,7 @@ pub(crate) async fn follow(
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "the sessions tail ended while catching up");
                 tokio::time::sleep(REOPEN_PAUSE).await;
-                tail = open(seen).await?;
+                tail = open_while_starting(seen).await?;
             }
             Ok(None) => anyhow::bail!("revoked sessions stream ended while catching up"),
             Err(_) => {
@@ -304,7 +321,11 @@ pub(crate) async fn follow(
                             () = tokio::time::sleep(REOPEN_PAUSE) => {}
                             () = shutdown.cancelled() => return,
                         }
-                        match open(seen).await {
+                        let reopened = tokio::select! {
+                            reopened = open(seen) => reopened,
+                            () = shutdown.cancelled() => return,
+                        };
+                        match reopened {
                             Ok(reopened) => {
                                 following.ok();
                                 tail = reopened;

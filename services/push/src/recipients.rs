@@ -151,6 +151,7 @@ pub fn unread_users(event: &Event, live: Live<'_>) -> Vec<UserId> {
         .map(|(user, _)| user)
         .collect();
     users.sort_unstable();
+    users.dedup();
     users
 }
 
@@ -910,6 +911,11 @@ mod tests {
         let own = Live::of(&live, &audience);
         assert_eq!(unread_users(&event, Live::all(&live)), vec![CAROL, DAVE]);
         assert_eq!(unread_users(&event, own), vec![CAROL]);
+        assert_eq!(
+            unread_users(&event, Live::of(&live, &[CAROL, CAROL])),
+            vec![CAROL],
+            "a user named twice gets one unread"
+        );
         let last_read = HashMap::from([(CAROL, Seq(1)), (DAVE, Seq(1))]);
         let batches = deliveries(&event, own, &last_read);
         let framed: Vec<Vec<u64>> = batches
