@@ -232,25 +232,21 @@ pub(crate) async fn follow(
             }
         }
     };
-    let started = tokio::time::Instant::now();
     // A consumer NATS refuses for a moment does not stop the start; one it
     // refuses for as long as catching up may take does.
-    let open_while_starting = |after: u64| {
-        let open = open.clone();
-        async move {
-            loop {
-                match open(after).await {
-                    Ok(tail) => return Ok(tail),
-                    Err(e) if started.elapsed() + REOPEN_PAUSE < CATCH_UP_LIMIT => {
-                        tracing::debug!(error = %e, "opening the sessions tail again");
-                        tokio::time::sleep(REOPEN_PAUSE).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+    let deadline = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    let starting = |after: u64, pause_first: bool| {
+        open_retrying(
+            open.clone(),
+            after,
+            pause_first,
+            tokio::time::sleep_until(deadline),
+            |e| tracing::debug!(error = %e, "opening the sessions tail again"),
+        )
     };
-    let mut tail = open_while_starting(0).await?;
+    let mut tail = starting(0, false)
+        .await
+        .context("the sessions tail did not open while starting")?;
     let apply = move |payload: &[u8]| match serde_json::from_slice::<SessionRevoked>(payload) {
         Ok(r) => {
             revoked.insert(r.session_id);
@@ -278,8 +274,9 @@ pub(crate) async fn follow(
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "the sessions tail ended while catching up");
-                tokio::time::sleep(REOPEN_PAUSE).await;
-                tail = open_while_starting(seen).await?;
+                tail = starting(seen, true)
+                    .await
+                    .context("the sessions tail did not open again while catching up")?;
             }
             Ok(None) => anyhow::bail!("revoked sessions stream ended while catching up"),
             Err(_) => {
@@ -295,7 +292,7 @@ pub(crate) async fn follow(
             }
         }
         anyhow::ensure!(
-            started.elapsed() < CATCH_UP_LIMIT,
+            tokio::time::Instant::now() < deadline,
             "catching up with revoked sessions timed out at sequence {seen} of {last}"
         );
     }
@@ -316,27 +313,60 @@ pub(crate) async fn follow(
                     following.failing(&anyhow::Error::new(e).context("revoked sessions tail"));
                     // Until a new tail is open after the last revocation
                     // applied, or the gateway stops.
-                    loop {
-                        tokio::select! {
-                            () = tokio::time::sleep(REOPEN_PAUSE) => {}
-                            () = shutdown.cancelled() => return,
-                        }
-                        let reopened = tokio::select! {
-                            reopened = open(seen) => reopened,
-                            () = shutdown.cancelled() => return,
-                        };
-                        match reopened {
-                            Ok(reopened) => {
-                                following.ok();
-                                tail = reopened;
-                                break;
-                            }
-                            Err(e) => following.failing(&e),
-                        }
-                    }
+                    let Ok(reopened) =
+                        open_retrying(open.clone(), seen, true, shutdown.cancelled(), |e| {
+                            following.failing(e)
+                        })
+                        .await
+                    else {
+                        return;
+                    };
+                    following.ok();
+                    tail = reopened;
                 }
                 None => break,
             }
         }
     }))
+}
+
+/// Opens a tail after `after`, trying again every [`REOPEN_PAUSE`] and
+/// telling `refused` of each refusal, until one opens or `give_up`
+/// completes (then the last refusal is the error). `pause_first` pauses
+/// before the first try too: a tail that ended at once must not spin.
+async fn open_retrying<Open, Opening>(
+    open: Open,
+    after: u64,
+    pause_first: bool,
+    give_up: impl std::future::Future<Output = ()>,
+    mut refused: impl FnMut(&anyhow::Error),
+) -> anyhow::Result<Tail>
+where
+    Open: Fn(u64) -> Opening,
+    Opening: std::future::Future<Output = anyhow::Result<Tail>>,
+{
+    tokio::pin!(give_up);
+    let mut last = None;
+    let mut pause = pause_first;
+    loop {
+        if pause {
+            tokio::select! {
+                () = tokio::time::sleep(REOPEN_PAUSE) => {}
+                () = &mut give_up => break,
+            }
+        }
+        let opened = tokio::select! {
+            opened = open(after) => opened,
+            () = &mut give_up => break,
+        };
+        match opened {
+            Ok(tail) => return Ok(tail),
+            Err(e) => {
+                refused(&e);
+                last = Some(e);
+                pause = true;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("gave up before the tail was opened")))
 }
