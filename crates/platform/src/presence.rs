@@ -180,8 +180,8 @@ fn parse_value(value: &str) -> (Option<ChannelId>, Option<&str>) {
 /// One live socket of a user, as presence reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveSocket {
-    /// The gateway holding it.
-    pub gateway: String,
+    /// The gateway holding it (shared by the read's sockets on it).
+    pub gateway: Arc<str>,
     /// Its id on that gateway.
     pub socket: SocketId,
     /// The channel it has entered, if any.
@@ -319,25 +319,24 @@ impl PresenceWriter {
             .arg(&key)
             .query_async(&mut conn)
             .await?;
-        let entries: Vec<(Entry, String)> = hash
-            .into_iter()
-            .filter_map(|(field, value)| Some((Entry::parse(user, field, &value)?, value)))
-            .collect();
-        let gateways: HashSet<&str> = entries
+        let entries: Vec<(Entry, &str, &str)> = hash
             .iter()
-            .map(|(e, _)| e.socket.gateway.as_str())
+            .filter_map(|(field, value)| {
+                Some((Entry::parse(field, value)?, field.as_str(), value.as_str()))
+            })
             .collect();
+        let gateways: HashSet<&str> = entries.iter().map(|(e, _, _)| e.gateway).collect();
         let gateways: Vec<&str> = gateways.into_iter().collect();
         let alive = liveness(&self.redis, &self.ns, &gateways).await?;
         let mut checked = admit("checked");
-        for (entry, value) in &entries {
+        for (entry, field, value) in &entries {
             let current = gateways
                 .iter()
-                .position(|g| *g == entry.socket.gateway)
+                .position(|g| *g == entry.gateway)
                 .and_then(|i| alive.get(i))
                 .and_then(Option::as_deref);
             if !entry.is_live(current) {
-                checked.arg(&entry.field).arg(value);
+                checked.arg(*field).arg(*value);
             }
         }
         let admitted: i64 = checked.query_async(&mut conn).await?;
@@ -525,40 +524,43 @@ async fn liveness(
     redis.each(commands).await
 }
 
-/// One field of a presence hash, parsed.
-struct Entry {
-    user: UserId,
-    field: String,
+/// One field of a presence hash, parsed; borrows the field and value
+/// Redis returned, so reading thousands of hashes copies none of them.
+struct Entry<'a> {
+    gateway: &'a str,
+    socket: SocketId,
+    entered: Option<ChannelId>,
     /// The gateway incarnation that wrote it, if it says.
-    incarnation: Option<String>,
-    socket: LiveSocket,
+    incarnation: Option<&'a str>,
 }
 
-impl Entry {
-    fn parse(user: UserId, field: String, value: &str) -> Option<Self> {
-        let (gateway, socket) = parse_socket_field(&field)?;
+impl<'a> Entry<'a> {
+    fn parse(field: &'a str, value: &'a str) -> Option<Self> {
+        let (gateway, socket) = parse_socket_field(field)?;
         let (entered, incarnation) = parse_value(value);
-        let socket = LiveSocket {
-            gateway: gateway.to_owned(),
+        Some(Self {
+            gateway,
             socket,
             entered,
-        };
-        Some(Self {
-            user,
-            field,
-            incarnation: incarnation.map(str::to_owned),
-            socket,
+            incarnation,
         })
     }
 
     /// Whether it counts, given its gateway's liveness key (`None`: gone).
     fn is_live(&self, gateway: Option<&str>) -> bool {
-        match (gateway, &self.incarnation) {
+        match (gateway, self.incarnation) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(current), Some(mine)) => current == mine,
         }
     }
+}
+
+/// A gateway named in a presence read: its name, shared by its sockets,
+/// and its current incarnation (`None`: not alive).
+struct Known<'a> {
+    name: Arc<str>,
+    current: Option<&'a str>,
 }
 
 /// Gateway id → (its incarnation if alive, when asked).
@@ -676,26 +678,60 @@ impl PresenceReader {
             .each(commands)
             .await
             .context("reading presence")?;
-        let entries: Vec<Entry> = users
+        let entries: Vec<(UserId, &str, Entry)> = users
             .iter()
-            .zip(hashes)
+            .zip(&hashes)
             .flat_map(|(user, hash)| {
-                hash.into_iter()
-                    .filter_map(move |(field, value)| Entry::parse(*user, field, &value))
+                hash.iter().filter_map(move |(field, value)| {
+                    Entry::parse(field, value).map(|e| (*user, field.as_str(), e))
+                })
             })
             .collect();
-        let alive = self
-            .alive(entries.iter().map(|e| e.socket.gateway.as_str()))
-            .await?;
-        let (live, dead): (Vec<Entry>, Vec<Entry>) = entries
-            .into_iter()
-            .partition(|e| e.is_live(alive.get(&e.socket.gateway).and_then(Option::as_deref)));
+        // Sockets come in runs on one gateway: a name like the last one is
+        // not looked up again.
+        let mut named: HashSet<&str> = HashSet::new();
+        let mut last = "";
+        for (_, _, e) in &entries {
+            if e.gateway != last {
+                named.insert(e.gateway);
+                last = e.gateway;
+            }
+        }
+        let alive = self.alive(named.into_iter()).await?;
+        // Each gateway's name is shared by its sockets, not copied per
+        // socket: a read of a channel of thousands names a few gateways.
+        let gateways: HashMap<&str, Known> = alive
+            .iter()
+            .map(|(gw, current)| {
+                let known = Known {
+                    name: Arc::from(gw.as_str()),
+                    current: current.as_deref(),
+                };
+                (gw.as_str(), known)
+            })
+            .collect();
+        let mut sockets = LiveSockets::with_capacity(users.len());
+        let mut dead = Vec::new();
+        let mut last: Option<&Known> = None;
+        for (user, field, e) in entries {
+            let gateway = match last {
+                Some(known) if *known.name == *e.gateway => Some(known),
+                _ => gateways.get(e.gateway),
+            };
+            match gateway {
+                Some(known) if e.is_live(known.current) => {
+                    last = Some(known);
+                    sockets.entry(user).or_default().push(LiveSocket {
+                        gateway: Arc::clone(&known.name),
+                        socket: e.socket,
+                        entered: e.entered,
+                    });
+                }
+                _ => dead.push((user, field)),
+            }
+        }
         if !dead.is_empty() {
             self.clean(&dead).await;
-        }
-        let mut sockets = LiveSockets::new();
-        for e in live {
-            sockets.entry(e.user).or_default().push(e.socket);
         }
         Ok(sockets)
     }
@@ -797,12 +833,12 @@ impl PresenceReader {
 
     /// Deletes fields of dead gateways. Best effort: a failure only means
     /// they are skipped again next time.
-    async fn clean(&self, dead: &[Entry]) {
+    async fn clean(&self, dead: &[(UserId, &str)]) {
         let commands = dead
             .iter()
-            .map(|e| {
+            .map(|(user, field)| {
                 let mut hdel = redis::cmd("HDEL");
-                hdel.arg(user_key(&self.ns, e.user)).arg(&e.field);
+                hdel.arg(user_key(&self.ns, *user)).arg(*field);
                 hdel
             })
             .collect();
@@ -854,28 +890,22 @@ mod tests {
 
     #[test]
     fn an_entry_counts_only_for_the_incarnation_that_wrote_it() {
-        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7@now").expect("valid");
+        let entry = Entry::parse("gw-a:42", "7@now").expect("valid");
         assert!(entry.is_live(Some("now")));
         assert!(!entry.is_live(Some("later")), "a restarted gateway's");
         assert!(!entry.is_live(None), "a dead gateway's");
-        let older = Entry::parse(UserId(1), "gw-a:42".into(), "7").expect("valid");
+        let older = Entry::parse("gw-a:42", "7").expect("valid");
         assert!(older.is_live(Some("now")));
         assert!(!older.is_live(None));
     }
 
     #[test]
-    fn an_entry_is_a_live_socket_of_its_user() {
-        let entry = Entry::parse(UserId(1), "gw-a:42".into(), "7@inc").expect("valid");
-        assert_eq!(entry.user, UserId(1));
-        assert_eq!(entry.field, "gw-a:42");
-        assert_eq!(
-            entry.socket,
-            LiveSocket {
-                gateway: "gw-a".into(),
-                socket: SocketId(42),
-                entered: Some(ChannelId(7)),
-            }
-        );
-        assert!(Entry::parse(UserId(1), "gw.x:1".into(), "").is_none());
+    fn an_entry_names_its_gateway_socket_and_channel() {
+        let entry = Entry::parse("gw-a:42", "7@inc").expect("valid");
+        assert_eq!(entry.gateway, "gw-a");
+        assert_eq!(entry.socket, SocketId(42));
+        assert_eq!(entry.entered, Some(ChannelId(7)));
+        assert_eq!(entry.incarnation, Some("inc"));
+        assert!(Entry::parse("gw.x:1", "").is_none());
     }
 }

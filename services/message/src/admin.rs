@@ -168,7 +168,7 @@ async fn online(State(state): State<AdminState>) -> Result<Json<Value>, Failure>
             sockets: sockets
                 .into_iter()
                 .map(|s| OnlineSocket {
-                    gateway: s.gateway,
+                    gateway: s.gateway.to_string(),
                     socket: s.socket.0,
                     entered: s.entered.map(|c| c.0),
                 })
@@ -184,7 +184,7 @@ async fn gateways(State(state): State<AdminState>) -> Result<Json<Value>, Failur
         BTreeMap::new();
     for (user, sockets) in state.presence.everyone().await? {
         for socket in sockets {
-            let entry = by_gateway.entry(socket.gateway).or_default();
+            let entry = by_gateway.entry(socket.gateway.to_string()).or_default();
             entry.0 += 1;
             entry.1.insert(user);
         }

@@ -304,7 +304,7 @@ fn entered_by_others(
 }
 
 fn is_origin(socket: &LiveSocket, origin: &SocketRef) -> bool {
-    socket.socket == origin.socket_id && socket.gateway == origin.gateway_id
+    socket.socket == origin.socket_id && *socket.gateway == *origin.gateway_id
 }
 
 /// Socket ids by gateway of every socket that `keep` accepts, sorted.
@@ -325,10 +325,10 @@ fn by_gateway<'a>(
     let mut map: BTreeMap<String, Vec<SocketId>> = BTreeMap::new();
     for s in sockets {
         // A gateway's name is copied once, not once per socket.
-        match map.get_mut(s.gateway.as_str()) {
+        match map.get_mut(&*s.gateway) {
             Some(ids) => ids.push(s.socket),
             None => {
-                map.insert(s.gateway.clone(), vec![s.socket]);
+                map.insert(s.gateway.to_string(), vec![s.socket]);
             }
         }
     }

@@ -52,7 +52,7 @@ async fn the_socket_is_recorded_in_redis_presence_until_it_closes() {
     let live = reader.live_sockets(&[alice]).await.expect("presence");
     let sockets = live.get(&alice).cloned().unwrap_or_default();
     assert_eq!(sockets.len(), 1, "{live:?}");
-    assert_eq!(sockets[0].gateway, app.config.gateway_id());
+    assert_eq!(*sockets[0].gateway, *app.config.gateway_id());
     assert_eq!(sockets[0].entered, None);
     ws.close().await;
     live_sockets_become(&reader, alice, 0, Duration::from_secs(5)).await;
