@@ -4,8 +4,8 @@
 //! (forge a caller), as auth (unregister a user) or as push (write frames
 //! to sockets).
 //!
-//! The signature covers [`natter_protocol::rpc::signed_input`]: subject,
-//! time, nonce and the payload exactly as sent. A receiver
+//! The signature covers [`natter_protocol::rpc::signed_head`] (subject,
+//! time, nonce) and then the payload exactly as sent. A receiver
 //! ([`BusVerifier`]) refuses a message that is unsigned, signed more than
 //! [`BUS_MAX_SKEW_MS`] away from its own clock, signed with another key,
 //! or whose nonce it has already seen — so a recorded message cannot be
@@ -18,14 +18,17 @@
 //! user (deploy/nats/natter-accounts.conf), which is the second fence.
 
 use async_nats::HeaderMap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use natter_protocol::rpc::{
-    BUS_MAX_SKEW_MS, BUS_NONCE_HEADER, BUS_SIGNATURE_HEADER, BUS_TIME_HEADER, signed_input,
+    BUS_MAX_SKEW_MS, BUS_NONCE_HEADER, BUS_SIGNATURE_HEADER, BUS_TIME_HEADER, signed_head,
 };
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -68,6 +71,36 @@ pub struct WeakKey;
 #[derive(Clone)]
 pub struct BusKey {
     mac: HmacSha256,
+    nonces: Arc<NonceSource>,
+}
+
+/// Where a signer's nonces come from: a random prefix drawn once and a
+/// counter, 12 bytes in all. A nonce needs to be unique, not secret (the
+/// signature covers it; only a holder of the key can choose one), so
+/// there is no call into the OS per message; 48 random bits tell the
+/// signing processes apart, 48 counted ones never wrap.
+struct NonceSource {
+    prefix: [u8; 6],
+    next: AtomicU64,
+}
+
+impl NonceSource {
+    fn new() -> Self {
+        let mut prefix = [0u8; 6];
+        getrandom::fill(&mut prefix).expect("the OS random number generator failed");
+        Self {
+            prefix,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let count = self.next.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+        let mut nonce = [0u8; 12];
+        nonce[..6].copy_from_slice(&self.prefix);
+        nonce[6..].copy_from_slice(&count[..6]);
+        URL_SAFE_NO_PAD.encode(nonce)
+    }
 }
 
 impl std::fmt::Debug for BusKey {
@@ -86,7 +119,10 @@ impl BusKey {
             return Err(WeakKey);
         }
         let mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| WeakKey)?;
-        Ok(Self { mac })
+        Ok(Self {
+            mac,
+            nonces: Arc::new(NonceSource::new()),
+        })
     }
 
     /// Adds the signature headers for `payload` published to `subject`.
@@ -103,8 +139,8 @@ impl BusKey {
     }
 
     fn sign_at(&self, subject: &str, payload: &[u8], headers: &mut HeaderMap, time_ms: u64) {
-        let nonce = crate::random::token(12);
-        let signature = self.mac_of(&signed_input(subject, time_ms, &nonce, payload));
+        let nonce = self.nonces.next();
+        let signature = self.mac_of(&signed_head(subject, time_ms, &nonce), payload);
         headers.insert(BUS_TIME_HEADER, time_ms.to_string().as_str());
         headers.insert(BUS_NONCE_HEADER, nonce.as_str());
         headers.insert(
@@ -113,9 +149,10 @@ impl BusKey {
         );
     }
 
-    fn mac_of(&self, input: &[u8]) -> HmacSha256 {
+    fn mac_of(&self, head: &str, payload: &[u8]) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        mac.update(input);
+        mac.update(head.as_bytes());
+        mac.update(payload);
         mac
     }
 }
@@ -192,7 +229,7 @@ impl BusVerifier {
         let signature =
             hex::decode(signature).map_err(|_| BusError::Malformed(BUS_SIGNATURE_HEADER))?;
         self.key
-            .mac_of(&signed_input(subject, time_ms, nonce, payload))
+            .mac_of(&signed_head(subject, time_ms, nonce), payload)
             .verify_slice(&signature)
             .map_err(|_| BusError::Forged)?;
         let age_ms = i128::from(now_ms) - i128::from(time_ms);
@@ -254,6 +291,24 @@ mod tests {
             verifier.verify("n.rpc.message", Some(&headers), b"{}"),
             Err(BusError::Replayed)
         );
+    }
+
+    #[test]
+    fn every_signature_carries_a_nonce_of_its_own() {
+        let (a, c) = (key(), key());
+        let b = a.clone();
+        let nonce = |k: &BusKey| {
+            let headers = k.signed("s", b"{}");
+            headers.get(BUS_NONCE_HEADER).map(|v| v.as_str().to_owned())
+        };
+        let nonces = [nonce(&a), nonce(&a), nonce(&b), nonce(&c)];
+        assert!(
+            nonces
+                .iter()
+                .all(|n| n.as_ref().is_some_and(|n| n.len() == 16))
+        );
+        let distinct: HashSet<_> = nonces.into_iter().collect();
+        assert_eq!(distinct.len(), 4, "a key, its clone and another key");
     }
 
     #[test]
