@@ -130,8 +130,10 @@ pub struct UnreadTarget {
     pub unread: i64,
 }
 
-/// One thing for a gateway to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One thing for a gateway to do. Decoded by hand ([`delivery_de`]):
+/// serde's derive buffers an internally tagged object whole before it
+/// looks at the tag, thousands of socket ids included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Delivery {
     /// Send this already-serialized frame to these sockets: serialized once
@@ -161,6 +163,116 @@ pub enum Delivery {
         /// Local socket ids of the former member.
         sockets: Vec<SocketId>,
     },
+}
+
+/// [`Delivery`]'s decoding: when `op` comes first, as push writes it, the
+/// rest of the object is read straight into the variant's fields; when it
+/// does not, the object is read whole and then decoded, as the derive
+/// would.
+mod delivery_de {
+    use super::{Delivery, UnreadTarget};
+    use crate::{ChannelId, Seq, SocketId};
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{Error, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Op {
+        Frame,
+        Unread,
+        LeaveChannel,
+    }
+
+    #[derive(Deserialize)]
+    struct Frame {
+        sockets: Vec<SocketId>,
+        frame: String,
+    }
+
+    #[derive(Deserialize)]
+    struct Unread {
+        channel_id: ChannelId,
+        title: String,
+        last_seq: Seq,
+        targets: Vec<UnreadTarget>,
+    }
+
+    #[derive(Deserialize)]
+    struct LeaveChannel {
+        channel_id: ChannelId,
+        sockets: Vec<SocketId>,
+    }
+
+    /// The variant `op` names, from the rest of its object.
+    fn variant<'de, D: Deserializer<'de>>(op: Op, rest: D) -> Result<Delivery, D::Error> {
+        Ok(match op {
+            Op::Frame => {
+                let Frame { sockets, frame } = Frame::deserialize(rest)?;
+                Delivery::Frame { sockets, frame }
+            }
+            Op::Unread => {
+                let Unread {
+                    channel_id,
+                    title,
+                    last_seq,
+                    targets,
+                } = Unread::deserialize(rest)?;
+                Delivery::Unread {
+                    channel_id,
+                    title,
+                    last_seq,
+                    targets,
+                }
+            }
+            Op::LeaveChannel => {
+                let LeaveChannel {
+                    channel_id,
+                    sockets,
+                } = LeaveChannel::deserialize(rest)?;
+                Delivery::LeaveChannel {
+                    channel_id,
+                    sockets,
+                }
+            }
+        })
+    }
+
+    struct DeliveryVisitor;
+
+    impl<'de> Visitor<'de> for DeliveryVisitor {
+        type Value = Delivery;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a delivery object with an \"op\"")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Delivery, A::Error> {
+            let Some(first) = map.next_key::<String>()? else {
+                return Err(A::Error::missing_field("op"));
+            };
+            if first == "op" {
+                let op = map.next_value()?;
+                return variant(op, MapAccessDeserializer::new(map));
+            }
+            let mut object = serde_json::Map::new();
+            object.insert(first, map.next_value()?);
+            while let Some((key, value)) = map.next_entry()? {
+                object.insert(key, value);
+            }
+            let op = object
+                .remove("op")
+                .ok_or_else(|| A::Error::missing_field("op"))?;
+            let op = Op::deserialize(op).map_err(A::Error::custom)?;
+            variant(op, serde_json::Value::Object(object)).map_err(A::Error::custom)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Delivery {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(DeliveryVisitor)
+        }
+    }
 }
 
 /// The first part of a [`Event::MessageStored`]'s JSON, written by the
@@ -433,9 +545,35 @@ mod tests {
             ],
         };
         let text = serde_json::to_string(&b).expect("serialize");
+        assert!(text.contains(r#"{"op":"frame","#), "op first: {text}");
         assert_eq!(
             serde_json::from_str::<DeliveryBatch>(&text).expect("decode"),
             b
         );
+    }
+
+    #[test]
+    fn a_delivery_decodes_wherever_its_op_stands_and_not_without_one() {
+        let frame = Delivery::Frame {
+            sockets: vec![SocketId(4)],
+            frame: "{}".into(),
+        };
+        for text in [
+            r#"{"op":"frame","sockets":[4],"frame":"{}"}"#,
+            r#"{"sockets":[4],"op":"frame","frame":"{}"}"#,
+            r#"{"frame":"{}","sockets":[4],"op":"frame"}"#,
+        ] {
+            assert_eq!(serde_json::from_str::<Delivery>(text).expect(text), frame);
+        }
+        for text in [
+            r#"{"sockets":[4],"frame":"{}"}"#,
+            r#"{"op":"shout","sockets":[4]}"#,
+            r#"{"op":"frame","sockets":[4]}"#,
+            r#"{"sockets":"x","op":"frame","frame":"{}"}"#,
+            "{}",
+            "[]",
+        ] {
+            assert!(serde_json::from_str::<Delivery>(text).is_err(), "{text}");
+        }
     }
 }
