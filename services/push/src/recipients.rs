@@ -189,7 +189,14 @@ pub fn deliveries(
                 s.entered == Some(*channel_id) && !is_origin(s, origin)
             });
             out.frame(&frame, entered);
-            for user in unread_users(event, live) {
+            // No read positions, no unread: a channel whose members have
+            // all entered is not scanned a second time.
+            let unread = if last_read.is_empty() {
+                Vec::new()
+            } else {
+                unread_users(event, live)
+            };
+            for user in unread {
                 let (Some(read), Some(sockets)) = (last_read.get(&user), live.get(user)) else {
                     continue;
                 };
