@@ -196,7 +196,10 @@ pub(crate) struct Registry {
     /// its crashed predecessor left in Redis presence, or deliveries meant
     /// for an old socket would reach a new one.
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<SocketId, Arc<Control>>>,
+    /// Looked up thousands of times per delivery batch to a large channel,
+    /// so with a fast hasher: the ids are this gateway's own counter, not
+    /// chosen by anyone who could aim collisions at it.
+    sockets: Mutex<HashMap<SocketId, Arc<Control>, foldhash::fast::RandomState>>,
     sessions: Mutex<HashMap<SessionId, Vec<SocketId>>>,
     /// Set when the gateway drains: sockets registered later are closed at
     /// once with the same request.
