@@ -185,7 +185,7 @@ impl std::fmt::Display for Unroutable {
 
 /// How many socket deliveries a batch makes (leave notices are not
 /// deliveries).
-fn sockets_in(batch: &DeliveryBatch) -> u64 {
+pub(crate) fn sockets_in(batch: &DeliveryBatch) -> u64 {
     batch
         .items
         .iter()

@@ -487,3 +487,47 @@ async fn undecodable_typing_notices_are_dropped_without_a_trace() {
     }
     h.app.stop().await;
 }
+
+/// A channel of a thousand makes its partition wait a moment for more
+/// events, so that one presence read serves several: every message still
+/// arrives once, in order, to every entered socket but the writer's.
+#[tokio::test]
+async fn a_channel_of_a_thousand_gets_every_message_once_in_order() {
+    const MEMBERS: usize = 1_001;
+    const MESSAGES: i64 = 40;
+    let h = Harness::spawn().await;
+    let members = futures::future::join_all((0..MEMBERS).map(|i| {
+        let h = &h;
+        async move { h.user(&format!("member{i}")).await }
+    }))
+    .await;
+    let channel = h.channel("crowd", &members).await;
+    h.gateway_alive("gw-a").await;
+    for (socket, member) in (1..).zip(&members) {
+        h.online(*member, "gw-a", socket, Some(channel)).await;
+    }
+    let mut a = h.tap("gw-a").await;
+
+    // The first makes the partition heavy; the rest come while it waits.
+    h.publish(&message(channel, 1, members[0], origin("gw-a", 1)))
+        .await;
+    let mut seqs = Vec::new();
+    for (_, frame) in frames(&a.next().await) {
+        seqs.push(frame["seq"].as_i64().expect("a seq"));
+    }
+    for seq in 2..=MESSAGES {
+        h.publish(&message(channel, seq, members[0], origin("gw-a", 1)))
+            .await;
+    }
+
+    while seqs.len() < usize::try_from(MESSAGES).expect("small") {
+        for (sockets, frame) in frames(&a.next().await) {
+            assert_eq!(sockets.len(), MEMBERS - 1, "all but the writer's");
+            assert!(!sockets.contains(&1), "the writer's socket is skipped");
+            seqs.push(frame["seq"].as_i64().expect("a seq"));
+        }
+    }
+    assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>());
+    a.expect_nothing().await;
+    h.app.stop().await;
+}
