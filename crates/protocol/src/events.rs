@@ -130,7 +130,7 @@ pub struct UnreadTarget {
     pub unread: i64,
 }
 
-/// One thing for a gateway to do. Decoded by hand ([`delivery_de`]):
+/// One thing for a gateway to do. Decoded by hand (`delivery_de`):
 /// serde's derive buffers an internally tagged object whole before it
 /// looks at the tag, thousands of socket ids included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
