@@ -687,17 +687,9 @@ impl PresenceReader {
                 })
             })
             .collect();
-        // Sockets come in runs on one gateway: a name like the last one is
-        // not looked up again.
-        let mut named: HashSet<&str> = HashSet::new();
-        let mut last = "";
-        for (_, _, e) in &entries {
-            if e.gateway != last {
-                named.insert(e.gateway);
-                last = e.gateway;
-            }
-        }
-        let alive = self.alive(named.into_iter()).await?;
+        let alive = self
+            .alive(entries.iter().map(|(_, _, e)| e.gateway))
+            .await?;
         // Each gateway's name is shared by its sockets, not copied per
         // socket: a read of a channel of thousands names a few gateways.
         let gateways: HashMap<&str, Known> = alive
@@ -712,15 +704,9 @@ impl PresenceReader {
             .collect();
         let mut sockets = LiveSockets::with_capacity(users.len());
         let mut dead = Vec::new();
-        let mut last: Option<&Known> = None;
         for (user, field, e) in entries {
-            let gateway = match last {
-                Some(known) if *known.name == *e.gateway => Some(known),
-                _ => gateways.get(e.gateway),
-            };
-            match gateway {
+            match gateways.get(e.gateway) {
                 Some(known) if e.is_live(known.current) => {
-                    last = Some(known);
                     sockets.entry(user).or_default().push(LiveSocket {
                         gateway: Arc::clone(&known.name),
                         socket: e.socket,
