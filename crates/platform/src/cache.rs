@@ -140,6 +140,33 @@ impl Redis {
             }
         }
     }
+
+    /// Runs `commands` so that each is applied before the next is: one
+    /// pipeline on a single Redis, which applies a connection's commands
+    /// in the order sent, and one after another on a cluster, where each
+    /// may go to another node. For a write followed by its presence epoch
+    /// bump (`presence::epochs`).
+    ///
+    /// # Errors
+    /// When Redis does not answer or refuses one of them; on a cluster
+    /// the commands after the refused one are not sent.
+    pub async fn in_order(&self, commands: Vec<Cmd>) -> RedisResult<()> {
+        match self {
+            Self::Single(manager) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command).ignore();
+                }
+                pipe.query_async(&mut manager.clone()).await
+            }
+            Self::Cluster(connection) => {
+                for command in commands {
+                    command.query_async::<()>(&mut connection.clone()).await?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Redis {

@@ -102,6 +102,7 @@ impl Runnable for Push {
             bus,
             membership: Membership::new(pool.clone()),
             presence: PresenceReader::new(redis.clone(), ns.clone())
+                .caching_hashes()
                 .caching_liveness(LIVENESS_CACHE)
                 .waiting_for_repair(REPAIR_WAIT),
             ns: ns.clone(),

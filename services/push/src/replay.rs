@@ -68,6 +68,7 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         bus,
         membership: Membership::new(pool),
         presence: PresenceReader::new(redis, ns.clone())
+            .caching_hashes()
             .caching_liveness(LIVENESS_CACHE)
             .waiting_for_repair(REPAIR_WAIT),
         ns,

@@ -322,6 +322,53 @@ async fn joins_and_leaves_change_who_the_next_message_reaches() {
     h.app.stop().await;
 }
 
+/// Push reuses the presence it read for earlier messages: a socket that
+/// enters, opens or leaves between two messages must still change who
+/// gets the second.
+#[tokio::test]
+async fn entering_and_leaving_between_messages_changes_who_gets_the_next() {
+    let h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, None).await;
+    let mut a = h.tap("gw-a").await;
+
+    h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
+        .await;
+    let first = a.next().await;
+    assert!(frames(&first).is_empty(), "bob is not inside");
+    assert_eq!(
+        unreads(&first),
+        vec![UnreadTarget {
+            sockets: vec![SocketId(2)],
+            unread: 1
+        }]
+    );
+
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
+        .await;
+    let second = a.next().await;
+    assert_eq!(frames(&second)[0].0, vec![2]);
+    assert!(unreads(&second).is_empty());
+
+    h.online(bob, "gw-a", 4, Some(channel)).await;
+    h.publish(&message(channel, 3, alice, origin("gw-x", 1)))
+        .await;
+    let mut third = frames(&a.next().await)[0].0.clone();
+    third.sort_unstable();
+    assert_eq!(third, vec![2, 4]);
+
+    h.online(bob, "gw-a", 2, None).await;
+    h.publish(&message(channel, 4, alice, origin("gw-x", 1)))
+        .await;
+    let fourth = a.next().await;
+    assert_eq!(frames(&fourth)[0].0, vec![4], "socket 2 has left");
+    assert!(unreads(&fourth).is_empty(), "bob is inside on socket 4");
+    h.app.stop().await;
+}
+
 #[tokio::test]
 async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
     let h = Harness::spawn().await;

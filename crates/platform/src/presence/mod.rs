@@ -10,7 +10,11 @@
 //!   it;
 //! - `<ns>:gw:<gateway>`, the gateway's liveness key, valued by its
 //!   current incarnation, set with a [`GATEWAY_TTL`] and refreshed every
-//!   [`HEARTBEAT`].
+//!   [`HEARTBEAT`];
+//! - `<ns>:presence-epochs`, a counter per bucket of users that every
+//!   write above bumps once it is applied ([`epochs`]), so that push can
+//!   reuse the hashes it read for earlier messages while their counters
+//!   stand still (see [`PresenceReader::caching_hashes`]).
 //!
 //! Liveness rule: Redis 7.0 has no per-field TTL, so a crashed gateway's
 //! fields stay behind; an entry counts only while its gateway's liveness
@@ -46,9 +50,13 @@
 //! [`PresenceWriter::reporting_to`]), logged once when it begins and once
 //! when it ends, not once per socket.
 
+pub mod epochs;
+mod hashes;
+
 use crate::cache::Redis;
 use crate::lifecycle::Condition;
 use anyhow::Context;
+use hashes::Hashes;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, SocketId, UserId};
 use std::collections::{HashMap, HashSet};
@@ -218,6 +226,8 @@ pub struct PresenceWriter {
     gateway: String,
     /// New at every start: see the module's liveness rule.
     incarnation: String,
+    /// [`epochs::key`], bumped after every write.
+    epochs_key: String,
     /// A write failed: re-register every socket on the next heartbeat.
     dirty: Arc<AtomicBool>,
     /// Removals that failed, retried on the next heartbeat.
@@ -231,6 +241,7 @@ impl PresenceWriter {
     #[must_use]
     pub fn new(redis: Redis, ns: Namespace, gateway: String) -> Self {
         Self {
+            epochs_key: epochs::key(&ns),
             redis,
             ns,
             gateway,
@@ -249,17 +260,16 @@ impl PresenceWriter {
         self
     }
 
-    /// Records a socket and what it has entered. A failure is logged and
-    /// left to the next heartbeat to repair.
+    /// Records a socket and what it has entered, then bumps the user's
+    /// epoch (in one round trip on a single Redis). A failure is logged
+    /// and left to the next heartbeat to repair.
     pub async fn set(&self, user: UserId, socket: SocketId, entered: Option<ChannelId>) {
-        let mut conn = self.redis.clone();
-        let result: redis::RedisResult<()> = redis::cmd("HSET")
-            .arg(user_key(&self.ns, user))
+        let mut hset = redis::cmd("HSET");
+        hset.arg(user_key(&self.ns, user))
             .arg(socket_field(&self.gateway, socket))
-            .arg(entry_value(entered, &self.incarnation))
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
+            .arg(entry_value(entered, &self.incarnation));
+        let bump = epochs::bump(&self.epochs_key, [user]);
+        if let Err(e) = self.redis.in_order(vec![hset, bump]).await {
             self.dirty.store(true, Ordering::Relaxed);
             self.health.failing(
                 &anyhow::Error::new(e)
@@ -276,16 +286,20 @@ impl PresenceWriter {
     /// out: the socket is admitted, the `presence` condition fails, and the
     /// heartbeat registers it once it runs.
     pub async fn admit(&self, user: UserId, socket: SocketId, limit: usize) -> bool {
-        self.try_admit(user, socket, limit)
-            .await
-            .unwrap_or_else(|e| {
-                self.dirty.store(true, Ordering::Relaxed);
-                self.health.failing(
-                    &anyhow::Error::new(e)
-                        .context("presence admission failed; admitting the socket"),
-                );
-                true
-            })
+        let admitted = async {
+            let admitted = self.try_admit(user, socket, limit).await?;
+            if admitted {
+                self.bump([user]).await?;
+            }
+            Ok::<_, redis::RedisError>(admitted)
+        };
+        admitted.await.unwrap_or_else(|e| {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.health.failing(
+                &anyhow::Error::new(e).context("presence admission failed; admitting the socket"),
+            );
+            true
+        })
     }
 
     /// [`Self::admit`]: [`ADMIT_SCRIPT`] at once, and when the user has as
@@ -377,7 +391,17 @@ impl PresenceWriter {
                 hdel
             })
             .collect();
-        self.redis.each::<()>(commands).await.map(drop)
+        self.redis.each::<()>(commands).await?;
+        self.bump(sockets.iter().map(|(user, _)| *user)).await
+    }
+
+    /// Bumps the epochs of `users`, whose hashes were just written: what
+    /// tells caching readers to read them again.
+    async fn bump(&self, users: impl IntoIterator<Item = UserId>) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        epochs::bump(&self.epochs_key, users)
+            .query_async(&mut conn)
+            .await
     }
 
     /// Refreshes the liveness key; returns whether it had expired, been
@@ -411,6 +435,7 @@ impl PresenceWriter {
             })
             .collect();
         self.redis.each::<()>(commands).await?;
+        self.bump(sockets.iter().map(|s| s.user)).await?;
         let gone: Vec<(UserId, SocketId)> = sockets
             .iter()
             .filter(|s| !local.holds(s.socket))
@@ -571,6 +596,8 @@ type Liveness = HashMap<String, (Option<String>, Instant)>;
 pub struct PresenceReader {
     redis: Redis,
     ns: Namespace,
+    /// Users' hashes, read through a cache or not.
+    hashes: Hashes,
     /// How long a liveness answer is reused; zero asks every time.
     cache_for: Duration,
     /// What was last heard of each gateway.
@@ -596,6 +623,7 @@ impl PresenceReader {
     #[must_use]
     pub fn new(redis: Redis, ns: Namespace) -> Self {
         Self {
+            hashes: Hashes::new(redis.clone(), &ns),
             redis,
             ns,
             cache_for: Duration::ZERO,
@@ -611,6 +639,15 @@ impl PresenceReader {
     #[must_use]
     pub fn waiting_for_repair(mut self, wait: Duration) -> Self {
         self.repair_wait = wait;
+        self
+    }
+
+    /// Reuses users' hashes while their epochs say Redis holds the same
+    /// (push, which reads a channel's members for every message): see
+    /// [`epochs`] and `hashes.rs` for why that is safe.
+    #[must_use]
+    pub fn caching_hashes(mut self) -> Self {
+        self.hashes = self.hashes.cached();
         self
     }
 
@@ -661,23 +698,7 @@ impl PresenceReader {
     }
 
     async fn read_live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
-        let prefix = self.ns.redis_prefix();
-        let commands = users
-            .iter()
-            .map(|user| {
-                let mut hgetall = redis::cmd("HGETALL");
-                hgetall.arg(user_key_under(&prefix, *user));
-                hgetall
-            })
-            .collect();
-        // Field-value pairs, not a map per user: push reads every member's
-        // hash for every message, and building 2,000 hash maps per message
-        // was a measurable share of a gateway-and-push core in fan-out.
-        let hashes: Vec<Vec<(String, String)>> = self
-            .redis
-            .each(commands)
-            .await
-            .context("reading presence")?;
+        let hashes = self.hashes.read(users).await?;
         let entries: Vec<(UserId, &str, Entry)> = users
             .iter()
             .zip(&hashes)
@@ -833,6 +854,9 @@ impl PresenceReader {
         } else {
             tracing::debug!(fields = dead.len(), "cleaned presence of dead gateways");
         }
+        // No epoch moves for this: copies that still hold these fields
+        // are forgotten here, and elsewhere the fields are judged dead.
+        self.hashes.forget(dead.iter().map(|(user, _)| *user));
     }
 }
 
