@@ -476,7 +476,7 @@ mod tests {
     /// entered on gateway b; Carol is online elsewhere on both gateways;
     /// Dave is in another channel.
     fn busy_channel() -> LiveSockets {
-        HashMap::from([
+        LiveSockets::from_iter([
             (
                 ALICE,
                 vec![socket("a", 1, Some(CHANNEL)), socket("a", 2, Some(CHANNEL))],
@@ -579,7 +579,7 @@ mod tests {
 
     #[test]
     fn the_writer_never_gets_an_unread_even_from_sockets_outside_the_channel() {
-        let live = HashMap::from([
+        let live = LiveSockets::from_iter([
             (ALICE, vec![socket("a", 1, None), socket("a", 2, None)]),
             (BOB, vec![socket("a", 3, None)]),
         ]);
@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_member_with_one_socket_in_the_channel_gets_no_unread() {
-        let live = HashMap::from([(
+        let live = LiveSockets::from_iter([(
             BOB,
             vec![socket("a", 3, None), socket("b", 4, Some(CHANNEL))],
         )]);
@@ -613,7 +613,7 @@ mod tests {
 
     #[test]
     fn a_user_who_left_before_the_read_positions_were_read_gets_nothing() {
-        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let live = LiveSockets::from_iter([(BOB, vec![socket("a", 3, None)])]);
         let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
             Live::all(&live),
@@ -624,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_read_position_ahead_of_the_event_counts_zero_unread() {
-        let live = HashMap::from([(BOB, vec![socket("a", 3, None)])]);
+        let live = LiveSockets::from_iter([(BOB, vec![socket("a", 3, None)])]);
         let batches = deliveries(
             &stored(3, ALICE, origin("a", 1)),
             Live::all(&live),
@@ -718,7 +718,7 @@ mod tests {
         };
         assert_eq!(audience(&event, &[]), vec![ALICE, BOB, CAROL]);
         assert_eq!(membership_change(&event), Some(CHANNEL));
-        let live = HashMap::from([
+        let live = LiveSockets::from_iter([
             (ALICE, vec![socket("a", 1, None)]),
             (BOB, vec![socket("b", 10, None)]),
             (CAROL, vec![socket("a", 3, None), socket("b", 11, None)]),
@@ -740,7 +740,7 @@ mod tests {
         };
         // Alice entered right after create answered; so did Bob, from one
         // of his sockets.
-        let live = HashMap::from([
+        let live = LiveSockets::from_iter([
             (ALICE, vec![socket("a", 1, Some(CHANNEL))]),
             (
                 BOB,
@@ -778,7 +778,7 @@ mod tests {
         assert_eq!(audience(&event, &[ALICE, CAROL]), vec![ALICE, CAROL]);
         // Carol is a member now but inside nothing; Bob is not a member
         // (not in the audience, so not in `live`).
-        let live = HashMap::from([
+        let live = LiveSockets::from_iter([
             (
                 ALICE,
                 vec![socket("a", 1, Some(CHANNEL)), socket("a", 2, None)],
@@ -901,7 +901,7 @@ mod tests {
         assert!(
             deliveries(
                 &stored(1, ALICE, origin("a", 1)),
-                Live::all(&HashMap::new()),
+                Live::all(&LiveSockets::default()),
                 &HashMap::new()
             )
             .is_empty()

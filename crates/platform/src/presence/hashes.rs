@@ -33,8 +33,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A user's presence hash: field-value pairs, as `HGETALL` returns them.
-pub(super) type Hash = Vec<(String, String)>;
+/// A user's presence hash: its well-formed fields, parsed.
+pub(super) type Hash = Vec<super::Field>;
 
 /// The longest a copy is used, whatever the epochs say.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ const CAPACITY: usize = 1 << 18;
 #[derive(Default)]
 pub(super) struct Cache {
     era: u32,
-    users: HashMap<UserId, Remembered>,
+    users: HashMap<UserId, Remembered, foldhash::fast::RandomState>,
 }
 
 /// One user's hash as last read.
@@ -131,6 +131,7 @@ impl Hashes {
         }
         let mut hashes: Vec<Option<Arc<Hash>>> = Vec::with_capacity(users.len());
         let mut missing = Vec::new();
+        let now = Instant::now();
         {
             let mut cache = lock(cache);
             if cache.era != reading.era {
@@ -141,7 +142,7 @@ impl Hashes {
                 let copy = cache
                     .users
                     .get(user)
-                    .filter(|c| c.epoch == *epoch && c.read_at.elapsed() < MAX_AGE);
+                    .filter(|c| c.epoch == *epoch && now.duration_since(c.read_at) < MAX_AGE);
                 if copy.is_none() {
                     missing.push(*user);
                 }
@@ -196,12 +197,21 @@ impl Hashes {
         // Field-value pairs, not a map per user: building 2,000 hash maps
         // per message was a measurable share of a gateway-and-push core in
         // fan-out.
-        let hashes: Vec<Hash> = self
+        let hashes: Vec<Vec<(String, String)>> = self
             .redis
             .each(commands)
             .await
             .context("reading presence")?;
-        Ok(hashes.into_iter().map(Arc::new).collect())
+        Ok(hashes
+            .into_iter()
+            .map(|hash| {
+                let fields = hash
+                    .into_iter()
+                    .filter_map(|(name, value)| super::Field::parse(name, &value))
+                    .collect();
+                Arc::new(fields)
+            })
+            .collect())
     }
 }
 

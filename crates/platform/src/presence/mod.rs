@@ -196,8 +196,13 @@ pub struct LiveSocket {
     pub entered: Option<ChannelId>,
 }
 
-/// Live sockets by user; users with none are absent.
-pub type LiveSockets = HashMap<UserId, Vec<LiveSocket>>;
+/// Live sockets by user; users with none are absent. Hashed with
+/// foldhash: push builds one per batch over thousands of users, and the
+/// ids come from our own database, so nobody can aim collisions at it.
+pub type LiveSockets = HashMap<UserId, Vec<LiveSocket>, FastHash>;
+
+/// The hasher of the maps a presence read builds per batch.
+type FastHash = foldhash::fast::RandomState;
 
 /// One socket a gateway holds, as its heartbeat re-registers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,6 +586,51 @@ impl<'a> Entry<'a> {
     }
 }
 
+/// A field of a presence hash as a read returns it: parsed once, when it
+/// is read from Redis (push's cache keeps it so), owning its text.
+pub(super) struct Field {
+    /// As Redis holds it, `<gateway>:<socket>`, for deleting it.
+    name: String,
+    /// Where the gateway ends in `name`.
+    gateway_len: usize,
+    socket: SocketId,
+    entered: Option<ChannelId>,
+    incarnation: Option<String>,
+}
+
+impl Field {
+    /// `None` when the field is malformed, as [`Entry::parse`] says.
+    fn parse(name: String, value: &str) -> Option<Self> {
+        let e = Entry::parse(&name, value)?;
+        let (gateway_len, socket, entered) = (e.gateway.len(), e.socket, e.entered);
+        let incarnation = e.incarnation.map(str::to_owned);
+        Some(Self {
+            name,
+            gateway_len,
+            socket,
+            entered,
+            incarnation,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn gateway(&self) -> &str {
+        &self.name[..self.gateway_len]
+    }
+
+    fn entry(&self) -> Entry<'_> {
+        Entry {
+            gateway: self.gateway(),
+            socket: self.socket,
+            entered: self.entered,
+            incarnation: self.incarnation.as_deref(),
+        }
+    }
+}
+
 /// A gateway named in a presence read: its name, shared by its sockets,
 /// and its current incarnation (`None`: not alive).
 struct Known<'a> {
@@ -670,7 +720,7 @@ impl PresenceReader {
     #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     pub async fn live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
         if users.is_empty() {
-            return Ok(LiveSockets::new());
+            return Ok(LiveSockets::default());
         }
         let read = self.read_live_sockets(users).await;
         if self.repair_wait.is_zero() {
@@ -699,21 +749,16 @@ impl PresenceReader {
 
     async fn read_live_sockets(&self, users: &[UserId]) -> anyhow::Result<LiveSockets> {
         let hashes = self.hashes.read(users).await?;
-        let entries: Vec<(UserId, &str, Entry)> = users
-            .iter()
-            .zip(&hashes)
-            .flat_map(|(user, hash)| {
-                hash.iter().filter_map(move |(field, value)| {
-                    Entry::parse(field, value).map(|e| (*user, field.as_str(), e))
-                })
-            })
-            .collect();
         let alive = self
-            .alive(entries.iter().map(|(_, _, e)| e.gateway))
+            .alive(
+                hashes
+                    .iter()
+                    .flat_map(|hash| hash.iter().map(Field::gateway)),
+            )
             .await?;
         // Each gateway's name is shared by its sockets, not copied per
         // socket: a read of a channel of thousands names a few gateways.
-        let gateways: HashMap<&str, Known> = alive
+        let gateways: HashMap<&str, Known, FastHash> = alive
             .iter()
             .map(|(gw, current)| {
                 let known = Known {
@@ -723,18 +768,21 @@ impl PresenceReader {
                 (gw.as_str(), known)
             })
             .collect();
-        let mut sockets = LiveSockets::with_capacity(users.len());
+        let mut sockets = LiveSockets::with_capacity_and_hasher(users.len(), FastHash::default());
         let mut dead = Vec::new();
-        for (user, field, e) in entries {
-            match gateways.get(e.gateway) {
-                Some(known) if e.is_live(known.current) => {
-                    sockets.entry(user).or_default().push(LiveSocket {
-                        gateway: Arc::clone(&known.name),
-                        socket: e.socket,
-                        entered: e.entered,
-                    });
+        for (user, hash) in users.iter().zip(&hashes) {
+            for field in hash.iter() {
+                let e = field.entry();
+                match gateways.get(e.gateway) {
+                    Some(known) if e.is_live(known.current) => {
+                        sockets.entry(*user).or_default().push(LiveSocket {
+                            gateway: Arc::clone(&known.name),
+                            socket: e.socket,
+                            entered: e.entered,
+                        });
+                    }
+                    _ => dead.push((*user, field.name())),
                 }
-                _ => dead.push((user, field)),
             }
         }
         if !dead.is_empty() {
@@ -803,8 +851,8 @@ impl PresenceReader {
     async fn alive<'a>(
         &self,
         gateways: impl Iterator<Item = &'a str>,
-    ) -> anyhow::Result<HashMap<String, Option<String>>> {
-        let mut known = HashMap::new();
+    ) -> anyhow::Result<HashMap<String, Option<String>, FastHash>> {
+        let mut known = HashMap::default();
         let mut unknown = Vec::new();
         {
             let cache = self.liveness.lock().unwrap_or_else(PoisonError::into_inner);
