@@ -180,11 +180,15 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
         // query_canceled (statement_timeout), lock_not_available
-        // (lock_timeout), idle_in_transaction_session_timeout, admin
-        // shutdown and cannot-connect-now.
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| matches!(&*c, "57014" | "55P03" | "25P03" | "57P01" | "57P03")),
+        // (lock_timeout), idle_in_transaction_session_timeout, admin and
+        // crash shutdown, cannot-connect-now, and every connection
+        // exception (class 08).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            matches!(
+                &*c,
+                "57014" | "55P03" | "25P03" | "57P01" | "57P02" | "57P03"
+            ) || c.starts_with("08")
+        }),
         _ => false,
     }
 }

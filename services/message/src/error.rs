@@ -17,9 +17,15 @@ pub enum DomainError {
         /// The `over_limit` answer.
         body: ErrorBody,
     },
-    /// Postgres or NATS failed: logged, answered as `internal`.
+    /// Postgres or NATS failed: logged, answered as `internal`, or as
+    /// `unavailable` when Postgres was out of reach or too slow.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// Postgres was out of reach or too slow for work this request shared
+    /// with others (a write batch): answered as `unavailable`, like an
+    /// [`DomainError::Internal`] that says so.
+    #[error("the database did not answer: {0}")]
+    Unavailable(String),
 }
 
 impl DomainError {
@@ -42,23 +48,35 @@ impl DomainError {
     /// request.
     #[must_use]
     pub fn into_body(self) -> ErrorBody {
+        let unavailable = self.is_unavailable();
         match self {
             Self::Rule(body) | Self::Limit { body, .. } => body,
-            Self::Internal(e)
-                if e.chain()
-                    .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-                    .any(natter_platform::db::is_unavailable) =>
-            {
+            Self::Internal(e) if !unavailable => {
+                tracing::error!(error = ?e, "internal error");
+                ErrorBody::new(ErrorCode::Internal, "internal error")
+            }
+            e => {
                 tracing::debug!(error = ?e, "Postgres did not answer in time");
                 ErrorBody::new(
                     ErrorCode::Unavailable,
                     "the database did not answer in time; the request may or may not have taken effect",
                 )
             }
-            Self::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
-                ErrorBody::new(ErrorCode::Internal, "internal error")
-            }
+        }
+    }
+
+    /// Whether Postgres was out of reach or too slow
+    /// ([`natter_platform::db::is_unavailable`]): worth a retry by the
+    /// client, not an `internal`.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Internal(e) => e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                .any(natter_platform::db::is_unavailable),
+            Self::Rule(_) | Self::Limit { .. } => false,
         }
     }
 

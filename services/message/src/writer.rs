@@ -110,15 +110,18 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
         jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
     let answers = match write_retrying(pool, ns, &requests).await {
         Ok(answers) => answers,
-        Err(e) if requests.len() > 1 && !(e.is_retryable() || e.is_unique_violation()) => {
+        Err(e)
+            if requests.len() > 1
+                && !(e.is_retryable() || e.is_unique_violation() || e.is_unavailable()) =>
+        {
             tracing::warn!(error = ?e, writes = requests.len(), "a write batch failed; writing its requests one by one");
             let mut answers = Vec::with_capacity(requests.len());
             for request in &requests {
                 let answer = match write_retrying(pool, ns, std::slice::from_ref(request)).await {
-                    Ok(mut one) => one.pop().unwrap_or_else(|| Err(batch_failed())),
+                    Ok(mut one) => one.pop().unwrap_or_else(|| Err(failed_write())),
                     Err(e) => {
-                        tracing::error!(error = ?e, "a write failed");
-                        Err(batch_failed())
+                        log_failure(&e, 1);
+                        Err(answer_for(&e))
                     }
                 };
                 answers.push(answer);
@@ -126,8 +129,8 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
             answers
         }
         Err(e) => {
-            tracing::error!(error = ?e, writes = requests.len(), "a write batch failed");
-            requests.iter().map(|_| Err(batch_failed())).collect()
+            log_failure(&e, requests.len());
+            requests.iter().map(|_| Err(answer_for(&e))).collect()
         }
     };
     for (reply, answer) in replies.into_iter().zip(answers) {
@@ -156,15 +159,56 @@ async fn write_retrying(
     }
 }
 
-fn batch_failed() -> DomainError {
+/// Each writer's answer when the batch (or the lone write) holding its
+/// request failed with `error`: `unavailable` when Postgres was out of
+/// reach or too slow (the client retries, and its `client_msg_id` makes
+/// the retry safe), else `internal`.
+fn answer_for(error: &DomainError) -> DomainError {
+    if error.is_unavailable() {
+        DomainError::Unavailable(error.to_string())
+    } else {
+        failed_write()
+    }
+}
+
+fn failed_write() -> DomainError {
     DomainError::Internal(anyhow::anyhow!("the write failed"))
+}
+
+/// Logs a failed write of `writes` requests once: an error, unless
+/// Postgres was out of reach, which `/readyz` and its log already say.
+fn log_failure(error: &DomainError, writes: usize) {
+    if error.is_unavailable() {
+        tracing::debug!(error = ?error, writes, "a write failed: Postgres did not answer");
+    } else {
+        tracing::error!(error = ?error, writes, "a write failed");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_protocol::ErrorCode;
     use natter_protocol::rpc::SocketRef;
     use natter_protocol::{ChannelId, UserId};
+
+    #[test]
+    fn writers_of_a_batch_postgres_did_not_answer_are_told_to_retry() {
+        let postmaster_gone = DomainError::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(
+            answer_for(&postmaster_gone).into_body().code,
+            ErrorCode::Unavailable
+        );
+        let pool_timed_out = DomainError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(
+            answer_for(&pool_timed_out).into_body().code,
+            ErrorCode::Unavailable
+        );
+        let refused = DomainError::from(sqlx::Error::RowNotFound);
+        assert_eq!(answer_for(&refused).into_body().code, ErrorCode::Internal);
+    }
 
     async fn seeded() -> (natter_testkit::TestDatabase, PgPool, Vec<i64>, i64) {
         let db = natter_testkit::TestDatabase::create().await;
