@@ -186,3 +186,28 @@ async fn a_caching_reader_of_a_large_audience_reads_the_whole_epochs_key() {
     assert!(direct.contains_key(&UserId(1_999)));
     s.clear().await;
 }
+
+#[tokio::test]
+async fn a_field_judged_by_remembered_liveness_is_not_deleted_but_asked_about_again() {
+    let s = Scratch::new().await;
+    let reader = PresenceReader::new(s.redis.clone(), s.ns.clone())
+        .caching_hashes()
+        .caching_liveness(std::time::Duration::from_secs(60));
+    let alice = UserId(30);
+    let before = s.gateway("gw-a").await;
+    before.set(alice, SocketId(1), None).await;
+    assert_eq!(Scratch::sockets(&reader, alice).await, [(1, None)]);
+
+    // The gateway restarts under its name and reuses socket id 1; the
+    // reader still remembers the old incarnation.
+    let after = s.gateway("gw-a").await;
+    after.set(alice, SocketId(1), Some(ChannelId(5))).await;
+    assert_eq!(Scratch::sockets(&reader, alice).await, []);
+    assert_eq!(
+        Scratch::sockets(&s.direct, alice).await,
+        [(1, Some(5))],
+        "the new incarnation's field was deleted"
+    );
+    assert_eq!(Scratch::sockets(&reader, alice).await, [(1, Some(5))]);
+    s.clear().await;
+}

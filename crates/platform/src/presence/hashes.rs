@@ -14,12 +14,16 @@
 //!   as era 0: nothing is cached until a reader has written a new era,
 //!   and what was cached before is dropped);
 //! - its bucket's epoch is the one read before the copy was made;
-//! - it is younger than [`MAX_AGE`], and no read has failed since it was
-//!   made. A Redis failover to a replica that missed recent writes can
-//!   set counters back, after which they could count up to a value
-//!   remembered for different contents; failing over breaks the
-//!   connection (and so drops the cache), and the age bounds the case
-//!   where this reader saw no error.
+//! - it is younger than [`MAX_AGE`], and no Redis command of a read has
+//!   failed since it was made. A Redis failover to a replica that missed
+//!   recent writes can set counters back, after which they could count up
+//!   to a value remembered for different contents; a failover usually
+//!   shows as a failed command (which drops every copy), and the age
+//!   bounds the case where this reader saw none.
+//!
+//! A write whose bump fails (it is sent after the write on a cluster)
+//! stays unseen by copies until the gateway's next heartbeat, at most
+//! [`super::HEARTBEAT`] later, registers its sockets again and bumps.
 //!
 //! Liveness is not cached here: entries are judged against their
 //! gateway's liveness at every read, as without a cache.
@@ -91,9 +95,17 @@ impl Hashes {
         };
         let read = self.read_through(cache, users).await;
         if read.is_err() {
-            *lock(cache) = Cache::default();
+            self.clear();
         }
         read
+    }
+
+    /// Forgets every copy: after any failed Redis command of a read, as a
+    /// failover may lie behind it.
+    pub(super) fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            *lock(cache) = Cache::default();
+        }
     }
 
     /// Forgets the copies of `users` (their hashes were just changed by
@@ -123,10 +135,14 @@ impl Hashes {
                     break era;
                 }
             };
-            let _: () = epochs::set_era(&self.epochs_key, era)
+            // Without an era nothing is reused, so a Redis that refuses the
+            // write (read-only, out of memory) costs reuse, not delivery.
+            let started: redis::RedisResult<()> = epochs::set_era(&self.epochs_key, era)
                 .query_async(&mut conn)
-                .await
-                .context("starting a presence era")?;
+                .await;
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start a presence era; reading presence uncached");
+            }
             return self.fetch(users).await;
         }
         let mut hashes: Vec<Option<Arc<Hash>>> = Vec::with_capacity(users.len());
@@ -207,7 +223,7 @@ impl Hashes {
             .map(|hash| {
                 let fields = hash
                     .into_iter()
-                    .filter_map(|(name, value)| super::Field::parse(name, &value))
+                    .filter_map(|(name, value)| super::Field::parse(name, value))
                     .collect();
                 Arc::new(fields)
             })

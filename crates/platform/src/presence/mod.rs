@@ -168,6 +168,15 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 ";
 
+/// Deletes field `ARGV[1]` of the hash `KEYS[1]` if it still holds the
+/// value `ARGV[2]`.
+const CLEAN_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
 /// A field's value: the entered channel (or nothing) and the incarnation
 /// of the gateway writing it.
 fn entry_value(entered: Option<ChannelId>, incarnation: &str) -> String {
@@ -595,26 +604,26 @@ pub(super) struct Field {
     gateway_len: usize,
     socket: SocketId,
     entered: Option<ChannelId>,
-    incarnation: Option<String>,
+    /// Its value as read, so that it is deleted only while it holds it.
+    value: String,
+    /// Where the incarnation starts in `value`, if it names one.
+    incarnation_at: Option<usize>,
 }
 
 impl Field {
     /// `None` when the field is malformed, as [`Entry::parse`] says.
-    fn parse(name: String, value: &str) -> Option<Self> {
-        let e = Entry::parse(&name, value)?;
+    fn parse(name: String, value: String) -> Option<Self> {
+        let e = Entry::parse(&name, &value)?;
         let (gateway_len, socket, entered) = (e.gateway.len(), e.socket, e.entered);
-        let incarnation = e.incarnation.map(str::to_owned);
+        let incarnation_at = e.incarnation.map(|i| value.len() - i.len());
         Some(Self {
             name,
             gateway_len,
             socket,
             entered,
-            incarnation,
+            value,
+            incarnation_at,
         })
-    }
-
-    fn name(&self) -> &str {
-        &self.name
     }
 
     fn gateway(&self) -> &str {
@@ -626,7 +635,7 @@ impl Field {
             gateway: self.gateway(),
             socket: self.socket,
             entered: self.entered,
-            incarnation: self.incarnation.as_deref(),
+            incarnation: self.incarnation_at.map(|i| &self.value[i..]),
         }
     }
 }
@@ -636,7 +645,14 @@ impl Field {
 struct Known<'a> {
     name: Arc<str>,
     current: Option<&'a str>,
+    /// Whether `current` was asked for in this read, not remembered.
+    fresh: bool,
 }
+
+/// A gateway's liveness as [`PresenceReader::alive`] answers it: its
+/// current incarnation (`None`: not alive), and whether that was asked
+/// for now rather than remembered.
+type Answer = (Option<String>, bool);
 
 /// Gateway id → (its incarnation if alive, when asked).
 type Liveness = HashMap<String, (Option<String>, Instant)>;
@@ -723,6 +739,9 @@ impl PresenceReader {
             return Ok(LiveSockets::default());
         }
         let read = self.read_live_sockets(users).await;
+        if read.is_err() {
+            self.hashes.clear();
+        }
         if self.repair_wait.is_zero() {
             return read;
         }
@@ -760,16 +779,18 @@ impl PresenceReader {
         // socket: a read of a channel of thousands names a few gateways.
         let gateways: HashMap<&str, Known, FastHash> = alive
             .iter()
-            .map(|(gw, current)| {
+            .map(|(gw, (current, fresh))| {
                 let known = Known {
                     name: Arc::from(gw.as_str()),
                     current: current.as_deref(),
+                    fresh: *fresh,
                 };
                 (gw.as_str(), known)
             })
             .collect();
         let mut sockets = LiveSockets::with_capacity_and_hasher(users.len(), FastHash::default());
         let mut dead = Vec::new();
+        let mut doubted = Vec::new();
         for (user, hash) in users.iter().zip(&hashes) {
             for field in hash.iter() {
                 let e = field.entry();
@@ -781,8 +802,18 @@ impl PresenceReader {
                             entered: e.entered,
                         });
                     }
-                    _ => dead.push((*user, field.name())),
+                    // Judged dead by a remembered answer, which may be
+                    // older than a restart of its gateway: skipped now,
+                    // asked about afresh next time, deleted only then.
+                    Some(known) if !known.fresh => doubted.push(e.gateway),
+                    _ => dead.push((*user, field)),
                 }
+            }
+        }
+        if !doubted.is_empty() {
+            let mut cache = self.liveness.lock().unwrap_or_else(PoisonError::into_inner);
+            for gw in doubted {
+                cache.remove(gw);
             }
         }
         if !dead.is_empty() {
@@ -851,7 +882,7 @@ impl PresenceReader {
     async fn alive<'a>(
         &self,
         gateways: impl Iterator<Item = &'a str>,
-    ) -> anyhow::Result<HashMap<String, Option<String>, FastHash>> {
+    ) -> anyhow::Result<HashMap<String, Answer, FastHash>> {
         let mut known = HashMap::default();
         let mut unknown = Vec::new();
         {
@@ -862,7 +893,7 @@ impl PresenceReader {
                 }
                 match cache.get(gw) {
                     Some((incarnation, at)) if at.elapsed() < self.cache_for => {
-                        known.insert(gw.to_owned(), incarnation.clone());
+                        known.insert(gw.to_owned(), (incarnation.clone(), false));
                     }
                     _ => unknown.push(gw.to_owned()),
                 }
@@ -881,24 +912,32 @@ impl PresenceReader {
             if !self.cache_for.is_zero() {
                 cache.insert(gw.clone(), (incarnation.clone(), now));
             }
-            known.insert(gw, incarnation);
+            known.insert(gw, (incarnation, true));
         }
         Ok(known)
     }
 
-    /// Deletes fields of dead gateways. Best effort: a failure only means
-    /// they are skipped again next time.
-    async fn clean(&self, dead: &[(UserId, &str)]) {
+    /// Deletes fields of dead gateways, each only while it still holds
+    /// the value it was judged by (a restarted gateway may have written
+    /// the same field since). Best effort: a failure only means they are
+    /// skipped again next time.
+    async fn clean(&self, dead: &[(UserId, &Field)]) {
         let commands = dead
             .iter()
             .map(|(user, field)| {
-                let mut hdel = redis::cmd("HDEL");
-                hdel.arg(user_key(&self.ns, *user)).arg(*field);
-                hdel
+                let mut script = redis::cmd("EVAL");
+                script
+                    .arg(CLEAN_SCRIPT)
+                    .arg(1)
+                    .arg(user_key(&self.ns, *user))
+                    .arg(&field.name)
+                    .arg(&field.value);
+                script
             })
             .collect();
         if let Err(e) = self.redis.each::<()>(commands).await {
             tracing::debug!(error = %e, "cleaning stale presence failed");
+            self.hashes.clear();
         } else {
             tracing::debug!(fields = dead.len(), "cleaned presence of dead gateways");
         }
