@@ -19,10 +19,11 @@ use std::time::Duration;
 /// connection when it comes back to the pool (and closes it if that
 /// fails), so a second ping on the way out measured only its round trip:
 /// one per query, ~3 % of natter-server's CPU in the fan-out benchmark.
-/// What can break a connection unseen (a Postgres restart, a failover, a
-/// dropped TCP session) takes longer than this, or breaks it in use,
-/// where the query fails, the release ping fails and the connection is
-/// closed.
+/// The price: a connection broken within a second of its release ping (a
+/// Postgres restart, a failover, a terminated backend) fails the one
+/// query that gets it, instead of being replaced unseen; its release
+/// ping then fails and it is closed. Such a query is answered
+/// `unavailable` ([`is_unavailable`]), which the client retries.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The migrations of `migrations/`, compiled into every binary.
@@ -201,13 +202,24 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
         // query_canceled (statement_timeout), lock_not_available
         // (lock_timeout), idle_in_transaction_session_timeout, admin and
-        // crash shutdown, cannot-connect-now, and every connection
-        // exception (class 08).
+        // crash shutdown, cannot-connect-now, and the connection
+        // exceptions of class 08 (not 08P01, a protocol violation: a bug,
+        // not an outage).
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
             matches!(
                 &*c,
-                "57014" | "55P03" | "25P03" | "57P01" | "57P02" | "57P03"
-            ) || c.starts_with("08")
+                "57014"
+                    | "55P03"
+                    | "25P03"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "08000"
+                    | "08001"
+                    | "08003"
+                    | "08004"
+                    | "08006"
+            )
         }),
         _ => false,
     }

@@ -116,12 +116,23 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
         {
             tracing::warn!(error = ?e, writes = requests.len(), "a write batch failed; writing its requests one by one");
             let mut answers = Vec::with_capacity(requests.len());
+            // Once Postgres has gone, the rest are not tried: each would
+            // wait out the pool's acquire timeout in turn.
+            let mut gone: Option<DomainError> = None;
             for request in &requests {
+                if let Some(e) = &gone {
+                    answers.push(Err(answer_for(e)));
+                    continue;
+                }
                 let answer = match write_retrying(pool, ns, std::slice::from_ref(request)).await {
                     Ok(mut one) => one.pop().unwrap_or_else(|| Err(failed_write())),
                     Err(e) => {
                         log_failure(&e, 1);
-                        Err(answer_for(&e))
+                        let answer = answer_for(&e);
+                        if e.is_unavailable() {
+                            gone = Some(e);
+                        }
+                        Err(answer)
                     }
                 };
                 answers.push(answer);
