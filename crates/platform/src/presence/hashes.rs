@@ -90,18 +90,14 @@ impl Hashes {
 
     /// The hashes of `users`, in order.
     pub(super) async fn read(&self, users: &[UserId]) -> anyhow::Result<Vec<Arc<Hash>>> {
-        let Some(cache) = &self.cache else {
-            return self.fetch(users).await;
-        };
-        let read = self.read_through(cache, users).await;
-        if read.is_err() {
-            self.clear();
+        match &self.cache {
+            Some(cache) => self.read_through(cache, users).await,
+            None => self.fetch(users).await,
         }
-        read
     }
 
-    /// Forgets every copy: after any failed Redis command of a read, as a
-    /// failover may lie behind it.
+    /// Forgets every copy; the reader calls it after any failed Redis
+    /// command of a read, as a failover may lie behind it.
     pub(super) fn clear(&self) {
         if let Some(cache) = &self.cache {
             *lock(cache) = Cache::default();
@@ -129,12 +125,9 @@ impl Hashes {
             .await
             .context("reading presence epochs")?;
         if reading.era == 0 {
-            let era = loop {
-                let era = u32::try_from(crate::random::seed() >> 32).unwrap_or(1);
-                if era != 0 {
-                    break era;
-                }
-            };
+            let era = u32::try_from(crate::random::seed() >> 32)
+                .unwrap_or(1)
+                .max(1);
             // Without an era nothing is reused, so a Redis that refuses the
             // write (read-only, out of memory) costs reuse, not delivery.
             let started: redis::RedisResult<()> = epochs::set_era(&self.epochs_key, era)
