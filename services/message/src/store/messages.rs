@@ -1,13 +1,14 @@
 //! Messages: the batched write and the history reads.
 //!
-//! A batch is one call of the `write_messages` function (migration 0009),
-//! one statement and so one transaction and one round trip
+//! A batch is one call of the `write_messages` function (migrations 0009,
+//! 0011), one statement and so one transaction and one round trip
 //! (ARCHITECTURE.md "Hot paths"): its channels are locked in id order (so
 //! concurrent batches never deadlock), membership is checked under those
-//! locks, each channel's `last_seq` advances once for all of its messages,
-//! and messages, their idempotency keys (`message_keys`, migration 0007),
-//! the writers' read pointers and outbox rows go in with one insert each.
-//! `sent_at` is `clock_timestamp()` per row, inserted in seq order, so it
+//! locks, each channel's `last_seq` advances once for all of its messages
+//! (by the ranks worked out here: [`Ranks`]), and messages, their
+//! idempotency keys (`message_keys`, migration 0007), the writers' read
+//! pointers and outbox rows go in with one statement. `sent_at` is one
+//! `clock_timestamp()` per call, taken while its channels are locked, so it
 //! follows seq within a channel.
 
 use crate::error::DomainError;
@@ -110,14 +111,18 @@ pub(crate) async fn write_batch(
     let headers: Vec<String> = requests
         .map(|r| outbox::headers_json(r.traceparent.clone()))
         .collect();
+    let ranks = Ranks::of(&channels);
 
     let rows: Vec<OutcomeRow> = sqlx::query_as(
         "SELECT n, outcome, channel_id, seq, sent_at \
-         FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8)",
+         FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&users)
     .bind(&client_msg_ids)
     .bind(&channels)
+    .bind(&ranks.ranks)
+    .bind(&ranks.channels)
+    .bind(&ranks.counts)
     .bind(&contents)
     .bind(&msg_ids)
     .bind(&subjects)
@@ -168,6 +173,45 @@ pub(crate) async fn write_batch(
             ))),
         })
         .collect())
+}
+
+/// Where each request of a batch falls among its channel's: what
+/// `write_messages` adds to a channel's old `last_seq` to make each seq,
+/// worked out here rather than by a window and two aggregates in
+/// Postgres, which cost it more than storing the rows of a small batch
+/// (migration 0011).
+#[derive(Debug, PartialEq, Eq)]
+struct Ranks {
+    /// Per request: 1 for a channel's first request of the batch, 2 for
+    /// its second, and so on, in arrival order.
+    ranks: Vec<i32>,
+    /// The batch's channels, each once, in order of first appearance.
+    channels: Vec<i64>,
+    /// Per channel of `channels`: its requests in the batch.
+    counts: Vec<i32>,
+}
+
+impl Ranks {
+    fn of(channels_of_requests: &[i64]) -> Self {
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        let mut ranks = Vec::with_capacity(channels_of_requests.len());
+        let mut channels = Vec::new();
+        let mut counts: Vec<i32> = Vec::new();
+        for &channel in channels_of_requests {
+            let k = *index.entry(channel).or_insert_with(|| {
+                channels.push(channel);
+                counts.push(0);
+                channels.len() - 1
+            });
+            counts[k] += 1;
+            ranks.push(counts[k]);
+        }
+        Self {
+            ranks,
+            channels,
+            counts,
+        }
+    }
 }
 
 /// Which page of `fetch_messages`.
@@ -413,14 +457,102 @@ mod tests {
         assert_eq!(seqs, [(channels[1], 2), (channels[0], 4)]);
     }
 
+    /// Requests answered otherwise (a key stored before, a writer who is
+    /// not a member) take no seq: the written ones around them, in the
+    /// same channel, still get consecutive seqs in arrival order, and each
+    /// channel's `last_seq` ends at its last.
+    #[tokio::test]
+    async fn requests_answered_otherwise_leave_no_gap_in_their_channel_s_seqs() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice = insert_alice(&pool).await;
+        let bob: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, invite_code) \
+             VALUES ('bob', 'x', 'code-bob') RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("bob");
+        let channels: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO channels (title, invite_code, head_count, created_by) \
+             SELECT t, t, 1, $1 FROM UNNEST(ARRAY['one', 'two']) AS t RETURNING id",
+        )
+        .bind(alice)
+        .fetch_all(&pool)
+        .await
+        .expect("channels");
+        sqlx::query(
+            "INSERT INTO channel_members (channel_id, user_id) SELECT c, $1 FROM UNNEST($2::bigint[]) AS c",
+        )
+        .bind(alice)
+        .bind(&channels)
+        .execute(&pool)
+        .await
+        .expect("members");
+        let ns = Namespace::new("ranks-test");
+        let (one, two) = (channels[0], channels[1]);
+        write_batch(&pool, &ns, &[request(alice, one, "before")])
+            .await
+            .expect("first batch");
+
+        let answers = write_batch(
+            &pool,
+            &ns,
+            &[
+                request(alice, one, "before"),
+                request(alice, one, "a"),
+                request(bob, one, "bob's"),
+                request(alice, two, "b"),
+                request(alice, one, "c"),
+            ],
+        )
+        .await
+        .expect("batch");
+        let seqs: Vec<Option<(i64, i64)>> = answers
+            .iter()
+            .map(|a| a.as_ref().ok().map(|w| (w.channel_id.0, w.seq.0)))
+            .collect();
+        assert_eq!(
+            seqs,
+            [
+                Some((one, 1)),
+                Some((one, 2)),
+                None,
+                Some((two, 1)),
+                Some((one, 3))
+            ]
+        );
+        let last: Vec<i64> = sqlx::query_scalar("SELECT last_seq FROM channels ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("last seqs");
+        assert_eq!(last, [3, 1]);
+        let stored: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT channel_id, seq, content FROM messages ORDER BY channel_id, seq",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("messages");
+        assert_eq!(
+            stored,
+            [
+                (one, 1, "new before".to_string()),
+                (one, 2, "new a".to_string()),
+                (one, 3, "new c".to_string()),
+                (two, 1, "new b".to_string()),
+            ]
+        );
+    }
+
     /// Planning its statements again at every call was most of the cost of
-    /// a small batch (migration 0010).
+    /// a small batch (migrations 0010, 0011).
     #[tokio::test]
     async fn write_messages_runs_with_the_plans_it_made_once() {
         let database = natter_testkit::TestDatabase::create().await;
         let pool = database.pool().await;
         let settings: Vec<String> = sqlx::query_scalar(
-            "SELECT unnest(proconfig) FROM pg_proc WHERE proname = 'write_messages'",
+            "SELECT unnest(proconfig) FROM pg_proc WHERE oid = 'write_messages(bigint[], text[], \
+             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[])'::regprocedure",
         )
         .fetch_all(&pool)
         .await
@@ -497,6 +629,26 @@ mod tests {
         assert_eq!(rows[0].0, ns.event_subject(&events[0]));
         assert_eq!(rows[0].2, serde_json::json!({ "traceparent": traceparent }));
         assert_eq!(rows[1].2, serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_request_s_rank_counts_the_earlier_requests_of_its_channel_only() {
+        assert_eq!(
+            Ranks::of(&[7, 3, 7, 7, 3, 9]),
+            Ranks {
+                ranks: vec![1, 1, 2, 3, 2, 1],
+                channels: vec![7, 3, 9],
+                counts: vec![3, 2, 1],
+            }
+        );
+        assert_eq!(
+            Ranks::of(&[]),
+            Ranks {
+                ranks: vec![],
+                channels: vec![],
+                counts: vec![],
+            }
+        );
     }
 
     #[test]
