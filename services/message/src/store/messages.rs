@@ -91,45 +91,14 @@ pub(crate) async fn write_batch(
         })
         .collect();
 
-    let requests = keys.iter().map(|&i| &batch[i]);
-    let users: Vec<i64> = requests.clone().map(|r| r.user_id.0).collect();
-    let client_msg_ids: Vec<&str> = requests.clone().map(|r| r.client_msg_id.as_str()).collect();
-    let channels: Vec<i64> = requests.clone().map(|r| r.channel_id.0).collect();
-    let contents: Vec<&str> = requests.clone().map(|r| r.content.as_str()).collect();
-    let msg_ids: Vec<uuid::Uuid> = requests.clone().map(|_| outbox::new_msg_id()).collect();
-    let subjects: Vec<String> = requests
-        .clone()
-        .map(|r| ns.channel_event_subject(r.channel_id))
-        .collect();
-    let heads: Vec<String> = requests
-        .clone()
-        .map(|r| {
-            MessageStoredHead::new(r.channel_id, r.user_id, &r.username, &r.content, &r.origin)
-                .json()
-        })
-        .collect();
-    let headers: Vec<String> = requests
-        .map(|r| outbox::headers_json(r.traceparent.clone()))
-        .collect();
-    let ranks = Ranks::of(&channels);
-
-    let rows: Vec<OutcomeRow> = sqlx::query_as(
-        "SELECT n, outcome, channel_id, seq, sent_at \
-         FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&users)
-    .bind(&client_msg_ids)
-    .bind(&channels)
-    .bind(&ranks.ranks)
-    .bind(&ranks.channels)
-    .bind(&ranks.counts)
-    .bind(&contents)
-    .bind(&msg_ids)
-    .bind(&subjects)
-    .bind(&heads)
-    .bind(&headers)
-    .fetch_all(pool)
-    .await?;
+    let call = Call::new(ns, keys.iter().map(|&i| &batch[i]));
+    // Repeats are rare (a client's retry): the first try skips the lookup
+    // of keys stored before, and a repeat then fails it on the keys'
+    // primary key (migration 0011).
+    let rows = match call.run(pool, false).await {
+        Err(e) if e.is_unique_violation() => call.run(pool, true).await?,
+        other => other?,
+    };
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; keys.len()];
     let mut written = 0;
@@ -173,6 +142,76 @@ pub(crate) async fn write_batch(
             ))),
         })
         .collect())
+}
+
+/// The arguments of one `write_messages` call, one element per request.
+struct Call<'a> {
+    users: Vec<i64>,
+    client_msg_ids: Vec<&'a str>,
+    channels: Vec<i64>,
+    ranks: Ranks,
+    contents: Vec<&'a str>,
+    msg_ids: Vec<uuid::Uuid>,
+    subjects: Vec<String>,
+    heads: Vec<String>,
+    headers: Vec<String>,
+}
+
+impl<'a> Call<'a> {
+    fn new(ns: &Namespace, requests: impl Iterator<Item = &'a WriteRequest> + Clone) -> Self {
+        let channels: Vec<i64> = requests.clone().map(|r| r.channel_id.0).collect();
+        Self {
+            users: requests.clone().map(|r| r.user_id.0).collect(),
+            client_msg_ids: requests.clone().map(|r| r.client_msg_id.as_str()).collect(),
+            ranks: Ranks::of(&channels),
+            channels,
+            contents: requests.clone().map(|r| r.content.as_str()).collect(),
+            msg_ids: requests.clone().map(|_| outbox::new_msg_id()).collect(),
+            subjects: requests
+                .clone()
+                .map(|r| ns.channel_event_subject(r.channel_id))
+                .collect(),
+            heads: requests
+                .clone()
+                .map(|r| {
+                    MessageStoredHead::new(
+                        r.channel_id,
+                        r.user_id,
+                        &r.username,
+                        &r.content,
+                        &r.origin,
+                    )
+                    .json()
+                })
+                .collect(),
+            headers: requests
+                .map(|r| outbox::headers_json(r.traceparent.clone()))
+                .collect(),
+        }
+    }
+
+    /// Calls `write_messages`; with `check_keys`, keys stored before are
+    /// answered with their message, else one fails the call.
+    async fn run(&self, pool: &PgPool, check_keys: bool) -> Result<Vec<OutcomeRow>, DomainError> {
+        Ok(sqlx::query_as(
+            "SELECT n, outcome, channel_id, seq, sent_at \
+             FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&self.users)
+        .bind(&self.client_msg_ids)
+        .bind(&self.channels)
+        .bind(&self.ranks.ranks)
+        .bind(&self.ranks.channels)
+        .bind(&self.ranks.counts)
+        .bind(&self.contents)
+        .bind(&self.msg_ids)
+        .bind(&self.subjects)
+        .bind(&self.heads)
+        .bind(&self.headers)
+        .bind(check_keys)
+        .fetch_all(pool)
+        .await?)
+    }
 }
 
 /// Where each request of a batch falls among its channel's: what
@@ -552,7 +591,7 @@ mod tests {
         let pool = database.pool().await;
         let settings: Vec<String> = sqlx::query_scalar(
             "SELECT unnest(proconfig) FROM pg_proc WHERE oid = 'write_messages(bigint[], text[], \
-             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[])'::regprocedure",
+             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[], boolean)'::regprocedure",
         )
         .fetch_all(&pool)
         .await
