@@ -93,6 +93,19 @@ impl DomainError {
             .is_some_and(|c| c == "40P01" || c == "40001")
     }
 
+    /// The unique constraint Postgres found violated, if that is how it
+    /// refused.
+    #[must_use]
+    pub fn violated_unique_constraint(&self) -> Option<&str> {
+        let Self::Internal(e) = self else {
+            return None;
+        };
+        e.downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .filter(|d| d.is_unique_violation())
+            .and_then(|d| d.constraint())
+    }
+
     /// Whether Postgres refused a duplicate key: for a write batch, a
     /// concurrent batch of another instance stored the same
     /// `client_msg_id` first, and a re-run finds it.

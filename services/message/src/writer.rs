@@ -16,7 +16,7 @@ use natter_protocol::frames::results::Written;
 use natter_protocol::subjects::Namespace;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 /// Most writes in one transaction.
@@ -98,20 +98,19 @@ pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
             }
         }
         let (pool, ns) = (pool.clone(), ns.clone());
-        tasks.spawn(async move {
-            commit(&pool, &ns, jobs).await;
-            drop(slot);
-        });
+        tasks.spawn(async move { commit(&pool, &ns, jobs, slot).await });
     }
     tasks.close();
     tasks.wait().await;
 }
 
-/// Stores one batch and answers each of its writers. A batch that fails
+/// Stores one batch and answers each of its writers, holding `slot` while
+/// it commits. A batch that fails
 /// for a reason a re-run cannot cure (Postgres refused one of its values)
 /// is written again one request at a time, so that request fails alone
-/// instead of taking every other writer of the batch with it.
-async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
+/// instead of taking every other writer of the batch with it; the slot is
+/// given back first, so the batches behind it do not wait for that.
+async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, slot: OwnedSemaphorePermit) {
     let (requests, replies): (Vec<WriteRequest>, Vec<_>) =
         jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
     let answers = match write_retrying(pool, ns, &requests).await {
@@ -120,6 +119,7 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>) {
             if requests.len() > 1
                 && !(e.is_retryable() || e.is_unique_violation() || e.is_unavailable()) =>
         {
+            drop(slot);
             tracing::warn!(error = ?e, writes = requests.len(), "a write batch failed; writing its requests one by one");
             let mut answers = Vec::with_capacity(requests.len());
             // Once Postgres has gone, the rest are not tried: each would
@@ -292,7 +292,11 @@ mod tests {
         ]
         .into_iter()
         .unzip();
-        commit(&pool, &Namespace::new("writer-test"), jobs).await;
+        let slot = Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("a slot");
+        commit(&pool, &Namespace::new("writer-test"), jobs, slot).await;
         let mut results = Vec::new();
         for answer in answers {
             results.push(answer.await.expect("answered"));

@@ -96,7 +96,7 @@ pub(crate) async fn write_batch(
     // of keys stored before, and a repeat then fails it on the keys'
     // primary key (migration 0011).
     let rows = match call.run(pool, false).await {
-        Err(e) if e.is_unique_violation() => call.run(pool, true).await?,
+        Err(e) if is_repeated_key(&e) => call.run(pool, true).await?,
         other => other?,
     };
 
@@ -142,6 +142,15 @@ pub(crate) async fn write_batch(
             ))),
         })
         .collect())
+}
+
+/// Whether a write failed on `message_keys`' primary key (one of its
+/// partitions'): a repeated `client_msg_id`, not some other constraint,
+/// which a re-run with the lookup could not cure.
+fn is_repeated_key(error: &DomainError) -> bool {
+    error
+        .violated_unique_constraint()
+        .is_some_and(|c| c.starts_with("message_keys"))
 }
 
 /// The arguments of one `write_messages` call, one element per request.
@@ -581,6 +590,64 @@ mod tests {
                 (two, 1, "new b".to_string()),
             ]
         );
+    }
+
+    /// A write stored while its writer was a member, repeated after they
+    /// left the channel (a client retrying after `unavailable`), gets its
+    /// first answer, not `not_joined`, alone or beside new writes.
+    #[tokio::test]
+    async fn a_repeat_after_leaving_the_channel_gets_the_first_answer() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice = insert_alice(&pool).await;
+        let channels: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO channels (title, invite_code, head_count, created_by) \
+             SELECT t, t, 1, $1 FROM UNNEST(ARRAY['left', 'stayed']) AS t RETURNING id",
+        )
+        .bind(alice)
+        .fetch_all(&pool)
+        .await
+        .expect("channels");
+        let (left, stayed) = (channels[0], channels[1]);
+        sqlx::query(
+            "INSERT INTO channel_members (channel_id, user_id) SELECT c, $1 FROM UNNEST($2::bigint[]) AS c",
+        )
+        .bind(alice)
+        .bind(&channels)
+        .execute(&pool)
+        .await
+        .expect("members");
+        let ns = Namespace::new("left-test");
+        let first = write_batch(&pool, &ns, &[request(alice, left, "k")])
+            .await
+            .expect("first write")
+            .pop()
+            .expect("an answer")
+            .expect("written");
+        sqlx::query("DELETE FROM channel_members WHERE channel_id = $1")
+            .bind(left)
+            .execute(&pool)
+            .await
+            .expect("left");
+
+        let answers = write_batch(
+            &pool,
+            &ns,
+            &[request(alice, left, "k"), request(alice, stayed, "new")],
+        )
+        .await
+        .expect("retry");
+        let again = answers[0].as_ref().expect("the first answer");
+        assert_eq!(
+            (again.channel_id, again.seq, again.sent_at),
+            (first.channel_id, first.seq, first.sent_at)
+        );
+        assert_eq!(answers[1].as_ref().expect("written").seq, Seq(1));
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(stored, 2);
     }
 
     /// Planning its statements again at every call was most of the cost of
