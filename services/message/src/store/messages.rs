@@ -407,6 +407,28 @@ mod tests {
         .expect("user")
     }
 
+    /// Channels with these titles, `user` their one member: their ids.
+    async fn channels_of(pool: &PgPool, user: i64, titles: &[&str]) -> Vec<i64> {
+        let channels: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO channels (title, invite_code, head_count, created_by) \
+             SELECT t, t, 1, $1 FROM UNNEST($2::text[]) AS t RETURNING id",
+        )
+        .bind(user)
+        .bind(titles)
+        .fetch_all(pool)
+        .await
+        .expect("channels");
+        sqlx::query(
+            "INSERT INTO channel_members (channel_id, user_id) SELECT c, $1 FROM UNNEST($2::bigint[]) AS c",
+        )
+        .bind(user)
+        .bind(&channels)
+        .execute(pool)
+        .await
+        .expect("members");
+        channels
+    }
+
     /// A database that already held messages before 0007 keeps them:
     /// they read back in order, and their `client_msg_id`s still make a
     /// repeat write return the first seq, while a new write takes the
@@ -521,22 +543,7 @@ mod tests {
         .fetch_one(&pool)
         .await
         .expect("bob");
-        let channels: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO channels (title, invite_code, head_count, created_by) \
-             SELECT t, t, 1, $1 FROM UNNEST(ARRAY['one', 'two']) AS t RETURNING id",
-        )
-        .bind(alice)
-        .fetch_all(&pool)
-        .await
-        .expect("channels");
-        sqlx::query(
-            "INSERT INTO channel_members (channel_id, user_id) SELECT c, $1 FROM UNNEST($2::bigint[]) AS c",
-        )
-        .bind(alice)
-        .bind(&channels)
-        .execute(&pool)
-        .await
-        .expect("members");
+        let channels = channels_of(&pool, alice, &["one", "two"]).await;
         let ns = Namespace::new("ranks-test");
         let (one, two) = (channels[0], channels[1]);
         write_batch(&pool, &ns, &[request(alice, one, "before")])
@@ -600,23 +607,8 @@ mod tests {
         let database = natter_testkit::TestDatabase::create().await;
         let pool = database.pool().await;
         let alice = insert_alice(&pool).await;
-        let channels: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO channels (title, invite_code, head_count, created_by) \
-             SELECT t, t, 1, $1 FROM UNNEST(ARRAY['left', 'stayed']) AS t RETURNING id",
-        )
-        .bind(alice)
-        .fetch_all(&pool)
-        .await
-        .expect("channels");
+        let channels = channels_of(&pool, alice, &["left", "stayed"]).await;
         let (left, stayed) = (channels[0], channels[1]);
-        sqlx::query(
-            "INSERT INTO channel_members (channel_id, user_id) SELECT c, $1 FROM UNNEST($2::bigint[]) AS c",
-        )
-        .bind(alice)
-        .bind(&channels)
-        .execute(&pool)
-        .await
-        .expect("members");
         let ns = Namespace::new("left-test");
         let first = write_batch(&pool, &ns, &[request(alice, left, "k")])
             .await
