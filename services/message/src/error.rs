@@ -84,11 +84,7 @@ impl DomainError {
     /// is retried.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        let Self::Internal(e) = self else {
-            return false;
-        };
-        e.downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
+        self.database_error()
             .and_then(|d| d.code())
             .is_some_and(|c| c == "40P01" || c == "40001")
     }
@@ -97,11 +93,7 @@ impl DomainError {
     /// refused.
     #[must_use]
     pub fn violated_unique_constraint(&self) -> Option<&str> {
-        let Self::Internal(e) = self else {
-            return None;
-        };
-        e.downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
+        self.database_error()
             .filter(|d| d.is_unique_violation())
             .and_then(|d| d.constraint())
     }
@@ -111,12 +103,17 @@ impl DomainError {
     /// `client_msg_id` first, and a re-run finds it.
     #[must_use]
     pub fn is_unique_violation(&self) -> bool {
+        self.database_error()
+            .is_some_and(|d| d.is_unique_violation())
+    }
+
+    /// What Postgres answered, when this is an error it reported.
+    fn database_error(&self) -> Option<&dyn sqlx::error::DatabaseError> {
         let Self::Internal(e) = self else {
-            return false;
+            return None;
         };
         e.downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .is_some_and(|d| d.is_unique_violation())
+            .and_then(sqlx::Error::as_database_error)
     }
 }
 

@@ -398,10 +398,16 @@ mod tests {
 
     /// The user `alice`: her id.
     async fn insert_alice(pool: &PgPool) -> i64 {
+        insert_user(pool, "alice").await
+    }
+
+    /// A user of that name: their id.
+    async fn insert_user(pool: &PgPool, name: &str) -> i64 {
         sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, invite_code) \
-             VALUES ('alice', 'x', 'code-alice') RETURNING id",
+             VALUES ($1, 'x', 'code-' || $1) RETURNING id",
         )
+        .bind(name)
         .fetch_one(pool)
         .await
         .expect("user")
@@ -536,13 +542,7 @@ mod tests {
         let database = natter_testkit::TestDatabase::create().await;
         let pool = database.pool().await;
         let alice = insert_alice(&pool).await;
-        let bob: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, invite_code) \
-             VALUES ('bob', 'x', 'code-bob') RETURNING id",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("bob");
+        let bob = insert_user(&pool, "bob").await;
         let channels = channels_of(&pool, alice, &["one", "two"]).await;
         let ns = Namespace::new("ranks-test");
         let (one, two) = (channels[0], channels[1]);
