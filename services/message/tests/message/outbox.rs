@@ -78,11 +78,27 @@ async fn rows_committed_while_the_service_is_down_are_published_once_after_resta
 }
 
 #[tokio::test]
+async fn a_relay_that_stops_right_after_publishing_leaves_no_published_row_behind() {
+    let mut app = TestService::<Message>::spawn().await;
+    insert_row(&app, &joined(&app, 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_events(&app).await == 0 {
+        assert!(Instant::now() < deadline, "the row was never published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Published rows are deleted by the next round's read, or within a
+    // second when none comes: stopping before that deletes them on the way.
+    app.stop_service().await;
+    assert_eq!(outbox_rows(&app).await, 0);
+    assert_eq!(stored_events(&app).await, 1);
+}
+
+#[tokio::test]
 async fn a_backlog_of_several_rounds_is_published_whole_and_in_order() {
     let mut app = TestService::<Message>::spawn().await;
     app.stop_service().await;
     // The relay publishes 1,000 rows a round: this is three rounds, each
-    // selected while the previous one's rows are being deleted.
+    // read by the statement that deletes the previous one's rows.
     let rows: Vec<OutboxRow> = (1..=2_500).map(|n| joined(&app, n)).collect();
     let mut conn = app.pool.acquire().await.expect("connection");
     outbox::insert(&mut conn, &rows).await.expect("outbox rows");
