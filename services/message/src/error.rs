@@ -80,6 +80,20 @@ impl DomainError {
         }
     }
 
+    /// Whether the connection the statement ran on is gone
+    /// ([`natter_platform::db::is_connection_lost`]): another connection
+    /// may succeed.
+    #[must_use]
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Internal(e) => e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                .any(natter_platform::db::is_connection_lost),
+            _ => false,
+        }
+    }
+
     /// Whether Postgres reported a deadlock or serialization failure, which
     /// is retried.
     #[must_use]

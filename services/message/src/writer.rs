@@ -3,34 +3,41 @@
 //! Postgres stores ~20× more messages per second in 100-message
 //! transactions than one at a time, so requests are not written where they
 //! arrive: they queue here, a collector takes what has queued (at most
-//! [`MAX_BATCH`]) as soon as a commit slot is free, and one call stores the
+//! [`MAX_BATCH`]) as soon as the commit slot is free, and one call stores the
 //! lot ([`store::messages::write_batch`]). Each writer gets its own answer after
 //! the commit. One batch is in flight at a time; a batch that meets a
 //! deadlock, or a concurrent batch that stored the same `client_msg_id`, is
-//! re-run whole; one that fails otherwise is re-run a write at a time.
+//! re-run whole (and once on a fresh connection when Postgres has ended
+//! the kept one); one that fails otherwise is re-run a write at a time.
 
 use crate::error::DomainError;
 use crate::store;
 use crate::store::messages::WriteRequest;
 use natter_protocol::frames::results::Written;
 use natter_protocol::subjects::Namespace;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 256;
-/// Batches committing at once (each holds a pool connection). One: a
-/// call of `write_messages` costs Postgres ~300 µs of CPU whatever its
-/// size (starting its statements, the commit), and while it runs the next
-/// batch gathers everything that arrives. Measured A/B on the 2-core
-/// machine with `bench/run`, one slot instead of two stored 10,300–12,700
-/// messages/s instead of 9,000–11,300, with 13 % less Postgres CPU, and at
-/// a steady 5,000/s the median write → delivered fell from 6–11 ms to
-/// 5–8 ms (p99 unchanged within the noise); at 1,000/s nothing changed.
-/// Batches that share a channel would take turns on its row lock anyway.
-const CONCURRENT_BATCHES: usize = 1;
+/// The one commit slot, and the connection its batches are written on,
+/// kept from one batch to the next: a connection taken from the pool for
+/// each batch was pinged when it went back (sqlx tests every released
+/// connection), a second round trip per batch.
+///
+/// One slot: a call of `write_messages` costs Postgres ~300 µs of CPU
+/// whatever its size (starting its statements, the commit), and while it
+/// runs the next batch gathers everything that arrives. Measured A/B on
+/// the 2-core machine with `bench/run`, one slot instead of two stored
+/// 10,300–12,700 messages/s instead of 9,000–11,300, with 13 % less
+/// Postgres CPU, and at a steady 5,000/s the median write → delivered fell
+/// from 6–11 ms to 5–8 ms (p99 unchanged within the noise); at 1,000/s
+/// nothing changed. Batches that share a channel would take turns on its
+/// row lock anyway.
+type Slot = OwnedMutexGuard<Option<PoolConnection<Postgres>>>;
 /// Writes waiting for the collector.
 const QUEUE: usize = 4096;
 /// Times a batch is run before its writers get `internal`.
@@ -81,12 +88,10 @@ impl Writer {
 /// nothing under load, where no slot is free anyway.)
 pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
     let Queue(mut rx) = queue;
-    let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    let slot = Arc::new(Mutex::new(None));
     let tasks = TaskTracker::new();
     while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
+        let slot = slot.clone().lock_owned().await;
         // A gateway batch's writes are handed in together, possibly on the
         // other worker thread: one turn of the scheduler lets them all in.
         tokio::task::yield_now().await;
@@ -110,10 +115,10 @@ pub(crate) async fn run(pool: PgPool, ns: Namespace, queue: Queue) {
 /// is written again one request at a time, so that request fails alone
 /// instead of taking every other writer of the batch with it; the slot is
 /// given back first, so the batches behind it do not wait for that.
-async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, slot: OwnedSemaphorePermit) {
+async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, mut slot: Slot) {
     let (requests, replies): (Vec<WriteRequest>, Vec<_>) =
         jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
-    let answers = match write_retrying(pool, ns, &requests).await {
+    let answers = match write_retrying(pool, &mut slot, ns, &requests).await {
         Ok(answers) => answers,
         Err(e)
             if requests.len() > 1
@@ -122,6 +127,7 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, slot: OwnedSemaph
             drop(slot);
             tracing::warn!(error = ?e, writes = requests.len(), "a write batch failed; writing its requests one by one");
             let mut answers = Vec::with_capacity(requests.len());
+            let mut conn = None;
             // Once Postgres has gone, the rest are not tried: each would
             // wait out the pool's acquire timeout in turn.
             let mut gone: Option<DomainError> = None;
@@ -130,7 +136,14 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, slot: OwnedSemaph
                     answers.push(Err(answer_for(e)));
                     continue;
                 }
-                let answer = match write_retrying(pool, ns, std::slice::from_ref(request)).await {
+                let answer = match write_retrying(
+                    pool,
+                    &mut conn,
+                    ns,
+                    std::slice::from_ref(request),
+                )
+                .await
+                {
                     Ok(mut one) => one.pop().unwrap_or_else(|| Err(failed_write())),
                     Err(e) => {
                         log_failure(&e, 1);
@@ -157,21 +170,41 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, slot: OwnedSemaph
     }
 }
 
-/// Runs [`store::messages::write_batch`], re-running it after a deadlock or
-/// a concurrent batch's duplicate key.
+/// Runs [`store::messages::write_batch`] on `conn` (taken from the pool
+/// when there is none), re-running it after a deadlock or a concurrent
+/// batch's duplicate key, and once on a fresh connection when the kept one
+/// turns out to be gone (Postgres restarted since the last batch: the pool
+/// tests a connection before it hands it out, a kept one is not tested).
+/// A re-run is safe whether or not the failed call committed: a stored
+/// `client_msg_id` gets its first answer. A connection that failed
+/// otherwise is not kept either.
 async fn write_retrying(
     pool: &PgPool,
+    conn: &mut Option<PoolConnection<Postgres>>,
     ns: &Namespace,
     requests: &[WriteRequest],
 ) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
     let mut tries = 1;
     loop {
-        match store::messages::write_batch(pool, ns, requests).await {
-            Err(e) if (e.is_retryable() || e.is_unique_violation()) && tries < ATTEMPTS => {
-                tracing::debug!(error = %e, tries, "re-running a write batch");
-                tries += 1;
+        let kept = conn.is_some();
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(pool.acquire().await?),
+        };
+        match store::messages::write_batch(c, ns, requests).await {
+            Ok(answers) => return Ok(answers),
+            Err(e) => {
+                let rerun = e.is_retryable() || e.is_unique_violation();
+                if !rerun {
+                    *conn = None;
+                }
+                if (rerun || (kept && e.is_connection_lost())) && tries < ATTEMPTS {
+                    tracing::debug!(error = %e, tries, "re-running a write batch");
+                    tries += 1;
+                } else {
+                    return Err(e);
+                }
             }
-            other => return other,
         }
     }
 }
@@ -292,10 +325,7 @@ mod tests {
         ]
         .into_iter()
         .unzip();
-        let slot = Arc::new(Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("a slot");
+        let slot = Arc::new(Mutex::new(None)).lock_owned().await;
         commit(&pool, &Namespace::new("writer-test"), jobs, slot).await;
         let mut results = Vec::new();
         for answer in answers {
@@ -311,5 +341,38 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(stored, 2);
+    }
+
+    /// The slot keeps its connection between batches; when Postgres has
+    /// ended that session meanwhile (a restart, an operator's
+    /// `pg_terminate_backend`), the next batch is written on a fresh one
+    /// instead of failing its writers.
+    #[tokio::test]
+    async fn a_batch_after_its_kept_connection_was_ended_is_written_on_a_fresh_one() {
+        let (_db, pool, users, channel) = seeded().await;
+        let ns = Namespace::new("writer-test");
+        let slot = Arc::new(Mutex::new(None));
+        let (first, answer) = job(users[0], channel, "a", "first");
+        commit(&pool, &ns, vec![first], slot.clone().lock_owned().await).await;
+        assert_eq!(answer.await.expect("answered").expect("stored").seq.0, 1);
+
+        let kept_pid: i32 = {
+            let mut kept = slot.lock().await;
+            let conn = kept.as_mut().expect("the slot keeps its connection");
+            sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut **conn)
+                .await
+                .expect("pid")
+        };
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(kept_pid)
+            .fetch_one(&pool)
+            .await
+            .expect("terminate");
+        assert!(ended);
+
+        let (second, answer) = job(users[1], channel, "b", "second");
+        commit(&pool, &ns, vec![second], slot.clone().lock_owned().await).await;
+        assert_eq!(answer.await.expect("answered").expect("stored").seq.0, 2);
     }
 }

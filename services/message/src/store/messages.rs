@@ -19,7 +19,7 @@ use natter_protocol::frames::results::{MessageEntry, Written};
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId, limits};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -71,7 +71,7 @@ impl Outcome {
 /// a concurrent batch stored one of these keys: the caller re-runs).
 #[tracing::instrument(level = "debug", skip_all, fields(batch = batch.len()))]
 pub(crate) async fn write_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     ns: &Namespace,
     batch: &[WriteRequest],
 ) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
@@ -95,8 +95,8 @@ pub(crate) async fn write_batch(
     // Repeats are rare (a client's retry): the first try skips the lookup
     // of keys stored before, and a repeat then fails it on the keys'
     // primary key (migration 0011).
-    let rows = match call.run(pool, false).await {
-        Err(e) if is_repeated_key(&e) => call.run(pool, true).await?,
+    let rows = match call.run(conn, false).await {
+        Err(e) if is_repeated_key(&e) => call.run(conn, true).await?,
         other => other?,
     };
 
@@ -201,7 +201,11 @@ impl<'a> Call<'a> {
 
     /// Calls `write_messages`; with `check_keys`, keys stored before are
     /// answered with their message, else one fails the call.
-    async fn run(&self, pool: &PgPool, check_keys: bool) -> Result<Vec<OutcomeRow>, DomainError> {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        check_keys: bool,
+    ) -> Result<Vec<OutcomeRow>, DomainError> {
         Ok(sqlx::query_as(
             "SELECT n, outcome, channel_id, seq, sent_at \
              FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -218,7 +222,7 @@ impl<'a> Call<'a> {
         .bind(&self.heads)
         .bind(&self.headers)
         .bind(check_keys)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?)
     }
 }
@@ -396,6 +400,16 @@ mod tests {
         }
     }
 
+    /// [`write_batch`] on a connection of `pool`.
+    async fn write_on(
+        pool: &PgPool,
+        ns: &Namespace,
+        batch: &[WriteRequest],
+    ) -> Result<Vec<Result<Written, DomainError>>, DomainError> {
+        let mut conn = pool.acquire().await.expect("a connection");
+        write_batch(&mut conn, ns, batch).await
+    }
+
     /// The user `alice`: her id.
     async fn insert_alice(pool: &PgPool) -> i64 {
         insert_user(pool, "alice").await
@@ -513,7 +527,7 @@ mod tests {
             assert_eq!(read, [(1, "old 1"), (2, "old 2"), (3, "old 3")]);
         }
         let ns = Namespace::new("migration-test");
-        let written = write_batch(
+        let written = write_on(
             &pool,
             &ns,
             &[
@@ -546,11 +560,11 @@ mod tests {
         let channels = channels_of(&pool, alice, &["one", "two"]).await;
         let ns = Namespace::new("ranks-test");
         let (one, two) = (channels[0], channels[1]);
-        write_batch(&pool, &ns, &[request(alice, one, "before")])
+        write_on(&pool, &ns, &[request(alice, one, "before")])
             .await
             .expect("first batch");
 
-        let answers = write_batch(
+        let answers = write_on(
             &pool,
             &ns,
             &[
@@ -610,7 +624,7 @@ mod tests {
         let channels = channels_of(&pool, alice, &["left", "stayed"]).await;
         let (left, stayed) = (channels[0], channels[1]);
         let ns = Namespace::new("left-test");
-        let first = write_batch(&pool, &ns, &[request(alice, left, "k")])
+        let first = write_on(&pool, &ns, &[request(alice, left, "k")])
             .await
             .expect("first write")
             .pop()
@@ -622,7 +636,7 @@ mod tests {
             .await
             .expect("left");
 
-        let answers = write_batch(
+        let answers = write_on(
             &pool,
             &ns,
             &[request(alice, left, "k"), request(alice, stayed, "new")],
@@ -688,7 +702,7 @@ mod tests {
         first.content = "line one\nand \"two\" \u{1F600}".into();
         first.traceparent = Some(traceparent.into());
         let ns = Namespace::new("outbox-test");
-        let answers = write_batch(&pool, &ns, &[first, request(alice, channel, "k2")])
+        let answers = write_on(&pool, &ns, &[first, request(alice, channel, "k2")])
             .await
             .expect("batch");
         let written: Vec<Written> = answers.into_iter().map(|a| a.expect("written")).collect();
