@@ -18,7 +18,7 @@
 //! statements per round through the pool (a read, then a delete, each
 //! pinged by sqlx when the connection went back) had cost Postgres about
 //! 10 % more CPU per stored message. Published rows therefore stay in the
-//! outbox until the next round, at most [`IDLE_POLL`] when no row comes, or
+//! outbox until the next round, at most `IDLE_POLL` (1 s) when no row comes, or
 //! until the relay stops.
 //!
 //! A failure is one of two kinds:
