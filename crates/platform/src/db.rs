@@ -202,19 +202,18 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         || match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
             // query_canceled (statement_timeout), lock_not_available
-            // (lock_timeout), idle_in_transaction_session_timeout.
-            sqlx::Error::Database(d) => d
-                .code()
-                .is_some_and(|c| matches!(&*c, "57014" | "55P03" | "25P03")),
+            // (lock_timeout).
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| matches!(&*c, "57014" | "55P03")),
             _ => false,
         }
 }
 
 /// Whether `e` means the connection it came from is gone: its socket
 /// failed, or Postgres ended the session (admin and crash shutdown,
-/// cannot-connect-now, the connection exceptions of class 08 — not 08P01,
-/// a protocol violation: a bug, not an outage). A statement on another
-/// connection may well succeed.
+/// cannot-connect-now, `idle_session_timeout`,
+/// `idle_in_transaction_session_timeout`, the connection exceptions of
+/// class 08 — not 08P01, a protocol violation: a bug, not an outage). A
+/// statement on another connection may well succeed.
 #[must_use]
 pub fn is_connection_lost(e: &sqlx::Error) -> bool {
     match e {
@@ -222,7 +221,16 @@ pub fn is_connection_lost(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
             matches!(
                 &*c,
-                "57P01" | "57P02" | "57P03" | "08000" | "08001" | "08003" | "08004" | "08006"
+                "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "57P05"
+                    | "25P03"
+                    | "08000"
+                    | "08001"
+                    | "08003"
+                    | "08004"
+                    | "08006"
             )
         }),
         _ => false,

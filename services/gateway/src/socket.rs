@@ -514,6 +514,9 @@ impl Socket {
                     }
                     Outbound::Leave(channel) => {
                         if self.control.entered() == Some(channel) {
+                            // What is buffered (an answer, pushes) does not
+                            // wait on Redis.
+                            self.flush(by).await?;
                             self.set_entered(None).await;
                             // Waiting on Redis is not the peer's slowness.
                             by = Instant::now() + WRITE_TIMEOUT;

@@ -173,8 +173,9 @@ async fn commit(pool: &PgPool, ns: &Namespace, jobs: Vec<Job>, mut slot: Slot) {
 /// Runs [`store::messages::write_batch`] on `conn` (taken from the pool
 /// when there is none), re-running it after a deadlock or a concurrent
 /// batch's duplicate key, and once on a fresh connection when the kept one
-/// turns out to be gone (Postgres restarted since the last batch: the pool
-/// tests a connection before it hands it out, a kept one is not tested).
+/// turns out to be gone (Postgres restarted, or ended the idle session,
+/// since the last batch: the pool pings a connection that sat idle for a
+/// second before it hands it out, a kept one is not pinged).
 /// A re-run is safe whether or not the failed call committed: a stored
 /// `client_msg_id` gets its first answer. A connection that failed
 /// otherwise is not kept either.

@@ -18,8 +18,10 @@
 //! statements per round through the pool (a read, then a delete, each
 //! pinged by sqlx when the connection went back) had cost Postgres about
 //! 10 % more CPU per stored message. Published rows therefore stay in the
-//! outbox until the next round, at most `IDLE_POLL` (1 s) when no row comes, or
-//! until the relay stops.
+//! outbox until the next round (at most `IDLE_POLL`, 1 s, when no row
+//! comes) or until the relay stops publishing, whether it stops, loses
+//! its lease or fails; only a relay that dies leaves them, to be published
+//! again and dropped by JetStream as duplicates.
 //!
 //! A failure is one of two kinds:
 //! - **transient** (NATS unreachable, an ack that times out, JetStream
@@ -92,7 +94,13 @@ async fn lead_when_possible(
         }
     }
     tracing::info!(holder = lease.holder(), "outbox relay is active");
-    tokio::select! {
+    // Rows JetStream stored in the last round, not yet deleted: the next
+    // round's statement deletes them. Owned here, outside the loop that a
+    // lost lease cancels, so that whatever ends the loop they are deleted
+    // below (a relay that dies first leaves them to be published again,
+    // which JetStream drops as duplicates within its window).
+    let mut published: Vec<i64> = Vec::new();
+    let result = tokio::select! {
         lost = lease.keep() => {
             match &lost {
                 Lost::Taken => tracing::warn!(%lost, "outbox relay is a standby again"),
@@ -100,70 +108,10 @@ async fn lead_when_possible(
             }
             Ok(())
         }
-        published = publish_while_leading(pool, js, lease, health, shutdown) => published,
-    }
-}
-
-async fn publish_while_leading(
-    pool: &PgPool,
-    js: &jetstream::Context,
-    lease: &Lease,
-    health: &Condition,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    // The relay's own connection: it waits for notifications and runs every
-    // round's statement, so a round takes no connection from the pool and
-    // pays no ping when giving one back (sqlx pings on every release).
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(NOTIFY_CHANNEL).await?;
-    // Rows JetStream stored in the last round, not yet deleted: the next
-    // round's statement deletes them. Carried over a wait of up to
-    // `IDLE_POLL` at most; a relay that stops meanwhile leaves them to be
-    // published again, which JetStream drops as duplicates.
-    let mut published: Vec<i64> = Vec::new();
-    let result = async {
-        while lease.is_held() {
-            let rows = next_rows(&mut listener, &published).await?;
-            published.clear();
-            let (round, settle) = publish_rows(js, &rows).await;
-            let Settle { done, to_park } = settle;
-            published = done;
-            // Rare: parking moves rows to another table, in a transaction
-            // of its own.
-            if !to_park.is_empty() {
-                Settle {
-                    done: Vec::new(),
-                    to_park,
-                }
-                .run(pool)
-                .await?;
-            }
-            let pause = match &round.stalled {
-                Some(e) => {
-                    health.failing(e);
-                    RETRY
-                }
-                None => {
-                    health.ok();
-                    IDLE_POLL
-                }
-            };
-            let full = round.published + round.parked >= BATCH as usize;
-            if full && round.stalled.is_none() {
-                continue;
-            }
-            tokio::select! {
-                n = listener.recv(), if pause == IDLE_POLL => { n.context("outbox notification")?; }
-                () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-    .await;
-    // What the last round published is deleted whatever stopped the loop
-    // (through the pool: the loop may have stopped because the relay's
-    // connection failed); the loop's own error, if any, is the one reported.
+        result = publish_while_leading(pool, js, lease, health, shutdown, &mut published) => result,
+    };
+    // Through the pool: the loop may have stopped because the relay's own
+    // connection failed. The loop's error, if any, is the one reported.
     let settled = Settle {
         done: published,
         to_park: Vec::new(),
@@ -174,10 +122,75 @@ async fn publish_while_leading(
     result.and(settled)
 }
 
+/// Publishes round after round while `lease` is held, leaving in
+/// `published` what the last round published and no statement deleted.
+async fn publish_while_leading(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    lease: &Lease,
+    health: &Condition,
+    shutdown: &CancellationToken,
+    published: &mut Vec<i64>,
+) -> anyhow::Result<()> {
+    // The relay's own connection: it waits for notifications and runs every
+    // round's statement, so a round takes no connection from the pool and
+    // pays no ping when giving one back (sqlx pings on every release).
+    // Reconnecting is left to the next round's statement, outside any
+    // `select!` that could cancel it halfway (sqlx's eager reconnect inside
+    // `recv` could be cancelled after moving the notification buffer away,
+    // and a notification during a later statement would then fail it).
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.eager_reconnect(false);
+    listener.listen(NOTIFY_CHANNEL).await?;
+    while lease.is_held() {
+        // Notifications that came during the last statement are for commits
+        // this round's snapshot sees: one round answers them all.
+        while listener.next_buffered().is_some() {}
+        let rows = next_rows(&mut listener, published).await?;
+        published.clear();
+        let (round, settle) = publish_rows(js, &rows).await;
+        let Settle { done, to_park } = settle;
+        *published = done;
+        // Rare: parking moves rows to another table, in a transaction of
+        // its own.
+        if !to_park.is_empty() {
+            Settle {
+                done: Vec::new(),
+                to_park,
+            }
+            .run(pool)
+            .await?;
+        }
+        let pause = match &round.stalled {
+            Some(e) => {
+                health.failing(e);
+                RETRY
+            }
+            None => {
+                health.ok();
+                IDLE_POLL
+            }
+        };
+        let full = round.published + round.parked >= BATCH as usize;
+        if full && round.stalled.is_none() {
+            continue;
+        }
+        // A lost connection (`Ok(None)`) also starts a round: its statement
+        // reconnects, and picks up what was committed meanwhile.
+        tokio::select! {
+            n = listener.try_recv(), if pause == IDLE_POLL => { n.context("outbox notification")?; }
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// What one round did.
 #[derive(Debug)]
 pub struct Round {
-    /// Rows JetStream stored, deleted from the outbox.
+    /// Rows JetStream stored, to be deleted from the outbox (by the relay's
+    /// next round, or at once by [`publish_batch`]).
     pub published: usize,
     /// Rows NATS refused for good, moved to `outbox_parked`.
     pub parked: usize,
@@ -209,7 +222,8 @@ impl Settle {
     }
 
     /// Deletes the published rows and parks the refused ones, in one
-    /// transaction (one statement when nothing is parked).
+    /// transaction (one statement when nothing is parked, or nothing is
+    /// to delete).
     async fn run(self, pool: &PgPool) -> anyhow::Result<()> {
         if self.is_empty() {
             return Ok(());
@@ -240,10 +254,12 @@ impl Settle {
             .map(|(id, _, error)| (*id, error.clone()))
             .unzip();
         parked::park(&mut tx, &ids, &errors).await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&self.done)
-            .execute(&mut *tx)
-            .await?;
+        if !self.done.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&self.done)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         for (id, subject, error) in &self.to_park {
             tracing::error!(

@@ -1,6 +1,7 @@
 //! The outbox survives the message service stopping between commit and
 //! publish, a backlog of many rounds goes out whole and in order (each
-//! round is published while the one before it is still being deleted),
+//! round's read deletes the round before it), a relay that stops deletes
+//! what it published last,
 //! JetStream keeps each event once however often it is published, a row NATS refuses for good is parked instead of holding
 //! back the rest, an outage parks nothing, and only the lease holder
 //! publishes.
@@ -80,9 +81,13 @@ async fn rows_committed_while_the_service_is_down_are_published_once_after_resta
 #[tokio::test]
 async fn a_relay_that_stops_right_after_publishing_leaves_no_published_row_behind() {
     let mut app = TestService::<Message>::spawn().await;
+    // A first row, published and deleted, leaves the relay idle, waiting
+    // for a notification: the next row is then its round's only one.
     insert_row(&app, &joined(&app, 1)).await;
+    drained(&app).await;
+    insert_row(&app, &joined(&app, 2)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stored_events(&app).await == 0 {
+    while stored_events(&app).await < 2 {
         assert!(Instant::now() < deadline, "the row was never published");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -90,7 +95,7 @@ async fn a_relay_that_stops_right_after_publishing_leaves_no_published_row_behin
     // second when none comes: stopping before that deletes them on the way.
     app.stop_service().await;
     assert_eq!(outbox_rows(&app).await, 0);
-    assert_eq!(stored_events(&app).await, 1);
+    assert_eq!(stored_events(&app).await, 2);
 }
 
 #[tokio::test]
