@@ -82,15 +82,25 @@ pub struct Message {
     config: Config,
 }
 
+/// The smallest pool message runs with: the outbox relay's connection,
+/// the batch writer's, and one for everything else.
+const MIN_DATABASE_POOL: u32 = 3;
+
 impl Runnable for Message {
     /// Connects to Postgres, NATS and Redis, declares the streams and binds the
     /// health port.
     ///
     /// # Errors
-    /// When `NATTER_BUS_KEY` is missing, a dependency does not answer or
-    /// the port cannot be bound.
+    /// When `NATTER_BUS_KEY` is missing, `NATTER_DATABASE_POOL` is below
+    /// 3, a dependency does not answer or the port cannot be bound.
     async fn build(config: &Config) -> anyhow::Result<Self> {
         let bus = config.bus_key("message")?;
+        anyhow::ensure!(
+            config.database_pool >= MIN_DATABASE_POOL,
+            "NATTER_DATABASE_POOL is {}; message needs at least {MIN_DATABASE_POOL}: the outbox \
+             relay and the batch writer each hold a connection for good",
+            config.database_pool
+        );
         let pool = db::connect(config).await?;
         let history = match &config.database_read_url {
             Some(url) => db::connect_with(url, config.database_pool, &config.database_session())

@@ -2,5 +2,6 @@
 //! the outbox relay, and how it stops (its domain, which needs the other
 //! services to reach it, is tested in natter-server's tests).
 
+mod config;
 mod outbox;
 mod shutdown;
