@@ -70,14 +70,8 @@ impl DomainError {
     /// client, not an `internal`.
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Unavailable(_) => true,
-            Self::Internal(e) => e
-                .chain()
-                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-                .any(natter_platform::db::is_unavailable),
-            Self::Rule(_) | Self::Limit { .. } => false,
-        }
+        matches!(self, Self::Unavailable(_))
+            || self.sqlx_causes().any(natter_platform::db::is_unavailable)
     }
 
     /// Whether the connection the statement ran on is gone
@@ -85,13 +79,20 @@ impl DomainError {
     /// may succeed.
     #[must_use]
     pub fn is_connection_lost(&self) -> bool {
-        match self {
-            Self::Internal(e) => e
-                .chain()
-                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-                .any(natter_platform::db::is_connection_lost),
-            _ => false,
-        }
+        self.sqlx_causes()
+            .any(natter_platform::db::is_connection_lost)
+    }
+
+    /// The sqlx errors in an `internal` error's chain of causes.
+    fn sqlx_causes(&self) -> impl Iterator<Item = &sqlx::Error> {
+        let chain = match self {
+            Self::Internal(e) => Some(e.chain()),
+            _ => None,
+        };
+        chain
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
     }
 
     /// Whether Postgres reported a deadlock or serialization failure, which
