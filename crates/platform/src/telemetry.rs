@@ -396,6 +396,7 @@ pub mod metrics {
 /// JetStream → push → gateway.
 pub mod propagation {
     use opentelemetry::propagation::{Extractor, Injector};
+    use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     /// The W3C trace context header.
@@ -450,10 +451,25 @@ pub mod propagation {
 
     /// Makes `span` a child of the context in `headers`, if any.
     pub fn adopt(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
-        let Some(headers) = headers else { return };
-        let cx = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(headers))
-        });
+        let Some(cx) = extract(headers) else { return };
         let _ = span.set_parent(cx);
+    }
+
+    /// Links `span` to the context in `headers`, if any: a span doing the
+    /// work of several traces (one delivery of several events) is the
+    /// child of one of them and linked to the others.
+    pub fn link(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+        let Some(cx) = extract(headers) else { return };
+        let linked = cx.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+
+    fn extract(headers: Option<&async_nats::HeaderMap>) -> Option<opentelemetry::Context> {
+        let headers = headers?;
+        Some(opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(headers))
+        }))
     }
 }

@@ -325,11 +325,21 @@ impl<'a> MessageStoredHead<'a> {
     }
 }
 
-/// What push publishes to one gateway for one event.
+/// What push publishes to one gateway: one event's deliveries, or several
+/// events' in event order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryBatch {
     /// In order.
     pub items: Vec<Delivery>,
+}
+
+/// A [`DeliveryBatch`] of borrowed items, encoded the same way: push
+/// merges several events' deliveries to one gateway into one message
+/// without copying them.
+#[derive(Debug, Serialize)]
+pub struct DeliveryBatchRef<'a> {
+    /// In order.
+    pub items: Vec<&'a Delivery>,
 }
 
 /// Auth → gateways: this login is over; close its sockets.
@@ -549,6 +559,28 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<DeliveryBatch>(&text).expect("decode"),
             b
+        );
+    }
+
+    #[test]
+    fn a_batch_of_borrowed_deliveries_decodes_as_a_batch_of_them() {
+        let first = Delivery::Frame {
+            sockets: vec![SocketId(1)],
+            frame: r#"{"type":"message"}"#.into(),
+        };
+        let second = Delivery::LeaveChannel {
+            channel_id: ChannelId(2),
+            sockets: vec![SocketId(3)],
+        };
+        let text = serde_json::to_string(&DeliveryBatchRef {
+            items: vec![&first, &second],
+        })
+        .expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<DeliveryBatch>(&text).expect("decode"),
+            DeliveryBatch {
+                items: vec![first, second]
+            }
         );
     }
 

@@ -1,6 +1,7 @@
-//! Deliveries from push: one core NATS message per event on this
-//! gateway's subject, carrying frames serialized once; each is queued to
-//! the local sockets it names. Only batches signed with the bus key are
+//! Deliveries from push: core NATS messages on this gateway's subject,
+//! each carrying one event's frames or, in order, those of several handled
+//! together, serialized once; each frame is queued to the local sockets it
+//! names. Only batches signed with the bus key are
 //! delivered: anyone else who can publish on the subject is ignored.
 
 use crate::registry::{Outbound, Registry};

@@ -6,9 +6,10 @@
 //! committed position, whose overlapping pull requests never leave it
 //! waiting on a request the server dropped).
 //! What has arrived is handled as one batch — one presence read, one query
-//! of read positions — and delivered event by event, in order, each only
-//! while the lease is still held. The position moves after each event's
-//! deliveries are published and is committed at most every
+//! of read positions, one message per gateway for all its events (event by
+//! event when that would be too large) — in order, and only while the
+//! lease is still held. The position moves after the deliveries are
+//! published and is committed at most every
 //! [`COMMIT_EVERY`] (and when the partition is released), so a crash
 //! repeats at most that much: at least once, never reordered.
 //!
@@ -296,6 +297,46 @@ impl Worker {
         self.heavy = prepared
             .iter()
             .any(|batches| batches.iter().map(|b| sockets_in(&b.batch)).sum::<u64>() >= HEAVY);
+        if let [first, .., last] = items
+            && let Some(merged) = fanout.merge(&prepared).map_err(Attempt::Failed)?
+        {
+            if !self.lease.is_held() {
+                return Err(Attempt::Halt(Halt::Lost));
+            }
+            // The first event's trace goes on to the gateways; the others'
+            // are linked.
+            let span = tracing::debug_span!(
+                "push.events",
+                partition = self.partition.0,
+                first = first.sequence,
+                last = last.sequence
+            );
+            propagation::adopt(&span, first.message.headers.as_ref());
+            if !span.is_disabled() {
+                for item in &items[1..] {
+                    propagation::link(&span, item.message.headers.as_ref());
+                }
+            }
+            match fanout
+                .publish_merged(&events, &prepared, merged)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => {
+                    *done += items.len();
+                    self.position = last.sequence;
+                    return Ok(());
+                }
+                // Refused for good merged (a server that takes less than
+                // it said): one by one, the event at fault is found alone.
+                // Gateways already sent the merged message get its events
+                // again (at least once, as after a crash).
+                Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                    tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
+                }
+                Err(e) => return Err(Attempt::Failed(e)),
+            }
+        }
         for ((item, event), batches) in items.iter().zip(&events).zip(prepared) {
             if !self.lease.is_held() {
                 return Err(Attempt::Halt(Halt::Lost));

@@ -1,8 +1,9 @@
 //! Handling events: gather what [`crate::recipients`] needs (members,
 //! presence, read positions) for a batch of events at once, work out each
-//! event's deliveries, publish one message per gateway per event, in
-//! order, and keep the membership caches of every instance honest. Typing
-//! notices arrive here too, from core NATS rather than the events stream.
+//! event's deliveries, publish them in order — one message per gateway for
+//! the whole batch, or one per event when merged they would be too large —
+//! and keep the membership caches of every instance honest. Typing notices
+//! arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
 use crate::recipients::{self, GatewayBatch, Live};
@@ -12,15 +13,24 @@ use futures::StreamExt;
 use natter_platform::bus::BusKey;
 use natter_platform::presence::PresenceReader;
 use natter_platform::telemetry::propagation;
-use natter_protocol::events::{Delivery, DeliveryBatch, Event};
+use natter_protocol::events::{Delivery, DeliveryBatch, DeliveryBatchRef, Event};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Typing notices one instance fans out at once.
 const TYPING_CONCURRENCY: usize = 16;
+/// Most bytes of one gateway message merging several events' deliveries
+/// (gateway RPC batches keep to the same bound): well under NATS's default
+/// 1 MiB payload limit.
+const MERGED_MAX: usize = 512 * 1024;
+
+/// Several events' deliveries, one encoded message per gateway (gateway
+/// id, payload), in gateway order: made by [`Fanout::merge`].
+#[derive(Debug)]
+pub struct Merged(Vec<(String, Vec<u8>)>);
 
 /// What handling an event needs; cheap to clone.
 #[derive(Clone)]
@@ -131,34 +141,87 @@ impl Fanout {
     pub async fn publish(&self, event: &Event, batches: Vec<GatewayBatch>) -> anyhow::Result<()> {
         // The trace continues at the gateways.
         let trace = propagation::headers();
-        let kind = event.kind();
-        let metrics = natter_platform::metrics::get();
-        for out in batches {
-            metrics.deliveries.add(
-                sockets_in(&out.batch),
-                &natter_platform::metrics::attr("type", kind),
-            );
-            let subject = self.ns.gateway_subject(&out.gateway);
+        for out in &batches {
             let payload = serde_json::to_vec(&out.batch).context("encoding a delivery batch")?;
-            let mut headers = trace.clone();
-            self.bus.sign(&subject, &payload, &mut headers);
-            let published = self
-                .nats
-                .publish_with_headers(subject, headers, payload.into())
-                .await;
-            if let Err(e) = published {
-                let permanent = matches!(
-                    e.kind(),
-                    PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject
-                );
-                let e =
-                    anyhow::Error::new(e).context(format!("publishing to gateway {}", out.gateway));
-                return Err(if permanent { e.context(Unroutable) } else { e });
-            }
+            self.publish_to(&out.gateway, &trace, payload).await?;
         }
-        if let Event::MessageStored { sent_at, .. } = event {
-            let latency = (time::OffsetDateTime::now_utc() - *sent_at).as_seconds_f64();
-            metrics.delivery_latency.record(latency.max(0.0), &[]);
+        record(event, &batches);
+        Ok(())
+    }
+
+    /// Encodes the deliveries of several events (prepared by
+    /// [`Fanout::prepare`]) as one message per gateway, each gateway's
+    /// items in event order, so a batch of events costs the bus and every
+    /// gateway one message, not one per event. `None` when a message would
+    /// be larger than [`MERGED_MAX`] or than the server takes: those events
+    /// go out one by one, so that one too large to publish is found alone.
+    ///
+    /// # Errors
+    /// When a message cannot be encoded.
+    pub fn merge(&self, prepared: &[Vec<GatewayBatch>]) -> anyhow::Result<Option<Merged>> {
+        let mut items: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+        for out in prepared.iter().flatten() {
+            items
+                .entry(out.gateway.as_str())
+                .or_default()
+                .extend(&out.batch.items);
+        }
+        let limit = MERGED_MAX.min(self.nats.server_info().max_payload);
+        let mut messages = Vec::with_capacity(items.len());
+        for (gateway, items) in items {
+            let payload = serde_json::to_vec(&DeliveryBatchRef { items })
+                .context("encoding a delivery batch")?;
+            if payload.len() > limit {
+                return Ok(None);
+            }
+            messages.push((gateway.to_owned(), payload));
+        }
+        Ok(Some(Merged(messages)))
+    }
+
+    /// Publishes what [`Fanout::merge`] made of `events`' deliveries
+    /// (`prepared`), in gateway order.
+    ///
+    /// # Errors
+    /// When NATS refuses a publish; with [`Unroutable`] in the chain when
+    /// it always will.
+    pub async fn publish_merged(
+        &self,
+        events: &[Event],
+        prepared: &[Vec<GatewayBatch>],
+        Merged(messages): Merged,
+    ) -> anyhow::Result<()> {
+        let trace = propagation::headers();
+        for (gateway, payload) in messages {
+            self.publish_to(&gateway, &trace, payload).await?;
+        }
+        for (event, batches) in events.iter().zip(prepared) {
+            record(event, batches);
+        }
+        Ok(())
+    }
+
+    /// Signs and publishes one message to `gateway`.
+    async fn publish_to(
+        &self,
+        gateway: &str,
+        trace: &async_nats::HeaderMap,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let subject = self.ns.gateway_subject(gateway);
+        let mut headers = trace.clone();
+        self.bus.sign(&subject, &payload, &mut headers);
+        let published = self
+            .nats
+            .publish_with_headers(subject, headers, payload.into())
+            .await;
+        if let Err(e) = published {
+            let permanent = matches!(
+                e.kind(),
+                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject
+            );
+            let e = anyhow::Error::new(e).context(format!("publishing to gateway {gateway}"));
+            return Err(if permanent { e.context(Unroutable) } else { e });
         }
         Ok(())
     }
@@ -180,6 +243,20 @@ pub struct Unroutable;
 impl std::fmt::Display for Unroutable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("the event cannot be delivered")
+    }
+}
+
+/// Counts an event's published deliveries and, for a message, how long
+/// after it was stored they went out.
+fn record(event: &Event, batches: &[GatewayBatch]) {
+    let metrics = natter_platform::metrics::get();
+    let kind = natter_platform::metrics::attr("type", event.kind());
+    for out in batches {
+        metrics.deliveries.add(sockets_in(&out.batch), &kind);
+    }
+    if let Event::MessageStored { sent_at, .. } = event {
+        let latency = (time::OffsetDateTime::now_utc() - *sent_at).as_seconds_f64();
+        metrics.delivery_latency.record(latency.max(0.0), &[]);
     }
 }
 

@@ -39,7 +39,7 @@ async fn a_redis_outage_holds_events_back_then_delivers_them_all_in_order() {
     h.gateway_alive("gw-a").await;
     h.online(bob, "gw-a", 2, Some(channel)).await;
     for seq in 2..=20 {
-        assert_eq!(frames(&a.next().await)[0].1["seq"], seq);
+        assert_eq!(a.next_frame().await.1["seq"], seq);
     }
     a.expect_nothing().await;
     eventually("push is ready again", WAIT, || async {

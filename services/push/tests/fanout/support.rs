@@ -14,7 +14,7 @@ use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use natter_push::Push;
 use natter_testkit::TestService;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -284,26 +284,49 @@ impl Harness {
             .await
             .expect("subscribe");
         self.nats.flush().await.expect("flush");
-        Tap { sub }
+        Tap {
+            sub,
+            frames: VecDeque::new(),
+            batches: 0,
+        }
     }
 }
 
+/// What push publishes to one gateway. Events handled together share one
+/// batch: a test that publishes several before reading takes their frames
+/// with [`Tap::next_frame`].
 pub struct Tap {
     sub: async_nats::Subscriber,
+    /// Frames of batches read, not yet taken.
+    frames: VecDeque<(Vec<u64>, Value)>,
+    /// Batches read so far.
+    pub batches: usize,
 }
 
 impl Tap {
     /// The next batch.
     pub async fn next(&mut self) -> DeliveryBatch {
+        assert!(self.frames.is_empty(), "frames of a batch were left");
         self.within(WAIT).await.expect("a delivery batch arrives")
     }
 
     pub async fn within(&mut self, wait: Duration) -> Option<DeliveryBatch> {
         let msg = tokio::time::timeout(wait, self.sub.next()).await.ok()??;
+        self.batches += 1;
         Some(serde_json::from_slice(&msg.payload).expect("a DeliveryBatch"))
     }
 
+    /// The next frame, with its sockets, of whichever batch it came in.
+    pub async fn next_frame(&mut self) -> (Vec<u64>, Value) {
+        while self.frames.is_empty() {
+            let batch = self.within(WAIT).await.expect("a delivery batch arrives");
+            self.frames.extend(frames(&batch));
+        }
+        self.frames.pop_front().expect("a frame")
+    }
+
     pub async fn expect_nothing(&mut self) {
+        assert!(self.frames.is_empty(), "frames left: {:?}", self.frames);
         if let Some(b) = self.within(QUIET).await {
             panic!("unexpected delivery: {b:?}");
         }
