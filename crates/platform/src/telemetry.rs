@@ -459,6 +459,9 @@ pub mod propagation {
     /// work of several traces (one delivery of several events) is the
     /// child of one of them and linked to the others.
     pub fn link(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+        if span.is_disabled() {
+            return;
+        }
         let Some(cx) = extract(headers) else { return };
         let linked = cx.span().span_context().clone();
         if linked.is_valid() {

@@ -21,8 +21,9 @@
 //! payload limit), goes to the dead-letter stream, in its place in the
 //! order, and the partition moves past it.
 
-use crate::fanout::{Fanout, Unroutable, sockets_in};
+use crate::fanout::{Fanout, Unroutable, record, sockets_in};
 use crate::leases::Lease;
+use crate::merge;
 use crate::offsets::{Committed, Offsets};
 use crate::progress::{Backoff, Outage, Progress};
 use anyhow::Context;
@@ -297,64 +298,64 @@ impl Worker {
         self.heavy = prepared
             .iter()
             .any(|batches| batches.iter().map(|b| sockets_in(&b.batch)).sum::<u64>() >= HEAVY);
-        if let [first, .., last] = items
-            && let Some(merged) = fanout.merge(&prepared).map_err(Attempt::Failed)?
-        {
+        let limit = fanout.merge_limit();
+        for run in merge::runs(&prepared, limit) {
             if !self.lease.is_held() {
                 return Err(Attempt::Halt(Halt::Lost));
             }
-            // The first event's trace goes on to the gateways; the others'
-            // are linked.
-            let span = tracing::debug_span!(
-                "push.events",
-                partition = self.partition.0,
-                first = first.sequence,
-                last = last.sequence
-            );
-            propagation::adopt(&span, first.message.headers.as_ref());
-            if !span.is_disabled() {
-                for item in &items[1..] {
+            if run.len() > 1 {
+                let merged = merge::merge(&prepared[run.clone()]).map_err(Attempt::Failed)?;
+                let (first, last) = (&items[run.start], &items[run.end - 1]);
+                // The first event's trace goes on to the gateways; the
+                // others' are linked.
+                let span = tracing::debug_span!(
+                    "push.events",
+                    partition = self.partition.0,
+                    first = first.sequence,
+                    last = last.sequence
+                );
+                propagation::adopt(&span, first.message.headers.as_ref());
+                for item in &items[run.start + 1..run.end] {
                     propagation::link(&span, item.message.headers.as_ref());
                 }
-            }
-            match fanout
-                .publish_merged(&events, &prepared, merged)
-                .instrument(span)
-                .await
-            {
-                Ok(()) => {
-                    *done += items.len();
-                    self.position = last.sequence;
-                    return Ok(());
+                match fanout.publish_merged(merged).instrument(span).await {
+                    Ok(()) => {
+                        for i in run.clone() {
+                            record(&events[i], &prepared[i]);
+                        }
+                        *done += run.len();
+                        self.position = last.sequence;
+                        continue;
+                    }
+                    // Refused for good though within the server's limit:
+                    // one by one, the event at fault is found alone. The
+                    // gateways already sent the merged message get its
+                    // events again, as after a crash (at least once).
+                    Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                        tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
+                    }
+                    Err(e) => return Err(Attempt::Failed(e)),
                 }
-                // Refused for good merged (a server that takes less than
-                // it said): one by one, the event at fault is found alone.
-                // Gateways already sent the merged message get its events
-                // again (at least once, as after a crash).
-                Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
-                    tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
+            }
+            for i in run {
+                if !self.lease.is_held() {
+                    return Err(Attempt::Halt(Halt::Lost));
                 }
-                Err(e) => return Err(Attempt::Failed(e)),
+                // One trace from the writer's request through to the gateways.
+                let span = tracing::debug_span!(
+                    "push.event",
+                    partition = self.partition.0,
+                    sequence = items[i].sequence
+                );
+                propagation::adopt(&span, items[i].message.headers.as_ref());
+                fanout
+                    .publish(&events[i], &prepared[i])
+                    .instrument(span)
+                    .await
+                    .map_err(Attempt::Failed)?;
+                *done += 1;
+                self.position = items[i].sequence;
             }
-        }
-        for ((item, event), batches) in items.iter().zip(&events).zip(prepared) {
-            if !self.lease.is_held() {
-                return Err(Attempt::Halt(Halt::Lost));
-            }
-            // One trace from the writer's request through to the gateways.
-            let span = tracing::debug_span!(
-                "push.event",
-                partition = self.partition.0,
-                sequence = item.sequence
-            );
-            propagation::adopt(&span, item.message.headers.as_ref());
-            fanout
-                .publish(event, batches)
-                .instrument(span)
-                .await
-                .map_err(Attempt::Failed)?;
-            *done += 1;
-            self.position = item.sequence;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! arrive here too, from core NATS rather than the events stream.
 
 use crate::membership::Membership;
+use crate::merge::{self, Merged};
 use crate::recipients::{self, GatewayBatch, Live};
 use anyhow::Context;
 use async_nats::client::PublishErrorKind;
@@ -13,25 +14,15 @@ use futures::StreamExt;
 use natter_platform::bus::BusKey;
 use natter_platform::presence::PresenceReader;
 use natter_platform::telemetry::propagation;
-use natter_protocol::events::{Delivery, DeliveryBatch, DeliveryBatchRef, Event};
+use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Typing notices one instance fans out at once.
 const TYPING_CONCURRENCY: usize = 16;
-/// Most bytes of one gateway message merging several events' deliveries
-/// (gateway RPC batches keep to the same bound): well under NATS's default
-/// 1 MiB payload limit.
-const MERGED_MAX: usize = 512 * 1024;
-
-/// Several events' deliveries, one encoded message per gateway (gateway
-/// id, payload), in gateway order: made by [`Fanout::merge`].
-#[derive(Debug)]
-pub struct Merged(Vec<(String, Vec<u8>)>);
-
 /// What handling an event needs; cheap to clone.
 #[derive(Clone)]
 pub struct Fanout {
@@ -55,7 +46,7 @@ impl Fanout {
     pub async fn handle(&self, event: &Event) -> anyhow::Result<()> {
         let deliveries = self.prepare(std::slice::from_ref(event)).await?;
         for batches in deliveries {
-            self.publish(event, batches).await?;
+            self.publish(event, &batches).await?;
         }
         Ok(())
     }
@@ -138,65 +129,35 @@ impl Fanout {
     /// # Errors
     /// When NATS refuses a publish; with [`Unroutable`] in the chain when
     /// it always will (a batch larger than NATS accepts).
-    pub async fn publish(&self, event: &Event, batches: Vec<GatewayBatch>) -> anyhow::Result<()> {
+    pub async fn publish(&self, event: &Event, batches: &[GatewayBatch]) -> anyhow::Result<()> {
         // The trace continues at the gateways.
         let trace = propagation::headers();
-        for out in &batches {
+        for out in batches {
             let payload = serde_json::to_vec(&out.batch).context("encoding a delivery batch")?;
             self.publish_to(&out.gateway, &trace, payload).await?;
         }
-        record(event, &batches);
+        record(event, batches);
         Ok(())
     }
 
-    /// Encodes the deliveries of several events (prepared by
-    /// [`Fanout::prepare`]) as one message per gateway, each gateway's
-    /// items in event order, so a batch of events costs the bus and every
-    /// gateway one message, not one per event. `None` when a message would
-    /// be larger than [`MERGED_MAX`] or than the server takes: those events
-    /// go out one by one, so that one too large to publish is found alone.
-    ///
-    /// # Errors
-    /// When a message cannot be encoded.
-    pub fn merge(&self, prepared: &[Vec<GatewayBatch>]) -> anyhow::Result<Option<Merged>> {
-        let mut items: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
-        for out in prepared.iter().flatten() {
-            items
-                .entry(out.gateway.as_str())
-                .or_default()
-                .extend(&out.batch.items);
-        }
-        let limit = MERGED_MAX.min(self.nats.server_info().max_payload);
-        let mut messages = Vec::with_capacity(items.len());
-        for (gateway, items) in items {
-            let payload = serde_json::to_vec(&DeliveryBatchRef { items })
-                .context("encoding a delivery batch")?;
-            if payload.len() > limit {
-                return Ok(None);
-            }
-            messages.push((gateway.to_owned(), payload));
-        }
-        Ok(Some(Merged(messages)))
+    /// How large a merged message may be: [`merge::MAX_BYTES`], or less
+    /// when the server takes less (headers included).
+    #[must_use]
+    pub fn merge_limit(&self) -> usize {
+        let takes = self.nats.server_info().max_payload;
+        merge::MAX_BYTES.min(takes.saturating_sub(merge::HEADER_ROOM))
     }
 
-    /// Publishes what [`Fanout::merge`] made of `events`' deliveries
-    /// (`prepared`), in gateway order.
+    /// Publishes the messages of a run of events [`merge::merge`] made, in
+    /// gateway order; the caller [`record`]s the events.
     ///
     /// # Errors
     /// When NATS refuses a publish; with [`Unroutable`] in the chain when
     /// it always will.
-    pub async fn publish_merged(
-        &self,
-        events: &[Event],
-        prepared: &[Vec<GatewayBatch>],
-        Merged(messages): Merged,
-    ) -> anyhow::Result<()> {
+    pub async fn publish_merged(&self, Merged(messages): Merged) -> anyhow::Result<()> {
         let trace = propagation::headers();
         for (gateway, payload) in messages {
             self.publish_to(&gateway, &trace, payload).await?;
-        }
-        for (event, batches) in events.iter().zip(prepared) {
-            record(event, batches);
         }
         Ok(())
     }
@@ -248,7 +209,7 @@ impl std::fmt::Display for Unroutable {
 
 /// Counts an event's published deliveries and, for a message, how long
 /// after it was stored they went out.
-fn record(event: &Event, batches: &[GatewayBatch]) {
+pub fn record(event: &Event, batches: &[GatewayBatch]) {
     let metrics = natter_platform::metrics::get();
     let kind = natter_platform::metrics::attr("type", event.kind());
     for out in batches {

@@ -22,6 +22,7 @@ pub mod consumer;
 mod fanout;
 pub mod leases;
 mod membership;
+mod merge;
 mod offsets;
 mod progress;
 pub mod recipients;

@@ -16,7 +16,8 @@ use natter_protocol::rpc::SocketRef;
 use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use std::collections::{BTreeMap, HashMap};
 
-/// What one gateway receives for one event.
+/// One event's deliveries to one gateway (push merges those of a run of
+/// events into one message: `merge.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayBatch {
     /// The gateway id.

@@ -424,32 +424,8 @@ async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() 
     h.online(bob, "gw-a", 2, Some(channel)).await;
     let mut a = h.tap("gw-a").await;
 
-    // Backslashes double in the event's JSON and double again in the
-    // batch, which carries the frame as a JSON string.
-    let Event::MessageStored {
-        channel_id,
-        title,
-        seq,
-        user_id,
-        username,
-        sent_at,
-        origin: from,
-        ..
-    } = message(channel, 1, alice, origin("gw-x", 1))
-    else {
-        unreachable!("a message")
-    };
-    h.publish(&Event::MessageStored {
-        channel_id,
-        title,
-        seq,
-        user_id,
-        username,
-        content: "\\".repeat(300_000),
-        sent_at,
-        origin: from,
-    })
-    .await;
+    h.publish(&too_large(message(channel, 1, alice, origin("gw-x", 1))))
+        .await;
     h.publish(&message(channel, 2, alice, origin("gw-x", 1)))
         .await;
 
@@ -458,8 +434,40 @@ async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() 
     h.app.stop().await;
 }
 
+/// Handled together with others, an event too large to deliver is
+/// published alone and dead-lettered; those around it are delivered.
 #[tokio::test]
-async fn events_published_while_push_is_down_are_all_delivered_once_in_order_merged() {
+async fn an_event_too_large_among_others_handled_together_is_dead_lettered_alone() {
+    let mut h = Harness::spawn().await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    let mut a = h.tap("gw-a").await;
+
+    h.app.stop_service().await;
+    for seq in [1, 2] {
+        h.publish(&message(channel, seq, alice, origin("gw-x", 1)))
+            .await;
+    }
+    h.publish(&too_large(message(channel, 3, alice, origin("gw-x", 1))))
+        .await;
+    for seq in [4, 5] {
+        h.publish(&message(channel, seq, alice, origin("gw-x", 1)))
+            .await;
+    }
+    h.app.start_service().await;
+
+    for seq in [1, 2, 4, 5] {
+        assert_eq!(a.next_frame().await.1["seq"], seq);
+    }
+    a.expect_nothing().await;
+    assert_eq!(h.dead_letters().await, 1);
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn events_published_while_push_is_down_are_all_delivered_once_in_order_in_few_messages() {
     let mut h = Harness::spawn().await;
     let (alice, bob) = (h.user("alice").await, h.user("bob").await);
     let channel = h.channel("general", &[alice, bob]).await;
@@ -580,4 +588,33 @@ async fn a_channel_of_a_thousand_gets_every_message_once_in_order() {
     assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>());
     a.expect_nothing().await;
     h.app.stop().await;
+}
+
+/// `event`, a message, with content whose delivery batch is larger than
+/// NATS accepts: backslashes double in the event's JSON and double again
+/// in the batch, which carries the frame as a JSON string.
+fn too_large(event: Event) -> Event {
+    let Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        sent_at,
+        origin,
+        ..
+    } = event
+    else {
+        unreachable!("a message")
+    };
+    Event::MessageStored {
+        channel_id,
+        title,
+        seq,
+        user_id,
+        username,
+        content: "\\".repeat(300_000),
+        sent_at,
+        origin,
+    }
 }
