@@ -1,10 +1,10 @@
 //! Events published straight to JetStream; the test plays the gateways.
 
-use crate::support::{Harness, WAIT, frames, message, origin, unreads};
+use crate::support::{Harness, Tap, WAIT, frames, message, origin, unreads};
 use natter_protocol::events::{Delivery, Event, Joiner, UnreadTarget};
 use natter_protocol::frames::LeaveReason;
 use natter_protocol::partition::PartitionKey;
-use natter_protocol::{Seq, SocketId};
+use natter_protocol::{ChannelId, Seq, SocketId, UserId};
 use serde_json::json;
 use std::time::Duration;
 
@@ -418,11 +418,7 @@ async fn a_poison_event_is_dead_lettered_and_later_events_still_flow() {
 #[tokio::test]
 async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() {
     let h = Harness::spawn().await;
-    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
-    let channel = h.channel("general", &[alice, bob]).await;
-    h.gateway_alive("gw-a").await;
-    h.online(bob, "gw-a", 2, Some(channel)).await;
-    let mut a = h.tap("gw-a").await;
+    let (alice, channel, mut a) = bob_inside(&h).await;
 
     h.publish(&too_large(message(channel, 1, alice, origin("gw-x", 1))))
         .await;
@@ -439,11 +435,7 @@ async fn an_event_too_large_to_deliver_is_dead_lettered_and_later_events_flow() 
 #[tokio::test]
 async fn an_event_too_large_among_others_handled_together_is_dead_lettered_alone() {
     let mut h = Harness::spawn().await;
-    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
-    let channel = h.channel("general", &[alice, bob]).await;
-    h.gateway_alive("gw-a").await;
-    h.online(bob, "gw-a", 2, Some(channel)).await;
-    let mut a = h.tap("gw-a").await;
+    let (alice, channel, mut a) = bob_inside(&h).await;
 
     h.app.stop_service().await;
     for seq in [1, 2] {
@@ -469,11 +461,7 @@ async fn an_event_too_large_among_others_handled_together_is_dead_lettered_alone
 #[tokio::test]
 async fn events_published_while_push_is_down_are_all_delivered_once_in_order_in_few_messages() {
     let mut h = Harness::spawn().await;
-    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
-    let channel = h.channel("general", &[alice, bob]).await;
-    h.gateway_alive("gw-a").await;
-    h.online(bob, "gw-a", 2, Some(channel)).await;
-    let mut a = h.tap("gw-a").await;
+    let (alice, channel, mut a) = bob_inside(&h).await;
 
     h.publish(&message(channel, 1, alice, origin("gw-x", 1)))
         .await;
@@ -617,4 +605,14 @@ fn too_large(event: Event) -> Event {
         sent_at,
         origin,
     }
+}
+
+/// Alice and Bob in "general", Bob's socket 2 on gateway gw-a inside it,
+/// and a tap on gw-a: (Alice, the channel, the tap).
+async fn bob_inside(h: &Harness) -> (UserId, ChannelId, Tap) {
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("general", &[alice, bob]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(channel)).await;
+    (alice, channel, h.tap("gw-a").await)
 }
