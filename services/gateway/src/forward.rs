@@ -199,6 +199,10 @@ async fn run(sender: Arc<BatchSender>, mut rx: mpsc::Receiver<Queued>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        // Sockets whose writes arrived with this one's (one read of the
+        // poller) queue theirs when they run: one turn of the scheduler
+        // lets them in, as the message writer does.
+        tokio::task::yield_now().await;
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
