@@ -4,7 +4,8 @@
 //! `write_message`s, the hot request, go through the [`Batcher`]: every
 //! socket's writes queue there, and one task sends what has queued as one
 //! [`RpcBatch`] while at most [`BATCHES_IN_FLIGHT`] batches are
-//! unanswered. A write that finds a batch slot free goes out at once, alone;
+//! unanswered. A write that finds a batch slot free goes out after one
+//! turn of the scheduler, with the writes of sockets woken with it;
 //! under load the slots are busy and the next batch takes every write that
 //! queued meanwhile (group commit, as the message writer does with
 //! Postgres). The bus then carries one request and one reply, with one
