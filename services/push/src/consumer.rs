@@ -6,8 +6,9 @@
 //! committed position, whose overlapping pull requests never leave it
 //! waiting on a request the server dropped).
 //! What has arrived is handled as one batch — one presence read, one query
-//! of read positions, one message per gateway for all its events (event by
-//! event when that would be too large) — in order, and only while the
+//! of read positions, one message per gateway for each run of up to 64 of
+//! its events (`merge.rs`; an event too large to merge goes alone) — in
+//! order, and only while the
 //! lease is still held. The position moves after the deliveries are
 //! published and is committed at most every
 //! [`COMMIT_EVERY`] (and when the partition is released), so a crash
@@ -26,6 +27,7 @@ use crate::leases::Lease;
 use crate::merge;
 use crate::offsets::{Committed, Offsets};
 use crate::progress::{Backoff, Outage, Progress};
+use crate::recipients::GatewayBatch;
 use anyhow::Context;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream::Stream};
@@ -34,6 +36,7 @@ use natter_platform::tail::{Tail, Tailed};
 use natter_platform::telemetry::propagation;
 use natter_protocol::events::{DLQ_REASON_HEADER, Event};
 use natter_protocol::partition::Partition;
+use std::ops::Range;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -298,44 +301,14 @@ impl Worker {
         self.heavy = prepared
             .iter()
             .any(|batches| batches.iter().map(|b| sockets_in(&b.batch)).sum::<u64>() >= HEAVY);
-        let limit = fanout.merge_limit();
-        for run in merge::runs(&prepared, limit) {
+        for run in fanout.runs(&prepared) {
             if !self.lease.is_held() {
                 return Err(Attempt::Halt(Halt::Lost));
             }
-            if run.len() > 1 {
-                let merged = merge::merge(&prepared[run.clone()]).map_err(Attempt::Failed)?;
-                let (first, last) = (&items[run.start], &items[run.end - 1]);
-                // The first event's trace goes on to the gateways; the
-                // others' are linked.
-                let span = tracing::debug_span!(
-                    "push.events",
-                    partition = self.partition.0,
-                    first = first.sequence,
-                    last = last.sequence
-                );
-                propagation::adopt(&span, first.message.headers.as_ref());
-                for item in &items[run.start + 1..run.end] {
-                    propagation::link(&span, item.message.headers.as_ref());
-                }
-                match fanout.publish_merged(merged).instrument(span).await {
-                    Ok(()) => {
-                        for i in run.clone() {
-                            record(&events[i], &prepared[i]);
-                        }
-                        *done += run.len();
-                        self.position = last.sequence;
-                        continue;
-                    }
-                    // Refused for good though within the server's limit:
-                    // one by one, the event at fault is found alone. The
-                    // gateways already sent the merged message get its
-                    // events again, as after a crash (at least once).
-                    Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
-                        tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
-                    }
-                    Err(e) => return Err(Attempt::Failed(e)),
-                }
+            if run.len() > 1 && self.deliver_merged(items, &events, &prepared, &run).await? {
+                *done += run.len();
+                self.position = items[run.end - 1].sequence;
+                continue;
             }
             for i in run {
                 if !self.lease.is_held() {
@@ -358,6 +331,49 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the deliveries of the events `run` of `items` merged, one
+    /// message per gateway; `false` when
+    /// NATS refused a merged message for good though it was within the
+    /// server's limit: the caller then publishes them one by one, so the
+    /// event at fault is found alone (gateways already sent the merged
+    /// message get its events again, as after a crash: at least once).
+    async fn deliver_merged(
+        &self,
+        items: &[Item],
+        events: &[Event],
+        prepared: &[Vec<GatewayBatch>],
+        run: &Range<usize>,
+    ) -> Result<bool, Attempt> {
+        let merged = merge::merge(&prepared[run.clone()]).map_err(Attempt::Failed)?;
+        let (first, last) = (&items[run.start], &items[run.end - 1]);
+        // The first event's trace goes on to the gateways; the others' are
+        // linked.
+        let span = tracing::debug_span!(
+            "push.events",
+            partition = self.partition.0,
+            first = first.sequence,
+            last = last.sequence
+        );
+        propagation::adopt(&span, first.message.headers.as_ref());
+        for item in &items[run.start + 1..run.end] {
+            propagation::link(&span, item.message.headers.as_ref());
+        }
+        let fanout = &self.consumers.fanout;
+        match fanout.publish_merged(merged).instrument(span).await {
+            Ok(()) => {
+                for i in run.clone() {
+                    record(&events[i], &prepared[i]);
+                }
+                Ok(true)
+            }
+            Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
+                Ok(false)
+            }
+            Err(e) => Err(Attempt::Failed(e)),
+        }
     }
 
     /// Republishes an undecodable event to the dead-letter stream (same

@@ -1,7 +1,7 @@
 //! Handling events: gather what [`crate::recipients`] needs (members,
 //! presence, read positions) for a batch of events at once, work out each
 //! event's deliveries, publish them in order — one message per gateway for
-//! the whole batch, or one per event when merged they would be too large —
+//! each run of events (`merge.rs`), one per event when it must go alone —
 //! and keep the membership caches of every instance honest. Typing notices
 //! arrive here too, from core NATS rather than the events stream.
 
@@ -18,11 +18,13 @@ use natter_protocol::events::{Delivery, DeliveryBatch, Event};
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId};
 use std::collections::HashMap;
+use std::ops::Range;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Typing notices one instance fans out at once.
 const TYPING_CONCURRENCY: usize = 16;
+
 /// What handling an event needs; cheap to clone.
 #[derive(Clone)]
 pub struct Fanout {
@@ -140,12 +142,20 @@ impl Fanout {
         Ok(())
     }
 
-    /// How large a merged message may be: [`merge::MAX_BYTES`], or less
-    /// when the server takes less (headers included).
+    /// Splits prepared deliveries (one entry per event, in order) into
+    /// the runs [`merge::runs`] merges, within [`merge::MAX_BYTES`] or
+    /// less when the server takes less (headers included). One event is
+    /// one run, without reading the server's limit (which copies its
+    /// info).
     #[must_use]
-    pub fn merge_limit(&self) -> usize {
+    pub fn runs(&self, prepared: &[Vec<GatewayBatch>]) -> Vec<Range<usize>> {
+        if prepared.len() < 2 {
+            // A lone event is a run of its own whatever the limit.
+            return merge::runs(prepared, 0);
+        }
         let takes = self.nats.server_info().max_payload;
-        merge::MAX_BYTES.min(takes.saturating_sub(merge::HEADER_ROOM))
+        let limit = merge::MAX_BYTES.min(takes.saturating_sub(merge::HEADER_ROOM));
+        merge::runs(prepared, limit)
     }
 
     /// Publishes the messages of a run of events [`merge::merge`] made, in

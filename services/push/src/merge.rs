@@ -42,17 +42,21 @@ pub fn runs(prepared: &[Vec<GatewayBatch>], limit: usize) -> Vec<Range<usize>> {
     let mut start = 0;
     let mut bytes: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, batches) in prepared.iter().enumerate() {
+        let sizes: Vec<(&str, usize)> = batches
+            .iter()
+            .map(|out| (out.gateway.as_str(), batch_bound(out)))
+            .collect();
         let fits = i - start < MAX_EVENTS
-            && batches.iter().all(|out| {
-                bytes.get(out.gateway.as_str()).copied().unwrap_or(0) + batch_bound(out) <= limit
-            });
+            && sizes
+                .iter()
+                .all(|(gateway, size)| bytes.get(gateway).map_or(0, |b| *b) + size <= limit);
         if !fits && i > start {
             runs.push(start..i);
             start = i;
             bytes.clear();
         }
-        for out in batches {
-            *bytes.entry(out.gateway.as_str()).or_default() += batch_bound(out);
+        for (gateway, size) in sizes {
+            *bytes.entry(gateway).or_default() += size;
         }
     }
     if start < prepared.len() {
@@ -145,20 +149,13 @@ mod tests {
             .into_iter()
             .map(|(g, p)| (g, serde_json::from_slice(&p).expect("a batch")))
             .collect();
-        let items = |i: &[usize], from: &[(usize, usize)]| -> DeliveryBatch {
-            DeliveryBatch {
-                items: from
-                    .iter()
-                    .zip(i)
-                    .map(|((e, b), _)| prepared[*e][*b].batch.items[0].clone())
-                    .collect(),
-            }
-        };
+        let item = |event: usize, batch: usize| prepared[event][batch].batch.items[0].clone();
+        let batch = |items| DeliveryBatch { items };
         assert_eq!(
             decoded,
             vec![
-                ("a".into(), items(&[0, 1], &[(0, 0), (2, 0)])),
-                ("b".into(), items(&[0, 1], &[(0, 1), (1, 0)])),
+                ("a".into(), batch(vec![item(0, 0), item(2, 0)])),
+                ("b".into(), batch(vec![item(0, 1), item(1, 0)])),
             ]
         );
     }
