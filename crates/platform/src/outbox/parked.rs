@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
 /// One parked row, as `dlq list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ParkedRow {
     /// The outbox id it had; it names the row to `redrive`.
     pub id: i64,
@@ -54,23 +54,13 @@ pub(crate) async fn park(
 /// # Errors
 /// When Postgres does not answer.
 pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<ParkedRow>> {
-    let rows: Vec<(i64, String, i64, String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT id, subject, octet_length(payload)::bigint, error, parked_at \
+    sqlx::query_as(
+        "SELECT id, subject, octet_length(payload)::bigint AS bytes, error, parked_at \
          FROM outbox_parked ORDER BY id",
     )
     .fetch_all(pool)
     .await
-    .context("listing parked outbox rows")?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, subject, bytes, error, parked_at)| ParkedRow {
-            id,
-            subject,
-            bytes,
-            error,
-            parked_at,
-        })
-        .collect())
+    .context("listing parked outbox rows")
 }
 
 /// Puts parked rows back at the end of the outbox, in their old order,

@@ -200,6 +200,7 @@ pub struct Round {
 }
 
 /// One row as the relay reads it.
+#[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
     msg_id: uuid::Uuid,
@@ -301,28 +302,18 @@ async fn next_rows<'c, E>(conn: E, published: &[i64]) -> anyhow::Result<Vec<Row>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    let rows = sqlx::query_as::<_, (i64, uuid::Uuid, String, Vec<u8>, String)>(
+    sqlx::query_as(
         "WITH unsynced AS MATERIALIZED \
              (SELECT set_config('synchronous_commit', 'off', true)), \
          gone AS (DELETE FROM outbox WHERE id = ANY($2) AND EXISTS (SELECT FROM unsynced)) \
-         SELECT id, msg_id, subject, payload, headers::text FROM outbox \
+         SELECT id, msg_id, subject, payload, headers::text AS headers FROM outbox \
          WHERE id <> ALL($2) ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
     .bind(published)
     .fetch_all(conn)
     .await
-    .context("reading the outbox")?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, msg_id, subject, payload, headers)| Row {
-            id,
-            msg_id,
-            subject,
-            payload,
-            headers,
-        })
-        .collect())
+    .context("reading the outbox")
 }
 
 /// Publishes `rows` (in id order) pipelined, and says what it did and what
