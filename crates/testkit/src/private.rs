@@ -19,16 +19,85 @@ use std::time::{Duration, Instant};
 /// How long a started process gets to listen on its port.
 const START_WAIT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port on 127.0.0.1 that is free now, picked at random below the
+/// OS's ephemeral range when there is room there.
+///
+/// A port that `bind(0)` hands out comes from the ephemeral range, where
+/// any other test's `bind(0)` or outgoing connection can take it between
+/// this pick and the bind of the process it is meant for, or while a test
+/// has that process stopped: a dependency that then finds its port taken
+/// exits, and a check that only connects would take the squatter for it.
 ///
 /// # Panics
-/// When the OS has none to give.
+/// When the OS has no port to give.
 #[must_use]
 pub fn free_port() -> u16 {
+    if let Some((low, high)) = below_ephemeral() {
+        for _ in 0..1_000 {
+            let span = u128::from(high - low);
+            let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).unwrap_or(0);
+            let port = low + offset;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The ports from 10,000 up to the start of the ephemeral range, if that
+/// range is Linux's and leaves a thousand or more below it.
+fn below_ephemeral() -> Option<(u16, u16)> {
+    const LOW: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let start: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (start >= LOW + 1_000).then_some((LOW, start))
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port`, by
+/// `/proc` (Linux): the inodes of the listening sockets on that port, and
+/// the process's file descriptors. None where `/proc/net/tcp` is missing.
+fn holds_listener(pid: u32, port: u16) -> Option<bool> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listens_here = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
+                == Some(port);
+            if listens_here && *state == LISTEN {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if !readable {
+        return None;
+    }
+    if inodes.is_empty() {
+        return Some(false);
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Some(false);
+    };
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    }))
 }
 
 /// The status of `GET path` on `127.0.0.1:port`, if it answers within
@@ -187,7 +256,7 @@ impl Process {
     }
 
     /// Starts it and waits until it listens on its port: false when it
-    /// exits first.
+    /// exits first (e.g. because another process has the port).
     ///
     /// # Panics
     /// When it neither listens nor exits within 20 s.
@@ -195,7 +264,7 @@ impl Process {
         self.spawn();
         let deadline = Instant::now() + START_WAIT;
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.listens() {
                 return true;
             }
             if !self.is_running() {
@@ -209,6 +278,16 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether it listens on its port itself: another process that took
+    /// the port would answer a mere connect.
+    fn listens(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        holds_listener(pid, self.port)
+            .unwrap_or_else(|| TcpStream::connect(("127.0.0.1", self.port)).is_ok())
     }
 
     /// Whether it was started and has not exited.
@@ -885,5 +964,42 @@ impl Drop for PrivateRedisCluster {
             node.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_is_picked_below_the_ephemeral_range() {
+        let (low, high) = below_ephemeral().expect("Linux's ephemeral range starts above 11,000");
+        let port = free_port();
+        assert!((low..high).contains(&port), "{port} not in {low}..{high}");
+    }
+
+    #[test]
+    fn a_process_is_not_taken_to_listen_where_another_holds_its_port() {
+        let squatter = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = squatter.local_addr().expect("addr").port();
+        let mut process = Process::new("sleeper", "sleep", port).args(["0.3"]);
+        assert!(
+            !process.try_start(),
+            "the squatter's listener was taken for the process's"
+        );
+    }
+
+    #[test]
+    fn a_process_listening_on_its_port_is_started() {
+        let port = free_port();
+        let mut process = Process::new("listener", "python3", port).args([
+            "-c".to_owned(),
+            format!(
+                "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(30)"
+            ),
+        ]);
+        assert!(process.try_start());
+        assert_eq!(holds_listener(std::process::id(), port), Some(false));
+        process.kill();
     }
 }

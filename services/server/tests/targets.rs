@@ -1,16 +1,9 @@
 //! The binary's targets start, report readiness and stop on SIGTERM.
 
 use natter_testkit::TestDatabase;
-use std::net::TcpListener;
+use natter_testkit::private::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 struct Server {
     child: Child,

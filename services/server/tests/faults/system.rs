@@ -19,6 +19,9 @@ const JWT_SECRET: &str = "faults-secret-that-is-long-enough-for-hs256";
 /// How long a (re)started process gets to say it is ready.
 const READY_WAIT: Duration = Duration::from_secs(60);
 
+/// How many of a process's last log lines a readiness failure shows.
+const LOG_TAIL: usize = 30;
+
 /// The natter processes, in the order they start.
 pub const SERVICES: [&str; 7] = [
     "auth",
@@ -187,11 +190,12 @@ impl System {
     /// whenever it exits.
     ///
     /// # Panics
-    /// When it is not ready within a minute.
+    /// When it is not ready within a minute, with the end of its log.
     pub async fn wait_ready(&mut self, name: &str) {
         let deadline = Instant::now() + READY_WAIT;
         loop {
-            if self.readyz(name).await == Some(200) {
+            let status = self.readyz(name).await;
+            if status == Some(200) {
                 return;
             }
             if !self.process(name).is_running() {
@@ -199,11 +203,16 @@ impl System {
                 println!("faults: {name} exited; starting it again");
                 self.process(name).spawn();
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not ready within {READY_WAIT:?} (log: {})",
-                self.logs.join(format!("{name}.log")).display()
-            );
+            if Instant::now() >= deadline {
+                let log = self.logs.join(format!("{name}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "{name} not ready within {READY_WAIT:?}, last /readyz {status:?}; the end of {}:\n{}",
+                    log.display(),
+                    lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
