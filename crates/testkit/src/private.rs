@@ -8,36 +8,44 @@
 //! machine's shared servers are never touched. Each can run with a
 //! configuration of the test's own (NATS accounts, TLS certificates).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a started process gets to listen on its port.
 const START_WAIT: Duration = Duration::from_secs(20);
 
 /// A TCP port on 127.0.0.1 that is free now, picked at random below the
-/// OS's ephemeral range when there is room there.
+/// OS's ephemeral range when there is room there, and never handed out
+/// twice by this test process.
 ///
 /// A port that `bind(0)` hands out comes from the ephemeral range, where
 /// any other test's `bind(0)` or outgoing connection can take it between
-/// this pick and the bind of the process it is meant for, or while a test
-/// has that process stopped: a dependency that then finds its port taken
-/// exits, and a check that only connects would take the squatter for it.
+/// this pick and the bind of the process it is meant for: a dependency
+/// that then finds its port taken exits, and a check that only connects
+/// would take the squatter for it. Below that range only another test
+/// process's picks can clash, at random over some twenty thousand ports;
+/// the private servers start again on a new port when one does.
 ///
 /// # Panics
 /// When the OS has no port to give.
 #[must_use]
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((low, high)) = below_ephemeral() {
+        let span = u128::from(high - low);
         for _ in 0..1_000 {
-            let span = u128::from(high - low);
             let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).unwrap_or(0);
             let port = low + offset;
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
                 return port;
             }
         }
@@ -48,8 +56,9 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The ports from 10,000 up to the start of the ephemeral range, if that
-/// range is Linux's and leaves a thousand or more below it.
+/// The ports from 10,000 (clear of the well-known ports of Postgres,
+/// Redis and NATS) up to the start of the ephemeral range, if that range
+/// is Linux's and leaves a thousand or more below it.
 fn below_ephemeral() -> Option<(u16, u16)> {
     const LOW: u16 = 10_000;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -58,11 +67,49 @@ fn below_ephemeral() -> Option<(u16, u16)> {
 }
 
 /// Whether process `pid` holds a socket listening on TCP `port`, by
-/// `/proc` (Linux): the inodes of the listening sockets on that port, and
-/// the process's file descriptors. None where `/proc/net/tcp` is missing.
+/// `/proc` (Linux): the listening sockets on that port, and the process's
+/// file descriptors. Where those cannot be read (a process of another
+/// user, without `CAP_SYS_PTRACE`), a listener on the port owned by the
+/// process's user counts. None where `/proc/net/tcp` is missing.
 fn holds_listener(pid: u32, port: u16) -> Option<bool> {
+    let listeners = listeners_on(port)?;
+    if listeners.is_empty() {
+        return Some(false);
+    }
+    // Unreadable: the directory, or every link in it (an exited process's
+    // directory is empty, and readable).
+    let fds: Option<Vec<_>> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|fds| fds.flatten().map(|fd| fd.path()).collect());
+    let targets: Option<Vec<PathBuf>> = fds.and_then(|fds| {
+        let targets: Vec<PathBuf> = fds
+            .iter()
+            .filter_map(|fd| std::fs::read_link(fd).ok())
+            .collect();
+        (targets.len() == fds.len() || !targets.is_empty()).then_some(targets)
+    });
+    let Some(targets) = targets else {
+        let uid = uid_of(pid)?;
+        return Some(listeners.iter().any(|l| l.uid == uid));
+    };
+    Some(targets.iter().any(|target| {
+        listeners
+            .iter()
+            .any(|l| target.as_os_str() == format!("socket:[{}]", l.inode).as_str())
+    }))
+}
+
+/// A socket listening on a port, from `/proc/net/tcp`.
+struct Listener {
+    uid: u32,
+    inode: u64,
+}
+
+/// The sockets listening on TCP `port` (IPv4 and IPv6); none where
+/// `/proc/net/tcp` is missing.
+fn listeners_on(port: u16) -> Option<Vec<Listener>> {
     const LISTEN: &str = "0A";
-    let mut inodes = Vec::new();
+    let mut listeners = Vec::new();
     let mut readable = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -70,34 +117,52 @@ fn holds_listener(pid: u32, port: u16) -> Option<bool> {
         };
         readable = true;
         for line in text.lines().skip(1) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode …
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
+            let (Some(local), Some(&LISTEN), Some(uid), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(7), fields.get(9))
             else {
                 continue;
             };
-            let listens_here = local
+            let on_port = local
                 .rsplit_once(':')
                 .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
                 == Some(port);
-            if listens_here && *state == LISTEN {
-                inodes.push(format!("socket:[{inode}]"));
+            if let (true, Ok(uid), Ok(inode)) = (on_port, uid.parse(), inode.parse()) {
+                listeners.push(Listener { uid, inode });
             }
         }
     }
-    if !readable {
-        return None;
+    readable.then_some(listeners)
+}
+
+/// The real user id of process `pid`, from `/proc/<pid>/status`.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Starts the process `make` builds for a free port, on a new port while the one
+/// picked turns out taken (its process exits while starting).
+///
+/// # Panics
+/// When it exits while starting three times.
+fn start_on_free_port(what: &str, mut make: impl FnMut(u16) -> Process) -> Process {
+    for _ in 0..3 {
+        let mut server = make(free_port());
+        if server.try_start() {
+            return server;
+        }
     }
-    if inodes.is_empty() {
-        return Some(false);
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Some(false);
-    };
-    Some(fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-    }))
+    panic!(
+        "{what} exited while starting three times, on three ports (see its log in the test's directory)"
+    );
 }
 
 /// The status of `GET path` on `127.0.0.1:port`, if it answers within
@@ -252,7 +317,12 @@ impl Process {
     /// # Panics
     /// When it exits or does not listen within 20 s.
     pub fn start(&mut self) {
-        assert!(self.try_start(), "{} exited while starting", self.name);
+        assert!(
+            self.try_start(),
+            "{} exited while starting (port {})",
+            self.name,
+            self.port
+        );
     }
 
     /// Starts it and waits until it listens on its port: false when it
@@ -412,20 +482,20 @@ impl PrivateNats {
     /// When `nats-server` is not installed or does not start.
     #[must_use]
     pub fn start_with(setup: &Setup) -> Self {
-        let port = free_port();
         let dir = setup.directory("nats");
-        let config = format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
-            dir.join("store").display(),
-            setup.config
-        );
-        std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
-        let mut server = setup.environment(
-            Process::new("nats-server", "nats-server", port)
-                .args(["-c", "nats.conf", "-l", "nats.log"])
-                .dir(&dir),
-        );
-        server.start();
+        let server = start_on_free_port("nats-server", |port| {
+            let config = format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+                dir.join("store").display(),
+                setup.config
+            );
+            std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
+            setup.environment(
+                Process::new("nats-server", "nats-server", port)
+                    .args(["-c", "nats.conf", "-l", "nats.log"])
+                    .dir(&dir),
+            )
+        });
         Self { server, dir }
     }
 
@@ -625,27 +695,27 @@ impl PrivateRedis {
     }
 
     fn spawn(setup: &Setup, tls: bool) -> Self {
-        let port = free_port();
         let dir = setup.directory("redis");
-        let ports = if tls {
-            [
-                "--port".to_owned(),
-                "0".to_owned(),
-                "--tls-port".to_owned(),
-                port.to_string(),
-            ]
-            .to_vec()
-        } else {
-            ["--port".to_owned(), port.to_string()].to_vec()
-        };
-        let mut server = setup.environment(
-            Process::new("redis-server", "redis-server", port)
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(ports)
-                .args(setup.config.lines())
-                .dir(&dir),
-        );
-        server.start();
+        let server = start_on_free_port("redis-server", |port| {
+            let ports = if tls {
+                [
+                    "--port".to_owned(),
+                    "0".to_owned(),
+                    "--tls-port".to_owned(),
+                    port.to_string(),
+                ]
+                .to_vec()
+            } else {
+                ["--port".to_owned(), port.to_string()].to_vec()
+            };
+            setup.environment(
+                Process::new("redis-server", "redis-server", port)
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(ports)
+                    .args(setup.config.lines())
+                    .dir(&dir),
+            )
+        });
         Self { server, dir, tls }
     }
 
@@ -767,20 +837,20 @@ impl PrivatePostgres {
             .expect("writing pg_hba.conf");
             settings.extend(["ssl=on", "max_connections=30"]);
         }
-        let port = free_port();
-        let mut server = Process::new("postgres", bin.join("postgres"), port)
-            .args([
-                "-D".into(),
-                data.display().to_string(),
-                "-p".into(),
-                port.to_string(),
-                "-k".into(),
-                dir.display().to_string(),
-            ])
-            .args(settings.into_iter().flat_map(|s| ["-c", s]))
-            .user(user)
-            .log(dir.join("postgres.log"));
-        server.start();
+        let server = start_on_free_port("postgres", |port| {
+            Process::new("postgres", bin.join("postgres"), port)
+                .args([
+                    "-D".into(),
+                    data.display().to_string(),
+                    "-p".into(),
+                    port.to_string(),
+                    "-k".into(),
+                    dir.display().to_string(),
+                ])
+                .args(settings.iter().flat_map(|s| ["-c", s]))
+                .user(user)
+                .log(dir.join("postgres.log"))
+        });
         Self { server, dir }
     }
 
@@ -972,10 +1042,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_free_port_is_picked_below_the_ephemeral_range() {
-        let (low, high) = below_ephemeral().expect("Linux's ephemeral range starts above 11,000");
-        let port = free_port();
-        assert!((low..high).contains(&port), "{port} not in {low}..{high}");
+    fn free_ports_come_from_below_the_ephemeral_range_and_never_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        if let Some((low, high)) = below_ephemeral() {
+            for port in ports {
+                assert!((low..high).contains(&port), "{port} not in {low}..{high}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_listener_is_found_with_its_owner() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let me = std::process::id();
+        let found = listeners_on(port).expect("/proc/net/tcp");
+        assert_eq!(found.len(), 1);
+        assert_eq!(Some(found[0].uid), uid_of(me));
+        assert_eq!(holds_listener(me, port), Some(true));
+        drop(listener);
+        assert_eq!(holds_listener(me, port), Some(false));
     }
 
     #[test]
@@ -992,11 +1080,15 @@ mod tests {
     #[test]
     fn a_process_listening_on_its_port_is_started() {
         let port = free_port();
-        let mut process = Process::new("listener", "python3", port).args([
-            "-c".to_owned(),
-            format!(
-                "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(30)"
-            ),
+        let mut process = Process::new("redis-server", "redis-server", port).args([
+            "--port".to_owned(),
+            port.to_string(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
         ]);
         assert!(process.try_start());
         assert_eq!(holds_listener(std::process::id(), port), Some(false));
