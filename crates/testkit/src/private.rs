@@ -4,8 +4,9 @@
 //! (SIGKILL, as a crash) and starts again on the same port (and, for NATS
 //! and Postgres, the same store, so data survives). [`Process`] is the
 //! handle beneath them, also for a test's own `natter-server` processes.
-//! Every process is killed when its handle drops, on panic too. The
-//! machine's shared servers are never touched. Each can run with a
+//! Every process is killed when its handle drops, on panic too; a
+//! server's directory is deleted then, unless the test is failing, when
+//! it stays for its log. The machine's shared servers are never touched. Each can run with a
 //! configuration of the test's own (NATS accounts, TLS certificates).
 
 use std::collections::BTreeSet;
@@ -425,6 +426,16 @@ fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// Deletes a private server's directory, but keeps it, with its log,
+/// when a test is failing: that log is what says why.
+fn remove_unless_panicking(dir: &Path) {
+    if std::thread::panicking() {
+        eprintln!("kept {} for the failing test", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// What a private server runs with beyond its defaults.
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
@@ -525,7 +536,7 @@ impl PrivateNats {
 impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.server.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_unless_panicking(&self.dir);
     }
 }
 
@@ -653,7 +664,7 @@ impl Drop for PrivateNatsCluster {
         for node in &mut self.nodes {
             node.kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_unless_panicking(&self.dir);
     }
 }
 
@@ -711,6 +722,7 @@ impl PrivateRedis {
             setup.environment(
                 Process::new("redis-server", "redis-server", port)
                     .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--logfile", "redis.log"])
                     .args(ports)
                     .args(setup.config.lines())
                     .dir(&dir),
@@ -740,7 +752,7 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.server.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_unless_panicking(&self.dir);
     }
 }
 
@@ -892,7 +904,7 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         // Immediate shutdown: the postmaster takes its backends along.
         self.server.stop_with("-QUIT", Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_unless_panicking(&self.dir);
     }
 }
 
@@ -1033,7 +1045,7 @@ impl Drop for PrivateRedisCluster {
         for node in &mut self.nodes {
             node.kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_unless_panicking(&self.dir);
     }
 }
 
