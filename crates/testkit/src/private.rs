@@ -6,8 +6,9 @@
 //! handle beneath them, also for a test's own `natter-server` processes.
 //! Every process is killed when its handle drops, on panic too; a
 //! server's directory is deleted then, unless the test is failing, when
-//! it stays for its log. The machine's shared servers are never touched. Each can run with a
-//! configuration of the test's own (NATS accounts, TLS certificates).
+//! it stays for its log. The machine's shared servers are never touched.
+//! Each can run with a configuration of the test's own (NATS accounts,
+//! TLS certificates).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -77,27 +78,29 @@ fn holds_listener(pid: u32, port: u16) -> Option<bool> {
     if listeners.is_empty() {
         return Some(false);
     }
-    // Unreadable: the directory, or every link in it (an exited process's
-    // directory is empty, and readable).
-    let fds: Option<Vec<_>> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let fds: Option<Vec<PathBuf>> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()
         .map(|fds| fds.flatten().map(|fd| fd.path()).collect());
-    let targets: Option<Vec<PathBuf>> = fds.and_then(|fds| {
-        let targets: Vec<PathBuf> = fds
-            .iter()
-            .filter_map(|fd| std::fs::read_link(fd).ok())
-            .collect();
-        (targets.len() == fds.len() || !targets.is_empty()).then_some(targets)
-    });
-    let Some(targets) = targets else {
+    let targets: Vec<PathBuf> = fds
+        .iter()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd).ok())
+        .collect();
+    // Unreadable: the directory, or every link in it (an exited process's
+    // directory is empty, and readable).
+    if targets.is_empty() && fds.is_none_or(|fds| !fds.is_empty()) {
         let uid = uid_of(pid)?;
         return Some(listeners.iter().any(|l| l.uid == uid));
-    };
-    Some(targets.iter().any(|target| {
-        listeners
+    }
+    let sockets: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("socket:[{}]", l.inode))
+        .collect();
+    Some(
+        targets
             .iter()
-            .any(|l| target.as_os_str() == format!("socket:[{}]", l.inode).as_str())
-    }))
+            .any(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str())),
+    )
 }
 
 /// A socket listening on a port, from `/proc/net/tcp`.
@@ -149,8 +152,8 @@ fn uid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// Starts the process `make` builds for a free port, on a new port while the one
-/// picked turns out taken (its process exits while starting).
+/// Starts the process `make` builds for a free port, on a new port while
+/// the one picked turns out taken (its process exits while starting).
 ///
 /// # Panics
 /// When it exits while starting three times.
