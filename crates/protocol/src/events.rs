@@ -112,6 +112,26 @@ impl Event {
     }
 }
 
+/// Decodes one events-stream message: a single [`Event`] object, or a
+/// JSON array of them in order (what one `write_messages` call stored in
+/// one channel goes out as one message: one outbox row, one publish, one
+/// acknowledgement and one delivery to push instead of one each).
+///
+/// # Errors
+/// When the payload is neither, or an array is empty.
+pub fn decode_events(payload: &[u8]) -> Result<Vec<Event>, serde_json::Error> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let events: Vec<Event> = serde_json::from_slice(payload)?;
+        if events.is_empty() {
+            return Err(serde::de::Error::invalid_length(0, &"at least one event"));
+        }
+        Ok(events)
+    } else {
+        serde_json::from_slice(payload).map(|event| vec![event])
+    }
+}
+
 /// A member `create` added, with the name their `member_joined` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joiner {
@@ -354,6 +374,42 @@ pub struct SessionRevoked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn typing(user: i64) -> Event {
+        Event::Typing {
+            channel_id: ChannelId(1),
+            user_id: UserId(user),
+            username: format!("user{user}"),
+            origin: SocketRef {
+                gateway_id: "gw".into(),
+                socket_id: SocketId(1),
+            },
+        }
+    }
+
+    #[test]
+    fn a_bus_message_decodes_as_one_event_or_an_array_of_them_in_order() {
+        let one = serde_json::to_vec(&typing(1)).expect("encode");
+        assert_eq!(decode_events(&one).expect("one"), [typing(1)]);
+        let many = serde_json::to_vec(&[typing(1), typing(2), typing(3)]).expect("encode");
+        assert_eq!(
+            decode_events(&many).expect("many"),
+            [typing(1), typing(2), typing(3)]
+        );
+        let spaced = [b" \n".as_slice(), &many].concat();
+        assert_eq!(decode_events(&spaced).expect("spaced").len(), 3);
+    }
+
+    #[test]
+    fn an_empty_array_or_an_array_of_anything_else_is_no_bus_message() {
+        for bad in [&b"[]"[..], b"[{\"kind\":\"nope\"}]", b"[1]", b"{", b""] {
+            assert!(
+                decode_events(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     /// The head with the tail migrations/0011 appends (built here the way
     /// the SQL builds it: `to_json` of the title, the seq, the time with
