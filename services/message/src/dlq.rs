@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, stream::Stream}
 use futures::StreamExt;
 use natter_platform::outbox::parked;
 use natter_platform::{Config, db, nats};
-use natter_protocol::events::{DLQ_REASON_HEADER, Event};
+use natter_protocol::events::{DLQ_REASON_HEADER, decode_events};
 use natter_protocol::subjects::Namespace;
 use serde::Serialize;
 use std::fmt;
@@ -290,15 +290,16 @@ async fn events(stream: &Stream, ns: &Namespace) -> anyhow::Result<Vec<DeadLette
 }
 
 /// Where a dead letter on `dlq_subject` carrying `payload` is redriven to:
-/// a decodable event to its subject as published now (a partition count
-/// changed since it was dead-lettered moves it with its channel), anything
-/// else back to the events subject it came from. `None` for a subject
+/// a decodable event (or array of them, all of one channel) to its subject
+/// as published now (a partition count changed since it was dead-lettered
+/// moves it with its channel), anything else back to the events subject it
+/// came from. `None` for a subject
 /// outside this namespace's dead-letter stream.
 fn redrive_subject(ns: &Namespace, dlq_subject: &str, payload: &[u8]) -> Option<String> {
     let came_from = ns.event_subject_of_dead_letter(dlq_subject)?;
-    Some(match serde_json::from_slice::<Event>(payload) {
-        Ok(event) => ns.event_subject(&event),
-        Err(_) => came_from,
+    Some(match decode_events(payload).as_deref() {
+        Ok([event, ..]) => ns.event_subject(event),
+        _ => came_from,
     })
 }
 
@@ -346,6 +347,7 @@ async fn redrive_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_protocol::events::Event;
 
     #[test]
     fn a_decodable_dead_letter_goes_to_its_current_partition_and_others_back() {
@@ -371,6 +373,12 @@ mod tests {
             Some("n.evt.p3.channel.9")
         );
         assert_eq!(redrive_subject(&ns, "m.dlq.p3.channel.9", &payload), None);
+        let array = serde_json::to_vec(&[&event, &event]).expect("encoded");
+        assert_eq!(
+            redrive_subject(&ns, "n.dlq.p0.channel.4", &array),
+            Some(ns.event_subject(&event)),
+            "a channel's events carried together"
+        );
     }
 
     #[test]

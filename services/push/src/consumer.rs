@@ -5,6 +5,10 @@
 //! without acks, filtered on `<ns>.evt.p<k>.>`, starting after the
 //! committed position, whose overlapping pull requests never leave it
 //! waiting on a request the server dropped).
+//! A stream message carries one event or, for what one call stored in one
+//! channel, an array of them (`decode_events`); each event is handled on
+//! its own, and the position passes a message only once all of its events
+//! are delivered (a crash in between delivers its first ones again).
 //! What has arrived is handled as one batch — one presence read, one query
 //! of read positions, one message per gateway for each run of up to 64 of
 //! its events (`merge.rs`; an event too large to merge goes alone) — in
@@ -34,7 +38,7 @@ use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
 use natter_platform::tail::{Tail, Tailed};
 use natter_platform::telemetry::propagation;
-use natter_protocol::events::{DLQ_REASON_HEADER, Event};
+use natter_protocol::events::{DLQ_REASON_HEADER, Event, decode_events};
 use natter_protocol::partition::Partition;
 use std::ops::Range;
 use std::pin::pin;
@@ -106,11 +110,29 @@ enum Halt {
     Stopped,
 }
 
-/// One decodable event, as it came from the stream.
+/// One decodable event, as it came from the stream (one of the events of
+/// `message`).
 struct Item {
     sequence: u64,
-    message: jetstream::Message,
+    message: Arc<jetstream::Message>,
     event: Event,
+    /// Its place among its message's events, from 0.
+    index: usize,
+    /// How many events its message carries.
+    of: usize,
+}
+
+impl Item {
+    /// The position once this event and every one before it are
+    /// delivered: past its message if it was the message's last event,
+    /// else where it was.
+    fn position_after(&self, position: u64) -> u64 {
+        if self.index + 1 == self.of {
+            self.sequence
+        } else {
+            position
+        }
+    }
 }
 
 struct Worker {
@@ -120,7 +142,7 @@ struct Worker {
     stop: CancellationToken,
     /// What is committed; `None` until read.
     committed: Option<Committed>,
-    /// The last stream sequence delivered.
+    /// The last stream sequence whose events are all delivered.
     position: u64,
     last_commit: Instant,
     /// Whether an event of the last batch reached [`HEAVY`] sockets.
@@ -247,15 +269,21 @@ impl Worker {
                 pending,
                 &natter_platform::metrics::attr("partition", self.partition.to_string()),
             );
-            match serde_json::from_slice::<Event>(&msg.payload) {
-                Ok(event) => run.push(Item {
-                    sequence,
-                    message: msg,
-                    event,
-                }),
+            match decode_events(&msg.payload) {
+                Ok(events) => {
+                    let (message, of) = (Arc::new(msg), events.len());
+                    run.extend(events.into_iter().enumerate().map(|(index, event)| Item {
+                        sequence,
+                        message: message.clone(),
+                        event,
+                        index,
+                        of,
+                    }));
+                }
                 Err(e) => {
                     self.deliver(std::mem::take(&mut run)).await?;
-                    self.dead_letter(&msg, sequence, &format!("undecodable event: {e}"))
+                    let reason = format!("undecodable event: {e}");
+                    self.dead_letter(&msg, msg.payload.clone(), sequence, None, &reason)
                         .await?;
                 }
             }
@@ -273,8 +301,7 @@ impl Worker {
                 Ok(()) => self.consumers.progress.moving(self.partition),
                 Err(Attempt::Halt(halt)) => return Err(halt),
                 Err(Attempt::Failed(e)) if e.downcast_ref::<Unroutable>().is_some() => {
-                    let item = &items[done];
-                    self.dead_letter(&item.message, item.sequence, &format!("{e:#}"))
+                    self.dead_letter_event(&items[done], &format!("{e:#}"))
                         .await?;
                     done += 1;
                 }
@@ -307,7 +334,7 @@ impl Worker {
             }
             if run.len() > 1 && self.deliver_merged(items, &events, &prepared, &run).await? {
                 *done += run.len();
-                self.position = items[run.end - 1].sequence;
+                self.position = items[run.end - 1].position_after(self.position);
                 continue;
             }
             for i in run {
@@ -327,7 +354,7 @@ impl Worker {
                     .await
                     .map_err(Attempt::Failed)?;
                 *done += 1;
-                self.position = items[i].sequence;
+                self.position = items[i].position_after(self.position);
             }
         }
         Ok(())
@@ -357,7 +384,11 @@ impl Worker {
             last = last.sequence
         );
         propagation::adopt(&span, first.message.headers.as_ref());
-        for item in &items[run.start + 1..run.end] {
+        // A message's trace context is its first event's.
+        for item in items[run.start + 1..run.end]
+            .iter()
+            .filter(|i| i.index == 0)
+        {
             propagation::link(&span, item.message.headers.as_ref());
         }
         let fanout = &self.consumers.fanout;
@@ -376,13 +407,35 @@ impl Worker {
         }
     }
 
-    /// Republishes an undecodable event to the dead-letter stream (same
-    /// subject suffix, with the reason), retrying until JetStream has it,
-    /// and moves past it.
+    /// Dead-letters `item`'s event alone: its message as it came when it
+    /// carries that event only, else the event re-encoded, so a redrive
+    /// does not deliver its siblings again.
+    async fn dead_letter_event(&mut self, item: &Item, reason: &str) -> Result<(), Halt> {
+        let (payload, index) = if item.of == 1 {
+            (item.message.payload.clone(), None)
+        } else {
+            // Encoding a decoded event cannot fail; were it to, the whole
+            // message goes, under this event's name.
+            let json = serde_json::to_vec(&item.event)
+                .map_or_else(|_| item.message.payload.clone(), Into::into);
+            (json, Some(item.index))
+        };
+        self.dead_letter(&item.message, payload, item.sequence, index, reason)
+            .await?;
+        self.position = item.position_after(self.position);
+        Ok(())
+    }
+
+    /// Publishes `payload` (message `sequence`, or its event `index`) to
+    /// the dead-letter stream (same subject suffix, with the reason),
+    /// retrying until JetStream has it; moves past the message when it is
+    /// the whole of it.
     async fn dead_letter(
         &mut self,
         msg: &jetstream::Message,
+        payload: bytes::Bytes,
         sequence: u64,
+        index: Option<usize>,
         reason: &str,
     ) -> Result<(), Halt> {
         if !self.lease.is_held() {
@@ -398,9 +451,12 @@ impl Worker {
         let publish = || {
             let (js, subject) = (self.consumers.js.clone(), subject.clone());
             let message = PublishMessage::build()
-                .payload(msg.payload.clone())
+                .payload(payload.clone())
                 .header(DLQ_REASON_HEADER, header_safe(reason))
-                .message_id(format!("dlq-{sequence}"));
+                .message_id(match index {
+                    None => format!("dlq-{sequence}"),
+                    Some(index) => format!("dlq-{sequence}-{index}"),
+                });
             async move {
                 js.send_publish(subject, message)
                     .await
@@ -411,8 +467,10 @@ impl Worker {
             }
         };
         self.retry(publish).await?;
-        tracing::error!(partition = self.partition.0, sequence, %reason, "event dead-lettered");
-        self.position = sequence;
+        tracing::error!(partition = self.partition.0, sequence, ?index, %reason, "event dead-lettered");
+        if index.is_none() {
+            self.position = sequence;
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
 use natter_platform::presence::{LIVENESS_CACHE, PresenceReader, REPAIR_WAIT};
 use natter_platform::{Config, cache, db, nats};
-use natter_protocol::events::Event;
+use natter_protocol::events::{Event, decode_events};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -95,15 +95,18 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         let Some(msg) = next else { break };
         let msg = msg.context("replaying")?;
         let sequence = msg.info().map_or(last, |i| i.stream_sequence);
-        match serde_json::from_slice::<Event>(&msg.payload) {
-            Ok(event @ Event::MessageStored { .. }) => {
-                fanout
-                    .handle(&event)
-                    .await
-                    .with_context(|| format!("re-delivering event {sequence}"))?;
-                replayed += 1;
+        match decode_events(&msg.payload) {
+            Ok(events) => {
+                for event in events {
+                    if matches!(event, Event::MessageStored { .. }) {
+                        fanout
+                            .handle(&event)
+                            .await
+                            .with_context(|| format!("re-delivering event {sequence}"))?;
+                        replayed += 1;
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(sequence, error = %e, "skipping an undecodable event"),
         }
         if sequence >= last {

@@ -458,6 +458,62 @@ async fn an_event_too_large_among_others_handled_together_is_dead_lettered_alone
     h.app.stop().await;
 }
 
+/// What one call stored in one channel comes as one bus message: each of
+/// its events is delivered, in order, and once, also across a restart.
+#[tokio::test]
+async fn events_carried_in_one_bus_message_are_each_delivered_once_in_order() {
+    let mut h = Harness::spawn().await;
+    let (alice, channel, mut a) = bob_inside(&h).await;
+
+    let stored = |seq| message(channel, seq, alice, origin("gw-x", 1));
+    h.publish_together(&[stored(1), stored(2), stored(3)]).await;
+    h.publish(&stored(4)).await;
+    for seq in 1..=4 {
+        assert_eq!(a.next_frame().await.1["seq"], seq);
+    }
+    a.expect_nothing().await;
+
+    h.app.stop_service().await;
+    h.app.start_service().await;
+    h.publish_together(&[stored(5), stored(6)]).await;
+    for seq in [5, 6] {
+        assert_eq!(a.next_frame().await.1["seq"], seq, "nothing before 5 again");
+    }
+    a.expect_nothing().await;
+    h.app.stop().await;
+}
+
+/// An event of a bus message that can never be delivered goes to the
+/// dead-letter stream alone, not with its siblings (a redrive would
+/// deliver those again); the others are delivered.
+#[tokio::test]
+async fn an_event_too_large_inside_a_bus_message_is_dead_lettered_alone() {
+    let h = Harness::spawn().await;
+    let (alice, channel, mut a) = bob_inside(&h).await;
+
+    let stored = |seq| message(channel, seq, alice, origin("gw-x", 1));
+    h.publish_together(&[stored(1), too_large(stored(2)), stored(3)])
+        .await;
+    h.publish(&stored(4)).await;
+    for seq in [1, 3, 4] {
+        assert_eq!(a.next_frame().await.1["seq"], seq);
+    }
+    a.expect_nothing().await;
+    assert_eq!(h.dead_letters().await, 1);
+    let dlq =
+        h.js.get_stream(h.ns.dlq_stream())
+            .await
+            .expect("dlq stream");
+    let dead = dlq.get_raw_message(1).await.expect("dead letter");
+    match serde_json::from_slice::<Event>(&dead.payload).expect("one event, no array") {
+        Event::MessageStored { seq, content, .. } => {
+            assert_eq!((seq.0, content.len()), (2, 300_000));
+        }
+        other => panic!("{}", other.kind()),
+    }
+    h.app.stop().await;
+}
+
 #[tokio::test]
 async fn events_published_while_push_is_down_are_all_delivered_once_in_order_in_few_messages() {
     let mut h = Harness::spawn().await;

@@ -191,6 +191,15 @@ impl Harness {
         self.publish_to(self.ns.event_subject(event), payload).await
     }
 
+    /// Publishes a channel's events as one message, the way the outbox
+    /// relay publishes what one `write_messages` call stored in a channel;
+    /// its stream sequence.
+    pub async fn publish_together(&self, events: &[Event]) -> u64 {
+        let payload = serde_json::to_vec(events).expect("encode events");
+        self.publish_to(self.ns.event_subject(&events[0]), payload)
+            .await
+    }
+
     /// Publishes a typing notice the way message does: core NATS, outside
     /// the events stream.
     pub async fn publish_typing(&self, event: &Event) {
