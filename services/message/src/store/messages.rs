@@ -164,12 +164,22 @@ struct Call<'a> {
     subjects: Vec<String>,
     heads: Vec<String>,
     headers: Vec<String>,
+    groups: Vec<i32>,
 }
 
 impl<'a> Call<'a> {
     fn new(ns: &Namespace, requests: impl Iterator<Item = &'a WriteRequest> + Clone) -> Self {
         let channels: Vec<i64> = requests.clone().map(|r| r.channel_id.0).collect();
+        let heads: Vec<String> = requests
+            .clone()
+            .map(|r| {
+                MessageStoredHead::new(r.channel_id, r.user_id, &r.username, &r.content, &r.origin)
+                    .json()
+            })
+            .collect();
         Self {
+            groups: groups(&channels, heads.iter().map(String::len), ROW_BYTES),
+            heads,
             users: requests.clone().map(|r| r.user_id.0).collect(),
             client_msg_ids: requests.clone().map(|r| r.client_msg_id.as_str()).collect(),
             ranks: Ranks::of(&channels),
@@ -179,19 +189,6 @@ impl<'a> Call<'a> {
             subjects: requests
                 .clone()
                 .map(|r| ns.channel_event_subject(r.channel_id))
-                .collect(),
-            heads: requests
-                .clone()
-                .map(|r| {
-                    MessageStoredHead::new(
-                        r.channel_id,
-                        r.user_id,
-                        &r.username,
-                        &r.content,
-                        &r.origin,
-                    )
-                    .json()
-                })
                 .collect(),
             headers: requests
                 .map(|r| outbox::headers_json(r.traceparent.clone()))
@@ -208,7 +205,7 @@ impl<'a> Call<'a> {
     ) -> Result<Vec<OutcomeRow>, DomainError> {
         Ok(sqlx::query_as(
             "SELECT n, outcome, channel_id, seq, sent_at \
-             FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&self.users)
         .bind(&self.client_msg_ids)
@@ -222,6 +219,7 @@ impl<'a> Call<'a> {
         .bind(&self.heads)
         .bind(&self.headers)
         .bind(check_keys)
+        .bind(&self.groups)
         .fetch_all(conn)
         .await?)
     }
@@ -264,6 +262,39 @@ impl Ranks {
             counts,
         }
     }
+}
+
+/// Most bytes of the events one outbox row carries: what one call stores
+/// in one channel goes out as one row, one bus message (migration 0012),
+/// unless it would outgrow this, well under NATS's 1 MiB default payload
+/// limit. One message alone may pass it (4,000 characters escaped); it
+/// then goes alone.
+const ROW_BYTES: usize = 64 * 1024;
+/// What Postgres appends to a head at most: the title (each character at
+/// most six bytes escaped), the seq and the time, with their names.
+const TAIL_BYTES: usize = *limits::TITLE_CHARS.end() * 6 + 128;
+
+/// Per request, its group among its channel's requests: a channel's
+/// requests, in arrival order, go in runs whose events (heads of
+/// `head_sizes` bytes, plus what Postgres appends and a separator) stay
+/// within `limit` bytes, numbered from 0; a request over the limit alone
+/// is a run of its own.
+fn groups(channels: &[i64], head_sizes: impl Iterator<Item = usize>, limit: usize) -> Vec<i32> {
+    let mut runs: HashMap<i64, (i32, usize)> = HashMap::new();
+    channels
+        .iter()
+        .zip(head_sizes)
+        .map(|(channel, head)| {
+            let size = head + TAIL_BYTES + 1;
+            let (group, bytes) = runs.entry(*channel).or_default();
+            if *bytes > 0 && *bytes + size > limit {
+                *group += 1;
+                *bytes = 0;
+            }
+            *bytes += size;
+            *group
+        })
+        .collect()
 }
 
 /// Which page of `fetch_messages`.
@@ -378,7 +409,7 @@ fn is_complete(rows: &[Row], before: Seq, wanted: i64) -> bool {
 mod tests {
     use super::*;
     use natter_platform::db;
-    use natter_protocol::events::Event;
+    use natter_protocol::events::{Event, decode_events};
     use sqlx::migrate::Migrator;
     use std::borrow::Cow;
 
@@ -664,7 +695,7 @@ mod tests {
         let pool = database.pool().await;
         let settings: Vec<String> = sqlx::query_scalar(
             "SELECT unnest(proconfig) FROM pg_proc WHERE oid = 'write_messages(bigint[], text[], \
-             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[], boolean)'::regprocedure",
+             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[], boolean, int[])'::regprocedure",
         )
         .fetch_all(&pool)
         .await
@@ -712,11 +743,12 @@ mod tests {
                 .fetch_all(&pool)
                 .await
                 .expect("outbox");
-        assert_eq!(rows.len(), 2);
-        let events: Vec<Event> = rows
-            .iter()
-            .map(|(_, payload, _)| serde_json::from_slice(payload).expect("an event"))
-            .collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "one row for the call's messages to the channel"
+        );
+        let events = decode_events(&rows[0].1).expect("events");
         let expected = |w: &Written, content: &str| Event::MessageStored {
             channel_id: ChannelId(channel),
             title: title.into(),
@@ -740,7 +772,60 @@ mod tests {
         assert_eq!(written.iter().map(|w| w.seq.0).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(rows[0].0, ns.event_subject(&events[0]));
         assert_eq!(rows[0].2, serde_json::json!({ "traceparent": traceparent }));
-        assert_eq!(rows[1].2, serde_json::json!({}));
+    }
+
+    /// A call's messages go out as one outbox row per channel, in the order
+    /// of each channel's first message, each row's events in seq order; a
+    /// channel's lone message is its event, not an array of one.
+    #[tokio::test]
+    async fn a_call_s_messages_make_one_outbox_row_per_channel_in_seq_order() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice = insert_alice(&pool).await;
+        let [a, b, c] = channels_of(&pool, alice, &["a", "b", "c"]).await[..] else {
+            panic!("three channels");
+        };
+        let ns = Namespace::new("outbox-test");
+        let batch = [
+            request(alice, b, "1"),
+            request(alice, a, "2"),
+            request(alice, b, "3"),
+            request(alice, c, "4"),
+            request(alice, b, "5"),
+            request(alice, a, "6"),
+        ];
+        for answer in write_on(&pool, &ns, &batch).await.expect("batch") {
+            answer.expect("written");
+        }
+
+        let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox");
+        let rows: Vec<Vec<(i64, i64)>> = payloads
+            .iter()
+            .map(|p| {
+                decode_events(p)
+                    .expect("events")
+                    .into_iter()
+                    .map(|e| match e {
+                        Event::MessageStored {
+                            channel_id, seq, ..
+                        } => (channel_id.0, seq.0),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec![(b, 1), (b, 2), (b, 3)],
+                vec![(a, 1), (a, 2)],
+                vec![(c, 1)]
+            ]
+        );
+        assert_eq!(payloads[2].first(), Some(&b'{'), "a lone event is no array");
     }
 
     #[test]
@@ -761,6 +846,23 @@ mod tests {
                 counts: vec![],
             }
         );
+    }
+
+    #[test]
+    fn a_channel_s_requests_share_a_group_until_their_events_would_pass_the_limit() {
+        let event = |head: usize| head + TAIL_BYTES + 1;
+        let limit = event(100) * 3;
+        assert_eq!(
+            groups(&[7, 3, 7, 7, 3, 7], [100; 6].into_iter(), limit),
+            [0, 0, 0, 0, 0, 1],
+            "channel 7's fourth event would pass the limit"
+        );
+        assert_eq!(
+            groups(&[7, 7, 7], [100, limit, 100].into_iter(), limit),
+            [0, 1, 2],
+            "an event over the limit goes alone"
+        );
+        assert!(groups(&[], std::iter::empty(), limit).is_empty());
     }
 
     #[test]
