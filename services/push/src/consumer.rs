@@ -48,7 +48,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Most events handled as one batch.
+/// Most stream messages read as one batch; their events are handled in
+/// batches of about as many (a message's events are never split).
 const BATCH: usize = 256;
 /// An event that reaches this many sockets makes its partition heavy:
 /// the next batch waits up to [`LINGER`] for more events, so one presence
@@ -271,6 +272,11 @@ impl Worker {
             );
             match decode_events(&msg.payload) {
                 Ok(events) => {
+                    // One message's events may number hundreds: a batch
+                    // of them all would be prepared (and retried) whole.
+                    if run.len() >= BATCH {
+                        self.deliver(std::mem::take(&mut run)).await?;
+                    }
                     let (message, of) = (Arc::new(msg), events.len());
                     run.extend(events.into_iter().enumerate().map(|(index, event)| Item {
                         sequence,
@@ -334,7 +340,9 @@ impl Worker {
             }
             if run.len() > 1 && self.deliver_merged(items, &events, &prepared, &run).await? {
                 *done += run.len();
-                self.position = items[run.end - 1].position_after(self.position);
+                for item in &items[run] {
+                    self.position = item.position_after(self.position);
+                }
                 continue;
             }
             for i in run {
