@@ -298,7 +298,7 @@ mod delivery_de {
 /// The first part of a [`Event::MessageStored`]'s JSON, written by the
 /// message writer before it knows the message's seq, time and channel
 /// title: the object up to, not including, its closing brace, without
-/// those three. The writer's one Postgres call (migrations/0011) appends
+/// those three. The writer's one Postgres call (migrations/0012) appends
 /// `,"title":…,"seq":…,"sent_at":"…"}` once they are known, so the
 /// event is encoded in one place of Rust and completed in one place of SQL.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -411,7 +411,7 @@ mod tests {
         }
     }
 
-    /// The head with the tail migrations/0011 appends (built here the way
+    /// The head with the tail migrations/0012 appends (built here the way
     /// the SQL builds it: `to_json` of the title, the seq, the time with
     /// six fraction digits) decodes to the event Rust would have encoded.
     #[test]

@@ -1,7 +1,7 @@
 //! Messages: the batched write and the history reads.
 //!
 //! A batch is one call of the `write_messages` function (migrations 0009,
-//! 0011), one statement and so one transaction and one round trip
+//! 0011, 0012), one statement and so one transaction and one round trip
 //! (ARCHITECTURE.md "Hot paths"): its channels are locked in id order (so
 //! concurrent batches never deadlock), membership is checked under those
 //! locks, each channel's `last_seq` advances once for all of its messages
@@ -267,8 +267,8 @@ impl Ranks {
 /// Most bytes of the events one outbox row carries: what one call stores
 /// in one channel goes out as one row, one bus message (migration 0012),
 /// unless it would outgrow this, well under NATS's 1 MiB default payload
-/// limit. One message alone may pass it (4,000 characters escaped); it
-/// then goes alone.
+/// limit. One message alone always fits: 4,000 characters escape to at
+/// most 24,000 bytes.
 const ROW_BYTES: usize = 64 * 1024;
 /// What Postgres appends to a head at most: the title (each character at
 /// most six bytes escaped), the seq and the time, with their names.
@@ -277,8 +277,10 @@ const TAIL_BYTES: usize = *limits::TITLE_CHARS.end() * 6 + 128;
 /// Per request, its group among its channel's requests: a channel's
 /// requests, in arrival order, go in runs whose events (heads of
 /// `head_sizes` bytes, plus what Postgres appends and a separator) stay
-/// within `limit` bytes, numbered from 0; a request over the limit alone
-/// is a run of its own.
+/// within `limit` bytes, numbered from 0 and never decreasing in arrival
+/// order (migration 0012 orders a call's rows by their first request, so
+/// a channel's rows keep seq order only so); a request over the limit
+/// alone is a run of its own.
 fn groups(channels: &[i64], head_sizes: impl Iterator<Item = usize>, limit: usize) -> Vec<i32> {
     let mut runs: HashMap<i64, (i32, usize)> = HashMap::new();
     channels
