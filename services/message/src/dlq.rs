@@ -293,8 +293,8 @@ async fn events(stream: &Stream, ns: &Namespace) -> anyhow::Result<Vec<DeadLette
 /// a decodable event (or array of them, all of one channel) to its subject
 /// as published now (a partition count changed since it was dead-lettered
 /// moves it with its channel), anything else back to the events subject it
-/// came from. `None` for a subject
-/// outside this namespace's dead-letter stream.
+/// came from. `None` for a subject outside this namespace's dead-letter
+/// stream.
 fn redrive_subject(ns: &Namespace, dlq_subject: &str, payload: &[u8]) -> Option<String> {
     let came_from = ns.event_subject_of_dead_letter(dlq_subject)?;
     Some(match decode_events(payload).as_deref() {

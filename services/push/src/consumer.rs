@@ -291,6 +291,7 @@ impl Worker {
                     let reason = format!("undecodable event: {e}");
                     self.dead_letter(&msg, msg.payload.clone(), sequence, None, &reason)
                         .await?;
+                    self.position = sequence;
                 }
             }
         }
@@ -436,8 +437,7 @@ impl Worker {
 
     /// Publishes `payload` (message `sequence`, or its event `index`) to
     /// the dead-letter stream (same subject suffix, with the reason),
-    /// retrying until JetStream has it; moves past the message when it is
-    /// the whole of it.
+    /// retrying until JetStream has it; the caller moves the position.
     async fn dead_letter(
         &mut self,
         msg: &jetstream::Message,
@@ -476,9 +476,6 @@ impl Worker {
         };
         self.retry(publish).await?;
         tracing::error!(partition = self.partition.0, sequence, ?index, %reason, "event dead-lettered");
-        if index.is_none() {
-            self.position = sequence;
-        }
         Ok(())
     }
 

@@ -97,14 +97,15 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         let sequence = msg.info().map_or(last, |i| i.stream_sequence);
         match decode_events(&msg.payload) {
             Ok(events) => {
-                for event in events {
-                    if matches!(event, Event::MessageStored { .. }) {
-                        fanout
-                            .handle(&event)
-                            .await
-                            .with_context(|| format!("re-delivering event {sequence}"))?;
-                        replayed += 1;
-                    }
+                let stored = events
+                    .iter()
+                    .filter(|e| matches!(e, Event::MessageStored { .. }));
+                for event in stored {
+                    fanout
+                        .handle(event)
+                        .await
+                        .with_context(|| format!("re-delivering event {sequence}"))?;
+                    replayed += 1;
                 }
             }
             Err(e) => tracing::warn!(sequence, error = %e, "skipping an undecodable event"),
