@@ -442,11 +442,21 @@ pub mod propagation {
     }
 
     /// Makes `span` a child of the context a [`traceparent`] string names
-    /// (one carried beside a request rather than in its headers).
+    /// (one carried beside a request or inside an event rather than in
+    /// its message's headers).
     pub fn adopt_traceparent(span: &tracing::Span, traceparent: &str) {
+        adopt(span, Some(&carrying(traceparent)));
+    }
+
+    /// Links `span` to the context a [`traceparent`] string names.
+    pub fn link_traceparent(span: &tracing::Span, traceparent: &str) {
+        link(span, Some(&carrying(traceparent)));
+    }
+
+    fn carrying(traceparent: &str) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TRACEPARENT, traceparent);
-        adopt(span, Some(&headers));
+        headers
     }
 
     /// Makes `span` a child of the context in `headers`, if any.

@@ -35,6 +35,13 @@ pub enum Event {
         sent_at: OffsetDateTime,
         /// The writing socket, which gets no echo.
         origin: SocketRef,
+        /// The W3C trace context of the write that stored it, when tracing
+        /// was on. It rides in the event, not only in the bus message's
+        /// headers, because one bus message carries every message a
+        /// `write_messages` call stored in a channel, each from its own
+        /// request and trace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// `to` was invited by `from_username`.
     InviteReceived { to: UserId, from_username: String },
@@ -101,6 +108,17 @@ impl Event {
             Self::InviteReceived { to, .. }
             | Self::InviteAccepted { to, .. }
             | Self::ConnectionEnded { to, .. } => PartitionKey::User(*to),
+        }
+    }
+
+    /// The trace context the event carries itself (a stored message's,
+    /// [`Event::MessageStored`]'s `traceparent`); `None` for every other
+    /// kind, whose context is its bus message's headers.
+    #[must_use]
+    pub fn traceparent(&self) -> Option<&str> {
+        match self {
+            Self::MessageStored { traceparent, .. } => traceparent.as_deref(),
+            _ => None,
         }
     }
 
@@ -314,6 +332,9 @@ pub struct MessageStoredHead<'a> {
     pub content: &'a str,
     /// The writing socket, which gets no echo.
     pub origin: &'a SocketRef,
+    /// The write's trace context, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
 }
 
 impl<'a> MessageStoredHead<'a> {
@@ -325,6 +346,7 @@ impl<'a> MessageStoredHead<'a> {
         username: &'a str,
         content: &'a str,
         origin: &'a SocketRef,
+        traceparent: Option<&'a str>,
     ) -> Self {
         Self {
             kind: "message_stored",
@@ -333,6 +355,7 @@ impl<'a> MessageStoredHead<'a> {
             username,
             content,
             origin,
+            traceparent,
         }
     }
 
@@ -374,6 +397,8 @@ pub struct SessionRevoked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     fn typing(user: i64) -> Event {
         Event::Typing {
@@ -429,6 +454,7 @@ mod tests {
             "bob",
             "hi \u{1F600} \"x\"",
             &origin,
+            Some(TRACEPARENT),
         );
         let json = format!(
             "{},\"title\":{},\"seq\":{},\"sent_at\":\"{}\"}}",
@@ -448,9 +474,14 @@ mod tests {
                 username: "bob".into(),
                 content: "hi \u{1F600} \"x\"".into(),
                 sent_at,
-                origin,
+                origin: origin.clone(),
+                traceparent: Some(TRACEPARENT.into()),
             }
         );
+        assert_eq!(event.traceparent(), Some(TRACEPARENT));
+        // Untraced, the head is what it was before events carried a trace.
+        let untraced = MessageStoredHead::new(ChannelId(3), UserId(5), "bob", "hi", &origin, None);
+        assert!(!untraced.json().contains("traceparent"));
     }
 
     #[test]
@@ -527,6 +558,7 @@ mod tests {
                 content: "c".into(),
                 sent_at: OffsetDateTime::UNIX_EPOCH,
                 origin: origin.clone(),
+                traceparent: None,
             },
             Event::InviteReceived {
                 to: user_id,

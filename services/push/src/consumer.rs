@@ -134,6 +134,27 @@ impl Item {
             position
         }
     }
+
+    /// Makes `span` continue this event's trace: the one the event carries
+    /// (a bus message's events each come from their own write), else its
+    /// message's headers.
+    fn adopt_trace(&self, span: &tracing::Span) {
+        match self.event.traceparent() {
+            Some(traceparent) => propagation::adopt_traceparent(span, traceparent),
+            None => propagation::adopt(span, self.message.headers.as_ref()),
+        }
+    }
+
+    /// Links `span` to this event's trace, as [`Item::adopt_trace`] finds
+    /// it; an event without its own is linked through its message's
+    /// headers once, by the message's first event.
+    fn link_trace(&self, span: &tracing::Span) {
+        match self.event.traceparent() {
+            Some(traceparent) => propagation::link_traceparent(span, traceparent),
+            None if self.index == 0 => propagation::link(span, self.message.headers.as_ref()),
+            None => {}
+        }
+    }
 }
 
 struct Worker {
@@ -356,7 +377,7 @@ impl Worker {
                     partition = self.partition.0,
                     sequence = items[i].sequence
                 );
-                propagation::adopt(&span, items[i].message.headers.as_ref());
+                items[i].adopt_trace(&span);
                 fanout
                     .publish(&events[i], &prepared[i])
                     .instrument(span)
@@ -392,13 +413,9 @@ impl Worker {
             first = first.sequence,
             last = last.sequence
         );
-        propagation::adopt(&span, first.message.headers.as_ref());
-        // A message's trace context is its first event's.
-        for item in items[run.start + 1..run.end]
-            .iter()
-            .filter(|i| i.index == 0)
-        {
-            propagation::link(&span, item.message.headers.as_ref());
+        first.adopt_trace(&span);
+        for item in &items[run.start + 1..run.end] {
+            item.link_trace(&span);
         }
         let fanout = &self.consumers.fanout;
         match fanout.publish_merged(merged).instrument(span).await {

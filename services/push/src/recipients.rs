@@ -178,6 +178,7 @@ pub fn deliveries(
             content,
             sent_at,
             origin,
+            traceparent: _,
         } => {
             let frame = ServerFrame::Message(MessageView {
                 channel_id: *channel_id,
@@ -470,6 +471,7 @@ mod tests {
             content: "hi".into(),
             sent_at: datetime!(2024-05-01 12:00:00.123456 UTC),
             origin: from,
+            traceparent: None,
         }
     }
 

@@ -2,8 +2,10 @@
 //! four services, each its own `natter-server` process, produces one
 //! connected trace (gateway → message → outbox → JetStream → push →
 //! gateway) and the metrics the dashboard reads, and message's JSON log
-//! lines carry the ids of those traces. A real OTLP/HTTP receiver, built
-//! from opentelemetry-proto's types, stands in for the collector.
+//! lines carry the ids of those traces. Messages stored together, which
+//! travel as one bus message, each keep their trace as far as push. A real
+//! OTLP/HTTP receiver, built from opentelemetry-proto's types, stands in
+//! for the collector.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,6 +15,7 @@ use natter_testkit::private::free_port;
 use natter_testkit::{TestDatabase, ws};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::json;
@@ -23,22 +26,37 @@ use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Received {
-    /// (trace id, service name, span name)
-    spans: Vec<(Vec<u8>, String, String)>,
+    spans: Vec<Span>,
     metrics: BTreeSet<String>,
+}
+
+struct Span {
+    trace: Vec<u8>,
+    service: String,
+    name: String,
+    /// Its `request` attribute (the gateway's forwarding span has one).
+    request: Option<String>,
+    /// The traces it links to.
+    links: Vec<Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Received>>;
 
 fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
     resource
-        .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+        .and_then(|r| string_attribute(&r.attributes, "service.name"))
+        .unwrap_or_default()
+}
+
+fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|a| a.key == key)
         .and_then(|a| a.value.as_ref())
         .and_then(|v| match &v.value {
             Some(AnyValue::StringValue(s)) => Some(s.clone()),
             _ => None,
         })
-        .unwrap_or_default()
 }
 
 async fn traces(State(shared): State<Shared>, body: Bytes) -> &'static str {
@@ -48,9 +66,14 @@ async fn traces(State(shared): State<Shared>, body: Bytes) -> &'static str {
         let service = service_name(rs.resource.as_ref());
         for ss in rs.scope_spans {
             for span in ss.spans {
-                received
-                    .spans
-                    .push((span.trace_id, service.clone(), span.name));
+                let request = string_attribute(&span.attributes, "request");
+                received.spans.push(Span {
+                    trace: span.trace_id,
+                    service: service.clone(),
+                    name: span.name,
+                    request,
+                    links: span.links.into_iter().map(|l| l.trace_id).collect(),
+                });
             }
         }
     }
@@ -116,7 +139,7 @@ async fn wait_ready(service: &str, port: u16) {
 }
 
 #[tokio::test]
-async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_the_dashboard_metrics()
+async fn every_message_makes_one_trace_across_the_services_its_log_lines_name_and_the_dashboard_metrics()
  {
     let (otlp_port, received) = receiver().await;
     let db = TestDatabase::create().await;
@@ -231,12 +254,16 @@ async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_
         let logged = logged_trace_ids(&log_path);
         let (connected, metrics, traces, joined) = {
             let r = received.lock().expect("lock");
-            let joined = r.spans.iter().any(|(trace, service, _)| {
-                service == "natter-message" && logged.contains(&hex(trace))
-            });
+            let joined = r
+                .spans
+                .iter()
+                .any(|s| s.service == "natter-message" && logged.contains(&hex(&s.trace)));
             let mut services_by_trace: HashMap<&[u8], BTreeSet<&str>> = HashMap::new();
-            for (trace, service, _) in &r.spans {
-                services_by_trace.entry(trace).or_default().insert(service);
+            for span in &r.spans {
+                services_by_trace
+                    .entry(&span.trace)
+                    .or_default()
+                    .insert(&span.service);
             }
             let connected = services_by_trace.values().any(|s| {
                 ["natter-gateway", "natter-message", "natter-push"]
@@ -268,8 +295,77 @@ async fn one_message_makes_one_trace_across_the_services_its_log_lines_name_and_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Messages one `write_messages` call stores in a channel (they share
+    // its time) travel as one bus message; each still takes its own trace
+    // to push, as the span that delivers it or as a link of a merged
+    // delivery. Alice and Bob write at once until two writes meet in a
+    // call.
+    let mut writes = 1;
+    let mut together = false;
+    for round in 0..ROUNDS {
+        let (a, b) = tokio::join!(
+            alice.call(
+                "write_message",
+                json!({"channel_id": channel, "client_msg_id": format!("a{round}"), "content": "one"}),
+            ),
+            bob.call(
+                "write_message",
+                json!({"channel_id": channel, "client_msg_id": format!("b{round}"), "content": "two"}),
+            ),
+        );
+        let (a, b) = (a.expect("alice writes"), b.expect("bob writes"));
+        writes += 2;
+        if a["sent_at"] == b["sent_at"] {
+            together = true;
+            break;
+        }
+    }
+    assert!(
+        together,
+        "no two writes were stored by one call in {ROUNDS} rounds"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (traced, unreached) = {
+            let r = received.lock().expect("lock");
+            let reached: BTreeSet<&[u8]> = r
+                .spans
+                .iter()
+                .filter(|s| s.service == "natter-push")
+                .flat_map(|s| std::iter::once(&s.trace).chain(&s.links))
+                .map(Vec::as_slice)
+                .collect();
+            let traced: BTreeSet<&[u8]> = r
+                .spans
+                .iter()
+                .filter(|s| {
+                    s.name == "gateway.forward" && s.request.as_deref() == Some("write_message")
+                })
+                .map(|s| s.trace.as_slice())
+                .collect();
+            let unreached: Vec<String> = traced
+                .iter()
+                .filter(|t| !reached.contains(*t))
+                .map(|t| hex(t))
+                .collect();
+            (traced.len(), unreached)
+        };
+        if traced == writes && unreached.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{traced} of {writes} writes traced; these never reached push: {unreached:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// Rounds of simultaneous writes tried before giving up on two of them
+/// being stored by one call.
+const ROUNDS: usize = 50;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -173,8 +173,15 @@ impl<'a> Call<'a> {
         let heads: Vec<String> = requests
             .clone()
             .map(|r| {
-                MessageStoredHead::new(r.channel_id, r.user_id, &r.username, &r.content, &r.origin)
-                    .json()
+                MessageStoredHead::new(
+                    r.channel_id,
+                    r.user_id,
+                    &r.username,
+                    &r.content,
+                    &r.origin,
+                    r.traceparent.as_deref(),
+                )
+                .json()
             })
             .collect();
         Self {
@@ -708,7 +715,8 @@ mod tests {
     /// The outbox row of a written message is its `message_stored` event
     /// as Rust encodes it, completed by Postgres with the channel's title,
     /// the seq and the time the writer was answered with, on the channel's
-    /// subject and with the request's trace context.
+    /// subject. Each event carries its own request's trace context; the
+    /// row's headers carry the first's.
     #[tokio::test]
     async fn a_written_message_s_outbox_row_is_its_event_with_the_answered_seq_and_time() {
         let database = natter_testkit::TestDatabase::create().await;
@@ -731,13 +739,14 @@ mod tests {
             .await
             .expect("member");
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut first = request(alice, channel, "k1");
         first.content = "line one\nand \"two\" \u{1F600}".into();
         first.traceparent = Some(traceparent.into());
+        let mut second = request(alice, channel, "k2");
+        second.traceparent = Some(other.into());
         let ns = Namespace::new("outbox-test");
-        let answers = write_on(&pool, &ns, &[first, request(alice, channel, "k2")])
-            .await
-            .expect("batch");
+        let answers = write_on(&pool, &ns, &[first, second]).await.expect("batch");
         let written: Vec<Written> = answers.into_iter().map(|a| a.expect("written")).collect();
 
         let rows: Vec<(String, Vec<u8>, serde_json::Value)> =
@@ -751,7 +760,7 @@ mod tests {
             "one row for the call's messages to the channel"
         );
         let events = decode_events(&rows[0].1).expect("events");
-        let expected = |w: &Written, content: &str| Event::MessageStored {
+        let expected = |w: &Written, content: &str, traceparent: &str| Event::MessageStored {
             channel_id: ChannelId(channel),
             title: title.into(),
             seq: w.seq,
@@ -763,12 +772,13 @@ mod tests {
                 gateway_id: "gw".into(),
                 socket_id: natter_protocol::SocketId(1),
             },
+            traceparent: Some(traceparent.into()),
         };
         assert_eq!(
             events,
             [
-                expected(&written[0], "line one\nand \"two\" \u{1F600}"),
-                expected(&written[1], "new k2"),
+                expected(&written[0], "line one\nand \"two\" \u{1F600}", traceparent),
+                expected(&written[1], "new k2", other),
             ]
         );
         assert_eq!(written.iter().map(|w| w.seq.0).collect::<Vec<_>>(), [1, 2]);

@@ -386,6 +386,7 @@ pub fn message(channel: ChannelId, seq: i64, writer: UserId, from: SocketRef) ->
         content: format!("message {seq}"),
         sent_at: OffsetDateTime::now_utc(),
         origin: from,
+        traceparent: None,
     }
 }
 
