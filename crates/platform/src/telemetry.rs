@@ -392,8 +392,9 @@ pub mod metrics {
 }
 
 /// Trace context across NATS: the W3C `traceparent` travels in message
-/// headers, so one trace follows a message gateway → message → outbox →
-/// JetStream → push → gateway.
+/// headers (and inside a stored message's event, where one bus message
+/// carries several), so one trace follows a message gateway → message →
+/// outbox → JetStream → push → gateway.
 pub mod propagation {
     use opentelemetry::propagation::{Extractor, Injector};
     use opentelemetry::trace::TraceContextExt;

@@ -365,7 +365,7 @@ async fn every_message_makes_one_trace_across_the_services_its_log_lines_name_an
 
 /// Rounds of simultaneous writes tried before giving up on two of them
 /// being stored by one call.
-const ROUNDS: usize = 50;
+const ROUNDS: usize = 200;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

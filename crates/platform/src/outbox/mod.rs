@@ -12,10 +12,13 @@
 //!   row published twice (a crash between publish and delete);
 //! - `subject`: the NATS subject, final: from the namespace, the event's
 //!   partition and its channel or user (`Namespace::event_subject`);
-//! - `payload`: the event's JSON;
+//! - `payload`: the event's JSON (or, from the message writer, a JSON
+//!   array of one channel's events);
 //! - `headers`: a JSON object of string values, published as NATS headers;
-//!   today the W3C `traceparent` of the request that caused the event, so
-//!   one trace continues through JetStream into push and the gateways.
+//!   today the W3C `traceparent` of the request that caused the event (of
+//!   an array, its first event's: each `message_stored` event also
+//!   carries its own), so one trace continues through JetStream into push
+//!   and the gateways.
 //!
 //! A row NATS refuses for good is moved to `outbox_parked` by the relay
 //! ([`parked`]), so it cannot hold back the rows behind it.

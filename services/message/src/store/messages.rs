@@ -38,7 +38,8 @@ pub(crate) struct WriteRequest {
     pub client_msg_id: String,
     /// The text.
     pub content: String,
-    /// The request's trace context, carried by its outbox row.
+    /// The request's trace context, carried by its event (and, for the
+    /// first event of an outbox row, by the row's headers).
     pub traceparent: Option<String>,
 }
 
