@@ -127,7 +127,13 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::
         .await
         .with_context(|| format!("connecting to NATS at {}", crate::secret::redact_url(url)))
         .and_then(|client| {
-            takes_natter_s_messages(client.server_info().max_payload)?;
+            let max_payload = client.server_info().max_payload;
+            anyhow::ensure!(
+                max_payload >= MIN_MAX_PAYLOAD,
+                "the NATS server takes messages of at most {max_payload} bytes; natter needs \
+                 {MIN_MAX_PAYLOAD} or more (`max_payload` in nats-server's configuration; \
+                 {MIN_MAX_PAYLOAD} is its default)"
+            );
             Ok(client)
         })
 }
@@ -138,16 +144,6 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<async_nats::
 /// by the server's own figure, so a server configured lower would refuse
 /// them one by one at run time: it is refused once, at start.
 const MIN_MAX_PAYLOAD: usize = 1024 * 1024;
-
-fn takes_natter_s_messages(max_payload: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        max_payload >= MIN_MAX_PAYLOAD,
-        "the NATS server takes messages of at most {max_payload} bytes; natter needs \
-         {MIN_MAX_PAYLOAD} or more (`max_payload` in nats-server's configuration; \
-         {MIN_MAX_PAYLOAD} is its default)"
-    );
-    Ok(())
-}
 
 /// The inbox prefix of NATS user `user`: deploy/nats/natter-accounts.conf
 /// lets each user subscribe to its own only.
