@@ -697,8 +697,53 @@ mod tests {
         assert_eq!(stored, 2);
     }
 
+    /// A write reads and updates its writer's membership row by primary
+    /// key. Left to the generic plans, the membership check and the read
+    /// pointer's update each scanned all of a small `channel_members` at
+    /// every call, here a channel's 2,000 rows (migration 0013).
+    #[tokio::test]
+    async fn a_write_finds_its_writer_s_membership_by_index_not_by_scanning_every_member() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice = insert_alice(&pool).await;
+        let channel = channels_of(&pool, alice, &["crowd"]).await[0];
+        sqlx::query(
+            "WITH u AS (INSERT INTO users (username, password_hash, invite_code) \
+             SELECT 'm' || n, 'x', 'code-m' || n FROM generate_series(1, 1999) AS n RETURNING id) \
+             INSERT INTO channel_members (channel_id, user_id) SELECT $1, id FROM u",
+        )
+        .bind(channel)
+        .execute(&pool)
+        .await
+        .expect("members");
+        // With statistics of this table alone (autovacuum analyzes a table
+        // when it has grown), both statements' generic plans scanned it.
+        sqlx::query("ANALYZE channel_members")
+            .execute(&pool)
+            .await
+            .expect("statistics");
+
+        let mut tx = pool.begin().await.expect("a transaction");
+        let answers = write_batch(
+            &mut tx,
+            &Namespace::new("probe-test"),
+            &[request(alice, channel, "k")],
+        )
+        .await
+        .expect("batch");
+        assert_eq!(answers[0].as_ref().expect("written").seq, Seq(1));
+        let scans: i64 = sqlx::query_scalar(
+            "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'channel_members'",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .expect("scans of channel_members");
+        assert_eq!(scans, 0, "channel_members was scanned");
+    }
+
     /// Planning its statements again at every call was most of the cost of
-    /// a small batch (migrations 0010, 0011).
+    /// a small batch (migrations 0010, 0011); the plans it keeps must not
+    /// scan a table (0013).
     #[tokio::test]
     async fn write_messages_runs_with_the_plans_it_made_once() {
         let database = natter_testkit::TestDatabase::create().await;
@@ -710,7 +755,10 @@ mod tests {
         .fetch_all(&pool)
         .await
         .expect("function settings");
-        assert_eq!(settings, ["plan_cache_mode=force_generic_plan"]);
+        assert_eq!(
+            settings,
+            ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"]
+        );
     }
 
     /// The outbox row of a written message is its `message_stored` event
