@@ -94,8 +94,8 @@ fn batch_bound(out: &GatewayBatch) -> usize {
     out.batch.items.iter().map(encoded_bound).sum()
 }
 
-/// An upper bound of one delivery's encoded size: a socket id takes at
-/// most 20 digits and a comma; a frame, JSON text itself, at most doubles
+/// An upper bound of one delivery's encoded size: a socket id (or its gap
+/// from the one before) takes at most 20 digits and a comma; a frame, JSON text itself, at most doubles
 /// as a JSON string (only `"` and `\` are escaped); a title, user text, at
 /// most grows sixfold (`\u001f`); what is not text or ids fits in 128
 /// bytes.
