@@ -13,6 +13,7 @@
 
 use crate::recipients::GatewayBatch;
 use anyhow::Context;
+use natter_protocol::SocketId;
 use natter_protocol::events::{Delivery, DeliveryBatchRef};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -94,33 +95,46 @@ fn batch_bound(out: &GatewayBatch) -> usize {
     out.batch.items.iter().map(encoded_bound).sum()
 }
 
-/// An upper bound of one delivery's encoded size: a socket id (or its gap
-/// from the one before) takes at most 20 digits and a comma; a frame, JSON text itself, at most doubles
+/// An upper bound of one delivery's encoded size: socket ids as
+/// [`ids_bound`] says; a frame, JSON text itself, at most doubles
 /// as a JSON string (only `"` and `\` are escaped); a title, user text, at
 /// most grows sixfold (`\u001f`); what is not text or ids fits in 128
 /// bytes.
 fn encoded_bound(delivery: &Delivery) -> usize {
     const FIXED: usize = 128;
-    const ID: usize = 21;
     match delivery {
-        Delivery::Frame { sockets, frame } => FIXED + sockets.len() * ID + frame.len() * 2,
+        Delivery::Frame { sockets, frame } => FIXED + ids_bound(sockets) + frame.len() * 2,
         Delivery::Unread { title, targets, .. } => {
             FIXED
                 + title.len() * 6
                 + targets
                     .iter()
-                    .map(|t| FIXED + t.sockets.len() * ID)
+                    .map(|t| FIXED + ids_bound(&t.sockets))
                     .sum::<usize>()
         }
-        Delivery::LeaveChannel { sockets, .. } => FIXED + sockets.len() * ID,
+        Delivery::LeaveChannel { sockets, .. } => FIXED + ids_bound(sockets),
     }
+}
+
+/// An upper bound of socket ids' encoded size, without the 19 bytes of
+/// `{"from":,"gaps":[]}` (which the caller's fixed share covers): the
+/// first id in its digits, then each gap, which is at most the distance
+/// from the smallest id to the largest, in its digits; a comma after each.
+/// Counting every id in full would make a large channel's deliveries look
+/// ten times their size and cut runs short.
+fn ids_bound(ids: &[SocketId]) -> usize {
+    let (Some(min), Some(max)) = (ids.iter().min(), ids.iter().max()) else {
+        return 0;
+    };
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    digits(max.0) + 1 + (ids.len() - 1) * (digits(max.0 - min.0) + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use natter_protocol::events::{DeliveryBatch, UnreadTarget};
-    use natter_protocol::{ChannelId, Seq, SocketId};
+    use natter_protocol::{ChannelId, Seq};
 
     fn frame(gateway: &str, text: &str, sockets: &[u64]) -> GatewayBatch {
         GatewayBatch {
@@ -167,11 +181,12 @@ mod tests {
             title: "\u{1f}\"\\".repeat(50),
             last_seq: Seq(i64::MAX),
             targets: vec![UnreadTarget {
-                sockets: vec![SocketId(u64::MAX); 3],
+                sockets: vec![SocketId(0), SocketId(u64::MAX / 2), SocketId(u64::MAX)],
                 unread: i64::MIN,
             }],
         };
-        let quoted = frame("a", &r#"{"t":"\"\\"}"#.repeat(40), &[u64::MAX; 5]);
+        let spread = [1, 10, 1_000, u64::MAX - 1, u64::MAX];
+        let quoted = frame("a", &r#"{"t":"\"\\"}"#.repeat(40), &spread);
         let batch = GatewayBatch {
             gateway: "a".into(),
             batch: DeliveryBatch {
@@ -180,6 +195,17 @@ mod tests {
         };
         let Merged(messages) = merge(&[vec![batch.clone()], vec![batch.clone()]]).expect("merged");
         assert!(messages[0].1.len() <= 2 * batch_bound(&batch));
+    }
+
+    #[test]
+    fn a_large_channel_s_close_ids_are_bounded_by_their_gaps_not_their_digits() {
+        let start = 4_000_000_000_000_000_000_u64;
+        let ids: Vec<u64> = (0..2000).map(|n| start + 3 * n).collect();
+        let batch = frame("a", "{}", &ids);
+        let Merged(messages) = merge(&[vec![batch.clone()]]).expect("merged");
+        let bound = batch_bound(&batch);
+        assert!(messages[0].1.len() <= bound);
+        assert!(bound < 20 * ids.len() / 2, "{bound}");
     }
 
     #[test]
