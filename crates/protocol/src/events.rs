@@ -418,6 +418,22 @@ mod socket_ids {
     }
 }
 
+/// An upper bound of the bytes socket ids take in a delivery as
+/// `socket_ids` writes them, without the 19 bytes of
+/// `{"from":,"gaps":[]}`: the first id in its digits, then each gap, which
+/// is at most the distance from the smallest id to the largest, in its
+/// digits; a comma after each. Push cuts its merged batches by it;
+/// counting every id in full would make a large channel's deliveries look
+/// ten times their size.
+#[must_use]
+pub fn socket_ids_bound(ids: &[SocketId]) -> usize {
+    let (Some(min), Some(max)) = (ids.iter().min(), ids.iter().max()) else {
+        return 0;
+    };
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    digits(max.0) + 1 + (ids.len() - 1) * (digits(max.0 - min.0) + 1)
+}
+
 /// The first part of a [`Event::MessageStored`]'s JSON, written by the
 /// message writer before it knows the message's seq, time and channel
 /// title: the object up to, not including, its closing brace, without

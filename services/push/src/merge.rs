@@ -13,8 +13,7 @@
 
 use crate::recipients::GatewayBatch;
 use anyhow::Context;
-use natter_protocol::SocketId;
-use natter_protocol::events::{Delivery, DeliveryBatchRef};
+use natter_protocol::events::{Delivery, DeliveryBatchRef, socket_ids_bound};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -96,45 +95,31 @@ fn batch_bound(out: &GatewayBatch) -> usize {
 }
 
 /// An upper bound of one delivery's encoded size: socket ids as
-/// [`ids_bound`] says; a frame, JSON text itself, at most doubles
+/// [`socket_ids_bound`] says; a frame, JSON text itself, at most doubles
 /// as a JSON string (only `"` and `\` are escaped); a title, user text, at
 /// most grows sixfold (`\u001f`); what is not text or ids fits in 128
 /// bytes.
 fn encoded_bound(delivery: &Delivery) -> usize {
     const FIXED: usize = 128;
     match delivery {
-        Delivery::Frame { sockets, frame } => FIXED + ids_bound(sockets) + frame.len() * 2,
+        Delivery::Frame { sockets, frame } => FIXED + socket_ids_bound(sockets) + frame.len() * 2,
         Delivery::Unread { title, targets, .. } => {
             FIXED
                 + title.len() * 6
                 + targets
                     .iter()
-                    .map(|t| FIXED + ids_bound(&t.sockets))
+                    .map(|t| FIXED + socket_ids_bound(&t.sockets))
                     .sum::<usize>()
         }
-        Delivery::LeaveChannel { sockets, .. } => FIXED + ids_bound(sockets),
+        Delivery::LeaveChannel { sockets, .. } => FIXED + socket_ids_bound(sockets),
     }
-}
-
-/// An upper bound of socket ids' encoded size, without the 19 bytes of
-/// `{"from":,"gaps":[]}` (which the caller's fixed share covers): the
-/// first id in its digits, then each gap, which is at most the distance
-/// from the smallest id to the largest, in its digits; a comma after each.
-/// Counting every id in full would make a large channel's deliveries look
-/// ten times their size and cut runs short.
-fn ids_bound(ids: &[SocketId]) -> usize {
-    let (Some(min), Some(max)) = (ids.iter().min(), ids.iter().max()) else {
-        return 0;
-    };
-    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
-    digits(max.0) + 1 + (ids.len() - 1) * (digits(max.0 - min.0) + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use natter_protocol::events::{DeliveryBatch, UnreadTarget};
-    use natter_protocol::{ChannelId, Seq};
+    use natter_protocol::{ChannelId, Seq, SocketId};
 
     fn frame(gateway: &str, text: &str, sockets: &[u64]) -> GatewayBatch {
         GatewayBatch {
