@@ -141,6 +141,13 @@ enum Mode {
     },
 }
 
+/// A latency histogram in µs, from 1 µs to a minute, to 3 significant
+/// digits: 139 KB, zeroed when made, so a run makes a few and shares them
+/// (see `throughput::Latencies`).
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
 /// Latency percentiles in milliseconds, as every mode reports them.
 fn latency_json(h: &Histogram<u64>) -> Value {
     let ms = |micros: u64| (micros as f64 / 10.0).round() / 100.0;

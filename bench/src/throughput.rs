@@ -11,10 +11,9 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -80,12 +79,10 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
     let epoch = Instant::now();
     let stop_at = epoch + Duration::from_secs(load.seconds);
     let totals = Arc::new(Totals::default());
-    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let acked = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let latencies = Arc::new(Mutex::new(Latencies {
+        delivered: crate::histogram()?,
+        acked: crate::histogram()?,
+    }));
     let mut tasks = tokio::task::JoinSet::new();
     let mut writer_index = 0u32;
     for (channel_id, sockets) in all {
@@ -101,10 +98,7 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
             } else {
                 Role::Reader
             };
-            let histograms = Histograms {
-                delivered: latency.clone(),
-                acked: acked.clone(),
-            };
+            let latencies = latencies.clone();
             let totals = totals.clone();
             let socket = Socket {
                 channel_id,
@@ -113,15 +107,14 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
                 epoch,
                 stop_at,
             };
-            tasks.spawn(async move { socket.run(ws, role, &totals, &histograms).await });
+            tasks.spawn(async move { socket.run(ws, role, &totals, &latencies).await });
         }
     }
     while let Some(r) = tasks.join_next().await {
         r??;
     }
     let seconds = load.seconds as f64;
-    let h = latency.lock().await;
-    let a = acked.lock().await;
+    let l = latencies.lock().unwrap_or_else(PoisonError::into_inner);
     let written = totals.written.load(Ordering::Relaxed);
     let delivered = totals.delivered.load(Ordering::Relaxed);
     Ok(json!({
@@ -130,18 +123,25 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
         "messages": written, "messages_per_s": (written as f64 / seconds).round(),
         "deliveries": delivered, "deliveries_per_s": (delivered as f64 / seconds).round(),
         "paced_sends_skipped": totals.skipped.load(Ordering::Relaxed),
-        "latency_ms": crate::latency_json(&h),
-        "acked_latency_ms": crate::latency_json(&a),
+        "latency_ms": crate::latency_json(&l.delivered),
+        "acked_latency_ms": crate::latency_json(&l.acked),
     }))
 }
 
-/// Where every socket adds its latencies at the end.
-struct Histograms {
+/// The latencies every socket records into as they come, under a lock
+/// held for one record: two histograms for the run, not two per socket.
+/// Made per socket, they were made as the load started, and zeroing 400
+/// of 139 KB took the generator 30–60 ms (glibc serves blocks that size
+/// from its heap, zeroed by hand, once it has freed a larger one), in
+/// which it read no socket: the first writes of every run seemed to wait
+/// that long, and on cores ~80 % busy the backlog took a few hundred
+/// milliseconds to drain.
+struct Latencies {
     /// Write → delivered, at every receiver.
-    delivered: Arc<Mutex<Histogram<u64>>>,
+    delivered: Histogram<u64>,
     /// Write → acknowledged (stored), at the writer: the part of the
     /// delivered latency spent before the relay takes the message.
-    acked: Arc<Mutex<Histogram<u64>>>,
+    acked: Histogram<u64>,
 }
 
 enum Role {
@@ -169,14 +169,14 @@ impl Socket {
         mut ws: Ws,
         role: Role,
         totals: &Totals,
-        histograms: &Histograms,
+        latencies: &Mutex<Latencies>,
     ) -> anyhow::Result<()> {
         let mut next_id: u64 = 100;
         // Send times of the writes in flight: the gateway answers a
         // socket's requests in order.
         let mut in_flight = VecDeque::new();
-        let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        let mut local_acked = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let took = |sent: u64| micros_since(self.epoch).saturating_sub(sent).max(1);
+        let locked = || latencies.lock().unwrap_or_else(PoisonError::into_inner);
         let end = self.stop_at + GRACE;
         let (is_writer, mut ticker) = match role {
             Role::Writer { pacing } => (
@@ -230,7 +230,7 @@ impl Socket {
             match frame.kind.as_ref() {
                 "reply" => {
                     if let Some(sent) = in_flight.pop_front() {
-                        local_acked.record(micros_since(self.epoch).saturating_sub(sent).max(1))?;
+                        locked().acked.record(took(sent))?;
                     }
                     if Instant::now() <= self.stop_at + Duration::from_millis(50) {
                         totals.written.fetch_add(1, Ordering::Relaxed);
@@ -239,16 +239,13 @@ impl Socket {
                 "error" => bail!("write failed: {text}"),
                 "message" => {
                     if let Some(sent) = frame.sent_micros() {
-                        let now = micros_since(self.epoch);
-                        local.record(now.saturating_sub(sent).max(1))?;
+                        locked().delivered.record(took(sent))?;
                         totals.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 _ => {}
             }
         }
-        histograms.delivered.lock().await.add(&local)?;
-        histograms.acked.lock().await.add(&local_acked)?;
         Ok(())
     }
 
