@@ -100,9 +100,9 @@ pub async fn run(client: &Client, prefix: &str, f: Fanout) -> anyhow::Result<Val
     let delivered = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
     // One histogram that the sampled receivers record into as frames come
-    // (a lock held for one record), not one per receiver: all 2,000 had
-    // made theirs as the load started, 278 MB zeroed in the generator's
-    // first few hundred milliseconds, in which it read no socket.
+    // (a lock held for one record), not one per receiver: made as the load
+    // starts, thousands of them keep the generator from reading any socket
+    // for a good part of a second.
     let latency = Arc::new(Mutex::new(crate::histogram()?));
     let every = (receivers.len() / f.sample.max(1)).max(1);
     let mut tasks = tokio::task::JoinSet::new();
@@ -165,10 +165,11 @@ async fn receive(
                 if frame.kind == "message"
                     && let Some(sent) = frame.sent_micros()
                 {
+                    let took = micros_since(epoch).saturating_sub(sent).max(1);
                     latency
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .record(micros_since(epoch).saturating_sub(sent).max(1))?;
+                        .record(took)?;
                     count += 1;
                 }
             } else if text.contains("\"message\"") {

@@ -114,7 +114,7 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
         r??;
     }
     let seconds = load.seconds as f64;
-    let l = latencies.lock().unwrap_or_else(PoisonError::into_inner);
+    let lat = latencies.lock().unwrap_or_else(PoisonError::into_inner);
     let written = totals.written.load(Ordering::Relaxed);
     let delivered = totals.delivered.load(Ordering::Relaxed);
     Ok(json!({
@@ -123,19 +123,16 @@ pub async fn run(client: &Client, prefix: &str, load: Load) -> anyhow::Result<Va
         "messages": written, "messages_per_s": (written as f64 / seconds).round(),
         "deliveries": delivered, "deliveries_per_s": (delivered as f64 / seconds).round(),
         "paced_sends_skipped": totals.skipped.load(Ordering::Relaxed),
-        "latency_ms": crate::latency_json(&l.delivered),
-        "acked_latency_ms": crate::latency_json(&l.acked),
+        "latency_ms": crate::latency_json(&lat.delivered),
+        "acked_latency_ms": crate::latency_json(&lat.acked),
     }))
 }
 
 /// The latencies every socket records into as they come, under a lock
-/// held for one record: two histograms for the run, not two per socket.
-/// Made per socket, they were made as the load started, and zeroing 400
-/// of 139 KB took the generator 30–60 ms (glibc serves blocks that size
-/// from its heap, zeroed by hand, once it has freed a larger one), in
-/// which it read no socket: the first writes of every run seemed to wait
-/// that long, and on cores ~80 % busy the backlog took a few hundred
-/// milliseconds to drain.
+/// held for one record: two histograms for the run, not two per socket,
+/// because a socket's own would be made as the load starts, and making
+/// hundreds of them keeps the generator from reading any socket for tens
+/// of milliseconds.
 struct Latencies {
     /// Write → delivered, at every receiver.
     delivered: Histogram<u64>,
@@ -175,7 +172,7 @@ impl Socket {
         // Send times of the writes in flight: the gateway answers a
         // socket's requests in order.
         let mut in_flight = VecDeque::new();
-        let took = |sent: u64| micros_since(self.epoch).saturating_sub(sent).max(1);
+        let since = |sent: u64| micros_since(self.epoch).saturating_sub(sent).max(1);
         let locked = || latencies.lock().unwrap_or_else(PoisonError::into_inner);
         let end = self.stop_at + GRACE;
         let (is_writer, mut ticker) = match role {
@@ -230,7 +227,8 @@ impl Socket {
             match frame.kind.as_ref() {
                 "reply" => {
                     if let Some(sent) = in_flight.pop_front() {
-                        locked().acked.record(took(sent))?;
+                        let took = since(sent);
+                        locked().acked.record(took)?;
                     }
                     if Instant::now() <= self.stop_at + Duration::from_millis(50) {
                         totals.written.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +237,8 @@ impl Socket {
                 "error" => bail!("write failed: {text}"),
                 "message" => {
                     if let Some(sent) = frame.sent_micros() {
-                        locked().delivered.record(took(sent))?;
+                        let took = since(sent);
+                        locked().delivered.record(took)?;
                         totals.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
