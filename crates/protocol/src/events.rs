@@ -328,6 +328,7 @@ mod delivery_de {
 /// 40 KB. A plain array of ids (what push wrote before) still decodes.
 mod socket_ids {
     use crate::SocketId;
+    use serde::de::value::MapAccessDeserializer;
     use serde::de::{Error, MapAccess, SeqAccess, Visitor};
     use serde::ser::SerializeStruct;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -365,11 +366,13 @@ mod socket_ids {
         d.deserialize_any(IdsVisitor)
     }
 
+    /// The gap form as it reads; serde refuses a missing, repeated or
+    /// unknown field.
     #[derive(Deserialize)]
-    #[serde(rename_all = "snake_case")]
-    enum Key {
-        From,
-        Gaps,
+    #[serde(deny_unknown_fields)]
+    struct Gapped {
+        from: u64,
+        gaps: Vec<u64>,
     }
 
     struct IdsVisitor;
@@ -389,18 +392,8 @@ mod socket_ids {
             Ok(ids)
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let (mut from, mut gaps): (Option<u64>, Option<Vec<u64>>) = (None, None);
-            while let Some(key) = map.next_key()? {
-                match key {
-                    Key::From if from.is_none() => from = Some(map.next_value()?),
-                    Key::Gaps if gaps.is_none() => gaps = Some(map.next_value()?),
-                    Key::From => return Err(A::Error::duplicate_field("from")),
-                    Key::Gaps => return Err(A::Error::duplicate_field("gaps")),
-                }
-            }
-            let from = from.ok_or_else(|| A::Error::missing_field("from"))?;
-            let gaps = gaps.ok_or_else(|| A::Error::missing_field("gaps"))?;
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let Gapped { from, gaps } = Gapped::deserialize(MapAccessDeserializer::new(map))?;
             let mut ids = Vec::with_capacity(gaps.len() + 1);
             let mut id = from;
             ids.push(SocketId(id));
