@@ -490,13 +490,58 @@ pub struct DeliveryBatch {
     pub items: Vec<Delivery>,
 }
 
-/// A [`DeliveryBatch`] of borrowed items, encoded the same way: push
-/// merges several events' deliveries to one gateway into one message
-/// without copying them.
-#[derive(Debug, Serialize)]
-pub struct DeliveryBatchRef<'a> {
-    /// In order.
-    pub items: Vec<&'a Delivery>,
+/// Deliveries encoded for a [`DeliveryBatch`], not yet in one: push
+/// encodes each event's (or run of events') deliveries to a gateway once,
+/// and joins the parts of several partitions that go out together into
+/// one message with [`EncodedItems::join`], without decoding or encoding
+/// the deliveries again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedItems(Vec<u8>);
+
+impl EncodedItems {
+    /// Encodes `items`, in order.
+    ///
+    /// # Errors
+    /// When an item cannot be encoded.
+    pub fn encode(items: &[&Delivery]) -> serde_json::Result<Self> {
+        let mut array = serde_json::to_vec(items)?;
+        // `[a,b]` → `a,b`: what sits between a batch's brackets.
+        array.pop();
+        array.remove(0);
+        Ok(Self(array))
+    }
+
+    /// Its encoded length: a joined batch is at most the parts' lengths
+    /// plus one byte each and [`EncodedItems::FRAMING`].
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds no delivery.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes of a batch beyond its parts and their separators.
+    pub const FRAMING: usize = r#"{"items":[]}"#.len();
+
+    /// One [`DeliveryBatch`] of `parts`' deliveries, in order.
+    #[must_use]
+    pub fn join<'a>(parts: impl IntoIterator<Item = &'a Self>) -> Vec<u8> {
+        let mut batch = br#"{"items":["#.to_vec();
+        let mut first = true;
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            if !first {
+                batch.push(b',');
+            }
+            first = false;
+            batch.extend_from_slice(&part.0);
+        }
+        batch.extend_from_slice(b"]}");
+        batch
+    }
 }
 
 /// Auth → gateways: this login is over; close its sockets.
@@ -847,7 +892,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_of_borrowed_deliveries_decodes_as_a_batch_of_them() {
+    fn joined_parts_decode_as_one_batch_of_their_deliveries_in_order() {
         let first = Delivery::Frame {
             sockets: vec![SocketId(1)],
             frame: r#"{"type":"message"}"#.into(),
@@ -856,15 +901,27 @@ mod tests {
             channel_id: ChannelId(2),
             sockets: vec![SocketId(3)],
         };
-        let text = serde_json::to_string(&DeliveryBatchRef {
-            items: vec![&first, &second],
-        })
-        .expect("serialize");
+        let third = Delivery::Frame {
+            sockets: vec![SocketId(4), SocketId(5)],
+            frame: "{}".into(),
+        };
+        let parts = [
+            EncodedItems::encode(&[&first, &second]).expect("encode"),
+            EncodedItems::encode(&[]).expect("encode"),
+            EncodedItems::encode(&[&third]).expect("encode"),
+        ];
+        let joined = EncodedItems::join(&parts);
         assert_eq!(
-            serde_json::from_str::<DeliveryBatch>(&text).expect("decode"),
+            serde_json::from_slice::<DeliveryBatch>(&joined).expect("decode"),
             DeliveryBatch {
-                items: vec![first, second]
+                items: vec![first, second, third]
             }
+        );
+        let bound: usize = parts.iter().map(|p| p.len() + 1).sum();
+        assert!(joined.len() <= bound + EncodedItems::FRAMING);
+        assert_eq!(
+            serde_json::from_slice::<DeliveryBatch>(&EncodedItems::join([])).expect("decode"),
+            DeliveryBatch { items: vec![] }
         );
     }
 

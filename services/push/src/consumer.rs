@@ -11,7 +11,8 @@
 //! are delivered (a crash in between delivers its first ones again).
 //! What has arrived is handled as one batch — one presence read, one query
 //! of read positions, one message per gateway for each run of up to 64 of
-//! its events (`merge.rs`; an event too large to merge goes alone) — in
+//! its events (`merge.rs`; an event too large to merge goes alone), joined
+//! with the runs other partitions publish meanwhile (`publisher.rs`) — in
 //! order, and only while the
 //! lease is still held. The position moves after the deliveries are
 //! published and is committed at most every
@@ -360,7 +361,7 @@ impl Worker {
             if !self.lease.is_held() {
                 return Err(Attempt::Halt(Halt::Lost));
             }
-            if run.len() > 1 && self.deliver_merged(items, &events, &prepared, &run).await? {
+            if self.deliver_merged(items, &events, &prepared, &run).await? {
                 *done += run.len();
                 for item in &items[run] {
                     self.position = item.position_after(self.position);
@@ -391,7 +392,7 @@ impl Worker {
     }
 
     /// Publishes the deliveries of the events `run` of `items` merged, one
-    /// message per gateway; `false` when
+    /// part per gateway (joined with other partitions'); `false` when
     /// NATS refused a merged message for good though it was within the
     /// server's limit: the caller then publishes them one by one, so the
     /// event at fault is found alone (gateways already sent the merged

@@ -7,9 +7,9 @@
 
 use crate::membership::Membership;
 use crate::merge::{self, Merged};
+use crate::publisher::{Publisher, publish_to};
 use crate::recipients::{self, GatewayBatch, Live};
 use anyhow::Context;
-use async_nats::client::PublishErrorKind;
 use futures::StreamExt;
 use natter_platform::bus::BusKey;
 use natter_platform::presence::PresenceReader;
@@ -38,9 +38,31 @@ pub struct Fanout {
     pub membership: Membership,
     /// Live sockets.
     pub presence: PresenceReader,
+    /// Publishes runs of events, joined across partitions.
+    pub publisher: Publisher,
 }
 
 impl Fanout {
+    /// A fanout, with its [`Publisher`] started.
+    #[must_use]
+    pub fn new(
+        nats: async_nats::Client,
+        bus: BusKey,
+        ns: Namespace,
+        membership: Membership,
+        presence: PresenceReader,
+    ) -> Self {
+        let publisher = Publisher::start(nats.clone(), bus.clone(), ns.clone());
+        Self {
+            nats,
+            bus,
+            ns,
+            membership,
+            presence,
+            publisher,
+        }
+    }
+
     /// Delivers one event (a typing notice, a replayed message).
     ///
     /// # Errors
@@ -136,7 +158,15 @@ impl Fanout {
         let trace = propagation::headers();
         for out in batches {
             let payload = serde_json::to_vec(&out.batch).context("encoding a delivery batch")?;
-            self.publish_to(&out.gateway, &trace, payload).await?;
+            publish_to(
+                &self.nats,
+                &self.bus,
+                &self.ns,
+                &out.gateway,
+                &trace,
+                payload,
+            )
+            .await?;
         }
         record(event, batches);
         Ok(())
@@ -158,43 +188,15 @@ impl Fanout {
         merge::runs(prepared, limit)
     }
 
-    /// Publishes the messages of a run of events [`merge::merge`] made, in
-    /// gateway order; the caller [`record`]s the events.
+    /// Publishes a run of events [`merge::merge`] made, with whatever
+    /// other partitions publish meanwhile ([`Publisher`]); the caller
+    /// [`record`]s the events.
     ///
     /// # Errors
     /// When NATS refuses a publish; with [`Unroutable`] in the chain when
     /// it always will.
-    pub async fn publish_merged(&self, Merged(messages): Merged) -> anyhow::Result<()> {
-        let trace = propagation::headers();
-        for (gateway, payload) in messages {
-            self.publish_to(&gateway, &trace, payload).await?;
-        }
-        Ok(())
-    }
-
-    /// Signs and publishes one message to `gateway`.
-    async fn publish_to(
-        &self,
-        gateway: &str,
-        trace: &async_nats::HeaderMap,
-        payload: Vec<u8>,
-    ) -> anyhow::Result<()> {
-        let subject = self.ns.gateway_subject(gateway);
-        let mut headers = trace.clone();
-        self.bus.sign(&subject, &payload, &mut headers);
-        let published = self
-            .nats
-            .publish_with_headers(subject, headers, payload.into())
-            .await;
-        if let Err(e) = published {
-            let permanent = matches!(
-                e.kind(),
-                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject
-            );
-            let e = anyhow::Error::new(e).context(format!("publishing to gateway {gateway}"));
-            return Err(if permanent { e.context(Unroutable) } else { e });
-        }
-        Ok(())
+    pub async fn publish_merged(&self, Merged(parts): Merged) -> anyhow::Result<()> {
+        self.publisher.publish(parts, propagation::headers()).await
     }
 
     async fn broadcast_invalidation(&self, channel: ChannelId) -> anyhow::Result<()> {

@@ -14,7 +14,8 @@
 //! Reading order: [`Push`] wires it; [`leases`] decides which partitions
 //! this instance owns; [`consumer`] consumes one of them, with its
 //! position in `offsets` and its stalls reported through `progress`;
-//! `fanout` handles a batch of events; [`recipients`] is the pure decision
+//! `fanout` handles a batch of events, and `publisher` publishes the runs
+//! of every partition together; [`recipients`] is the pure decision
 //! of who gets what; `membership` and `natter_platform::presence` are the
 //! lookups it needs.
 
@@ -25,6 +26,7 @@ mod membership;
 mod merge;
 mod offsets;
 mod progress;
+mod publisher;
 pub mod recipients;
 mod replay;
 
@@ -98,16 +100,16 @@ impl Runnable for Push {
             .await
             .with_context(|| format!("binding push health to {}", config.push_addr))?;
         let lifecycle = Lifecycle::new("push", config);
-        let fanout = Fanout {
-            nats: client.clone(),
+        let fanout = Fanout::new(
+            client.clone(),
             bus,
-            membership: Membership::new(pool.clone()),
-            presence: PresenceReader::new(redis.clone(), ns.clone())
+            ns.clone(),
+            Membership::new(pool.clone()),
+            PresenceReader::new(redis.clone(), ns.clone())
                 .caching_hashes()
                 .caching_liveness(LIVENESS_CACHE)
                 .waiting_for_repair(REPAIR_WAIT),
-            ns: ns.clone(),
-        };
+        );
         let consumers = Consumers {
             stream,
             js,

@@ -13,7 +13,7 @@
 
 use crate::recipients::GatewayBatch;
 use anyhow::Context;
-use natter_protocol::events::{Delivery, DeliveryBatchRef, socket_ids_bound};
+use natter_protocol::events::{Delivery, EncodedItems, socket_ids_bound};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -29,9 +29,11 @@ pub const MAX_BYTES: usize = 512 * 1024;
 /// context): NATS counts them against its payload limit too.
 pub const HEADER_ROOM: usize = 4 * 1024;
 
-/// One run's messages: per gateway (id, payload), in gateway order.
+/// One run's deliveries, encoded: per gateway (id, items), in gateway
+/// order; each gateway's become one message, alone or joined with other
+/// partitions' (`publisher.rs`).
 #[derive(Debug)]
-pub struct Merged(pub Vec<(String, Vec<u8>)>);
+pub struct Merged(pub Vec<(String, EncodedItems)>);
 
 /// Splits `prepared` (each event's gateway batches, in event order) into
 /// runs to merge: none longer than [`MAX_EVENTS`], and none whose message
@@ -81,9 +83,8 @@ pub fn merge(prepared: &[Vec<GatewayBatch>]) -> anyhow::Result<Merged> {
     let messages = items
         .into_iter()
         .map(|(gateway, items)| {
-            let payload = serde_json::to_vec(&DeliveryBatchRef { items })
-                .context("encoding a delivery batch")?;
-            Ok((gateway.to_owned(), payload))
+            let encoded = EncodedItems::encode(&items).context("encoding a delivery batch")?;
+            Ok((gateway.to_owned(), encoded))
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Merged(messages))
@@ -146,7 +147,12 @@ mod tests {
         let Merged(messages) = merge(&prepared).expect("merged");
         let decoded: Vec<(String, DeliveryBatch)> = messages
             .into_iter()
-            .map(|(g, p)| (g, serde_json::from_slice(&p).expect("a batch")))
+            .map(|(g, p)| {
+                (
+                    g,
+                    serde_json::from_slice(&EncodedItems::join([&p])).expect("a batch"),
+                )
+            })
             .collect();
         let item = |event: usize, batch: usize| prepared[event][batch].batch.items[0].clone();
         let batch = |items| DeliveryBatch { items };
@@ -179,7 +185,7 @@ mod tests {
             },
         };
         let Merged(messages) = merge(&[vec![batch.clone()], vec![batch.clone()]]).expect("merged");
-        assert!(messages[0].1.len() <= 2 * batch_bound(&batch));
+        assert!(EncodedItems::join([&messages[0].1]).len() <= 2 * batch_bound(&batch));
     }
 
     #[test]
@@ -189,7 +195,7 @@ mod tests {
         let batch = frame("a", "{}", &ids);
         let Merged(messages) = merge(&[vec![batch.clone()]]).expect("merged");
         let bound = batch_bound(&batch);
-        assert!(messages[0].1.len() <= bound);
+        assert!(EncodedItems::join([&messages[0].1]).len() <= bound);
         assert!(bound < 20 * ids.len() / 2, "{bound}");
     }
 

@@ -63,16 +63,16 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         },
         ReplayFrom::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
     };
-    let fanout = Fanout {
-        nats: client.clone(),
+    let fanout = Fanout::new(
+        client.clone(),
         bus,
-        membership: Membership::new(pool),
-        presence: PresenceReader::new(redis, ns.clone())
+        ns.clone(),
+        Membership::new(pool),
+        PresenceReader::new(redis, ns)
             .caching_hashes()
             .caching_liveness(LIVENESS_CACHE)
             .waiting_for_repair(REPAIR_WAIT),
-        ns,
-    };
+    );
     if last == 0 || matches!(from, ReplayFrom::Sequence(s) if s > last) {
         return Ok(0);
     }
