@@ -483,7 +483,7 @@ impl<'a> MessageStoredHead<'a> {
 }
 
 /// What push publishes to one gateway: one event's deliveries, or several
-/// events' in event order.
+/// events', each partition's in event order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryBatch {
     /// In order.
@@ -914,8 +914,14 @@ mod tests {
         assert_eq!(
             serde_json::from_slice::<DeliveryBatch>(&joined).expect("decode"),
             DeliveryBatch {
-                items: vec![first, second, third]
+                items: vec![first, second, third.clone()]
             }
+        );
+        let whole = DeliveryBatch { items: vec![third] };
+        assert_eq!(
+            EncodedItems::join([&parts[2]]),
+            serde_json::to_vec(&whole).expect("serialize"),
+            "one part joined is the batch serde writes"
         );
         let bound: usize = parts.iter().map(|p| p.len() + 1).sum();
         assert!(joined.len() <= bound + EncodedItems::FRAMING);

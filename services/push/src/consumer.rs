@@ -393,10 +393,11 @@ impl Worker {
 
     /// Publishes the deliveries of the events `run` of `items` merged, one
     /// part per gateway (joined with other partitions'); `false` when
-    /// NATS refused a merged message for good though it was within the
-    /// server's limit: the caller then publishes them one by one, so the
-    /// event at fault is found alone (gateways already sent the merged
-    /// message get its events again, as after a crash: at least once).
+    /// NATS refused for good a message with a part of it (one event too
+    /// large alone, or a merged message though it was within the server's
+    /// limit): the caller then publishes the run's events one by one, each
+    /// alone, so the event at fault is found alone (gateways already sent
+    /// a message get its events again, as after a crash: at least once).
     async fn deliver_merged(
         &self,
         items: &[Item],
@@ -419,15 +420,20 @@ impl Worker {
             item.link_trace(&span);
         }
         let fanout = &self.consumers.fanout;
-        match fanout.publish_merged(merged).instrument(span).await {
+        match fanout
+            .publish_merged(merged, self.lease.clone())
+            .instrument(span)
+            .await
+        {
             Ok(()) => {
                 for i in run.clone() {
                     record(&events[i], &prepared[i]);
                 }
                 Ok(true)
             }
+            Err(_) if !self.lease.is_held() => Err(Attempt::Halt(Halt::Lost)),
             Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
-                tracing::warn!(error = ?e, "merged deliveries refused; publishing them event by event");
+                tracing::warn!(error = ?e, "deliveries refused; publishing them alone, event by event");
                 Ok(false)
             }
             Err(e) => Err(Attempt::Failed(e)),

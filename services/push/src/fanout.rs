@@ -1,10 +1,13 @@
 //! Handling events: gather what [`crate::recipients`] needs (members,
 //! presence, read positions) for a batch of events at once, work out each
-//! event's deliveries, publish them in order — one message per gateway for
-//! each run of events (`merge.rs`), one per event when it must go alone —
+//! event's deliveries, publish them in order — one part per gateway for
+//! each run of events (`merge.rs`), joined with other partitions' into one
+//! message per gateway (`publisher.rs`), one message per event when it
+//! must go alone —
 //! and keep the membership caches of every instance honest. Typing notices
 //! arrive here too, from core NATS rather than the events stream.
 
+use crate::leases::Lease;
 use crate::membership::Membership;
 use crate::merge::{self, Merged};
 use crate::publisher::{Publisher, publish_to};
@@ -43,26 +46,6 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// A fanout, with its [`Publisher`] started.
-    #[must_use]
-    pub fn new(
-        nats: async_nats::Client,
-        bus: BusKey,
-        ns: Namespace,
-        membership: Membership,
-        presence: PresenceReader,
-    ) -> Self {
-        let publisher = Publisher::start(nats.clone(), bus.clone(), ns.clone());
-        Self {
-            nats,
-            bus,
-            ns,
-            membership,
-            presence,
-            publisher,
-        }
-    }
-
     /// Delivers one event (a typing notice, a replayed message).
     ///
     /// # Errors
@@ -189,14 +172,16 @@ impl Fanout {
     }
 
     /// Publishes a run of events [`merge::merge`] made, with whatever
-    /// other partitions publish meanwhile ([`Publisher`]); the caller
-    /// [`record`]s the events.
+    /// other partitions publish meanwhile ([`Publisher`]), while `lease`
+    /// is held; the caller [`record`]s the events.
     ///
     /// # Errors
     /// When NATS refuses a publish; with [`Unroutable`] in the chain when
-    /// it always will.
-    pub async fn publish_merged(&self, Merged(parts): Merged) -> anyhow::Result<()> {
-        self.publisher.publish(parts, propagation::headers()).await
+    /// it always will. When the lease is lost first.
+    pub async fn publish_merged(&self, run: Merged, lease: Lease) -> anyhow::Result<()> {
+        self.publisher
+            .publish(run, propagation::headers(), lease)
+            .await
     }
 
     async fn broadcast_invalidation(&self, channel: ChannelId) -> anyhow::Result<()> {

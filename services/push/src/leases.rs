@@ -147,7 +147,7 @@ struct LeaseState {
 }
 
 impl Lease {
-    fn new(deadline: Instant) -> Self {
+    pub(crate) fn new(deadline: Instant) -> Self {
         Self(Arc::new(LeaseState {
             deadline: Mutex::new(deadline),
             lost: CancellationToken::new(),
@@ -192,7 +192,7 @@ impl Lease {
         *current = (*current).max(deadline);
     }
 
-    fn lose(&self) {
+    pub(crate) fn lose(&self) {
         self.0.lost.cancel();
     }
 }

@@ -42,6 +42,7 @@ use natter_platform::{Config, cache, db, nats};
 use offsets::Offsets;
 pub use progress::HELD_BACK;
 use progress::{Outage, Progress};
+use publisher::Publisher;
 pub use replay::{ReplayFrom, replay};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Push {
     coordinator: Coordinator,
     fanout: Fanout,
+    /// The task of the fanout's [`Publisher`].
+    publishing: tokio::task::JoinHandle<()>,
     /// Typing notices (core NATS, queue group), subscribed while building
     /// so that none published after `build` returns is missed.
     typing: async_nats::Subscriber,
@@ -100,16 +103,18 @@ impl Runnable for Push {
             .await
             .with_context(|| format!("binding push health to {}", config.push_addr))?;
         let lifecycle = Lifecycle::new("push", config);
-        let fanout = Fanout::new(
-            client.clone(),
+        let (publisher, publishing) = Publisher::start(client.clone(), bus.clone(), ns.clone());
+        let fanout = Fanout {
+            nats: client.clone(),
             bus,
-            ns.clone(),
-            Membership::new(pool.clone()),
-            PresenceReader::new(redis.clone(), ns.clone())
+            membership: Membership::new(pool.clone()),
+            presence: PresenceReader::new(redis.clone(), ns.clone())
                 .caching_hashes()
                 .caching_liveness(LIVENESS_CACHE)
                 .waiting_for_repair(REPAIR_WAIT),
-        );
+            ns: ns.clone(),
+            publisher,
+        };
         let consumers = Consumers {
             stream,
             js,
@@ -127,6 +132,7 @@ impl Runnable for Push {
                 consumers,
             ),
             fanout,
+            publishing,
             typing,
             listener,
             deps: Dependencies {
@@ -161,6 +167,7 @@ impl Runnable for Push {
             .context("subscribing to membership invalidations")?;
         let lifecycle = self.lifecycle;
         lifecycle.serve_health(self.listener, self.deps);
+        lifecycle.watch("delivery publisher", self.publishing);
         lifecycle.spawn(
             "invalidation follower",
             fanout::follow_invalidations(

@@ -1,4 +1,6 @@
-//! Merging the deliveries of several events into one message per gateway.
+//! Merging the deliveries of several events into one part per gateway,
+//! which goes out as one message (alone, or joined with other partitions'
+//! parts by `publisher.rs`).
 //!
 //! A partition's events handled together would otherwise go out as one
 //! NATS message per event per gateway, each paying a signature, a bus
@@ -8,8 +10,8 @@
 //! Events are merged in runs: consecutive events, in order, at most
 //! [`MAX_EVENTS`] of them, whose messages stay under a size limit by
 //! [`encoded_bound`]. An event too large for the limit is a run of its
-//! own, published alone, so one NATS can never take is found and
-//! dead-lettered alone.
+//! own, never joined with another's part to the same gateway, so one NATS
+//! can never take is found and dead-lettered alone.
 
 use crate::recipients::GatewayBatch;
 use anyhow::Context;
@@ -17,8 +19,8 @@ use natter_protocol::events::{Delivery, EncodedItems, socket_ids_bound};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-/// Most events one run merges. A gateway queues a message's frames on
-/// their sockets in one go, and a socket's queue holds 256 by default
+/// Most events one run merges, and one joined message carries. A gateway
+/// queues a message's frames on their sockets in one go, and a socket's queue holds 256 by default
 /// (`NATTER_WS_QUEUE`): a backlog read 256 events at a time, merged whole,
 /// could fill a reader's queue in one message and close its socket.
 pub const MAX_EVENTS: usize = 64;
@@ -30,10 +32,16 @@ pub const MAX_BYTES: usize = 512 * 1024;
 pub const HEADER_ROOM: usize = 4 * 1024;
 
 /// One run's deliveries, encoded: per gateway (id, items), in gateway
-/// order; each gateway's become one message, alone or joined with other
-/// partitions' (`publisher.rs`).
+/// order, and how many events the run holds; each gateway's items go out
+/// in one message, alone or joined with other partitions' runs
+/// (`publisher.rs`, which keeps to [`MAX_EVENTS`] per message too).
 #[derive(Debug)]
-pub struct Merged(pub Vec<(String, EncodedItems)>);
+pub struct Merged {
+    /// Per gateway, its items.
+    pub parts: Vec<(String, EncodedItems)>,
+    /// The events of the run.
+    pub events: usize,
+}
 
 /// Splits `prepared` (each event's gateway batches, in event order) into
 /// runs to merge: none longer than [`MAX_EVENTS`], and none whose message
@@ -67,11 +75,11 @@ pub fn runs(prepared: &[Vec<GatewayBatch>], limit: usize) -> Vec<Range<usize>> {
     runs
 }
 
-/// Encodes a run's deliveries (prepared event by event) as one message per
+/// Encodes a run's deliveries (prepared event by event) as one part per
 /// gateway, each gateway's items in event order.
 ///
 /// # Errors
-/// When a message cannot be encoded.
+/// When a part cannot be encoded.
 pub fn merge(prepared: &[Vec<GatewayBatch>]) -> anyhow::Result<Merged> {
     let mut items: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
     for out in prepared.iter().flatten() {
@@ -87,7 +95,10 @@ pub fn merge(prepared: &[Vec<GatewayBatch>]) -> anyhow::Result<Merged> {
             Ok((gateway.to_owned(), encoded))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Merged(messages))
+    Ok(Merged {
+        parts: messages,
+        events: prepared.len(),
+    })
 }
 
 /// An upper bound of a batch's items' encoded size, separators included.
@@ -144,7 +155,11 @@ mod tests {
             vec![frame("b", r#"{"seq":2}"#, &[2])],
             vec![frame("a", r#"{"seq":3}"#, &[1, 3])],
         ];
-        let Merged(messages) = merge(&prepared).expect("merged");
+        let Merged {
+            parts: messages,
+            events,
+        } = merge(&prepared).expect("merged");
+        assert_eq!(events, 3);
         let decoded: Vec<(String, DeliveryBatch)> = messages
             .into_iter()
             .map(|(g, p)| {
@@ -184,7 +199,9 @@ mod tests {
                 items: vec![delivery, quoted.batch.items[0].clone()],
             },
         };
-        let Merged(messages) = merge(&[vec![batch.clone()], vec![batch.clone()]]).expect("merged");
+        let messages = merge(&[vec![batch.clone()], vec![batch.clone()]])
+            .expect("merged")
+            .parts;
         assert!(EncodedItems::join([&messages[0].1]).len() <= 2 * batch_bound(&batch));
     }
 
@@ -193,7 +210,7 @@ mod tests {
         let start = 4_000_000_000_000_000_000_u64;
         let ids: Vec<u64> = (0..2000).map(|n| start + 3 * n).collect();
         let batch = frame("a", "{}", &ids);
-        let Merged(messages) = merge(&[vec![batch.clone()]]).expect("merged");
+        let messages = merge(&[vec![batch.clone()]]).expect("merged").parts;
         let bound = batch_bound(&batch);
         assert!(EncodedItems::join([&messages[0].1]).len() <= bound);
         assert!(bound < 20 * ids.len() / 2, "{bound}");

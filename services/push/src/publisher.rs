@@ -7,21 +7,26 @@
 //! per gateway for all of it: busy partitions then cost one signature, one
 //! bus message and, at the gateway, one verification and one decode per
 //! turn, instead of one per partition. With 16 partitions, push's
-//! publishing and the NATS client's connection task had cost ~6 % more of
+//! publishing and the NATS client's connection task had cost ~5 % more of
 //! natter-server's CPU than with 1; joined, nats-server's CPU per stored
 //! message fell by about a sixth (README "Benchmarks").
 //!
 //! Order holds: a partition hands in its next run only once the last is
 //! published, and a gateway's parts are joined, and its messages
 //! published, in the order they were handed in. A message stays within
-//! what NATS takes: a hand-in that would push one gateway's message past
-//! it waits for the next message, and one too large even alone goes alone,
-//! so that NATS refusing it fails only its partition.
+//! what NATS takes and within [`MAX_EVENTS`] events (a socket's queue
+//! takes a message's frames in one go): a hand-in that would take one
+//! gateway's message past either waits for the next message, and one too
+//! large even alone goes alone, so that NATS refusing it fails only its
+//! partition. A run whose partition's lease was lost meanwhile is not
+//! published.
 //!
-//! Were the task ever to stop (a panic), every hand-in fails and the
-//! partitions are held back, as `/readyz` and the log then say.
+//! The task runs supervised (`Push::run`): were it to panic, `/readyz`
+//! says so, and every partition is held back until the instance restarts.
 
 use crate::fanout::Unroutable;
+use crate::leases::Lease;
+use crate::merge::{HEADER_ROOM, MAX_BYTES, MAX_EVENTS, Merged};
 use async_nats::HeaderMap;
 use async_nats::client::PublishErrorKind;
 use natter_platform::bus::BusKey;
@@ -29,9 +34,11 @@ use natter_protocol::events::EncodedItems;
 use natter_protocol::subjects::Namespace;
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-/// Hand-ins waiting for the publishing task: a partition has at most one,
-/// and there are at most 1,024 partitions, so handing in never waits.
+/// Hand-ins waiting for the publishing task: a partition's consumer has at
+/// most one, and there are at most 1,024 partitions, so handing in waits
+/// only in the moment a partition's old and new consumer overlap.
 const QUEUE: usize = 1024;
 
 /// Where partitions hand in their deliveries; cheap to clone.
@@ -49,9 +56,11 @@ struct Out {
 
 /// One run's deliveries and who waits for them.
 struct HandIn {
-    parts: Vec<(String, EncodedItems)>,
+    run: Merged,
     /// The run's trace context, for the gateways.
     trace: HeaderMap,
+    /// Its partition's: a run is published only while it is held.
+    lease: Lease,
     done: oneshot::Sender<Result<(), Failure>>,
 }
 
@@ -62,39 +71,44 @@ enum Failure {
     Unroutable(String),
     /// It may go through when tried again.
     Failed(String),
+    /// Not published: the partition's lease was lost.
+    Lost,
 }
 
 impl Publisher {
-    /// A publisher, and its task, which ends once every clone is dropped.
-    pub fn start(nats: async_nats::Client, bus: BusKey, ns: Namespace) -> Self {
+    /// A publisher, and its task (for the caller to supervise), which ends
+    /// once every clone is dropped.
+    pub fn start(nats: async_nats::Client, bus: BusKey, ns: Namespace) -> (Self, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(Out { nats, bus, ns }, rx));
-        Self { queue }
+        let task = tokio::spawn(run(Out { nats, bus, ns }, rx));
+        (Self { queue }, task)
     }
 
-    /// Publishes `parts` (one gateway each) with the trace context
-    /// `trace`, joined with whatever other partitions handed in meanwhile.
+    /// Publishes `run` (one part per gateway) with the trace context
+    /// `trace`, joined with whatever other partitions handed in meanwhile,
+    /// unless `lease` is lost first.
     ///
     /// # Errors
     /// When NATS refuses a message; with [`Unroutable`] in the chain when
-    /// it always will. A gateway may have had its message before another
-    /// failed: the caller publishes again, and it gets them twice (at
-    /// least once, as after a crash).
-    pub async fn publish(
-        &self,
-        parts: Vec<(String, EncodedItems)>,
-        trace: HeaderMap,
-    ) -> anyhow::Result<()> {
+    /// it always will. When the lease was lost, with nothing published.
+    /// A gateway may have had its message before another failed: the
+    /// caller publishes again, and it gets them twice (at least once, as
+    /// after a crash).
+    pub async fn publish(&self, run: Merged, trace: HeaderMap, lease: Lease) -> anyhow::Result<()> {
         let (done, answer) = oneshot::channel();
         let stopped = || anyhow::anyhow!("the delivery publisher stopped");
-        self.queue
-            .send(HandIn { parts, trace, done })
-            .await
-            .map_err(|_| stopped())?;
+        let hand_in = HandIn {
+            run,
+            trace,
+            lease,
+            done,
+        };
+        self.queue.send(hand_in).await.map_err(|_| stopped())?;
         match answer.await.map_err(|_| stopped())? {
             Ok(()) => Ok(()),
             Err(Failure::Failed(e)) => Err(anyhow::anyhow!(e)),
             Err(Failure::Unroutable(e)) => Err(anyhow::anyhow!(e).context(Unroutable)),
+            Err(Failure::Lost) => Err(anyhow::anyhow!("the partition's lease was lost")),
         }
     }
 }
@@ -130,11 +144,11 @@ async fn run(out: Out, mut rx: mpsc::Receiver<HandIn>) {
 }
 
 impl Out {
-    /// Most bytes of one message: [`crate::merge::MAX_BYTES`], or less
-    /// when the server takes less (headers included).
+    /// Most bytes of one message: [`MAX_BYTES`], or less when the server
+    /// takes less (headers included).
     fn limit(&self) -> usize {
         let takes = self.nats.server_info().max_payload;
-        crate::merge::MAX_BYTES.min(takes.saturating_sub(crate::merge::HEADER_ROOM))
+        MAX_BYTES.min(takes.saturating_sub(HEADER_ROOM))
     }
 
     /// Publishes one message to `gateway`.
@@ -147,11 +161,12 @@ impl Out {
         publish_to(&self.nats, &self.bus, &self.ns, gateway, trace, payload)
             .await
             .map_err(|e| {
-                let text = format!("{e:#}");
                 if e.downcast_ref::<Unroutable>().is_some() {
-                    Failure::Unroutable(text)
+                    // The hand-in's error says so again.
+                    let why: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+                    Failure::Unroutable(why.join(": "))
                 } else {
-                    Failure::Failed(text)
+                    Failure::Failed(format!("{e:#}"))
                 }
             })
     }
@@ -187,42 +202,52 @@ pub(crate) async fn publish_to(
     Ok(())
 }
 
-/// The hand-ins that go out together, and each gateway's bytes so far.
+/// The hand-ins that go out together, and each gateway's message so far.
 #[derive(Default)]
 struct Round {
     hand_ins: Vec<HandIn>,
-    bytes: BTreeMap<String, usize>,
+    /// Per gateway, its message's bytes and events.
+    load: BTreeMap<String, (usize, usize)>,
 }
 
 impl Round {
     /// Whether `hand_in` joins this round without taking any gateway's
-    /// message past `limit` bytes.
+    /// message past `limit` bytes or [`MAX_EVENTS`] events.
     fn fits(&self, hand_in: &HandIn, limit: usize) -> bool {
-        hand_in.parts.iter().all(|(gateway, part)| {
-            let so_far = self.bytes.get(gateway).copied().unwrap_or(0);
-            EncodedItems::FRAMING + so_far + joined(part) <= limit
+        hand_in.run.parts.iter().all(|(gateway, part)| {
+            let (bytes, events) = self.load.get(gateway).copied().unwrap_or((0, 0));
+            EncodedItems::FRAMING + bytes + joined(part) <= limit
+                && events + hand_in.run.events <= MAX_EVENTS
         })
     }
 
     fn add(&mut self, hand_in: HandIn) {
-        for (gateway, part) in &hand_in.parts {
-            *self.bytes.entry(gateway.clone()).or_default() += joined(part);
+        for (gateway, part) in &hand_in.run.parts {
+            let (bytes, events) = self.load.entry(gateway.clone()).or_default();
+            *bytes += joined(part);
+            *events += hand_in.run.events;
         }
         self.hand_ins.push(hand_in);
     }
 
     /// Publishes one message per gateway, in gateway order, and tells
     /// each hand-in how its gateways' went: only those that had a part in
-    /// a message NATS refused fail.
+    /// a message NATS refused fail. Runs whose lease is lost by now are
+    /// left out, and told so.
     async fn publish(self, out: &Out) {
-        let Some(first) = self.hand_ins.first() else {
+        let (held, lost): (Vec<HandIn>, Vec<HandIn>) =
+            self.hand_ins.into_iter().partition(|h| h.lease.is_held());
+        for hand_in in lost {
+            let _ = hand_in.done.send(Err(Failure::Lost));
+        }
+        let Some(first) = held.first() else {
             return;
         };
         // The first run's trace goes on to the gateways.
         let trace = first.trace.clone();
         let mut messages: BTreeMap<&str, Vec<&EncodedItems>> = BTreeMap::new();
-        for hand_in in &self.hand_ins {
-            for (gateway, part) in &hand_in.parts {
+        for hand_in in &held {
+            for (gateway, part) in &hand_in.run.parts {
                 messages.entry(gateway).or_default().push(part);
             }
         }
@@ -235,14 +260,15 @@ impl Round {
                 failed.insert(gateway.to_owned(), e);
             }
         }
-        for hand_in in self.hand_ins {
+        for hand_in in held {
             let result = hand_in
+                .run
                 .parts
                 .iter()
                 .find_map(|(gateway, _)| failed.get(gateway.as_str()))
                 .map_or(Ok(()), |e| Err(e.clone()));
-            // A partition that stopped waiting (its lease lost) needs no
-            // answer.
+            // Its consumer waits for the answer; were it gone, none is
+            // needed.
             let _ = hand_in.done.send(result);
         }
     }
@@ -267,9 +293,13 @@ mod tests {
         }
     }
 
-    /// A hand-in of one frame of `size` bytes per gateway, and where its
-    /// answer arrives.
-    fn hand_in(parts: &[(&str, usize)]) -> (HandIn, oneshot::Receiver<Result<(), Failure>>) {
+    /// A hand-in of a run of `events` events, one frame of `size` bytes
+    /// per gateway, under a lease held for a minute; and where its answer
+    /// arrives.
+    fn run_of(
+        events: usize,
+        parts: &[(&str, usize)],
+    ) -> (HandIn, oneshot::Receiver<Result<(), Failure>>) {
         let parts = parts
             .iter()
             .map(|(gateway, size)| {
@@ -278,13 +308,23 @@ mod tests {
             })
             .collect();
         let (done, answer) = oneshot::channel();
-        let trace = HeaderMap::new();
-        (HandIn { parts, trace, done }, answer)
+        let hand_in = HandIn {
+            run: Merged { parts, events },
+            trace: HeaderMap::new(),
+            lease: Lease::new(tokio::time::Instant::now() + std::time::Duration::from_secs(60)),
+            done,
+        };
+        (hand_in, answer)
     }
 
-    #[test]
-    fn a_round_takes_hand_ins_while_each_gateway_s_message_stays_within_the_limit() {
-        let one = joined(&hand_in(&[("a", 100)]).0.parts[0].1);
+    /// A hand-in of one event.
+    fn hand_in(parts: &[(&str, usize)]) -> (HandIn, oneshot::Receiver<Result<(), Failure>>) {
+        run_of(1, parts)
+    }
+
+    #[tokio::test]
+    async fn a_round_takes_hand_ins_while_each_gateway_s_message_stays_within_the_limit() {
+        let one = joined(&hand_in(&[("a", 100)]).0.run.parts[0].1);
         let limit = EncodedItems::FRAMING + 2 * one;
         let mut round = Round::default();
         round.add(hand_in(&[("a", 100)]).0);
@@ -294,6 +334,15 @@ mod tests {
         // Other gateways' bytes do not count against this one's.
         assert!(round.fits(&hand_in(&[("b", 100)]).0, limit));
         assert!(!round.fits(&hand_in(&[("b", 100), ("a", 1)]).0, limit));
+    }
+
+    #[tokio::test]
+    async fn a_round_takes_at_most_max_events_for_one_gateway() {
+        let mut round = Round::default();
+        round.add(run_of(MAX_EVENTS - 1, &[("a", 1)]).0);
+        assert!(round.fits(&hand_in(&[("a", 1)]).0, usize::MAX));
+        assert!(!round.fits(&run_of(2, &[("a", 1)]).0, usize::MAX));
+        assert!(round.fits(&run_of(MAX_EVENTS, &[("b", 1)]).0, usize::MAX));
     }
 
     /// What publishes to a fresh namespace on the machine's NATS, and a

@@ -12,6 +12,7 @@
 
 use crate::fanout::Fanout;
 use crate::membership::Membership;
+use crate::publisher::Publisher;
 use anyhow::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
@@ -63,16 +64,19 @@ pub async fn replay(config: &Config, from: ReplayFrom) -> anyhow::Result<u64> {
         },
         ReplayFrom::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
     };
-    let fanout = Fanout::new(
-        client.clone(),
+    // Replay publishes event by event, directly: its publisher idles.
+    let (publisher, _idle) = Publisher::start(client.clone(), bus.clone(), ns.clone());
+    let fanout = Fanout {
+        nats: client.clone(),
         bus,
-        ns.clone(),
-        Membership::new(pool),
-        PresenceReader::new(redis, ns)
+        membership: Membership::new(pool),
+        presence: PresenceReader::new(redis, ns.clone())
             .caching_hashes()
             .caching_liveness(LIVENESS_CACHE)
             .waiting_for_repair(REPAIR_WAIT),
-    );
+        ns,
+        publisher,
+    };
     if last == 0 || matches!(from, ReplayFrom::Sequence(s) if s > last) {
         return Ok(0);
     }
