@@ -156,31 +156,50 @@ impl Runnable for Push {
     ///
     /// # Errors
     /// When subscribing to membership invalidations fails, or a partition's
-    /// consumer panicked.
+    /// consumer or the delivery publisher panicked.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "push serving health");
-        let invalidations = self
-            .fanout
+        let Self {
+            coordinator,
+            fanout,
+            publishing,
+            typing,
+            listener,
+            deps,
+            lifecycle,
+        } = self;
+        let invalidations = fanout
             .nats
-            .subscribe(self.fanout.ns.membership_subject())
+            .subscribe(fanout.ns.membership_subject())
             .await
             .context("subscribing to membership invalidations")?;
-        let lifecycle = self.lifecycle;
-        lifecycle.serve_health(self.listener, self.deps);
-        lifecycle.watch("delivery publisher", self.publishing);
+        lifecycle.serve_health(listener, deps);
         lifecycle.spawn(
             "invalidation follower",
             fanout::follow_invalidations(
                 invalidations,
-                self.fanout.membership.clone(),
+                fanout.membership.clone(),
                 lifecycle.background(),
             ),
         );
+        // The publisher's task ends once the last fanout is dropped: the
+        // consumers' with the coordinator, this one with the typing
+        // follower, both once intake stops.
         lifecycle.spawn(
             "typing follower",
-            fanout::follow_typing(self.typing, self.fanout.clone(), lifecycle.intake()),
+            fanout::follow_typing(typing, fanout, lifecycle.intake()),
         );
-        let consuming = self.coordinator.run(lifecycle.intake());
+        let intake = lifecycle.intake();
+        // A publisher that ends while push consumes (a panic) stops push,
+        // as a consumer's panic does: its partitions could not move.
+        let consuming = async move {
+            tokio::select! {
+                consumed = coordinator.run(intake) => consumed,
+                ended = publishing => Err(anyhow::anyhow!(
+                    "the delivery publisher ended while push ran: {ended:?}"
+                )),
+            }
+        };
         lifecycle.run(shutdown, consuming).await
     }
 }

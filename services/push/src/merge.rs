@@ -8,7 +8,7 @@
 //! natter-server's CPU per stored message fell by ~10 % under load.
 //!
 //! Events are merged in runs: consecutive events, in order, at most
-//! [`MAX_EVENTS`] of them, whose messages stay under a size limit by
+//! [`MAX_EVENTS`] of them, whose parts stay under a size limit by
 //! [`encoded_bound`]. An event too large for the limit is a run of its
 //! own, never joined with another's part to the same gateway, so one NATS
 //! can never take is found and dead-lettered alone.

@@ -21,8 +21,10 @@
 //! partition. A run whose partition's lease was lost meanwhile is not
 //! published.
 //!
-//! The task runs supervised (`Push::run`): were it to panic, `/readyz`
-//! says so, and every partition is held back until the instance restarts.
+//! Were the task to end while push consumes (a panic), push stops with an
+//! error (`Push::run`), as when a partition's consumer panics: no
+//! partition could move meanwhile, and the others' instances take them
+//! over.
 
 use crate::fanout::Unroutable;
 use crate::leases::Lease;
@@ -391,6 +393,22 @@ mod tests {
         drop(publisher);
         task.await
             .expect("the task ends once the publisher is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_lease_was_lost_is_not_published() {
+        let (out, mut at_a) = out_watching("a").await;
+        let (lost, lost_answer) = hand_in(&[("a", 1)]);
+        lost.lease.lose();
+        let (held, held_answer) = hand_in(&[("a", 2)]);
+        let mut round = Round::default();
+        round.add(lost);
+        round.add(held);
+        round.publish(&out).await;
+
+        assert!(matches!(lost_answer.await, Ok(Err(Failure::Lost))));
+        assert!(matches!(held_answer.await, Ok(Ok(()))));
+        assert_eq!(next_batch(&mut at_a).await.items, vec![frame(2)]);
     }
 
     #[tokio::test]
