@@ -156,9 +156,8 @@ impl Fanout {
     }
 
     /// Splits prepared deliveries (one entry per event, in order) into
-    /// the runs [`merge::runs`] merges, within [`merge::MAX_BYTES`] or
-    /// less when the server takes less (headers included). One event is
-    /// one run, without reading the server's limit (which copies its
+    /// the runs [`merge::runs`] merges, within [`merge::limit`]. One event
+    /// is one run, without reading the server's limit (which copies its
     /// info).
     #[must_use]
     pub fn runs(&self, prepared: &[Vec<GatewayBatch>]) -> Vec<Range<usize>> {
@@ -166,9 +165,7 @@ impl Fanout {
             // A lone event is a run of its own whatever the limit.
             return merge::runs(prepared, 0);
         }
-        let takes = self.nats.server_info().max_payload;
-        let limit = merge::MAX_BYTES.min(takes.saturating_sub(merge::HEADER_ROOM));
-        merge::runs(prepared, limit)
+        merge::runs(prepared, merge::limit(&self.nats))
     }
 
     /// Publishes a run of events [`merge::merge`] made, with whatever

@@ -43,6 +43,14 @@ pub struct Merged {
     pub events: usize,
 }
 
+/// Most bytes of one message to a gateway: [`MAX_BYTES`], or less when
+/// the server `nats` is connected to takes less (headers included).
+#[must_use]
+pub fn limit(nats: &async_nats::Client) -> usize {
+    let takes = nats.server_info().max_payload;
+    MAX_BYTES.min(takes.saturating_sub(HEADER_ROOM))
+}
+
 /// Splits `prepared` (each event's gateway batches, in event order) into
 /// runs to merge: none longer than [`MAX_EVENTS`], and none whose message
 /// to any gateway could pass `limit` bytes unless it is one event alone.

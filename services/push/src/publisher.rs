@@ -28,7 +28,7 @@
 
 use crate::fanout::Unroutable;
 use crate::leases::Lease;
-use crate::merge::{HEADER_ROOM, MAX_BYTES, MAX_EVENTS, Merged};
+use crate::merge::{self, MAX_EVENTS, Merged};
 use async_nats::HeaderMap;
 use async_nats::client::PublishErrorKind;
 use natter_platform::bus::BusKey;
@@ -131,7 +131,7 @@ async fn run(out: Out, mut rx: mpsc::Receiver<HandIn>) {
         // Partitions woken with this one (one read of the events) hand
         // theirs in when they run: one turn of the scheduler lets them in.
         tokio::task::yield_now().await;
-        let limit = out.limit();
+        let limit = merge::limit(&out.nats);
         let mut round = Round::default();
         round.add(first);
         while let Ok(hand_in) = rx.try_recv() {
@@ -146,13 +146,6 @@ async fn run(out: Out, mut rx: mpsc::Receiver<HandIn>) {
 }
 
 impl Out {
-    /// Most bytes of one message: [`MAX_BYTES`], or less when the server
-    /// takes less (headers included).
-    fn limit(&self) -> usize {
-        let takes = self.nats.server_info().max_payload;
-        MAX_BYTES.min(takes.saturating_sub(HEADER_ROOM))
-    }
-
     /// Publishes one message to `gateway`.
     async fn publish(
         &self,
