@@ -311,7 +311,7 @@ impl Worker {
                 Err(e) => {
                     self.deliver(std::mem::take(&mut run)).await?;
                     let reason = format!("undecodable event: {e}");
-                    self.dead_letter(&msg, msg.payload.clone(), sequence, None, &reason)
+                    self.dead_letter(&msg.subject, msg.payload.clone(), sequence, None, &reason)
                         .await?;
                     self.position = sequence;
                 }
@@ -441,30 +441,38 @@ impl Worker {
     }
 
     /// Dead-letters `item`'s event alone: its message as it came when it
-    /// carries that event only, else the event re-encoded, so a redrive
-    /// does not deliver its siblings again.
+    /// carries that event only, else the event re-encoded, under its own
+    /// subject (a message's events may be of several channels of the
+    /// partition: migration 0014), so a redrive does not deliver its
+    /// siblings again.
     async fn dead_letter_event(&mut self, item: &Item, reason: &str) -> Result<(), Halt> {
-        let (payload, index) = if item.of == 1 {
-            (item.message.payload.clone(), None)
+        let (subject, payload, index) = if item.of == 1 {
+            (
+                item.message.subject.to_string(),
+                item.message.payload.clone(),
+                None,
+            )
         } else {
             // Encoding a decoded event cannot fail; were it to, the whole
             // message goes, under this event's name.
             let json = serde_json::to_vec(&item.event)
                 .map_or_else(|_| item.message.payload.clone(), Into::into);
-            (json, Some(item.index))
+            let subject = self.consumers.fanout.ns.event_subject(&item.event);
+            (subject, json, Some(item.index))
         };
-        self.dead_letter(&item.message, payload, item.sequence, index, reason)
+        self.dead_letter(&subject, payload, item.sequence, index, reason)
             .await?;
         self.position = item.position_after(self.position);
         Ok(())
     }
 
-    /// Publishes `payload` (message `sequence`, or its event `index`) to
-    /// the dead-letter stream (same subject suffix, with the reason),
-    /// retrying until JetStream has it; the caller moves the position.
+    /// Publishes `payload` (message `sequence`, or its event `index`,
+    /// published on `subject`) to the dead-letter stream (same subject
+    /// suffix, with the reason), retrying until JetStream has it; the
+    /// caller moves the position.
     async fn dead_letter(
         &mut self,
-        msg: &jetstream::Message,
+        subject: &str,
         payload: bytes::Bytes,
         sequence: u64,
         index: Option<usize>,
@@ -474,8 +482,7 @@ impl Worker {
             return Err(Halt::Lost);
         }
         let ns = &self.consumers.fanout.ns;
-        let suffix = msg
-            .subject
+        let suffix = subject
             .strip_prefix(&ns.events_prefix())
             .filter(|s| !s.is_empty())
             .unwrap_or("unknown");

@@ -1,13 +1,14 @@
 //! Messages: the batched write and the history reads.
 //!
 //! A batch is one call of the `write_messages` function (migrations 0009,
-//! 0011, 0012), one statement and so one transaction and one round trip
+//! 0011, 0012, 0014), one statement and so one transaction and one round trip
 //! (ARCHITECTURE.md "Hot paths"): its channels are locked in id order (so
 //! concurrent batches never deadlock), membership is checked under those
 //! locks, each channel's `last_seq` advances once for all of its messages
 //! (by the ranks worked out here: [`Ranks`]), and messages, their
 //! idempotency keys (`message_keys`, migration 0007), the writers' read
-//! pointers and outbox rows go in with one statement. `sent_at` is one
+//! pointers and outbox rows (one per event partition: 0014) go in with one
+//! statement. `sent_at` is one
 //! `clock_timestamp()` per call, taken while its channels are locked, so it
 //! follows seq within a channel.
 
@@ -16,6 +17,7 @@ use crate::store::channels::{membership, not_found, not_joined};
 use natter_platform::outbox;
 use natter_protocol::events::MessageStoredHead;
 use natter_protocol::frames::results::{MessageEntry, Written};
+use natter_protocol::partition::PartitionKey;
 use natter_protocol::rpc::SocketRef;
 use natter_protocol::subjects::Namespace;
 use natter_protocol::{ChannelId, Seq, UserId, limits};
@@ -166,11 +168,22 @@ struct Call<'a> {
     heads: Vec<String>,
     headers: Vec<String>,
     groups: Vec<i32>,
+    partitions: Vec<i32>,
 }
 
 impl<'a> Call<'a> {
     fn new(ns: &Namespace, requests: impl Iterator<Item = &'a WriteRequest> + Clone) -> Self {
         let channels: Vec<i64> = requests.clone().map(|r| r.channel_id.0).collect();
+        let partitions: Vec<i32> = requests
+            .clone()
+            .map(|r| {
+                i32::from(
+                    PartitionKey::Channel(r.channel_id)
+                        .partition(ns.partitions())
+                        .0,
+                )
+            })
+            .collect();
         let heads: Vec<String> = requests
             .clone()
             .map(|r| {
@@ -186,7 +199,8 @@ impl<'a> Call<'a> {
             })
             .collect();
         Self {
-            groups: groups(&channels, heads.iter().map(String::len), ROW_BYTES),
+            groups: groups(&partitions, heads.iter().map(String::len), ROW_BYTES),
+            partitions,
             heads,
             users: requests.clone().map(|r| r.user_id.0).collect(),
             client_msg_ids: requests.clone().map(|r| r.client_msg_id.as_str()).collect(),
@@ -213,7 +227,7 @@ impl<'a> Call<'a> {
     ) -> Result<Vec<OutcomeRow>, DomainError> {
         Ok(sqlx::query_as(
             "SELECT n, outcome, channel_id, seq, sent_at \
-             FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             FROM write_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&self.users)
         .bind(&self.client_msg_ids)
@@ -228,6 +242,7 @@ impl<'a> Call<'a> {
         .bind(&self.headers)
         .bind(check_keys)
         .bind(&self.groups)
+        .bind(&self.partitions)
         .fetch_all(conn)
         .await?)
     }
@@ -273,7 +288,7 @@ impl Ranks {
 }
 
 /// Most bytes of the events one outbox row carries: what one call stores
-/// in one channel goes out as one row, one bus message (migration 0012),
+/// in one partition goes out as one row, one bus message (migration 0014),
 /// unless it would outgrow this, well under NATS's 1 MiB default payload
 /// limit. One message alone always fits: 4,000 characters escape to at
 /// most 24,000 bytes.
@@ -282,21 +297,21 @@ const ROW_BYTES: usize = 64 * 1024;
 /// most six bytes escaped), the seq and the time, with their names.
 const TAIL_BYTES: usize = *limits::TITLE_CHARS.end() * 6 + 128;
 
-/// Per request, its group among its channel's requests: a channel's
-/// requests, in arrival order, go in runs whose events (heads of
-/// `head_sizes` bytes, plus what Postgres appends and a separator) stay
-/// within `limit` bytes, numbered from 0 and never decreasing in arrival
-/// order (migration 0012 orders a call's rows by their first request, so
-/// a channel's rows keep seq order only so); a request over the limit
-/// alone is a run of its own.
-fn groups(channels: &[i64], head_sizes: impl Iterator<Item = usize>, limit: usize) -> Vec<i32> {
-    let mut runs: HashMap<i64, (i32, usize)> = HashMap::new();
-    channels
+/// Per request, its group among its partition's requests (`partitions`,
+/// the partition of each request's channel): a partition's requests, in
+/// arrival order, go in runs whose events (heads of `head_sizes` bytes,
+/// plus what Postgres appends and a separator) stay within `limit` bytes,
+/// numbered from 0 and never decreasing in arrival order (migration 0014
+/// orders a call's rows by their first request, so a channel's rows keep
+/// seq order only so); a request over the limit alone is a run of its own.
+fn groups(partitions: &[i32], head_sizes: impl Iterator<Item = usize>, limit: usize) -> Vec<i32> {
+    let mut runs: HashMap<i32, (i32, usize)> = HashMap::new();
+    partitions
         .iter()
         .zip(head_sizes)
-        .map(|(channel, head)| {
+        .map(|(partition, head)| {
             let size = head + TAIL_BYTES + 1;
-            let (group, bytes) = runs.entry(*channel).or_default();
+            let (group, bytes) = runs.entry(*partition).or_default();
             if *bytes > 0 && *bytes + size > limit {
                 *group += 1;
                 *bytes = 0;
@@ -420,6 +435,7 @@ mod tests {
     use super::*;
     use natter_platform::db;
     use natter_protocol::events::{Event, decode_events};
+    use natter_protocol::partition::Partition;
     use sqlx::migrate::Migrator;
     use std::borrow::Cow;
 
@@ -762,7 +778,8 @@ mod tests {
         let pool = database.pool().await;
         let settings: Vec<String> = sqlx::query_scalar(
             "SELECT unnest(proconfig) FROM pg_proc WHERE oid = 'write_messages(bigint[], text[], \
-             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[], boolean, int[])'::regprocedure",
+             bigint[], int[], bigint[], int[], text[], uuid[], text[], text[], text[], boolean, int[], \
+             int[])'::regprocedure",
         )
         .fetch_all(&pool)
         .await
@@ -847,18 +864,43 @@ mod tests {
         assert_eq!(rows[0].2, serde_json::json!({ "traceparent": traceparent }));
     }
 
-    /// A call's messages go out as one outbox row per channel, in the order
-    /// of each channel's first message, each row's events in seq order; a
-    /// channel's lone message is its event, not an array of one.
+    /// The outbox rows, each as its subject and its events' (channel, seq),
+    /// in the order the relay publishes them.
+    async fn outbox_rows(pool: &PgPool) -> Vec<(String, Vec<(i64, i64)>)> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT subject, payload FROM outbox ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .expect("outbox");
+        rows.into_iter()
+            .map(|(subject, payload)| {
+                let events = decode_events(&payload)
+                    .expect("events")
+                    .into_iter()
+                    .map(|e| match e {
+                        Event::MessageStored {
+                            channel_id, seq, ..
+                        } => (channel_id.0, seq.0),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                (subject, events)
+            })
+            .collect()
+    }
+
+    /// With one partition, a call's messages go out as one outbox row
+    /// whatever their channels, in arrival order, so each channel's are in
+    /// seq order; a lone message is its event, not an array of one.
     #[tokio::test]
-    async fn a_call_s_messages_make_one_outbox_row_per_channel_in_seq_order() {
+    async fn a_call_s_messages_to_one_partition_make_one_outbox_row_in_arrival_order() {
         let database = natter_testkit::TestDatabase::create().await;
         let pool = database.pool().await;
         let alice = insert_alice(&pool).await;
         let [a, b, c] = channels_of(&pool, alice, &["a", "b", "c"]).await[..] else {
             panic!("three channels");
         };
-        let ns = Namespace::new("outbox-test");
+        let ns = Namespace::new("outbox-test").with_partitions(1);
         let batch = [
             request(alice, b, "1"),
             request(alice, a, "2"),
@@ -870,35 +912,81 @@ mod tests {
         for answer in write_on(&pool, &ns, &batch).await.expect("batch") {
             answer.expect("written");
         }
-
-        let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .expect("outbox");
-        let rows: Vec<Vec<(i64, i64)>> = payloads
-            .iter()
-            .map(|p| {
-                decode_events(p)
-                    .expect("events")
-                    .into_iter()
-                    .map(|e| match e {
-                        Event::MessageStored {
-                            channel_id, seq, ..
-                        } => (channel_id.0, seq.0),
-                        other => panic!("{other:?}"),
-                    })
-                    .collect()
-            })
-            .collect();
         assert_eq!(
-            rows,
-            [
-                vec![(b, 1), (b, 2), (b, 3)],
-                vec![(a, 1), (a, 2)],
-                vec![(c, 1)]
-            ]
+            outbox_rows(&pool).await,
+            [(
+                ns.channel_event_subject(ChannelId(b)),
+                vec![(b, 1), (a, 1), (b, 2), (c, 1), (b, 3), (a, 2)]
+            )]
         );
-        assert_eq!(payloads[2].first(), Some(&b'{'), "a lone event is no array");
+
+        write_on(&pool, &ns, &[request(alice, c, "7")])
+            .await
+            .expect("batch")[0]
+            .as_ref()
+            .expect("written");
+        let payload: Vec<u8> =
+            sqlx::query_scalar("SELECT payload FROM outbox ORDER BY id DESC LIMIT 1")
+                .fetch_one(&pool)
+                .await
+                .expect("outbox");
+        assert_eq!(payload.first(), Some(&b'{'), "a lone event is no array");
+    }
+
+    /// A call's messages go out as one outbox row per partition of their
+    /// channels, in the order of each partition's first message, on a
+    /// subject of that partition, each row holding only its partition's
+    /// channels.
+    #[tokio::test]
+    async fn a_call_s_messages_make_one_outbox_row_per_partition() {
+        let database = natter_testkit::TestDatabase::create().await;
+        let pool = database.pool().await;
+        let alice = insert_alice(&pool).await;
+        let titles: Vec<String> = (0..12).map(|n| format!("room {n}")).collect();
+        let titles: Vec<&str> = titles.iter().map(String::as_str).collect();
+        let channels = channels_of(&pool, alice, &titles).await;
+        let ns = Namespace::new("outbox-test").with_partitions(4);
+        let partition = |channel: i64| PartitionKey::Channel(ChannelId(channel)).partition(4);
+        let batch: Vec<WriteRequest> = channels
+            .iter()
+            .chain(channels.iter().rev())
+            .enumerate()
+            .map(|(n, &channel)| request(alice, channel, &n.to_string()))
+            .collect();
+        for answer in write_on(&pool, &ns, &batch).await.expect("batch") {
+            answer.expect("written");
+        }
+
+        // What each partition should get: its requests, in arrival order.
+        let mut expected: Vec<(Partition, Vec<(i64, i64)>)> = Vec::new();
+        let mut seqs: HashMap<i64, i64> = HashMap::new();
+        for r in &batch {
+            let channel = r.channel_id.0;
+            let seq = seqs.entry(channel).or_default();
+            *seq += 1;
+            let p = partition(channel);
+            match expected.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, events)) => events.push((channel, *seq)),
+                None => expected.push((p, vec![(channel, *seq)])),
+            }
+        }
+        assert!(expected.len() > 1, "the channels span several partitions");
+        let rows = outbox_rows(&pool).await;
+        assert_eq!(
+            rows.iter()
+                .map(|(_, events)| events.clone())
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(_, events)| events.clone())
+                .collect::<Vec<_>>()
+        );
+        for ((subject, _), (p, _)) in rows.iter().zip(&expected) {
+            assert!(
+                subject.starts_with(&ns.partition_subject(*p, "")),
+                "{subject} is not in partition {p}"
+            );
+        }
     }
 
     #[test]
@@ -922,13 +1010,13 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_s_requests_share_a_group_until_their_events_would_pass_the_limit() {
+    fn a_partition_s_requests_share_a_group_until_their_events_would_pass_the_limit() {
         let event = |head: usize| head + TAIL_BYTES + 1;
         let limit = event(100) * 3;
         assert_eq!(
             groups(&[7, 3, 7, 7, 3, 7], [100; 6].into_iter(), limit),
             [0, 0, 0, 0, 0, 1],
-            "channel 7's fourth event would pass the limit"
+            "partition 7's fourth event would pass the limit"
         );
         assert_eq!(
             groups(&[7, 7, 7], [100, limit, 100].into_iter(), limit),

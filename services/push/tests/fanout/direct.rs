@@ -514,6 +514,56 @@ async fn an_event_too_large_inside_a_bus_message_is_dead_lettered_alone() {
     h.app.stop().await;
 }
 
+/// A bus message carries a partition's events, of several channels
+/// (migration 0014): each is delivered to its own channel's sockets, and
+/// one that can never be delivered is dead-lettered alone under its own
+/// channel's subject, whichever channel the message's subject names.
+#[tokio::test]
+async fn a_bus_message_s_events_of_several_channels_each_reach_their_own_channel() {
+    let h = Harness::spawn_with(|c| c.partitions = 1).await;
+    let (alice, bob, carol) = (
+        h.user("alice").await,
+        h.user("bob").await,
+        h.user("carol").await,
+    );
+    let one = h.channel("one", &[alice, bob]).await;
+    let two = h.channel("two", &[alice, carol]).await;
+    h.gateway_alive("gw-a").await;
+    h.online(bob, "gw-a", 2, Some(one)).await;
+    h.online(carol, "gw-a", 3, Some(two)).await;
+    let mut a = h.tap("gw-a").await;
+
+    let stored = |channel, seq| message(channel, seq, alice, origin("gw-x", 1));
+    h.publish_together(&[stored(one, 1), too_large(stored(two, 1)), stored(two, 2)])
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (sockets, frame) = a.next_frame().await;
+        got.push((sockets, frame["channel_id"].clone(), frame["seq"].clone()));
+    }
+    assert_eq!(
+        got,
+        [
+            (vec![2], json!(one.0), json!(1)),
+            (vec![3], json!(two.0), json!(2))
+        ]
+    );
+    a.expect_nothing().await;
+    assert_eq!(h.dead_letters().await, 1);
+    let dlq =
+        h.js.get_stream(h.ns.dlq_stream())
+            .await
+            .expect("dlq stream");
+    let dead = dlq.get_raw_message(1).await.expect("dead letter");
+    let suffix =
+        h.ns.event_subject(&stored(two, 1))
+            .strip_prefix(&h.ns.events_prefix())
+            .expect("an events subject")
+            .to_string();
+    assert_eq!(dead.subject.as_str(), h.ns.dlq_subject(&suffix));
+    h.app.stop().await;
+}
+
 #[tokio::test]
 async fn events_published_while_push_is_down_are_all_delivered_once_in_order_in_few_messages() {
     let mut h = Harness::spawn().await;
