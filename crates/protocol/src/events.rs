@@ -132,8 +132,9 @@ impl Event {
 
 /// Decodes one events-stream message: a single [`Event`] object, or a
 /// JSON array of them in order (what one `write_messages` call stored in
-/// one channel goes out as one message: one outbox row, one publish, one
-/// acknowledgement and one delivery to push instead of one each).
+/// one partition goes out as one message: one outbox row, one publish, one
+/// acknowledgement and one delivery to push instead of one each; its
+/// events may be of several channels, each channel's in seq order).
 ///
 /// # Errors
 /// When the payload is neither, or an array is empty.

@@ -290,8 +290,9 @@ async fn events(stream: &Stream, ns: &Namespace) -> anyhow::Result<Vec<DeadLette
 }
 
 /// Where a dead letter on `dlq_subject` carrying `payload` is redriven to:
-/// a decodable event (or array of them, all of one channel) to its subject
-/// as published now (a partition count changed since it was dead-lettered
+/// a decodable event (or array of them, all of one partition: push
+/// dead-letters an array's events one by one) to its (first) subject as
+/// published now (a partition count changed since it was dead-lettered
 /// moves it with its channel), anything else back to the events subject it
 /// came from. `None` for a subject outside this namespace's dead-letter
 /// stream.

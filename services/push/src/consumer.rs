@@ -6,7 +6,8 @@
 //! committed position, whose overlapping pull requests never leave it
 //! waiting on a request the server dropped).
 //! A stream message carries one event or, for what one call stored in one
-//! channel, an array of them (`decode_events`); each event is handled on
+//! partition, an array of them, of one or more channels (`decode_events`);
+//! each event is handled on
 //! its own, and the position passes a message only once all of its events
 //! are delivered (a crash in between delivers its first ones again).
 //! What has arrived is handled as one batch — one presence read, one query

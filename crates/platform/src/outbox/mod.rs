@@ -13,7 +13,7 @@
 //! - `subject`: the NATS subject, final: from the namespace, the event's
 //!   partition and its channel or user (`Namespace::event_subject`);
 //! - `payload`: the event's JSON (or, from the message writer, a JSON
-//!   array of one channel's events);
+//!   array of one partition's events, on its first event's subject);
 //! - `headers`: a JSON object of string values, published as NATS headers;
 //!   today the W3C `traceparent` of the request that caused the event (of
 //!   an array, its first event's: each `message_stored` event also
