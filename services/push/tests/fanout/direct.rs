@@ -500,11 +500,7 @@ async fn an_event_too_large_inside_a_bus_message_is_dead_lettered_alone() {
     }
     a.expect_nothing().await;
     assert_eq!(h.dead_letters().await, 1);
-    let dlq =
-        h.js.get_stream(h.ns.dlq_stream())
-            .await
-            .expect("dlq stream");
-    let dead = dlq.get_raw_message(1).await.expect("dead letter");
+    let dead = h.first_dead_letter().await;
     match serde_json::from_slice::<Event>(&dead.payload).expect("one event, no array") {
         Event::MessageStored { seq, content, .. } => {
             assert_eq!((seq.0, content.len()), (2, 300_000));
@@ -550,11 +546,7 @@ async fn a_bus_message_s_events_of_several_channels_each_reach_their_own_channel
     );
     a.expect_nothing().await;
     assert_eq!(h.dead_letters().await, 1);
-    let dlq =
-        h.js.get_stream(h.ns.dlq_stream())
-            .await
-            .expect("dlq stream");
-    let dead = dlq.get_raw_message(1).await.expect("dead letter");
+    let dead = h.first_dead_letter().await;
     let suffix =
         h.ns.event_subject(&stored(two, 1))
             .strip_prefix(&h.ns.events_prefix())

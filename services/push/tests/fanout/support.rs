@@ -285,6 +285,17 @@ impl Harness {
         dlq.info().await.expect("info").state.messages
     }
 
+    /// The first message of the dead-letter stream, which must be there.
+    pub async fn first_dead_letter(&self) -> jetstream::message::StreamMessage {
+        self.js
+            .get_stream(self.ns.dlq_stream())
+            .await
+            .expect("the DLQ stream")
+            .get_raw_message(1)
+            .await
+            .expect("a dead letter")
+    }
+
     /// Listens as gateway `id` would.
     pub async fn tap(&self, gateway: &str) -> Tap {
         let sub = self
