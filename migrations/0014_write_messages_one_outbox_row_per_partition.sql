@@ -19,10 +19,11 @@
 -- `msg_id` and headers (0012 took the least of its one channel's equal
 -- subjects); push reads each event's channel from the event.
 --
--- The push of the release before reads such rows: it decodes an array and
--- handles each event on its own, whatever its channel. 0012's function
--- stays, under its own argument list, for the message instances of the
--- release before; a later migration drops it.
+-- A push that reads 0012's arrays reads these too: it decodes an array and
+-- handles each event on its own, whatever its channel (a push older than
+-- 0012 must be replaced first, as 0012 says). 0012's function stays, under
+-- its own argument list, for the message instances of the release before;
+-- a later migration drops it.
 CREATE FUNCTION write_messages(
     p_users          BIGINT[],
     p_keys           TEXT[],

@@ -38,7 +38,7 @@ pub enum Event {
         /// The W3C trace context of the write that stored it, when tracing
         /// was on. It rides in the event, not only in the bus message's
         /// headers, because one bus message carries every message a
-        /// `write_messages` call stored in a channel, each from its own
+        /// `write_messages` call stored in a partition, each from its own
         /// request and trace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,

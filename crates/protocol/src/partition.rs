@@ -48,9 +48,11 @@ impl PartitionKey {
         Partition(u16::try_from(bucket).unwrap_or(0))
     }
 
-    /// The subject suffix under `<ns>.evt.p<k>.`: events of one channel
-    /// share a subject so their order is plain to see; user events go by
-    /// user.
+    /// The subject suffix under `<ns>.evt.p<k>.`: a channel's events go
+    /// on its subject, user events by user. A bus message of several
+    /// channels' `message_stored` events goes on its first event's
+    /// (migration 0014), so read a channel's events from the whole
+    /// partition, not from its subject alone.
     #[must_use]
     pub fn subject_suffix(self) -> String {
         match self {

@@ -296,8 +296,8 @@ async fn every_message_makes_one_trace_across_the_services_its_log_lines_name_an
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Messages one `write_messages` call stores in a channel (they share
-    // its time) travel as one bus message; each still takes its own trace
+    // Messages one `write_messages` call stores in a partition (they
+    // share its time) travel as one bus message; each still takes its own trace
     // to push, as the span that delivers it or as a link of a merged
     // delivery. Alice and Bob write at once until two writes meet in a
     // call.

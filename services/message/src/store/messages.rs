@@ -7,8 +7,8 @@
 //! locks, each channel's `last_seq` advances once for all of its messages
 //! (by the ranks worked out here: [`Ranks`]), and messages, their
 //! idempotency keys (`message_keys`, migration 0007), the writers' read
-//! pointers and outbox rows (one per event partition: 0014) go in with one
-//! statement. `sent_at` is one
+//! pointers and outbox rows (one per event partition, cut into runs of at
+//! most 64 KiB: 0014) go in with one statement. `sent_at` is one
 //! `clock_timestamp()` per call, taken while its channels are locked, so it
 //! follows seq within a channel.
 

@@ -458,7 +458,7 @@ async fn an_event_too_large_among_others_handled_together_is_dead_lettered_alone
     h.app.stop().await;
 }
 
-/// What one call stored in one channel comes as one bus message: each of
+/// What one call stored in one partition comes as one bus message: each of
 /// its events is delivered, in order, and once, also across a restart.
 #[tokio::test]
 async fn events_carried_in_one_bus_message_are_each_delivered_once_in_order() {

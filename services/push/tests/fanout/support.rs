@@ -191,9 +191,9 @@ impl Harness {
         self.publish_to(self.ns.event_subject(event), payload).await
     }
 
-    /// Publishes a channel's events as one message, the way the outbox
-    /// relay publishes what one `write_messages` call stored in a channel;
-    /// its stream sequence.
+    /// Publishes events of one partition as one message, on the first's
+    /// subject, the way the outbox relay publishes what one
+    /// `write_messages` call stored in a partition; its stream sequence.
     pub async fn publish_together(&self, events: &[Event]) -> u64 {
         let payload = serde_json::to_vec(events).expect("encode events");
         self.publish_to(self.ns.event_subject(&events[0]), payload)
