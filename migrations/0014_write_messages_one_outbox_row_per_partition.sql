@@ -6,7 +6,8 @@
 -- nothing downstream needs a row to hold one channel. A call touches at
 -- most `NATTER_PARTITIONS` rows now, however many channels it holds: the
 -- more channels are active, the more it saves (bench/run's throughput, 20
--- channels in 12 of 16 partitions: about 40 % fewer rows).
+-- channels in 12 of 16 partitions: a third fewer, 0.125 stream messages
+-- per stored message against 0.186, counted as nats-server's file writes).
 --
 -- What changed from 0012: the caller passes `p_partitions`, per request
 -- the partition of its channel (the one its subject names), and numbers
