@@ -151,15 +151,21 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
         db::migrate(&pool).await.expect("migrate template");
         pool.close().await;
         // Renamed only when complete, so a crash never leaves a half-made
-        // template under the real name.
-        sqlx::query(&format!(
+        // template under the real name. The pool's backend may still be
+        // exiting after its connection closed ("being accessed by other
+        // users"), so the rename is tried again for a moment.
+        let rename = format!(
             "ALTER DATABASE {} RENAME TO {}",
             db::quote_ident(&building),
             db::quote_ident(&name)
-        ))
-        .execute(&mut *admin)
-        .await
-        .expect("publish template");
+        );
+        let mut tries = 0;
+        while let Err(e) = sqlx::query(&rename).execute(&mut *admin).await {
+            tries += 1;
+            assert!(tries < 50, "publish template: {e}");
+            tracing::debug!(error = %e, "retrying the template's rename");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(TEMPLATE_LOCK)
