@@ -54,19 +54,8 @@ impl TestDatabase {
             db::quote_ident(&name),
             db::quote_ident(&template)
         );
-        let mut tries = 0;
-        loop {
-            match sqlx::query(&sql).execute(&mut admin).await {
-                Ok(_) => break,
-                // Another process may be touching the template for a moment.
-                Err(e) if tries < 20 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "retrying clone of the template");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cloning the test database: {e}"),
-            }
-        }
+        // Another process may be touching the template for a moment.
+        execute_retrying(&mut admin, &sql, 21, "cloning the test database").await;
         admin.close().await.ok();
         Self {
             url: with_database(&admin_url, &name),
@@ -159,13 +148,7 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
             db::quote_ident(&building),
             db::quote_ident(&name)
         );
-        let mut tries = 0;
-        while let Err(e) = sqlx::query(&rename).execute(&mut *admin).await {
-            tries += 1;
-            assert!(tries < 50, "publish template: {e}");
-            tracing::debug!(error = %e, "retrying the template's rename");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        execute_retrying(admin, &rename, 50, "publish template").await;
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(TEMPLATE_LOCK)
@@ -173,6 +156,21 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
         .await
         .expect("template unlock");
     name
+}
+
+/// Runs `sql`, tried again every 100 ms up to `tries` times in all while
+/// Postgres refuses it (a database another session is still leaving).
+///
+/// # Panics
+/// When the last try fails, with `what` and the error.
+async fn execute_retrying(admin: &mut PgConnection, sql: &str, tries: u32, what: &str) {
+    let mut tried = 1;
+    while let Err(e) = sqlx::query(sql).execute(&mut *admin).await {
+        assert!(tried < tries, "{what}: {e}");
+        tried += 1;
+        tracing::debug!(error = %e, what, "trying again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 impl Drop for TestDatabase {
