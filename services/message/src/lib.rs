@@ -172,6 +172,7 @@ impl Runnable for Message {
             outbox::relay::run(
                 self.state.pool.clone(),
                 self.js.clone(),
+                self.state.ns.clone(),
                 lifecycle.readiness().condition("outbox relay"),
                 lifecycle.background(),
             ),

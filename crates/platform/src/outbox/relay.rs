@@ -23,6 +23,22 @@
 //! its lease or fails; only a relay that dies leaves them, to be published
 //! again and dropped by JetStream as duplicates.
 //!
+//! Pipelined publishes are not stored all or nothing: one lost with a
+//! dropped connection, or refused while a clustered stream had no leader,
+//! can be followed by later ones that JetStream stored, and retrying it
+//! would store it after them, out of the outbox's order and so out of its
+//! channel's seq order. So every row for the events stream is published
+//! expecting the stream to end where the rows before it left it
+//! (`Nats-Expected-Last-Sequence`, counted on from the stream's last
+//! sequence): once one is not stored, JetStream refuses each one behind
+//! it, and they are retried after it. The stream's end is read from
+//! JetStream when the relay takes the lease and after any round that did
+//! not store every row as expected (a failure, a duplicate, or another
+//! publisher such as a dead-letter redrive: the round stops at the first
+//! refused row and the next one starts at once from the stream's real end).
+//! Session revocations are published without it: they are a set, in no
+//! order anyone reads.
+//!
 //! A failure is one of two kinds:
 //! - **transient** (NATS unreachable, an ack that times out, JetStream
 //!   without a leader for the stream): the batch stops at that row, which
@@ -40,6 +56,7 @@ use crate::lifecycle::Condition;
 use anyhow::Context;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures::future::join_all;
+use natter_protocol::subjects::Namespace;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
@@ -61,12 +78,16 @@ const RETRY: Duration = Duration::from_millis(500);
 pub async fn run(
     pool: PgPool,
     js: jetstream::Context,
+    ns: Namespace,
     health: Condition,
     shutdown: CancellationToken,
 ) {
     let lease = Lease::new(pool.clone());
     while !shutdown.is_cancelled() {
-        if let Err(e) = lead_when_possible(&pool, &js, &lease, &health, &shutdown).await {
+        let mut events = EventsEnd::new(&ns);
+        if let Err(e) =
+            lead_when_possible(&pool, &js, &mut events, &lease, &health, &shutdown).await
+        {
             health.failing(&e);
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
@@ -82,6 +103,7 @@ pub async fn run(
 async fn lead_when_possible(
     pool: &PgPool,
     js: &jetstream::Context,
+    events: &mut EventsEnd,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -108,7 +130,7 @@ async fn lead_when_possible(
             }
             Ok(())
         }
-        result = publish_while_leading(pool, js, lease, health, shutdown, &mut published) => result,
+        result = publish_while_leading(pool, js, events, lease, health, shutdown, &mut published) => result,
     };
     // Through the pool: the loop may have stopped because the relay's own
     // connection failed. The loop's error, if any, is the one reported.
@@ -127,6 +149,7 @@ async fn lead_when_possible(
 async fn publish_while_leading(
     pool: &PgPool,
     js: &jetstream::Context,
+    events: &mut EventsEnd,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -148,7 +171,7 @@ async fn publish_while_leading(
         while listener.next_buffered().is_some() {}
         let rows = next_rows(&mut listener, published).await?;
         published.clear();
-        let (round, settle) = publish_rows(js, &rows).await;
+        let (round, settle) = publish_rows(js, events, &rows).await;
         let Settle { done, to_park } = settle;
         *published = done;
         // Rare: parking moves rows to another table, in a transaction of
@@ -172,7 +195,7 @@ async fn publish_while_leading(
             }
         };
         let full = round.published + round.parked >= BATCH as usize;
-        if full && round.stalled.is_none() {
+        if (full || round.resync) && round.stalled.is_none() {
             continue;
         }
         // A lost connection (`Ok(None)`) also starts a round: its statement
@@ -197,6 +220,50 @@ pub struct Round {
     /// The transient failure that stopped the round early: the rows from
     /// there on stay in the outbox, in order, for the next round.
     pub stalled: Option<anyhow::Error>,
+    /// The events stream did not end where the relay expected (another
+    /// publisher, or a row stored before): the round stopped at the row
+    /// JetStream refused for it, and the next starts from the stream's end.
+    pub resync: bool,
+}
+
+/// Where the relay expects the events stream to end: its last sequence
+/// once the rows published so far are stored (module docs: order).
+struct EventsEnd {
+    stream: String,
+    prefix: String,
+    /// Known after a round that stored every event row as expected;
+    /// otherwise read from JetStream before the next.
+    last: Option<u64>,
+}
+
+impl EventsEnd {
+    fn new(ns: &Namespace) -> Self {
+        Self {
+            stream: ns.events_stream(),
+            prefix: ns.events_prefix(),
+            last: None,
+        }
+    }
+
+    /// Whether a row for `subject` goes to the events stream.
+    fn takes(&self, subject: &str) -> bool {
+        subject.starts_with(&self.prefix)
+    }
+
+    /// The stream's last sequence, read from JetStream unless the last
+    /// round left it known; `None` when there is no such stream (its rows
+    /// then go without an expectation and are parked, as no stream takes
+    /// them).
+    async fn read(&mut self, js: &jetstream::Context) -> anyhow::Result<Option<u64>> {
+        if self.last.is_none() {
+            self.last = match js.get_stream(&self.stream).await {
+                Ok(stream) => Some(stream.cached_info().state.last_sequence),
+                Err(e) if crate::nats::is_not_found(&e) => None,
+                Err(e) => return Err(e).context("reading where the events stream ends"),
+            };
+        }
+        Ok(self.last)
+    }
 }
 
 /// One row as the relay reads it.
@@ -212,6 +279,7 @@ struct Row {
 /// What a round leaves to do in Postgres: the rows JetStream stored, to
 /// delete, and those NATS refused for good, to park (with the subject and
 /// reason, for the log).
+#[derive(Default)]
 struct Settle {
     done: Vec<i64>,
     to_park: Vec<(i64, String, String)>,
@@ -283,9 +351,13 @@ impl Settle {
 ///
 /// # Errors
 /// When Postgres fails.
-pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<Round> {
+pub async fn publish_batch(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    ns: &Namespace,
+) -> anyhow::Result<Round> {
     let rows = next_rows(pool, &[]).await?;
-    let (round, settle) = publish_rows(js, &rows).await;
+    let (round, settle) = publish_rows(js, &mut EventsEnd::new(ns), &rows).await;
     settle.run(pool).await?;
     Ok(round)
 }
@@ -316,58 +388,97 @@ where
     .context("reading the outbox")
 }
 
-/// Publishes `rows` (in id order) pipelined, and says what it did and what
-/// is left to settle: the acknowledged prefix to delete, the rows NATS
-/// refused for good to park. Only the active relay calls it.
+/// Publishes `rows` (in id order) pipelined, those for the events stream
+/// each expecting the stream's end the rows before it made, and says what
+/// it did and what is left to settle: the acknowledged prefix to delete,
+/// the rows NATS refused for good to park. Only the active relay calls it.
 #[tracing::instrument(level = "debug", skip_all)]
-async fn publish_rows(js: &jetstream::Context, rows: &[Row]) -> (Round, Settle) {
+async fn publish_rows(
+    js: &jetstream::Context,
+    events: &mut EventsEnd,
+    rows: &[Row],
+) -> (Round, Settle) {
+    let mut round = Round {
+        published: 0,
+        parked: 0,
+        stalled: None,
+        resync: false,
+    };
+    let mut expected = match events.read(js).await {
+        Ok(last) => last,
+        Err(e) => {
+            round.stalled = Some(e);
+            return (round, Settle::default());
+        }
+    };
+    // Known again only if every event row is stored where expected.
+    events.last = None;
+    let mut as_expected = true;
     let mut to_park: Vec<(i64, String, String)> = Vec::new();
-    let mut stalled = None;
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        let publish = jetstream::message::PublishMessage::build()
+        let ordered = events.takes(&row.subject);
+        let mut publish = jetstream::message::PublishMessage::build()
             .headers(nats_headers(&row.headers))
             .message_id(row.msg_id.to_string())
             .payload(row.payload.clone().into());
+        if ordered && let Some(last) = expected {
+            publish = publish.expected_last_sequence(last);
+        }
         match js.send_publish(row.subject.clone(), publish).await {
-            Ok(ack) => pending.push((row, ack)),
+            Ok(ack) => {
+                if ordered {
+                    expected = expected.map(|last| last + 1);
+                }
+                pending.push((row, ordered, ack));
+            }
             Err(e) => {
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) {
                     to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
                 } else {
-                    stalled = Some(e.context("publishing an outbox row"));
+                    round.stalled = Some(e.context("publishing an outbox row"));
                     break;
                 }
             }
         }
     }
-    let (sent, acks): (Vec<&Row>, Vec<_>) = pending.into_iter().unzip();
+    let (sent, acks): (Vec<(&Row, bool)>, Vec<_>) = pending
+        .into_iter()
+        .map(|(row, ordered, ack)| ((row, ordered), ack))
+        .unzip();
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
     let mut done = Vec::with_capacity(acks.len());
-    for (row, ack) in sent.into_iter().zip(acks) {
+    for ((row, ordered), ack) in sent.into_iter().zip(acks) {
         match ack {
-            Ok(_) => done.push(row.id),
+            Ok(ack) => {
+                as_expected &= !(ordered && ack.duplicate);
+                done.push(row.id);
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                round.resync = true;
+                break;
+            }
             Err(e) => {
+                as_expected &= !ordered;
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) || no_stream_takes(js, &row.subject, &e).await {
                     to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
                 } else {
-                    stalled = Some(e.context("an outbox row was not acknowledged"));
+                    round.stalled = Some(e.context("an outbox row was not acknowledged"));
                     break;
                 }
             }
         }
     }
-    let parked = to_park.len();
+    if as_expected && !round.resync && round.stalled.is_none() {
+        events.last = expected;
+    }
+    round.published = done.len();
+    round.parked = to_park.len();
     crate::metrics::get()
         .outbox_backlog
-        .record((rows.len() - done.len() - parked) as u64, &[]);
-    let round = Round {
-        published: done.len(),
-        parked,
-        stalled,
-    };
+        .record((rows.len() - round.published - round.parked) as u64, &[]);
     (round, Settle { done, to_park })
 }
 

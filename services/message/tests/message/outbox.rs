@@ -3,7 +3,9 @@
 //! round's read deletes the round before it), a relay that stops deletes
 //! what it published last,
 //! JetStream keeps each event once however often it is published, a row NATS refuses for good is parked instead of holding
-//! back the rest, an outage parks nothing, and only the lease holder
+//! back the rest, an outage parks nothing, a row JetStream does not store
+//! holds back the rows behind it (so none overtakes it), another publisher
+//! on the events stream does not stop the relay, and only the lease holder
 //! publishes.
 
 use natter_message::Message;
@@ -16,8 +18,13 @@ use std::time::{Duration, Instant};
 
 /// A row announcing that user `n` joined channel 1.
 fn joined(app: &TestService<Message>, n: i64) -> OutboxRow {
+    joined_in(app, 1, n)
+}
+
+/// A row announcing that user `n` joined `channel`.
+fn joined_in(app: &TestService<Message>, channel: i64, n: i64) -> OutboxRow {
     let event = Event::MemberJoined {
-        channel_id: ChannelId(1),
+        channel_id: ChannelId(channel),
         user_id: UserId(n),
         username: Some(format!("user-{n}")),
     };
@@ -124,7 +131,7 @@ async fn publishing_the_same_row_twice_stores_one_event() {
     let row = joined(&app, 7);
     for _ in 0..2 {
         insert_row(&app, &row).await;
-        let round = outbox::relay::publish_batch(&app.pool, &js)
+        let round = outbox::relay::publish_batch(&app.pool, &js, &app.config.namespace())
             .await
             .expect("published");
         assert_eq!(round.published, 1);
@@ -199,6 +206,90 @@ async fn rows_nats_refuses_for_good_are_parked_and_the_rows_behind_them_are_publ
     assert!(parked[0].1.contains("max payload"), "{parked:?}");
     assert_eq!(parked[1].0, "elsewhere.evt.channel.1");
     assert!(parked[1].1.contains("no stream"), "{parked:?}");
+}
+
+#[tokio::test]
+async fn a_row_jetstream_refuses_for_a_while_is_stored_before_the_rows_behind_it() {
+    let mut app = TestService::<Message>::spawn().await;
+    app.stop_service().await;
+    let ns = app.config.namespace();
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    // A stream that takes one message per subject and refuses more: the
+    // first row's subject is full, the second's is not, as when one of a
+    // round's publishes is lost or refused and the next ones go through.
+    let mut config = stream(&app)
+        .await
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    config.max_messages_per_subject = 1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    config.discard_new_per_subject = true;
+    js.update_stream(config).await.expect("stream updated");
+    let (first, second) = (joined_in(&app, 1, 1), joined_in(&app, 2, 2));
+    js.publish(first.subject().to_owned(), "{}".into())
+        .await
+        .expect("sent")
+        .await
+        .expect("the first row's subject is full");
+    insert_row(&app, &first).await;
+    insert_row(&app, &second).await;
+    let round = outbox::relay::publish_batch(&app.pool, &js, &ns)
+        .await
+        .expect("round");
+    assert!(round.stalled.is_some(), "the full subject took the row");
+    assert_eq!(round.published, 0, "a row behind the refused one was kept");
+    assert_eq!(outbox_rows(&app).await, 2);
+    stream(&app)
+        .await
+        .purge()
+        .filter(first.subject())
+        .await
+        .expect("the first row's subject emptied");
+    for _ in 0..3 {
+        outbox::relay::publish_batch(&app.pool, &js, &ns)
+            .await
+            .expect("round");
+    }
+    assert_eq!(outbox_rows(&app).await, 0);
+    assert_eq!(stored_joins(&app).await, [1, 2], "stored out of order");
+}
+
+#[tokio::test]
+async fn another_publisher_on_the_events_stream_does_not_hold_the_relay_back() {
+    let app = TestService::<Message>::spawn().await;
+    insert_row(&app, &joined(&app, 1)).await;
+    drained(&app).await;
+    // As a dead-letter redrive does: the stream no longer ends where the
+    // relay left it.
+    let nats = async_nats::connect(&app.config.nats_url)
+        .await
+        .expect("nats");
+    let redriven = Event::MemberJoined {
+        channel_id: ChannelId(3),
+        user_id: UserId(2),
+        username: None,
+    };
+    async_nats::jetstream::new(nats)
+        .publish(
+            app.config.namespace().event_subject(&redriven),
+            serde_json::to_vec(&redriven).expect("encoded").into(),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    for n in 3..=5 {
+        insert_row(&app, &joined(&app, n)).await;
+    }
+    drained(&app).await;
+    assert_eq!(stored_joins(&app).await, [1, 2, 3, 4, 5]);
+    assert!(parked(&app).await.is_empty());
 }
 
 #[tokio::test]
