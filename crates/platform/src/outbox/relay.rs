@@ -27,19 +27,22 @@
 //! dropped connection, or refused while a clustered stream had no leader,
 //! can be followed by later ones that JetStream stored, and retrying it
 //! would store it after them, out of the outbox's order and so out of its
-//! channel's seq order. So every row for the events stream is published
-//! expecting the stream to end where the rows before it left it
-//! (`Nats-Expected-Last-Sequence`, counted on from the stream's last
-//! sequence): once one is not stored, JetStream refuses each one behind
-//! it, and they are retried after it. The stream's end is read from
-//! JetStream when the relay takes the lease and after any round that did
-//! not store every row as expected (a failure, a duplicate, or another
-//! publisher such as a dead-letter redrive: the round stops at the first
-//! refused row and the next one starts at once from the stream's real end).
-//! Session revocations are published without it: they are a set, in no
-//! order anyone reads.
+//! channel's seq order. So within a round every row for the events stream
+//! after the first expects the stream's last message to be the events row
+//! sent before it (`Nats-Expected-Last-Msg-Id`, that row's `msg_id`): once
+//! one is not stored, JetStream refuses each one behind it, and a later
+//! round publishes them in order behind it (the next one, at once, when
+//! such a refusal was all that ended the round). A
+//! round's first row needs no expectation, as every row before it was
+//! acknowledged. A message of another publisher between two rows (`dlq
+//! redrive` publishes into the stream), or a row stored in an earlier
+//! round (a duplicate), also makes the row behind it refused and
+//! published again first in the next round: no row is ever stored after
+//! one that follows it in the outbox. Session revocations go without it:
+//! they are a set, in no order anyone reads.
 //!
-//! A failure is one of two kinds:
+//! Besides such a refusal, which only ends the round early, a failure is
+//! one of two kinds:
 //! - **transient** (NATS unreachable, an ack that times out, JetStream
 //!   without a leader for the stream): the batch stops at that row, which
 //!   is retried, in order, until it goes through. Nothing is skipped, so an
@@ -83,11 +86,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let lease = Lease::new(pool.clone());
+    let events = ns.events_prefix();
     while !shutdown.is_cancelled() {
-        let mut events = EventsEnd::new(&ns);
-        if let Err(e) =
-            lead_when_possible(&pool, &js, &mut events, &lease, &health, &shutdown).await
-        {
+        if let Err(e) = lead_when_possible(&pool, &js, &events, &lease, &health, &shutdown).await {
             health.failing(&e);
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
@@ -103,7 +104,7 @@ pub async fn run(
 async fn lead_when_possible(
     pool: &PgPool,
     js: &jetstream::Context,
-    events: &mut EventsEnd,
+    events: &str,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -149,7 +150,7 @@ async fn lead_when_possible(
 async fn publish_while_leading(
     pool: &PgPool,
     js: &jetstream::Context,
-    events: &mut EventsEnd,
+    events: &str,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -220,50 +221,11 @@ pub struct Round {
     /// The transient failure that stopped the round early: the rows from
     /// there on stay in the outbox, in order, for the next round.
     pub stalled: Option<anyhow::Error>,
-    /// The events stream did not end where the relay expected (another
-    /// publisher, or a row stored before): the round stopped at the row
-    /// JetStream refused for it, and the next starts from the stream's end.
+    /// JetStream refused an events row because the one sent before it was
+    /// not the stream's last message (not stored, stored before, or
+    /// another publisher's came between): the round stopped there, and
+    /// the next starts at once from that row.
     pub resync: bool,
-}
-
-/// Where the relay expects the events stream to end: its last sequence
-/// once the rows published so far are stored (module docs: order).
-struct EventsEnd {
-    stream: String,
-    prefix: String,
-    /// Known after a round that stored every event row as expected;
-    /// otherwise read from JetStream before the next.
-    last: Option<u64>,
-}
-
-impl EventsEnd {
-    fn new(ns: &Namespace) -> Self {
-        Self {
-            stream: ns.events_stream(),
-            prefix: ns.events_prefix(),
-            last: None,
-        }
-    }
-
-    /// Whether a row for `subject` goes to the events stream.
-    fn takes(&self, subject: &str) -> bool {
-        subject.starts_with(&self.prefix)
-    }
-
-    /// The stream's last sequence, read from JetStream unless the last
-    /// round left it known; `None` when there is no such stream (its rows
-    /// then go without an expectation and are parked, as no stream takes
-    /// them).
-    async fn read(&mut self, js: &jetstream::Context) -> anyhow::Result<Option<u64>> {
-        if self.last.is_none() {
-            self.last = match js.get_stream(&self.stream).await {
-                Ok(stream) => Some(stream.cached_info().state.last_sequence),
-                Err(e) if crate::nats::is_not_found(&e) => None,
-                Err(e) => return Err(e).context("reading where the events stream ends"),
-            };
-        }
-        Ok(self.last)
-    }
 }
 
 /// One row as the relay reads it.
@@ -279,7 +241,6 @@ struct Row {
 /// What a round leaves to do in Postgres: the rows JetStream stored, to
 /// delete, and those NATS refused for good, to park (with the subject and
 /// reason, for the log).
-#[derive(Default)]
 struct Settle {
     done: Vec<i64>,
     to_park: Vec<(i64, String, String)>,
@@ -357,7 +318,7 @@ pub async fn publish_batch(
     ns: &Namespace,
 ) -> anyhow::Result<Round> {
     let rows = next_rows(pool, &[]).await?;
-    let (round, settle) = publish_rows(js, &mut EventsEnd::new(ns), &rows).await;
+    let (round, settle) = publish_rows(js, &ns.events_prefix(), &rows).await;
     settle.run(pool).await?;
     Ok(round)
 }
@@ -388,49 +349,39 @@ where
     .context("reading the outbox")
 }
 
-/// Publishes `rows` (in id order) pipelined, those for the events stream
-/// each expecting the stream's end the rows before it made, and says what
-/// it did and what is left to settle: the acknowledged prefix to delete,
-/// the rows NATS refused for good to park. Only the active relay calls it.
+/// Publishes `rows` (in id order) pipelined, each one for the events
+/// stream (subjects starting with `events`) after the first expecting the
+/// one before it to be the stream's last, and says what it did and what is
+/// left to settle: the acknowledged prefix to delete, the rows NATS
+/// refused for good to park. Only the active relay calls it.
 #[tracing::instrument(level = "debug", skip_all)]
-async fn publish_rows(
-    js: &jetstream::Context,
-    events: &mut EventsEnd,
-    rows: &[Row],
-) -> (Round, Settle) {
+async fn publish_rows(js: &jetstream::Context, events: &str, rows: &[Row]) -> (Round, Settle) {
     let mut round = Round {
         published: 0,
         parked: 0,
         stalled: None,
         resync: false,
     };
-    let mut expected = match events.read(js).await {
-        Ok(last) => last,
-        Err(e) => {
-            round.stalled = Some(e);
-            return (round, Settle::default());
-        }
-    };
-    // Known again only if every event row is stored where expected.
-    events.last = None;
-    let mut as_expected = true;
     let mut to_park: Vec<(i64, String, String)> = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
+    // The `msg_id` of the events row sent last.
+    let mut previous: Option<String> = None;
     for row in rows {
-        let ordered = events.takes(&row.subject);
+        let msg_id = row.msg_id.to_string();
+        let chained = row.subject.starts_with(events);
         let mut publish = jetstream::message::PublishMessage::build()
             .headers(nats_headers(&row.headers))
-            .message_id(row.msg_id.to_string())
+            .message_id(&msg_id)
             .payload(row.payload.clone().into());
-        if ordered && let Some(last) = expected {
-            publish = publish.expected_last_sequence(last);
+        if chained && let Some(previous) = &previous {
+            publish = publish.expected_last_message_id(previous);
         }
         match js.send_publish(row.subject.clone(), publish).await {
             Ok(ack) => {
-                if ordered {
-                    expected = expected.map(|last| last + 1);
+                if chained {
+                    previous = Some(msg_id);
                 }
-                pending.push((row, ordered, ack));
+                pending.push((row, ack));
             }
             Err(e) => {
                 let e = anyhow::Error::new(e);
@@ -443,24 +394,17 @@ async fn publish_rows(
             }
         }
     }
-    let (sent, acks): (Vec<(&Row, bool)>, Vec<_>) = pending
-        .into_iter()
-        .map(|(row, ordered, ack)| ((row, ordered), ack))
-        .unzip();
+    let (sent, acks): (Vec<&Row>, Vec<_>) = pending.into_iter().unzip();
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
     let mut done = Vec::with_capacity(acks.len());
-    for ((row, ordered), ack) in sent.into_iter().zip(acks) {
+    for (row, ack) in sent.into_iter().zip(acks) {
         match ack {
-            Ok(ack) => {
-                as_expected &= !(ordered && ack.duplicate);
-                done.push(row.id);
-            }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Ok(_) => done.push(row.id),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastMessageId => {
                 round.resync = true;
                 break;
             }
             Err(e) => {
-                as_expected &= !ordered;
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) || no_stream_takes(js, &row.subject, &e).await {
                     to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
@@ -470,9 +414,6 @@ async fn publish_rows(
                 }
             }
         }
-    }
-    if as_expected && !round.resync && round.stalled.is_none() {
-        events.last = expected;
     }
     round.published = done.len();
     round.parked = to_park.len();
