@@ -297,7 +297,7 @@ async fn ensure_stream(js: &jetstream::Context, wanted: &Wanted) -> anyhow::Resu
     }
 }
 
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
         GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND

@@ -8,18 +8,22 @@
 //!   them (or parks them again if NATS still refuses).
 //! - **dead-lettered events** (`dlq:<seq>`, the sequence in `<NS>_DLQ`):
 //!   events push could not decode or route, with the reason in the
-//!   `Natter-Dlq-Reason` header. A redrive publishes each to the events
-//!   stream and then deletes it from the dead-letter stream: an event that
+//!   `Natter-Dlq-Reason` header. A redrive puts each in the outbox, for the
+//!   relay to publish to the events stream (the relay must be its one
+//!   publisher, to keep each channel's order there: see
+//!   `natter_platform::outbox::relay`), and then deletes it from the
+//!   dead-letter stream: an event that
 //!   decodes to its subject as the publisher computes it now
 //!   (`Namespace::event_subject`, its channel's partition under the
 //!   current `NATTER_PARTITIONS`), anything else to the subject it came
-//!   from (`<ns>.dlq.p<k>.…` back to `<ns>.evt.p<k>.…`). The publish carries `Nats-Msg-Id` `redrive-<seq>`, so a redrive
+//!   from (`<ns>.dlq.p<k>.…` back to `<ns>.evt.p<k>.…`). The row's
+//!   `msg_id` is fixed by `<seq>` (`OutboxRow::redriven`), so a redrive
 //!   interrupted between the two steps and run again stores it once.
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, stream::Stream};
 use futures::StreamExt;
-use natter_platform::outbox::parked;
+use natter_platform::outbox::{self, OutboxRow, parked};
 use natter_platform::{Config, db, nats};
 use natter_protocol::events::{DLQ_REASON_HEADER, decode_events};
 use natter_protocol::subjects::Namespace;
@@ -195,6 +199,7 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
         let ns = config.namespace();
         let js = nats::jetstream(&nats::connect(config, "natter-dlq").await?);
         let stream = dlq_stream(&js, &ns).await?;
+        let pool = db::connect_with(&config.database_url, 1, &config.database_session()).await?;
         let seqs = match (seqs, &stream) {
             (Some(seqs), _) => seqs,
             (None, Some(stream)) => events(stream, &ns)
@@ -210,12 +215,13 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
         for seq in seqs {
             let id = DeadLetterId::Event(seq);
             match &stream {
-                Some(stream) if redrive_event(&js, stream, &ns, seq).await? => {
+                Some(stream) if redrive_event(&pool, stream, &ns, seq).await? => {
                     outcome.redriven.push(id);
                 }
                 _ => outcome.missing.push(id),
             }
         }
+        pool.close().await;
     }
     Ok(outcome)
 }
@@ -304,10 +310,10 @@ fn redrive_subject(ns: &Namespace, dlq_subject: &str, payload: &[u8]) -> Option<
     })
 }
 
-/// Publishes dead-lettered event `seq` to where it came from, then deletes
-/// it from the dead-letter stream: whether it was there.
+/// Puts dead-lettered event `seq` in the outbox, for where it came from,
+/// then deletes it from the dead-letter stream: whether it was there.
 async fn redrive_event(
-    js: &jetstream::Context,
+    pool: &sqlx::PgPool,
     stream: &Stream,
     ns: &Namespace,
     seq: u64,
@@ -330,14 +336,14 @@ async fn redrive_event(
             msg.subject
         )
     })?;
-    let publish = jetstream::message::PublishMessage::build()
-        .message_id(format!("redrive-{seq}"))
-        .payload(msg.payload);
-    js.send_publish(subject, publish)
+    let row = OutboxRow::redriven(subject, msg.payload.to_vec(), seq);
+    let mut conn = pool
+        .acquire()
         .await
-        .with_context(|| format!("redriving dlq:{seq}"))?
+        .with_context(|| format!("redriving dlq:{seq}"))?;
+    outbox::insert(&mut conn, std::slice::from_ref(&row))
         .await
-        .with_context(|| format!("redriving dlq:{seq}: not acknowledged"))?;
+        .with_context(|| format!("redriving dlq:{seq}"))?;
     stream
         .delete_message(seq)
         .await

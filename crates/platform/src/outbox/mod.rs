@@ -1,7 +1,9 @@
 //! The outbox: what one service announces to the others, written in the
 //! same transaction as the change it announces and published to NATS by
 //! the [`relay`]. Auth (session revocations) and message (domain events,
-//! one at a time and in write batches) write it; message runs the relay.
+//! one at a time and in write batches) write it, and so does `dlq
+//! redrive` (dead-lettered events sent again: the relay must be the events
+//! stream's one publisher); message runs the relay.
 //! The row format is defined here and nowhere else, so writers hand in
 //! typed events and never build a row themselves.
 //!
@@ -32,6 +34,11 @@ use anyhow::Context;
 use natter_protocol::events::{Event, SessionRevoked};
 use natter_protocol::subjects::Namespace;
 use sqlx::PgConnection;
+
+/// The first half of a redriven dead letter's `msg_id` ("redrive" in
+/// ASCII): a `now_v7` id, which starts with the time in milliseconds,
+/// reaches it in the year 5955.
+const REDRIVEN: u64 = u64::from_be_bytes(*b"redrive\0");
 
 /// One encoded row, ready to insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +81,20 @@ impl OutboxRow {
             serde_json::to_vec(revoked).context("encoding a session revocation")?,
             traceparent,
         ))
+    }
+
+    /// A dead-lettered event sent again, as it was, to `subject`. Its
+    /// `msg_id` is fixed by `seq`, its sequence in the dead-letter stream,
+    /// so a redrive interrupted after this row's commit and run again is
+    /// stored once (within JetStream's de-duplication window).
+    #[must_use]
+    pub fn redriven(subject: String, payload: Vec<u8>, seq: u64) -> Self {
+        Self {
+            msg_id: uuid::Uuid::from_u64_pair(REDRIVEN, seq),
+            subject,
+            payload,
+            headers: headers_json(None),
+        }
     }
 
     fn new(subject: String, payload: Vec<u8>, traceparent: Option<String>) -> Self {

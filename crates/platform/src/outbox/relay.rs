@@ -27,19 +27,22 @@
 //! dropped connection, or refused while a clustered stream had no leader,
 //! can be followed by later ones that JetStream stored, and retrying it
 //! would store it after them, out of the outbox's order and so out of its
-//! channel's seq order. So within a round every row for the events stream
-//! after the first expects the stream's last message to be the events row
-//! sent before it (`Nats-Expected-Last-Msg-Id`, that row's `msg_id`): once
-//! one is not stored, JetStream refuses each one behind it, and a later
-//! round publishes them in order behind it (the next one, at once, when
-//! such a refusal was all that ended the round). A
-//! round's first row needs no expectation, as every row before it was
-//! acknowledged. A message of another publisher between two rows (`dlq
-//! redrive` publishes into the stream), or a row stored in an earlier
-//! round (a duplicate), also makes the row behind it refused and
-//! published again first in the next round: no row is ever stored after
-//! one that follows it in the outbox. Session revocations go without it:
-//! they are a set, in no order anyone reads.
+//! channel's seq order. So every row for the events stream is published
+//! expecting the stream to end where the rows before it left it
+//! (`Nats-Expected-Last-Sequence`, counted on from the stream's last
+//! sequence): once one is not stored, JetStream refuses each one behind
+//! it, and a later round publishes them in order behind it. JetStream
+//! keeps the stream's last sequence on every replica, also one that caught
+//! up from another, so the check holds in a cluster. The count holds only
+//! while the relay is the stream's one publisher: natter's own tools put
+//! what they send into the outbox (`dlq redrive` too), and the lease makes
+//! one relay publish at a time. The stream's end is read from JetStream
+//! when the relay takes the lease and after any round that did not store
+//! every events row where expected (a failure, a duplicate, or a message
+//! published beside the relay): a refusal for a wrong last sequence ends
+//! the round at that row, and the next one starts at once from the
+//! stream's end as read again. Session revocations are published without
+//! it: they are a set, in no order anyone reads.
 //!
 //! Besides such a refusal, which only ends the round early, a failure is
 //! one of two kinds:
@@ -86,9 +89,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let lease = Lease::new(pool.clone());
-    let events = ns.events_prefix();
     while !shutdown.is_cancelled() {
-        if let Err(e) = lead_when_possible(&pool, &js, &events, &lease, &health, &shutdown).await {
+        let mut events = EventsEnd::new(&ns);
+        if let Err(e) =
+            lead_when_possible(&pool, &js, &mut events, &lease, &health, &shutdown).await
+        {
             health.failing(&e);
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
@@ -104,7 +109,7 @@ pub async fn run(
 async fn lead_when_possible(
     pool: &PgPool,
     js: &jetstream::Context,
-    events: &str,
+    events: &mut EventsEnd,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -150,7 +155,7 @@ async fn lead_when_possible(
 async fn publish_while_leading(
     pool: &PgPool,
     js: &jetstream::Context,
-    events: &str,
+    events: &mut EventsEnd,
     lease: &Lease,
     health: &Condition,
     shutdown: &CancellationToken,
@@ -221,11 +226,51 @@ pub struct Round {
     /// The transient failure that stopped the round early: the rows from
     /// there on stay in the outbox, in order, for the next round.
     pub stalled: Option<anyhow::Error>,
-    /// JetStream refused an events row because the one sent before it was
-    /// not the stream's last message (not stored, stored before, or
-    /// another publisher's came between): the round stopped there, and
-    /// the next starts at once from that row.
+    /// JetStream refused an events row because the stream did not end
+    /// where the relay expected (a row before it not stored, stored in an
+    /// earlier round, or a message published beside the relay): the round
+    /// stopped there, and the next starts at once from the stream's end.
     pub resync: bool,
+}
+
+/// Where the relay expects the events stream to end: its last sequence
+/// once the rows published so far are stored (module docs: order).
+struct EventsEnd {
+    stream: String,
+    prefix: String,
+    /// Known after a round that stored every event row as expected;
+    /// otherwise read from JetStream before the next.
+    last: Option<u64>,
+}
+
+impl EventsEnd {
+    fn new(ns: &Namespace) -> Self {
+        Self {
+            stream: ns.events_stream(),
+            prefix: ns.events_prefix(),
+            last: None,
+        }
+    }
+
+    /// Whether a row for `subject` goes to the events stream.
+    fn takes(&self, subject: &str) -> bool {
+        subject.starts_with(&self.prefix)
+    }
+
+    /// The stream's last sequence, read from JetStream unless the last
+    /// round left it known; `None` when there is no such stream (its rows
+    /// then go without an expectation and are parked, as no stream takes
+    /// them).
+    async fn read(&mut self, js: &jetstream::Context) -> anyhow::Result<Option<u64>> {
+        if self.last.is_none() {
+            self.last = match js.get_stream(&self.stream).await {
+                Ok(stream) => Some(stream.cached_info().state.last_sequence),
+                Err(e) if crate::nats::is_not_found(&e) => None,
+                Err(e) => return Err(e).context("reading where the events stream ends"),
+            };
+        }
+        Ok(self.last)
+    }
 }
 
 /// One row as the relay reads it.
@@ -241,6 +286,7 @@ struct Row {
 /// What a round leaves to do in Postgres: the rows JetStream stored, to
 /// delete, and those NATS refused for good, to park (with the subject and
 /// reason, for the log).
+#[derive(Default)]
 struct Settle {
     done: Vec<i64>,
     to_park: Vec<(i64, String, String)>,
@@ -318,7 +364,7 @@ pub async fn publish_batch(
     ns: &Namespace,
 ) -> anyhow::Result<Round> {
     let rows = next_rows(pool, &[]).await?;
-    let (round, settle) = publish_rows(js, &ns.events_prefix(), &rows).await;
+    let (round, settle) = publish_rows(js, &mut EventsEnd::new(ns), &rows).await;
     settle.run(pool).await?;
     Ok(round)
 }
@@ -349,39 +395,55 @@ where
     .context("reading the outbox")
 }
 
-/// Publishes `rows` (in id order) pipelined, each one for the events
-/// stream (subjects starting with `events`) after the first expecting the
-/// one before it to be the stream's last, and says what it did and what is
-/// left to settle: the acknowledged prefix to delete, the rows NATS
-/// refused for good to park. Only the active relay calls it.
+/// Publishes `rows` (in id order) pipelined, those for the events stream
+/// each expecting the stream's end the rows before it made, and says what
+/// it did and what is left to settle: the acknowledged prefix to delete,
+/// the rows NATS refused for good to park. Only the active relay calls it.
 #[tracing::instrument(level = "debug", skip_all)]
-async fn publish_rows(js: &jetstream::Context, events: &str, rows: &[Row]) -> (Round, Settle) {
+async fn publish_rows(
+    js: &jetstream::Context,
+    events: &mut EventsEnd,
+    rows: &[Row],
+) -> (Round, Settle) {
     let mut round = Round {
         published: 0,
         parked: 0,
         stalled: None,
         resync: false,
     };
+    // A round of revocations alone needs nothing of the events stream.
+    let has_events = rows.iter().any(|row| events.takes(&row.subject));
+    let mut expected = if has_events {
+        match events.read(js).await {
+            Ok(last) => last,
+            Err(e) => {
+                round.stalled = Some(e);
+                return (round, Settle::default());
+            }
+        }
+    } else {
+        events.last
+    };
+    // Known again only if every event row is stored where expected.
+    events.last = None;
+    let mut as_expected = true;
     let mut to_park: Vec<(i64, String, String)> = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
-    // The `msg_id` of the events row sent last.
-    let mut previous: Option<String> = None;
     for row in rows {
-        let msg_id = row.msg_id.to_string();
-        let chained = row.subject.starts_with(events);
+        let ordered = events.takes(&row.subject);
         let mut publish = jetstream::message::PublishMessage::build()
             .headers(nats_headers(&row.headers))
-            .message_id(&msg_id)
+            .message_id(row.msg_id.to_string())
             .payload(row.payload.clone().into());
-        if chained && let Some(previous) = &previous {
-            publish = publish.expected_last_message_id(previous);
+        if ordered && let Some(last) = expected {
+            publish = publish.expected_last_sequence(last);
         }
         match js.send_publish(row.subject.clone(), publish).await {
             Ok(ack) => {
-                if chained {
-                    previous = Some(msg_id);
+                if ordered {
+                    expected = expected.map(|last| last + 1);
                 }
-                pending.push((row, ack));
+                pending.push((row, ordered, ack));
             }
             Err(e) => {
                 let e = anyhow::Error::new(e);
@@ -394,17 +456,24 @@ async fn publish_rows(js: &jetstream::Context, events: &str, rows: &[Row]) -> (R
             }
         }
     }
-    let (sent, acks): (Vec<&Row>, Vec<_>) = pending.into_iter().unzip();
+    let (sent, acks): (Vec<(&Row, bool)>, Vec<_>) = pending
+        .into_iter()
+        .map(|(row, ordered, ack)| ((row, ordered), ack))
+        .unzip();
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
     let mut done = Vec::with_capacity(acks.len());
-    for (row, ack) in sent.into_iter().zip(acks) {
+    for ((row, ordered), ack) in sent.into_iter().zip(acks) {
         match ack {
-            Ok(_) => done.push(row.id),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastMessageId => {
+            Ok(ack) => {
+                as_expected &= !(ordered && ack.duplicate);
+                done.push(row.id);
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 round.resync = true;
                 break;
             }
             Err(e) => {
+                as_expected &= !ordered;
                 let e = anyhow::Error::new(e);
                 if refused_for_good(&e) || no_stream_takes(js, &row.subject, &e).await {
                     to_park.push((row.id, row.subject.clone(), format!("{e:#}")));
@@ -414,6 +483,9 @@ async fn publish_rows(js: &jetstream::Context, events: &str, rows: &[Row]) -> (R
                 }
             }
         }
+    }
+    if as_expected && !round.resync && round.stalled.is_none() {
+        events.last = expected;
     }
     round.published = done.len();
     round.parked = to_park.len();
