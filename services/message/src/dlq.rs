@@ -18,7 +18,9 @@
 //!   current `NATTER_PARTITIONS`), anything else to the subject it came
 //!   from (`<ns>.dlq.p<k>.…` back to `<ns>.evt.p<k>.…`). The row's
 //!   `msg_id` is fixed by `<seq>` (`OutboxRow::redriven`), so a redrive
-//!   interrupted between the two steps and run again stores it once.
+//!   interrupted between the two steps and run again adds no second row
+//!   while the first waits in the outbox, and JetStream drops a second
+//!   publish within its de-duplication window (5 minutes).
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, stream::Stream};
@@ -158,8 +160,8 @@ pub async fn list(config: &Config) -> anyhow::Result<Vec<DeadLetter>> {
 /// Sends the selected dead letters again (see the module's doc).
 ///
 /// # Errors
-/// When Postgres or NATS does not answer, or NATS refuses a publish (the
-/// events redriven before it stay redriven).
+/// When Postgres or NATS does not answer (the letters redriven before it
+/// stay redriven).
 pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<Redriven> {
     let (rows, seqs) = match selection {
         Selection::All => (None, None),

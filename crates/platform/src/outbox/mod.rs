@@ -148,6 +148,8 @@ pub async fn session_revoked(
 
 /// Inserts `rows` in one statement (an `UNNEST` of arrays), in order, so
 /// a write batch costs one round trip however many events it announces.
+/// A row whose `msg_id` the outbox already holds is not added again (a
+/// dead letter redriven twice before the relay published it).
 ///
 /// # Errors
 /// When Postgres refuses; the `sqlx::Error` stays reachable by downcasting,
@@ -164,7 +166,8 @@ pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> anyhow::Resu
         "INSERT INTO outbox (msg_id, subject, payload, headers) \
          SELECT i, s, p, h::jsonb \
          FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY AS x(i, s, p, h, n) \
-         ORDER BY n",
+         ORDER BY n \
+         ON CONFLICT (msg_id) DO NOTHING",
     )
     .bind(&msg_ids)
     .bind(&subjects)

@@ -36,13 +36,16 @@
 //! up from another, so the check holds in a cluster. The count holds only
 //! while the relay is the stream's one publisher: natter's own tools put
 //! what they send into the outbox (`dlq redrive` too), and the lease makes
-//! one relay publish at a time. The stream's end is read from JetStream
-//! when the relay takes the lease and after any round that did not store
-//! every events row where expected (a failure, a duplicate, or a message
-//! published beside the relay): a refusal for a wrong last sequence ends
-//! the round at that row, and the next one starts at once from the
-//! stream's end as read again. Session revocations are published without
-//! it: they are a set, in no order anyone reads.
+//! one relay publish at a time. A message published beside the relay
+//! breaks it: with the stream k messages past the count, the round's
+//! first k events rows are refused and the next one is stored ahead of
+//! them. The stream's end is read from JetStream before the first round
+//! with events rows after taking the lease, and again after any round that
+//! did not store every events row where counted (a failure, a duplicate,
+//! a message published beside the relay): a refusal for a wrong last
+//! sequence ends the round at that row, is logged, and the next round
+//! starts at once from the end as read again. Session revocations are
+//! published without it: they are a set, in no order anyone reads.
 //!
 //! Besides such a refusal, which only ends the round early, a failure is
 //! one of two kinds:
@@ -227,9 +230,10 @@ pub struct Round {
     /// there on stay in the outbox, in order, for the next round.
     pub stalled: Option<anyhow::Error>,
     /// JetStream refused an events row because the stream did not end
-    /// where the relay expected (a row before it not stored, stored in an
-    /// earlier round, or a message published beside the relay): the round
-    /// stopped there, and the next starts at once from the stream's end.
+    /// where the relay counted (a row before it not stored or stored in an
+    /// earlier round, or a message published beside the relay, which
+    /// breaks the order: module docs): the round stopped there, and the
+    /// next starts at once from the stream's end read again.
     pub resync: bool,
 }
 
@@ -469,6 +473,13 @@ async fn publish_rows(
                 done.push(row.id);
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                tracing::warn!(
+                    subject = row.subject,
+                    error = %e,
+                    "the events stream did not end where the relay counted \
+                     (a row stored before, or a message published beside the relay); \
+                     reading its end again"
+                );
                 round.resync = true;
                 break;
             }

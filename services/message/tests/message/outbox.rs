@@ -5,8 +5,9 @@
 //! JetStream keeps each event once however often it is published, a row NATS refuses for good is parked instead of holding
 //! back the rest, an outage parks nothing, a row JetStream does not store
 //! holds back the rows behind it (so none overtakes it), a message
-//! published beside the relay holds it back for one round only, and only
-//! the lease holder publishes.
+//! published beside the relay makes it read the stream's end again instead
+//! of stopping it, a dead letter redriven twice waits in the outbox once,
+//! and only the lease holder publishes.
 
 use natter_message::Message;
 use natter_platform::outbox::{self, OutboxRow};
@@ -261,7 +262,7 @@ async fn a_row_jetstream_refuses_for_a_while_is_stored_before_the_rows_behind_it
 }
 
 #[tokio::test]
-async fn a_message_published_beside_the_relay_holds_it_back_for_one_round_only() {
+async fn after_a_message_published_beside_it_the_relay_reads_the_stream_s_end_again() {
     let app = TestService::<Message>::spawn().await;
     insert_row(&app, &joined(&app, 1)).await;
     drained(&app).await;
@@ -290,6 +291,31 @@ async fn a_message_published_beside_the_relay_holds_it_back_for_one_round_only()
     drained(&app).await;
     assert_eq!(stored_joins(&app).await, [1, 2, 3, 4]);
     assert!(parked(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_letter_redriven_twice_waits_in_the_outbox_once() {
+    let mut app = TestService::<Message>::spawn().await;
+    app.stop_service().await;
+    let event = Event::MemberJoined {
+        channel_id: ChannelId(1),
+        user_id: UserId(7),
+        username: None,
+    };
+    let subject = app.config.namespace().event_subject(&event);
+    let payload = serde_json::to_vec(&event).expect("encoded");
+    // The second as a redrive run again after the first committed.
+    for _ in 0..2 {
+        insert_row(
+            &app,
+            &OutboxRow::redriven(subject.clone(), payload.clone(), 7),
+        )
+        .await;
+    }
+    assert_eq!(outbox_rows(&app).await, 1);
+    app.start_service().await;
+    drained(&app).await;
+    assert_eq!(stored_joins(&app).await, [7]);
 }
 
 #[tokio::test]
