@@ -477,8 +477,8 @@ async fn publish_rows(
                     subject = row.subject,
                     error = %e,
                     "the events stream did not end where the relay counted \
-                     (a row stored before, or a message published beside the relay); \
-                     reading its end again"
+                     (a row before this one not stored or stored before, or a message \
+                     published beside the relay); reading its end again"
                 );
                 round.resync = true;
                 break;
