@@ -297,7 +297,9 @@ async fn ensure_stream(js: &jetstream::Context, wanted: &Wanted) -> anyhow::Resu
     }
 }
 
-pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+/// Whether JetStream answered that the stream does not exist.
+#[must_use]
+pub fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
         GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND

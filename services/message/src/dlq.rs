@@ -184,10 +184,10 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
         }
     };
     let mut outcome = Redriven::default();
+    // Both kinds go back through the outbox.
+    let pool = db::connect_with(&config.database_url, 1, &config.database_session()).await?;
     if rows.as_ref().is_none_or(|r| !r.is_empty()) {
-        let pool = db::connect_with(&config.database_url, 1, &config.database_session()).await?;
         let moved = parked::redrive(&pool, rows.as_deref()).await?;
-        pool.close().await;
         for id in rows.unwrap_or_default() {
             if !moved.contains(&id) {
                 outcome.missing.push(DeadLetterId::Parked(id));
@@ -201,7 +201,6 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
         let ns = config.namespace();
         let js = nats::jetstream(&nats::connect(config, "natter-dlq").await?);
         let stream = dlq_stream(&js, &ns).await?;
-        let pool = db::connect_with(&config.database_url, 1, &config.database_session()).await?;
         let seqs = match (seqs, &stream) {
             (Some(seqs), _) => seqs,
             (None, Some(stream)) => events(stream, &ns)
@@ -223,8 +222,8 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
                 _ => outcome.missing.push(id),
             }
         }
-        pool.close().await;
     }
+    pool.close().await;
     Ok(outcome)
 }
 
@@ -232,17 +231,9 @@ pub async fn redrive(config: &Config, selection: &Selection) -> anyhow::Result<R
 async fn dlq_stream(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<Option<Stream>> {
     match js.get_stream(ns.dlq_stream()).await {
         Ok(stream) => Ok(Some(stream)),
-        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) if nats::is_not_found(&e) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("opening stream {}", ns.dlq_stream())),
     }
-}
-
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
-    matches!(
-        e.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(j)
-            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-    )
 }
 
 /// How long listing waits for the next event before it gives up.

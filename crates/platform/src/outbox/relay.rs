@@ -447,7 +447,7 @@ async fn publish_rows(
                 if ordered {
                     expected = expected.map(|last| last + 1);
                 }
-                pending.push((row, ordered, ack));
+                pending.push(((row, ordered), ack));
             }
             Err(e) => {
                 let e = anyhow::Error::new(e);
@@ -460,10 +460,7 @@ async fn publish_rows(
             }
         }
     }
-    let (sent, acks): (Vec<(&Row, bool)>, Vec<_>) = pending
-        .into_iter()
-        .map(|(row, ordered, ack)| ((row, ordered), ack))
-        .unzip();
+    let (sent, acks): (Vec<(&Row, bool)>, Vec<_>) = pending.into_iter().unzip();
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
     let mut done = Vec::with_capacity(acks.len());
     for ((row, ordered), ack) in sent.into_iter().zip(acks) {
