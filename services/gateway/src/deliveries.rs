@@ -34,27 +34,52 @@ pub(crate) async fn listen(
                 () = shutdown.cancelled() => break,
             };
             let Some(msg) = msg else { break };
-            let span = tracing::debug_span!("gateway.deliver");
-            natter_platform::telemetry::propagation::adopt(&span, msg.headers.as_ref());
-            let _entered = span.enter();
-            if let Err(e) = verifier.verify(&msg.subject, msg.headers.as_ref(), &msg.payload) {
-                tracing::warn!(error = %e, "refused a delivery batch");
-                continue;
-            }
-            match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {
-                Ok(batch) => deliver(&registry, batch),
-                Err(e) => tracing::warn!(error = %e, "undecodable delivery batch"),
+            // A socket whose queue this message filled to half or more
+            // gets its turn before the next message is taken. A backlog
+            // push hands over at once (after an outage) is already waiting
+            // here, message after message; taken without a pause, it would
+            // fill the queue of a socket whose client reads everything but
+            // whose task had no turn yet, and close it as a slow consumer.
+            // Push puts at most 64 events for one gateway in a message, so
+            // the half of a queue (256) left takes a message whole; a
+            // client that does not read still fills it. Below half, the
+            // next message is taken at once, so that frames queued while a
+            // socket's task waits for its turn still share one write.
+            if receive(&verifier, &registry, &msg) {
+                tokio::task::yield_now().await;
             }
         }
     }))
 }
 
-/// Queues each item of a batch to its sockets.
-pub(crate) fn deliver(registry: &Registry, batch: DeliveryBatch) {
+/// Delivers `msg` if it is a batch signed with the bus key; returns
+/// whether a socket's queue is now half full or more.
+fn receive(verifier: &BusVerifier, registry: &Registry, msg: &async_nats::Message) -> bool {
+    let span = tracing::debug_span!("gateway.deliver");
+    natter_platform::telemetry::propagation::adopt(&span, msg.headers.as_ref());
+    let _entered = span.enter();
+    if let Err(e) = verifier.verify(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+        tracing::warn!(error = %e, "refused a delivery batch");
+        return false;
+    }
+    match serde_json::from_slice::<DeliveryBatch>(&msg.payload) {
+        Ok(batch) => deliver(registry, batch),
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable delivery batch");
+            false
+        }
+    }
+}
+
+/// Queues each item of a batch to its sockets; returns whether one of
+/// their queues is now half full or more.
+pub(crate) fn deliver(registry: &Registry, batch: DeliveryBatch) -> bool {
+    let mut filling = false;
     for item in batch.items {
         match item {
             Delivery::Frame { sockets, frame } => {
-                registry.send(&sockets, &Outbound::Frame(Utf8Bytes::from(frame)));
+                let frame = Outbound::Frame(Utf8Bytes::from(frame));
+                filling |= registry.send(&sockets, &frame);
             }
             Delivery::Unread {
                 channel_id,
@@ -69,18 +94,17 @@ pub(crate) fn deliver(registry: &Registry, batch: DeliveryBatch) {
                         last_seq,
                         unread: target.unread,
                     };
-                    registry.send(
-                        &target.sockets,
-                        &Outbound::Frame(Utf8Bytes::from(frame.to_json())),
-                    );
+                    let frame = Outbound::Frame(Utf8Bytes::from(frame.to_json()));
+                    filling |= registry.send(&target.sockets, &frame);
                 }
             }
             Delivery::LeaveChannel {
                 channel_id,
                 sockets,
             } => {
-                registry.send(&sockets, &Outbound::Leave(channel_id));
+                filling |= registry.send(&sockets, &Outbound::Leave(channel_id));
             }
         }
     }
+    filling
 }

@@ -83,19 +83,21 @@ impl Control {
     /// a task holding pushes back to write them together must not wait
     /// while a burst (a backlog delivered after an outage) fills the queue
     /// and closes the socket as a slow consumer.
-    pub(crate) fn push(&self, item: Outbound) -> Result<(), Full> {
+    ///
+    /// Returns whether the queue now holds half its capacity or more.
+    pub(crate) fn push(&self, item: Outbound) -> Result<bool, Full> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if queue.len() >= self.capacity {
             return Err(Full);
         }
         let was_empty = queue.is_empty();
         queue.push_back(item);
-        let filling = queue.len() == self.half();
+        let len = queue.len();
         drop(queue);
-        if was_empty || filling {
+        if was_empty || len == self.half() {
             self.queued.notify_one();
         }
-        Ok(())
+        Ok(len >= self.half())
     }
 
     fn half(&self) -> usize {
@@ -299,14 +301,17 @@ impl Registry {
     /// The sockets are queued to under the registry's lock: a push is a
     /// short lock of the socket's queue, and a copy of thousands of control
     /// blocks per delivery first was a measurable share of a fan-out.
-    pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> usize {
-        let mut sent = 0;
+    ///
+    /// Returns whether a queue it was added to now holds half its capacity
+    /// or more.
+    pub(crate) fn send(&self, ids: &[SocketId], item: &Outbound) -> bool {
+        let mut filling = false;
         let mut slow = Vec::new();
         {
             let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, control) in ids.iter().filter_map(|id| Some((id, sockets.get(id)?))) {
                 match control.push(item.clone()) {
-                    Ok(()) => sent += 1,
+                    Ok(half) => filling |= half,
                     Err(Full) => {
                         if control.close(SLOW_CONSUMER) {
                             slow.push((*id, control.user_id));
@@ -319,7 +324,7 @@ impl Registry {
         for (socket_id, user_id) in slow {
             tracing::info!(%socket_id, %user_id, "queue full: closing a slow consumer");
         }
-        sent
+        filling
     }
 
     /// The control blocks of a session's sockets.
@@ -379,11 +384,15 @@ mod tests {
         let registry = Registry::default();
         let (user, session) = ids();
         let id = registry.next_id();
-        let control = registry.register(id, user, session, 2);
+        let control = registry.register(id, user, session, 4);
         let frame = Outbound::Frame("{}".into());
-        assert_eq!(registry.send(&[id], &frame), 1);
-        assert_eq!(registry.send(&[id], &frame), 1);
-        assert_eq!(registry.send(&[id], &frame), 0);
+        let filling: Vec<bool> = (0..4).map(|_| registry.send(&[id], &frame)).collect();
+        assert_eq!(
+            filling,
+            [false, true, true, true],
+            "half full from the second on"
+        );
+        assert!(!registry.send(&[id], &frame), "the fifth finds it full");
         assert_eq!(control.closed().await.code, close::TRY_AGAIN_LATER);
     }
 

@@ -2,6 +2,7 @@
 //! frames, limits, presence, draining (what needs auth or the message
 //! service too is in natter-server's tests).
 
+mod deliveries;
 mod frames;
 mod lifecycle;
 mod limits;
