@@ -34,18 +34,24 @@ pub(crate) async fn listen(
                 () = shutdown.cancelled() => break,
             };
             let Some(msg) = msg else { break };
-            // A socket whose queue this message filled to half or more
-            // gets its turn before the next message is taken. A backlog
-            // push hands over at once (after an outage) is already waiting
-            // here, message after message; taken without a pause, it would
-            // fill the queue of a socket whose client reads everything but
-            // whose task had no turn yet, and close it as a slow consumer.
-            // Push puts at most 64 events for one gateway in a message, so
-            // the half of a queue (256) left takes a message whole; a
-            // client that does not read still fills it. Below half, the
-            // next message is taken at once, so that frames queued while a
+            // A message that filled a socket's queue to half or more lets
+            // the runtime's other tasks run before the next is taken. A
+            // backlog that push hands over at once (after an outage) is
+            // already waiting here, message after message; taken without
+            // a pause, it filled the queue of a socket whose client read
+            // everything but whose task had no turn yet, and closed it as
+            // a slow consumer. Push puts at most 64 events for one gateway
+            // in a message, about one frame each per socket, so the half
+            // of a default queue (256) left takes the next message whole.
+            // The yield gives every woken socket a turn on a
+            // single-threaded runtime; on several workers, tokio resumes
+            // this task after a few dozen others at most, so a backlog to
+            // many sockets at once can still overflow some queues
+            // (ARCHITECTURE.md, "Delivery guarantees"). Below half, the
+            // next message is taken at once, so frames queued while a
             // socket's task waits for its turn still share one write.
-            if receive(&verifier, &registry, &msg) {
+            let filling = receive(&verifier, &registry, &msg);
+            if filling {
                 tokio::task::yield_now().await;
             }
         }

@@ -1,6 +1,6 @@
 //! The gateway alone against the real NATS and Redis: authentication,
-//! frames, limits, presence, draining (what needs auth or the message
-//! service too is in natter-server's tests).
+//! frames, deliveries, limits, presence, draining (what needs auth or the
+//! message service too is in natter-server's tests).
 
 mod deliveries;
 mod frames;
